@@ -1,0 +1,156 @@
+"""Risk maps, weighting schemes and the risk-weighted loss."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from monai.losses import DiceCELoss
+
+from transrisk_components.losses import RiskWeightedLoss
+from transrisk_components.risk import WEIGHT_SCHEMES, risk_to_weights, transfer_risk
+
+SHAPE = (2, 1, 6, 5, 4)
+
+
+def random_batch(seed: int, num_classes: int = 3) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Logits ``[2, C, 6, 5, 4]``, labels ``[2, 1, 6, 5, 4]`` and risk in [0, 1] of the label shape."""
+    gen = torch.Generator().manual_seed(seed)
+    logits = torch.randn(SHAPE[0], num_classes, *SHAPE[2:], generator=gen, dtype=torch.float64)
+    labels = torch.randint(0, num_classes, SHAPE, generator=gen).double()
+    risk = torch.rand(SHAPE, generator=gen, dtype=torch.float64)
+    return logits, labels, risk
+
+
+@pytest.mark.parametrize("normalization", ["complement", "minmax"])
+def test_risk_in_unit_interval_and_non_increasing_in_transferability(normalization):
+    t = torch.rand(SHAPE, generator=torch.Generator().manual_seed(0))
+    risk = transfer_risk(t, normalization)
+    assert risk.shape == t.shape and risk.min() >= 0 and risk.max() <= 1
+    for b in range(SHAPE[0]):
+        order = torch.argsort(t[b].flatten())
+        assert torch.all(torch.diff(risk[b].flatten()[order]) <= 1e-7)
+    if normalization == "minmax":
+        assert torch.allclose(risk.flatten(1).max(1).values, torch.ones(2))
+        assert torch.allclose(risk.flatten(1).min(1).values, torch.zeros(2))
+
+
+def test_minmax_on_constant_image_is_zero():
+    assert torch.all(transfer_risk(torch.full(SHAPE, 0.3), "minmax") == 0)
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [(torch.full(SHAPE, 1.5), r"\[0, 1\]"), (torch.full(SHAPE, float("nan")), "NaN"), (torch.rand(2, 2, 3, 3, 3), "B, 1")],
+)
+def test_bad_transferability_raises(values, message):
+    with pytest.raises(ValueError, match=message):
+        transfer_risk(values)
+
+
+def test_unknown_options_raise():
+    with pytest.raises(ValueError, match="normalization"):
+        transfer_risk(torch.rand(SHAPE), "zscore")
+    with pytest.raises(ValueError, match="scheme"):
+        risk_to_weights(torch.rand(SHAPE), "quadratic")
+    with pytest.raises(ValueError, match="strength"):
+        risk_to_weights(torch.rand(SHAPE), "linear", -1.0)
+    with pytest.raises(ValueError, match="normalization"):
+        RiskWeightedLoss(normalization="batch")
+
+
+@pytest.mark.parametrize("scheme", WEIGHT_SCHEMES)
+def test_weights_never_decrease_with_risk(scheme):
+    risk = torch.linspace(0, 1, 101).view(1, 1, 101, 1, 1)
+    weights = risk_to_weights(risk, scheme, strength=2.0)
+    assert torch.all(torch.diff(weights.flatten()) >= 0)
+    assert torch.all(weights >= 1)
+
+
+def test_uniform_weights_with_voxel_normalisation_equal_monai_dice_ce():
+    logits, labels, risk = random_batch(1)
+    ours = RiskWeightedLoss(scheme="uniform", normalization="voxels")(logits, labels, risk)
+    monai = DiceCELoss(to_onehot_y=True, softmax=True)(logits, labels)
+    torch.testing.assert_close(ours, monai, rtol=1e-12, atol=1e-12)
+
+
+def test_without_background_in_dice_matches_monai():
+    logits, labels, _ = random_batch(2)
+    ours = RiskWeightedLoss(scheme="uniform", normalization="voxels", include_background=False, lambda_ce=0.5)
+    monai = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, lambda_ce=0.5)
+    torch.testing.assert_close(ours(logits, labels), monai(logits, labels), rtol=1e-12, atol=1e-12)
+
+
+def test_foreground_normalisation_divides_by_foreground_count():
+    logits, labels, _ = random_batch(3)
+    voxels = RiskWeightedLoss(scheme="uniform", normalization="voxels", lambda_dice=0)
+    foreground = RiskWeightedLoss(scheme="uniform", normalization="foreground", lambda_dice=0)
+    ce = torch.nn.functional.cross_entropy(logits, labels[:, 0].long(), reduction="none").flatten(1)
+    fg = (labels > 0).flatten(1).sum(1)
+    expected = (ce.sum(1) / fg).mean()
+    torch.testing.assert_close(foreground(logits, labels), expected)
+    assert foreground(logits, labels) > voxels(logits, labels)
+
+
+def test_linear_scheme_weights_ce_by_one_plus_s_risk():
+    logits, labels, risk = random_batch(4)
+    loss = RiskWeightedLoss(scheme="linear", strength=3.0, lambda_dice=0)(logits, labels, risk)
+    ce = torch.nn.functional.cross_entropy(logits, labels[:, 0].long(), reduction="none")
+    per_image = ((1 + 3.0 * risk[:, 0]) * ce).flatten(1).sum(1) / (labels > 0).flatten(1).sum(1)
+    torch.testing.assert_close(loss, per_image.mean())
+
+
+def test_weighted_dice_with_zero_risk_equals_unweighted():
+    logits, labels, _ = random_batch(5)
+    zero = torch.zeros(SHAPE, dtype=torch.float64)
+    weighted = RiskWeightedLoss(dice="weighted", lambda_ce=0)(logits, labels, zero)
+    unweighted = RiskWeightedLoss(dice="unweighted", lambda_ce=0)(logits, labels, zero)
+    torch.testing.assert_close(weighted, unweighted)
+
+
+def test_image_without_foreground_gives_finite_loss_and_gradients():
+    logits, _, risk = random_batch(6)
+    logits.requires_grad_(True)
+    labels = torch.zeros(SHAPE, dtype=torch.float64)
+    loss = RiskWeightedLoss(dice="weighted")(logits, labels, risk)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(logits.grad).all()
+
+
+@pytest.mark.parametrize("scheme", ["linear", "exponential"])
+@pytest.mark.parametrize("dice", ["unweighted", "weighted"])
+def test_gradients_finite(scheme, dice):
+    logits, labels, risk = random_batch(7)
+    logits.requires_grad_(True)
+    RiskWeightedLoss(scheme=scheme, strength=2.0, dice=dice)(logits, labels, risk).backward()
+    assert torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("scheme", ["linear", "exponential"])
+@pytest.mark.parametrize("dice", ["unweighted", "weighted"])
+def test_risk_on_mispredicted_voxels_costs_more_than_on_correct_ones(scheme, dice):
+    logits, labels, _ = random_batch(8)
+    wrong = logits.argmax(1, keepdim=True) != labels.long()
+    loss = RiskWeightedLoss(scheme=scheme, strength=2.0, dice=dice)
+    risk_on_wrong = loss(logits, labels, wrong.double())
+    risk_on_right = loss(logits, labels, (~wrong).double())
+    assert risk_on_wrong > risk_on_right
+
+
+def test_shape_mismatch_raises():
+    logits, labels, risk = random_batch(9)
+    with pytest.raises(ValueError, match="labels must have shape"):
+        RiskWeightedLoss()(logits, labels[..., :-1], risk)
+    with pytest.raises(ValueError, match="risk must have shape"):
+        RiskWeightedLoss()(logits, labels, risk[..., :-1])
+
+
+def test_weighted_dice_matches_formula():
+    logits, labels, risk = random_batch(10)
+    loss = RiskWeightedLoss(scheme="linear", strength=1.0, dice="weighted", lambda_ce=0)(logits, labels, risk)
+    weights = 1 + risk
+    probs = torch.softmax(logits, 1)
+    target = torch.nn.functional.one_hot(labels[:, 0].long(), 3).movedim(-1, 1).double()
+    intersection = (weights * probs * target).sum((2, 3, 4))
+    denominator = (weights * (probs + target)).sum((2, 3, 4))
+    expected = (1 - (2 * intersection + 1e-5) / (denominator + 1e-5)).mean()
+    torch.testing.assert_close(loss, expected)

@@ -1,0 +1,86 @@
+"""Transferability -> transfer risk map -> per-voxel loss weights.
+
+The paper defines risk only as "low transferability means high risk". transrisk makes each step an option:
+
+Risk normalisation (:func:`transfer_risk`), all non-increasing in ``T`` and in ``[0, 1]``:
+
+- ``"complement"`` (default): ``risk = 1 - T``. Absolute: a voxel's risk does not depend on the rest of its
+  image, so maps of different cases are comparable and the saved map reads as "probability the source's
+  empirical predictor gets this voxel wrong".
+- ``"minmax"``: ``risk = (T_max - T) / (T_max - T_min)`` per image (0 for a constant image). Relative: stretches
+  each image's risk to the full range, useful when all transferabilities are high.
+
+Weighting schemes (:func:`risk_to_weights`), all non-decreasing in risk for ``strength >= 0``:
+
+- ``"linear"`` (default): ``w = 1 + strength * risk`` -- weights in ``[1, 1 + strength]``;
+- ``"exponential"``: ``w = exp(strength * risk)`` -- weights in ``[1, e^strength]``, sharper emphasis;
+- ``"uniform"``: ``w = 1`` everywhere (ablation: the map is ignored).
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["RISK_NORMALIZATIONS", "WEIGHT_SCHEMES", "transfer_risk", "risk_to_weights"]
+
+RISK_NORMALIZATIONS = ("complement", "minmax")
+WEIGHT_SCHEMES = ("linear", "exponential", "uniform")
+
+
+def _check_map(name: str, values: torch.Tensor) -> None:
+    """Raise ``ValueError`` unless ``values`` is a finite ``[B, 1, *spatial]`` map in ``[0, 1]``."""
+    if values.ndim < 3 or values.shape[1] != 1:
+        raise ValueError(f"{name} must be [B, 1, *spatial], got shape {tuple(values.shape)}.")
+    if not torch.isfinite(values).all():
+        raise ValueError(f"{name} contains NaN or Inf values.")
+    if values.numel() and (values.min() < 0 or values.max() > 1):
+        raise ValueError(
+            f"{name} must lie in [0, 1], got range [{values.min().item():.4g}, {values.max().item():.4g}]."
+        )
+
+
+def transfer_risk(transferability: torch.Tensor, normalization: str = "complement") -> torch.Tensor:
+    """Transfer risk map from a pixel transferability map.
+
+    Args:
+        transferability: ``[B, 1, *spatial]`` values of ``T`` in ``[0, 1]``.
+        normalization: ``"complement"`` or ``"minmax"`` (see the module docstring).
+
+    Returns:
+        ``[B, 1, *spatial]`` risk in ``[0, 1]``, non-increasing in ``T`` within each image.
+    """
+    _check_map("transferability", transferability)
+    if normalization == "complement":
+        return 1.0 - transferability
+    if normalization == "minmax":
+        flat = transferability.flatten(1)
+        t_min = flat.min(dim=1).values.view(-1, *([1] * (transferability.ndim - 1)))
+        t_max = flat.max(dim=1).values.view(-1, *([1] * (transferability.ndim - 1)))
+        span = t_max - t_min
+        return torch.where(span > 0, (t_max - transferability) / span.clamp_min(1e-12), 0.0)
+    raise ValueError(f"unknown risk normalization {normalization!r}; choose one of {RISK_NORMALIZATIONS}.")
+
+
+def risk_to_weights(risk: torch.Tensor, scheme: str = "linear", strength: float = 1.0) -> torch.Tensor:
+    """Per-voxel loss weights from a risk map.
+
+    The map is not range-checked here (this runs every training step); :func:`transfer_risk` checks its input
+    when the map is made.
+
+    Args:
+        risk: ``[B, 1, *spatial]`` risk in ``[0, 1]``.
+        scheme: ``"linear"``, ``"exponential"`` or ``"uniform"`` (see the module docstring).
+        strength: ``s >= 0``; 0 gives uniform weights for every scheme.
+
+    Returns:
+        ``[B, 1, *spatial]`` weights ``>= 1``, non-decreasing in risk.
+    """
+    if strength < 0:
+        raise ValueError(f"strength must be >= 0 so that higher risk never lowers a weight, got {strength}.")
+    if scheme not in WEIGHT_SCHEMES:
+        raise ValueError(f"unknown weighting scheme {scheme!r}; choose one of {WEIGHT_SCHEMES}.")
+    if scheme == "uniform":
+        return torch.ones_like(risk)
+    if scheme == "linear":
+        return 1.0 + strength * risk
+    return torch.exp(strength * risk)

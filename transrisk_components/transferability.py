@@ -1,0 +1,249 @@
+"""LEEP statistics of a source model over target voxels, and per-voxel transferability.
+
+Notation (LEEP, Nguyen et al., ICML 2020, with voxels as samples):
+
+- ``z`` ranges over the source model's classes (``Cs`` of them), ``p_source(z | v)`` is its softmax at voxel ``v``;
+- ``y`` ranges over the target task's classes (``Ct`` of them), ``y_v`` is the target label at ``v``;
+- the empirical joint ``P(y, z)`` is the sum over voxels with ``y_v = y`` of ``p_source(z | v)``, divided by the
+  number of voxels; the empirical conditional is ``P(y | z) = P(y, z) / sum_y' P(y', z)``;
+- the pixel-level transferability is ``T(v) = sum_z P(y_v | z) * p_source(z | v)``, the probability that the
+  "expected empirical predictor" built on the source model assigns to the true label at ``v``;
+- the LEEP score is the mean of ``log T(v)`` over the voxels.
+
+Tensors are channel-first: source probabilities ``[B, Cs, *spatial]``, labels and masks ``[B, 1, *spatial]``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+__all__ = ["LEEPStatistics", "pixel_transferability", "leep"]
+
+_PROB_SUM_TOLERANCE = 1e-3  # loose enough for float16 softmax (AMP), tight enough to catch logits
+
+
+def _check_probs_and_labels(source_probs: torch.Tensor, target_labels: torch.Tensor, num_source_classes: int) -> None:
+    """Raise ``ValueError`` unless ``source_probs [B,Cs,*S]`` and ``target_labels [B,1,*S]`` fit together."""
+    if source_probs.ndim < 3:
+        raise ValueError(f"source_probs must be [B, Cs, *spatial], got shape {tuple(source_probs.shape)}.")
+    if source_probs.shape[1] != num_source_classes:
+        raise ValueError(
+            f"source_probs has {source_probs.shape[1]} source classes (channel dimension), "
+            f"expected {num_source_classes}."
+        )
+    expected_label_shape = (source_probs.shape[0], 1, *source_probs.shape[2:])
+    if tuple(target_labels.shape) != expected_label_shape:
+        raise ValueError(
+            f"target_labels must have shape {expected_label_shape} to match source_probs "
+            f"{tuple(source_probs.shape)}, got {tuple(target_labels.shape)} (spatial shape or batch mismatch)."
+        )
+    if not torch.is_floating_point(source_probs):
+        raise ValueError(f"source_probs must be floating point probabilities, got dtype {source_probs.dtype}.")
+    if not torch.isfinite(source_probs).all():
+        raise ValueError("source_probs contains NaN or Inf values.")
+    if (source_probs < 0).any():
+        raise ValueError("source_probs contains negative values: pass softmax probabilities, not logits.")
+    sums = source_probs.sum(dim=1, dtype=torch.float64)
+    worst = (sums - 1.0).abs().max().item()
+    if worst > _PROB_SUM_TOLERANCE:
+        raise ValueError(
+            f"source_probs do not sum to 1 over the class dimension (largest deviation {worst:.3g}): "
+            "apply softmax over dim=1 first."
+        )
+
+
+def _labels_as_indices(target_labels: torch.Tensor, num_target_classes: int) -> torch.Tensor:
+    """Validate ``target_labels [B,1,*S]`` (integer-valued, any dtype) and return them as ``int64``."""
+    if torch.is_floating_point(target_labels):
+        if not torch.isfinite(target_labels).all():
+            raise ValueError("target_labels contains NaN or Inf values.")
+        if (target_labels != target_labels.round()).any():
+            raise ValueError("target_labels must be integer class indices, found fractional values.")
+    labels = target_labels.long()
+    if labels.numel() > 0:
+        low, high = labels.min().item(), labels.max().item()
+        if low < 0 or high >= num_target_classes:
+            bad = torch.unique(labels[(labels < 0) | (labels >= num_target_classes)]).tolist()
+            raise ValueError(
+                f"target_labels has values {bad} outside [0, {num_target_classes}): map raw label values to "
+                "task class indices first (e.g. FeTS 4 -> 3)."
+            )
+    return labels
+
+
+def _check_mask(mask: torch.Tensor, target_labels: torch.Tensor) -> torch.Tensor:
+    """Validate a voxel mask ``[B,1,*S]`` against the labels and return it as ``bool``."""
+    if tuple(mask.shape) != tuple(target_labels.shape):
+        raise ValueError(f"mask must have the labels' shape {tuple(target_labels.shape)}, got {tuple(mask.shape)}.")
+    mask = mask.bool()
+    if not mask.any():
+        raise ValueError("mask selects no voxels: LEEP statistics need at least one voxel.")
+    return mask
+
+
+class LEEPStatistics:
+    """Streaming accumulator of the empirical joint ``P(y, z)`` over target voxels.
+
+    Counts are accumulated in float64, so any split of the data into ``update`` calls gives the same joint as
+    one call over all of it (up to float64 rounding). Under ``torch.distributed``, every rank accumulates its own
+    voxels and :meth:`all_reduce` sums the counts once, after the last update.
+
+    Args:
+        num_target_classes: ``Ct``, the number of target classes (label values ``0 .. Ct-1``).
+        num_source_classes: ``Cs``, the number of source model output channels.
+
+    Example::
+
+        stats = LEEPStatistics(num_target_classes=4, num_source_classes=2)
+        for batch in loader:
+            stats.update(torch.softmax(source_net(batch["image"]), 1), batch["label"])
+        stats.all_reduce()
+        risk_input = pixel_transferability(probs, labels, stats.conditional())
+    """
+
+    def __init__(self, num_target_classes: int, num_source_classes: int) -> None:
+        if num_target_classes < 1 or num_source_classes < 1:
+            raise ValueError(
+                f"class counts must be positive, got num_target_classes={num_target_classes}, "
+                f"num_source_classes={num_source_classes}."
+            )
+        self.num_target_classes = int(num_target_classes)
+        self.num_source_classes = int(num_source_classes)
+        self._counts = torch.zeros(self.num_target_classes, self.num_source_classes, dtype=torch.float64)
+        self._num_voxels = torch.zeros((), dtype=torch.float64)
+
+    @torch.no_grad()
+    def update(
+        self, source_probs: torch.Tensor, target_labels: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> None:
+        """Add the voxels of one batch.
+
+        Args:
+            source_probs: ``[B, Cs, *spatial]`` softmax of the source model, each voxel summing to 1 over ``Cs``.
+            target_labels: ``[B, 1, *spatial]`` integer target class indices in ``[0, Ct)``.
+            mask: optional ``[B, 1, *spatial]`` bool; only voxels where it is true are counted.
+        """
+        _check_probs_and_labels(source_probs, target_labels, self.num_source_classes)
+        labels = _labels_as_indices(target_labels, self.num_target_classes)
+        probs = source_probs.movedim(1, -1).reshape(-1, self.num_source_classes)  # [N, Cs]
+        labels = labels.reshape(-1)  # [N]
+        if mask is not None:
+            keep = _check_mask(mask, target_labels).reshape(-1)
+            probs, labels = probs[keep], labels[keep]
+        counts = self._counts.to(probs.device)
+        counts.index_add_(0, labels, probs.to(torch.float64))
+        self._counts = counts
+        self._num_voxels = self._num_voxels.to(probs.device) + labels.numel()
+
+    @property
+    def num_voxels(self) -> int:
+        """Number of voxels accumulated so far (summed over ranks after :meth:`all_reduce`)."""
+        return int(self._num_voxels.item())
+
+    @property
+    def joint(self) -> torch.Tensor:
+        """Empirical joint ``P(y, z)``, float64 ``[Ct, Cs]`` summing to 1."""
+        if self._num_voxels.item() == 0:
+            raise ValueError("LEEPStatistics has no voxels yet: call update() before reading the joint.")
+        return self._counts / self._num_voxels
+
+    def conditional(self) -> torch.Tensor:
+        """Empirical conditional ``P(y | z)``, float64 ``[Ct, Cs]``.
+
+        Each column ``z`` that received probability mass sums to 1 over ``y``; a column with no mass (a source
+        class the model never predicts) is all zeros, so it contributes nothing to the transferability.
+        """
+        joint = self.joint
+        marginal_z = joint.sum(dim=0, keepdim=True)  # [1, Cs]
+        return torch.where(marginal_z > 0, joint / marginal_z.clamp_min(torch.finfo(joint.dtype).tiny), 0.0)
+
+    def all_reduce(self) -> None:
+        """Sum the counts over all ``torch.distributed`` ranks; a no-op when distributed is not initialised.
+
+        Call it exactly once, after every rank's last :meth:`update`.
+        """
+        if not (dist.is_available() and dist.is_initialized()):
+            return
+        device = self._counts.device
+        if dist.get_backend() == "nccl":
+            device = torch.device("cuda", torch.cuda.current_device())
+        packed = torch.cat([self._counts.reshape(-1), self._num_voxels.reshape(1)]).to(device)
+        dist.all_reduce(packed, op=dist.ReduceOp.SUM)
+        packed = packed.to(self._counts.device)
+        self._counts = packed[:-1].reshape(self._counts.shape).clone()
+        self._num_voxels = packed[-1].clone()
+
+    def state_dict(self) -> dict[str, Any]:
+        """The accumulated counts (on the CPU) and class counts, for checkpointing or caching."""
+        return {
+            "num_target_classes": self.num_target_classes,
+            "num_source_classes": self.num_source_classes,
+            "counts": self._counts.detach().cpu().clone(),
+            "num_voxels": float(self._num_voxels.item()),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore counts saved by :meth:`state_dict`; the class counts must match this accumulator's."""
+        shape = (state["num_target_classes"], state["num_source_classes"])
+        if shape != (self.num_target_classes, self.num_source_classes) or tuple(state["counts"].shape) != shape:
+            raise ValueError(
+                f"state holds {shape[0]} target x {shape[1]} source classes, this accumulator has "
+                f"{self.num_target_classes} x {self.num_source_classes}."
+            )
+        self._counts = state["counts"].to(torch.float64).clone()
+        self._num_voxels = torch.tensor(float(state["num_voxels"]), dtype=torch.float64)
+
+
+def pixel_transferability(
+    source_probs: torch.Tensor, target_labels: torch.Tensor, conditional: torch.Tensor
+) -> torch.Tensor:
+    """Per-voxel transferability ``T(v) = sum_z P(y_v | z) * p_source(z | v)``.
+
+    Args:
+        source_probs: ``[B, Cs, *spatial]`` source softmax probabilities.
+        target_labels: ``[B, 1, *spatial]`` integer target class indices in ``[0, Ct)``.
+        conditional: ``[Ct, Cs]`` empirical ``P(y | z)`` from :meth:`LEEPStatistics.conditional`.
+
+    Returns:
+        ``[B, 1, *spatial]`` tensor in ``[0, 1]``, in the dtype of ``source_probs``; high means the source
+        model's knowledge predicts the true target label well at that voxel.
+    """
+    if conditional.ndim != 2:
+        raise ValueError(f"conditional must be [Ct, Cs], got shape {tuple(conditional.shape)}.")
+    num_target_classes, num_source_classes = conditional.shape
+    _check_probs_and_labels(source_probs, target_labels, num_source_classes)
+    labels = _labels_as_indices(target_labels, num_target_classes)
+    conditional = conditional.to(device=source_probs.device, dtype=source_probs.dtype)
+    predicted = torch.einsum("tc,bc...->bt...", conditional, source_probs)  # [B, Ct, *spatial]
+    return predicted.gather(1, labels).clamp_(0.0, 1.0)
+
+
+def leep(source_probs: torch.Tensor, target_labels: torch.Tensor, mask: torch.Tensor | None = None) -> float:
+    """LEEP score with voxels as samples: the mean of ``log T(v)`` over the (masked) voxels.
+
+    ``P(y | z)`` is pooled over the same voxels; the number of target classes is ``max(label) + 1``.
+
+    Args:
+        source_probs: ``[B, Cs, *spatial]`` source softmax probabilities.
+        target_labels: ``[B, 1, *spatial]`` integer target class indices (non-negative).
+        mask: optional ``[B, 1, *spatial]`` bool selecting the voxels to score.
+
+    Returns:
+        A float ``<= 0``; closer to 0 means the source model transfers better to the target labels.
+    """
+    _check_probs_and_labels(source_probs, target_labels, source_probs.shape[1])
+    if mask is not None:
+        mask = _check_mask(mask, target_labels)
+    num_target_classes = int(target_labels.max().item()) + 1
+    stats = LEEPStatistics(max(num_target_classes, 1), source_probs.shape[1])
+    stats.update(source_probs, target_labels, mask)
+    transferability = pixel_transferability(
+        source_probs.to(torch.float64), target_labels, stats.conditional()
+    )  # [B, 1, *spatial]
+    if mask is not None:
+        transferability = transferability[mask]
+    log_t = transferability.clamp_min(torch.finfo(torch.float64).tiny).log()
+    return log_t.mean().item()
