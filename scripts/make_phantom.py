@@ -1,0 +1,50 @@
+"""Generate look-alike FeTS2021 / iSeg-2019 data in the native layouts.
+
+Examples::
+
+    python scripts/make_phantom.py fets --out /tmp/ph --subjects 40 --seed 0 --preview
+    python scripts/make_phantom.py iseg --out /tmp/ph --shape 32,32,32
+    python scripts/make_phantom.py fets --out /tmp/full --subjects 2 --full_size
+"""
+
+from __future__ import annotations
+
+import fire
+
+from transrisk_components.data.phantom import make_phantom, preview_path
+
+
+def main(
+    dataset: str,
+    out: str,
+    subjects: int | None = None,
+    seed: int = 0,
+    shape: tuple[int, int, int] | None = None,
+    full_size: bool = False,
+    preview: bool = False,
+    overwrite: bool = True,
+    **options,
+) -> None:
+    """Write a phantom of DATASET ("fets" or "iseg") under OUT and print its root.
+
+    Args:
+        dataset: "fets" or "iseg".
+        out: parent folder; the dataset root is OUT/MICCAI_FeTS2021_TrainingData or OUT/iSeg-2019-Training.
+        subjects: number of subjects (default: the bundles' default phantom size).
+        seed: random seed; the same seed gives byte-identical voxels.
+        shape: grid as X,Y,Z (default 64,64,64); the field of view stays fixed.
+        full_size: real size instead (240x240x155 / 144x192x256 at 1 mm).
+        preview: also write OUT/<dataset>_phantom_preview.png.
+        overwrite: replace an existing phantom under OUT (real data is never replaced).
+        options: dataset-specific, e.g. --institutions 3 (fets) or --labelled 10 (iseg).
+    """
+    root = make_phantom(
+        dataset, out, subjects, seed, preview=preview, shape=shape, full_size=full_size, overwrite=overwrite, **options
+    )
+    print(f"dataset root: {root}")
+    if preview:
+        print(f"preview: {preview_path(out, dataset)}")
+
+
+if __name__ == "__main__":
+    fire.Fire(main)

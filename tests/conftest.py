@@ -1,0 +1,38 @@
+"""Shared pytest fixtures.
+
+Data-layer fixtures (prefix ``data_``): small session-scoped phantoms and the shared real-format
+specimens under ``../shared/fixtures`` next to the repository root.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+DATA_PHANTOM_SHAPE = (32, 32, 32)
+
+
+@pytest.fixture(scope="session")
+def data_shared_fixtures() -> Path:
+    """``<repo>/../shared/fixtures``; skips the test when that folder is absent (CI clones it beside the repo)."""
+    path = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
+    if not path.is_dir():
+        pytest.skip(f"shared real-format fixtures not found at {path} (expected ../shared beside the repository)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def data_fets_phantom(tmp_path_factory) -> Path:
+    """FeTS look-alike root: 11 subjects (ids 001-010, 012), 3 institutions, 32^3 voxels, seed 0."""
+    from transrisk_components.data.phantom_fets import make_fets_phantom
+
+    return make_fets_phantom(tmp_path_factory.mktemp("fets"), subjects=11, seed=0, shape=DATA_PHANTOM_SHAPE)
+
+
+@pytest.fixture(scope="session")
+def data_iseg_phantom(tmp_path_factory) -> Path:
+    """iSeg look-alike root: subjects 1-12, 1-10 labelled, 32^3 voxels, seed 0."""
+    from transrisk_components.data.phantom_iseg import make_iseg_phantom
+
+    return make_iseg_phantom(tmp_path_factory.mktemp("iseg"), subjects=12, seed=0, shape=DATA_PHANTOM_SHAPE)

@@ -1,0 +1,162 @@
+"""FeTS2021 datalist, partitioning CSVs and task labels, on phantom output and the real CSV specimens."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from monai.data import MetaTensor
+from monai.transforms import LoadImaged
+
+from transrisk_components.data import (
+    fets2021_datalist,
+    fets_raw_labels,
+    fets_task_labels,
+    get_dataset,
+    num_classes,
+    read_fets_partitions,
+)
+
+
+def _copy_subject(root: Path, dest: Path, case_id: str = "FeTS21_Training_001") -> Path:
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(root / case_id, dest / case_id)
+    return dest / case_id
+
+
+def test_datalist_on_phantom(data_fets_phantom):
+    cases = fets2021_datalist(data_fets_phantom, partition_csv="partitioning_1.csv")
+    ids = [c["case_id"] for c in cases]
+    assert ids == sorted(ids) and len(ids) == 11
+    assert "FeTS21_Training_011" not in ids and "FeTS21_Training_012" in ids  # gaps allowed
+    first = cases[0]
+    assert set(first) == {"case_id", "image", "label", "partition"}
+    assert [Path(p).name for p in first["image"]] == [
+        f"FeTS21_Training_001_{m}.nii.gz" for m in ("t1", "t1ce", "t2", "flair")
+    ]
+    assert all(Path(p).is_absolute() and Path(p).is_file() for p in first["image"])
+    assert first["label"].endswith("FeTS21_Training_001_seg.nii.gz")
+    assert {c["partition"] for c in cases} == {"01", "02", "03"}
+
+
+def test_modalities_order_and_no_partition(data_fets_phantom):
+    cases = fets2021_datalist(data_fets_phantom, modalities=("flair", "T1CE"))
+    assert [Path(p).name.split("_")[-1] for p in cases[0]["image"]] == ["flair.nii.gz", "t1ce.nii.gz"]
+    assert all(c["partition"] is None for c in cases)
+
+
+def test_t1gd_alias_unlabelled_and_stray_files(data_fets_phantom, tmp_path):
+    folder = _copy_subject(data_fets_phantom, tmp_path)
+    (folder / "FeTS21_Training_001_t1ce.nii.gz").rename(folder / "FeTS21_Training_001_t1gd.nii.gz")
+    (folder / "FeTS21_Training_001_seg.nii.gz").unlink()
+    (tmp_path / "README.txt").write_text("stray")
+    (tmp_path / "survival_info.csv").write_text("a,b\n")
+    (tmp_path / "notes").mkdir()
+    (case,) = fets2021_datalist(tmp_path, modalities=("t1gd",))
+    assert case["image"][0].endswith("_t1gd.nii.gz")
+    assert case["label"] is None
+
+
+def test_missing_inputs(data_fets_phantom, tmp_path):
+    with pytest.raises(FileNotFoundError, match="no_such_root"):
+        fets2021_datalist(tmp_path / "no_such_root")
+    with pytest.raises(ValueError, match="no FeTS21_Training"):
+        fets2021_datalist(tmp_path)
+    folder = _copy_subject(data_fets_phantom, tmp_path)
+    (folder / "FeTS21_Training_001_flair.nii.gz").unlink()
+    with pytest.raises(FileNotFoundError, match="FeTS21_Training_001_flair.nii.gz"):
+        fets2021_datalist(tmp_path)
+    with pytest.raises(FileNotFoundError, match="missing.csv"):
+        fets2021_datalist(data_fets_phantom, partition_csv=tmp_path / "missing.csv")
+    with pytest.raises(ValueError, match="unknown FeTS modalities"):
+        fets2021_datalist(data_fets_phantom, modalities=("dwi",))
+
+
+def test_real_partitioning_csvs(data_shared_fixtures):
+    first = read_fets_partitions(data_shared_fixtures / "fets2021" / "partitioning_1.csv")
+    second = read_fets_partitions(data_shared_fixtures / "fets2021" / "partitioning_2.csv")
+    assert len(first) == len(second) == 341
+    assert first["FeTS21_Training_001"] == "01"
+    assert sorted(set(first.values())) == [f"{i:02d}" for i in range(1, 18)]
+    assert sorted(set(second.values())) == [f"{i:02d}" for i in range(1, 23)]
+    assert all(not k.endswith("\r") and not v.endswith("\r") for k, v in first.items())
+
+
+def test_real_csv_with_phantom_root(data_fets_phantom, data_shared_fixtures):
+    csv_path = data_shared_fixtures / "fets2021" / "partitioning_1.csv"
+    cases = fets2021_datalist(data_fets_phantom, partition_csv=csv_path)
+    expected = read_fets_partitions(csv_path)
+    assert all(c["partition"] == expected.get(c["case_id"]) for c in cases)
+
+
+def test_partition_columns_by_name(tmp_path):
+    csv_path = tmp_path / "partitioning_2022.csv"
+    csv_path.write_bytes(b"\xef\xbb\xbfPartition_ID,Subject_ID\r\n3,FeTS2022_00001\r\n1,FeTS2022_00002")
+    assert read_fets_partitions(csv_path) == {"FeTS2022_00001": "3", "FeTS2022_00002": "1"}
+    csv_path.write_text("Subject,Site\nx,1\n")
+    with pytest.raises(ValueError, match="Partition_ID"):
+        read_fets_partitions(csv_path)
+
+
+RAW = np.array([0, 1, 2, 4, 4, 2])
+
+
+@pytest.mark.parametrize(
+    "task, expected",
+    [
+        ("multiclass", [0, 1, 2, 3, 3, 2]),
+        ("ET", [0, 0, 0, 1, 1, 0]),
+        ("TC", [0, 1, 0, 1, 1, 0]),
+        ("WT", [0, 1, 1, 1, 1, 1]),
+    ],
+)
+def test_task_labels(task, expected):
+    for label in (RAW, RAW.astype(np.float32)):
+        out = fets_task_labels(label, task)
+        assert isinstance(out, np.ndarray) and out.dtype == np.int64
+        np.testing.assert_array_equal(out, expected)
+    tensor = fets_task_labels(torch.as_tensor(RAW, dtype=torch.float32), task)
+    assert isinstance(tensor, torch.Tensor) and tensor.dtype == torch.int64
+    assert tensor.tolist() == expected
+    meta = fets_task_labels(MetaTensor(torch.as_tensor(RAW)[None], affine=torch.eye(4)), task)
+    assert isinstance(meta, MetaTensor) and meta.shape == (1, 6)
+
+
+def test_task_label_errors():
+    with pytest.raises(ValueError, match=r"\[3\]"):
+        fets_task_labels(np.array([0, 1, 3]), "multiclass")
+    with pytest.raises(ValueError, match="valid tasks"):
+        fets_task_labels(RAW, "NCR")
+    with pytest.raises(ValueError, match=r"\[4\]"):
+        fets_raw_labels(np.array([0, 4]), "multiclass")
+
+
+def test_raw_labels_inverse():
+    np.testing.assert_array_equal(fets_raw_labels(fets_task_labels(RAW, "multiclass"), "multiclass"), RAW)
+    assert fets_raw_labels(torch.tensor([0, 1]), "ET").tolist() == [0, 4]
+    assert fets_raw_labels(np.array([0, 1]), "TC").tolist() == [0, 1]
+
+
+def test_spec():
+    spec = get_dataset("fets")
+    assert spec.datalist is fets2021_datalist and spec.reader == "NibabelReader"
+    assert spec.modalities == ("t1", "t1ce", "t2", "flair") and spec.label_values == (0, 1, 2, 4)
+    assert num_classes(spec, "multiclass") == 4 and num_classes(spec, "ET") == 2
+    with pytest.raises(ValueError, match="valid tasks"):
+        num_classes(spec, "CSF")
+    with pytest.raises(ValueError, match="valid datasets"):
+        get_dataset("brats")
+
+
+def test_monai_loads_every_file(data_fets_phantom):
+    spec = get_dataset("fets")
+    loader = LoadImaged(keys=["image", "label"], reader=spec.reader, ensure_channel_first=True)
+    for case in fets2021_datalist(data_fets_phantom):
+        data = loader({"image": case["image"], "label": case["label"]})
+        assert data["image"].shape == (4, 32, 32, 32)
+        assert data["label"].shape == (1, 32, 32, 32)
+        torch.testing.assert_close(data["image"].affine, data["label"].affine)
+        assert set(torch.unique(data["label"]).tolist()) <= {0.0, 1.0, 2.0, 4.0}

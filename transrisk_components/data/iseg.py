@@ -1,0 +1,173 @@
+"""iSeg-2019 (6-month infant brain MRI) in the layout the challenge distributes.
+
+Layout: a flat folder of Analyze 7.5 pairs, sometimes nested one level deeper after unzipping::
+
+    iSeg-2019-Training/
+        subject-1-T1.hdr, subject-1-T1.img, subject-1-T2.hdr/.img, subject-1-label.hdr/.img
+        ...                                  (N not zero-padded; 1-10 training, with labels;
+                                              11-23 validation and 24-39 testing, without)
+
+Volumes are 144x192x256 at 1 mm; headers may carry a trailing singleton 4th dimension. Raw labels:
+0 background, 10 CSF, 150 grey matter, 250 white matter.
+
+Reader: image **and** label are read with MONAI's ``NibabelReader`` (``LoadImaged(..., reader=
+"NibabelReader")``), for every dataset in transrisk. Analyze 7.5 headers carry no orientation, so
+each library guesses: nibabel assumes radiological LAS and keeps the singleton 4th dimension (MONAI
+treats it as a channel), ITK reports LPS with an identity direction and drops it. The voxels agree
+once transposed, the affines do not, so mixing readers misaligns image, label and risk map. nibabel
+is chosen because (1) it reads FeTS NIfTI and iSeg Analyze alike, (2) the risk maps are written as
+NIfTI with the affine the reader returned, which nibabel round-trips exactly, and (3) the phantom
+writes true Analyze 7.5 with nibabel's ``AnalyzeImage``, so generator and reader share one convention.
+``NibabelReader`` does not claim ``.hdr`` when MONAI picks readers by suffix, so name it explicitly.
+"""
+
+from __future__ import annotations
+
+import re
+from os import PathLike
+from pathlib import Path
+
+from transrisk_components.data.checks import LabelT, remap_labels
+
+__all__ = [
+    "ISEG_LABEL_VALUES",
+    "ISEG_MODALITIES",
+    "ISEG_TASKS",
+    "iseg2019_datalist",
+    "iseg_raw_labels",
+    "iseg_task_labels",
+]
+
+ISEG_MODALITIES: tuple[str, ...] = ("T1", "T2")
+ISEG_LABEL_VALUES: tuple[int, ...] = (0, 10, 150, 250)
+ISEG_TASKS: dict[str, tuple[str, ...]] = {
+    "multiclass": ("background", "CSF", "GM", "WM"),
+    "CSF": ("background", "CSF"),
+    "GM": ("background", "GM"),
+    "WM": ("background", "WM"),
+}
+
+_FILE = re.compile(r"^subject-(\d+)-(T1|T2|label)\.hdr$", re.IGNORECASE)
+_CANONICAL = {"t1": "T1", "t2": "T2", "label": "label"}
+_TISSUE_VALUE = {"CSF": 10, "GM": 150, "WM": 250}
+
+_TO_TASK: dict[str, dict[int, int]] = {
+    "multiclass": {0: 0, 10: 1, 150: 2, 250: 3},
+    **{t: {v: int(v == raw) for v in ISEG_LABEL_VALUES} for t, raw in _TISSUE_VALUE.items()},
+}
+_TO_RAW: dict[str, dict[int, int]] = {
+    "multiclass": {0: 0, 1: 10, 2: 150, 3: 250},
+    **{t: {0: 0, 1: raw} for t, raw in _TISSUE_VALUE.items()},
+}
+
+
+def _check_task(task: str) -> None:
+    if task not in _TO_TASK:
+        raise ValueError(f"unknown iSeg task {task!r}; valid tasks: {sorted(_TO_TASK)}")
+
+
+def iseg_task_labels(label: LabelT, task: str) -> LabelT:
+    """Map raw iSeg labels to a task's classes.
+
+    Args:
+        label: raw labels in {0, 10, 150, 250}, any shape (e.g. ``[1, H, W, D]``), numpy or torch,
+            int or float.
+        task: ``"multiclass"`` (0,10,150,250 -> 0,1,2,3), or a binary tissue ``"CSF"`` / ``"GM"`` /
+            ``"WM"`` -> 0/1.
+
+    Returns:
+        int64 classes, same shape and container type as ``label``.
+
+    Raises:
+        ValueError: unknown task, or values outside {0, 10, 150, 250} (listed in the message).
+    """
+    _check_task(task)
+    return remap_labels(label, _TO_TASK[task], f"iSeg task {task!r}")
+
+
+def iseg_raw_labels(class_map: LabelT, task: str) -> LabelT:
+    """Inverse of :func:`iseg_task_labels` for predictions: task classes -> raw iSeg label values.
+
+    ``"multiclass"``: 0,1,2,3 -> 0,10,150,250; a binary tissue task maps 1 to its raw value
+    (``CSF`` -> 10, ``GM`` -> 150, ``WM`` -> 250). Returns int64, same shape and type as ``class_map``.
+    """
+    _check_task(task)
+    return remap_labels(class_map, _TO_RAW[task], f"iSeg task {task!r} classes")
+
+
+def _subject_files(folder: Path) -> dict[int, dict[str, Path]]:
+    """``{N: {"T1": hdr, "T2": hdr, "label": hdr}}`` for the Analyze headers directly in ``folder``."""
+    found: dict[int, dict[str, Path]] = {}
+    for path in folder.iterdir():
+        match = _FILE.match(path.name)
+        if match and path.is_file():
+            found.setdefault(int(match.group(1)), {})[_CANONICAL[match.group(2).lower()]] = path
+    return found
+
+
+def _collect(root: Path) -> dict[int, dict[str, Path]]:
+    """Subject files in ``root``, or else in its direct subfolders (an unzipped archive nests one level)."""
+    found = _subject_files(root)
+    if found:
+        return found
+    for sub in sorted(p for p in root.iterdir() if p.is_dir()):
+        for n, files in _subject_files(sub).items():
+            if n in found:
+                first = next(iter(found[n].values())).parent
+                raise ValueError(f"subject-{n} appears in two folders: {first} and {sub}")
+            found[n] = files
+    return found
+
+
+def _analyze_pair(hdr: Path, case_id: str) -> str:
+    img = hdr.with_suffix(".img")
+    if not img.is_file():
+        raise FileNotFoundError(f"{case_id}: Analyze header {hdr} has no data file {img}")
+    return str(hdr)
+
+
+def _normalise_modalities(modalities: tuple[str, ...] | list[str]) -> list[str]:
+    names = [m.upper() for m in modalities]
+    unknown = [m for m, n in zip(modalities, names) if n not in ISEG_MODALITIES]
+    if unknown or not names:
+        raise ValueError(f"unknown iSeg modalities {unknown or '(none given)'}; valid: {list(ISEG_MODALITIES)}")
+    return names
+
+
+def iseg2019_datalist(root: str | PathLike, modalities: tuple[str, ...] | list[str] = ISEG_MODALITIES) -> list[dict]:
+    """List the iSeg-2019 subjects under ``root``, one dict per subject, sorted by N numerically.
+
+    Args:
+        root: the folder holding ``subject-<N>-T1.hdr`` etc. (e.g. ``iSeg-2019-Training``), or a folder
+            whose direct subfolders hold them (nested archive, or training + validation side by side).
+        modalities: which images, in channel order: ``"T1"``, ``"T2"`` (case-insensitive).
+
+    Returns:
+        ``[{"case_id": "subject-1", "image": [abs path of each modality's .hdr], "label": abs path of
+        ``subject-<N>-label.hdr`` or None (validation / testing subjects)}, ...]``. The ``.hdr`` path
+        stands for the pair; ``NibabelReader`` finds the ``.img`` next to it.
+
+    Raises:
+        FileNotFoundError: ``root`` is missing, or a subject lacks a requested modality or the ``.img``
+            half of a pair (the message names the path).
+        ValueError: unknown modality, no subjects found, or one subject number in two subfolders.
+    """
+    names = _normalise_modalities(modalities)
+    root = Path(root).expanduser().resolve()
+    if not root.is_dir():
+        raise FileNotFoundError(f"iSeg-2019 root folder not found: {root}")
+    found = _collect(root)
+    if not found:
+        raise ValueError(f"no iSeg-2019 subjects (subject-<N>-T1.hdr ...) in {root} or its direct subfolders")
+    cases = []
+    for n in sorted(found):
+        files, case_id = found[n], f"subject-{n}"
+        folder = next(iter(files.values())).parent
+        images = []
+        for name in names:
+            if name not in files:
+                raise FileNotFoundError(f"{case_id}: missing {name} image {folder / f'subject-{n}-{name}.hdr'}")
+            images.append(_analyze_pair(files[name], case_id))
+        label = _analyze_pair(files["label"], case_id) if "label" in files else None
+        cases.append({"case_id": case_id, "image": images, "label": label})
+    return cases
