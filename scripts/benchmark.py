@@ -99,5 +99,86 @@ def core(size: int = 128, classes: int = 4, repeats: int = 5, seed: int = 0) -> 
     print(f"(b) weighted step / DiceCE step            {step_ratio:.3f}   (target <= 1.03)")
 
 
+
+def _bundle_workflow(config_file: str, run_id: str, **overrides: object):
+    """An initialised ``ConfigWorkflow`` of the bundle config (imported here: only ``bundle`` needs it)."""
+    from monai.bundle import ConfigWorkflow
+
+    workflow = ConfigWorkflow(config_file=config_file, run_id=run_id, logging_file=False, workflow_type=None, **overrides)
+    workflow.initialize()
+    return workflow
+
+
+def bundle(
+    config_file: str = "bundles/fets/configs/train.json", repeats: int = 5, headline: bool = True, seed: int = 0
+) -> None:
+    """Issue #1 item 6 on the FeTS bundle, in one run, in a temporary bundle folder.
+
+    (a) one fine-tuning iteration with the risk map / the same iteration without it (target <= 1.03);
+    (b) the risk stage over the target training cases / one source inference pass over them (target <= 2.0);
+    (c) with ``headline``: the headline command's wall time (target <= 600 s on 2 CPU cores) and the target
+        Dice it reached (evaluate.json on the target test cases).
+    """
+    import json
+    import os
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    from monai.utils import set_determinism
+
+    root = Path(tempfile.mkdtemp(prefix="transrisk-bench-"))
+    configs = Path(config_file).resolve().parent
+    common = {"bundle_root": str(root), "progress": False, "source_epochs": 2, "seed": seed}
+    _bundle_workflow(config_file, "pretrain", **common).run()
+    with_risk = _bundle_workflow(config_file, "finetune", **common)
+    without = _bundle_workflow(config_file, "finetune", **common, **{"risk#enabled": False})
+    trainers = {name: wf.parser.get_parsed_content("train#trainer") for name, wf in (("risk", with_risk), ("plain", without))}
+    batches = {name: next(iter(trainer.data_loader)) for name, trainer in trainers.items()}
+    set_determinism(seed)
+    device = trainers["risk"].state.device if hasattr(trainers["risk"].state, "device") else torch.device("cpu")
+    step = _interleaved_medians(
+        {name: (lambda t=trainer, b=batches[name]: t._iteration(t, b)) for name, trainer in trainers.items()},
+        repeats,
+        device,
+    )
+    stage = with_risk.parser.get_parsed_content("risk_stage")
+    inferer = with_risk.parser.get_parsed_content("validate#inferer")
+    load = with_risk.parser.get_parsed_content("validate#preprocessing")
+    network = stage._load_network()
+
+    def inference_pass() -> None:
+        with torch.no_grad():
+            for case in stage.cases:
+                inferer(load(case)["image"].as_tensor().unsqueeze(0), network)
+
+    def risk_stage() -> None:
+        stage._compute(Path(tempfile.mkdtemp(dir=root)))
+
+    risk = _interleaved_medians({"inference": inference_pass, "risk": risk_stage}, max(1, repeats // 2), device)
+    print(f"device: {device}, threads: {torch.get_num_threads()}, bundle config: {config_file}")
+    print(f"fine-tuning iteration with risk map:       {step['risk']:.3f} s")
+    print(f"fine-tuning iteration without:             {step['plain']:.3f} s")
+    print(f"(a) with / without                         {step['risk'] / step['plain']:.3f}   (target <= 1.03)")
+    print(f"source inference pass over {len(stage.cases)} target cases: {risk['inference']:.3f} s")
+    print(f"risk stage (LEEP pass + maps written):     {risk['risk']:.3f} s")
+    print(f"(b) risk stage / inference pass            {risk['risk'] / risk['inference']:.3f}   (target <= 2.0)")
+    if not headline:
+        return
+    fresh = Path(tempfile.mkdtemp(prefix="transrisk-headline-"))
+    command = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", config_file,
+               "--bundle_root", str(fresh), "--progress", "False"]
+    start = time.perf_counter()
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, env={**os.environ})
+    seconds = time.perf_counter() - start
+    evaluate = [config_file, str(configs / "evaluate.json")]
+    subprocess.run([sys.executable, "-m", "monai.bundle", "run", "evaluating", "--config_file", json.dumps(evaluate),
+                    "--bundle_root", str(fresh)], check=True, stdout=subprocess.DEVNULL)
+    summary = json.loads((fresh / "eval" / "metrics_summary.json").read_text())
+    print(f"(c) headline command (phantom + source + risk + fine-tuning): {seconds:.0f} s   (target <= 600 s)")
+    print(f"    target test Dice: {json.dumps(summary)}")
+
+
 if __name__ == "__main__":
-    fire.Fire({"core": core})
+    fire.Fire({"core": core, "bundle": bundle})

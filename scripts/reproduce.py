@@ -1,0 +1,118 @@
+"""Reproduce the paper's comparison with the bundles' own run ids: scenarios x methods x seeds.
+
+Usage (from the repository root)::
+
+    python scripts/reproduce.py run --profile quick      # built-in phantoms, CPU, writes docs/results/quick/
+    python scripts/reproduce.py run --profile full --fets_dir /data/MICCAI_FeTS2021_TrainingData \\
+        --iseg_dir /data/iSeg-2019-Training                # everything; meant for a GPU and real data
+    python scripts/reproduce.py table docs/results/quick/results.csv   # re-make table.md and the figure
+
+Training outputs go to ``--work_dir`` (default ``outputs/reproduce/<profile>``, git-ignored); the reports
+(``results.csv``, ``table.md``, ``figures/``, ``machine.md``) go to ``--report_dir`` (default
+``docs/results/<profile>``). A killed run continues where it stopped: finished cells are kept.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import shlex
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import fire
+import torch
+from tqdm import tqdm
+
+from transrisk_components.experiments import PROFILES, REPO_ROOT, grid, run_cell
+from transrisk_components.io_utils import atomic_write_text
+from transrisk_components.results_report import (
+    choose_default,
+    load_results_csv,
+    markdown_table,
+    plot_method_comparison,
+    read_results,
+    write_results_csv,
+)
+
+
+def _write_reports(rows: list[dict], report_dir: Path) -> None:
+    write_results_csv(rows, report_dir / "results.csv")
+    table = markdown_table(rows)
+    best = choose_default(rows)
+    if best is not None:
+        table += f"\nBest risk-weighted variant on validation Dice: {best}.\n"
+    atomic_write_text(report_dir / "table.md", table)
+    plot_method_comparison(rows, report_dir / "figures" / "dice_by_method.png")
+
+
+def _copy_cell_figures(work_dir: Path, report_dir: Path) -> None:
+    """Copy the first seed's risk overlays and learning curves of each scenario into the report."""
+    figures = report_dir / "figures"
+    for png in sorted(work_dir.glob("cells/*/*/seed0/eval/**/*.png")):
+        scenario, method = png.relative_to(work_dir / "cells").parts[:2]
+        target = figures / scenario / f"{method}_{png.name}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(png, target)
+
+
+def _machine_notes(profile: str, seconds: float, cells: int) -> str:
+    command = "python scripts/reproduce.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    return (
+        f"# How these results were made\n\n"
+        f"- command: `{command}` (from the repository root)\n"
+        f"- profile: {profile}, {cells} cells, {seconds / 60:.1f} minutes\n"
+        f"- machine: {platform.platform()}, {os.cpu_count()} CPU cores, "
+        f"{'CUDA ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'}\n"
+        f"- python {platform.python_version()}, torch {torch.__version__}\n"
+    )
+
+
+def run(
+    profile: str = "quick",
+    work_dir: str | None = None,
+    report_dir: str | None = None,
+    fets_dir: str | None = None,
+    iseg_dir: str | None = None,
+) -> None:
+    """Run (or continue) the grid of ``profile`` and write its reports.
+
+    Args:
+        profile: ``quick`` (phantoms, CPU, a subset), ``full`` (every scenario and method) or ``tiny`` (tests).
+        work_dir: training outputs; default ``outputs/reproduce/<profile>``.
+        report_dir: reports; default ``docs/results/<profile>``.
+        fets_dir: a real FeTS2021 root (``MICCAI_FeTS2021_TrainingData``); default: the bundle's phantom.
+        iseg_dir: a real iSeg-2019 root (``iSeg-2019-Training``); default: the bundle's phantom.
+    """
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; choose one of {sorted(PROFILES)}")
+    logging.basicConfig(level=logging.WARNING)
+    work = Path(work_dir or REPO_ROOT / "outputs" / "reproduce" / profile).resolve()
+    reports = Path(report_dir or REPO_ROOT / "docs" / "results" / profile).resolve()
+    dataset_dirs = {"fets": fets_dir, "iseg": iseg_dir}
+    cells = grid(PROFILES[profile])
+    start = time.perf_counter()
+    with tqdm(cells, desc=f"reproduce {profile}", unit="cell") as bar:
+        for cell in bar:
+            bar.set_postfix_str(f"{cell.scenario.name} | {cell.method.name} | seed {cell.seed}")
+            row = run_cell(cell, work, PROFILES[profile], dataset_dirs)
+            bar.write(f"{cell.scenario.name:18s} {cell.method.name:40s} seed {cell.seed}: "
+                      f"val Dice {row['val_dice']:.3f}, test Dice {row['test_dice']:.3f}")
+    rows = read_results(work)
+    _write_reports(rows, reports)
+    _copy_cell_figures(work, reports)
+    atomic_write_text(reports / "machine.md", _machine_notes(profile, time.perf_counter() - start, len(cells)))
+    print(f"reports in {reports}")
+
+
+def table(results_csv: str, report_dir: str | None = None) -> None:
+    """Re-make ``table.md`` and the comparison figure from a ``results.csv``."""
+    rows = load_results_csv(Path(results_csv))
+    _write_reports(rows, Path(report_dir) if report_dir else Path(results_csv).parent)
+
+
+if __name__ == "__main__":
+    fire.Fire({"run": run, "table": table})

@@ -1,0 +1,241 @@
+"""The FeTS bundle's run ids end to end through ``monai.bundle.ConfigWorkflow`` on a tiny phantom.
+
+Every test writes under its own ``bundle_root`` in a temporary folder (never into the repository); the
+phantom (32^3, 12 subjects) is generated once per session. The ``slow`` test runs the headline command from a
+fresh clone, as a user would.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigWorkflow, ckpt_export, verify_net_in_out
+
+from transrisk_components.data.registry import get_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "bundles" / "fets" / "configs"
+TRAIN = str(CONFIGS / "train.json")
+
+TINY = {
+    "network_width": 4,
+    "network_depth": 2,
+    "patch_size": [16, 16, 16],
+    "batch_size": 1,
+    "source_epochs": 1,
+    "max_epochs": 1,
+    "val_interval": 1,
+    "num_source": 3,
+    "num_target_train": 2,
+    "num_target_val": 1,
+    "num_target_test": 2,
+    "progress": False,
+}
+
+
+@pytest.fixture(scope="session")
+def phantom(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A 32^3 FeTS phantom with 12 subjects in three institutions."""
+    root = get_dataset("fets").make_phantom(tmp_path_factory.mktemp("fets"), subjects=12, seed=0, shape=(32, 32, 32))
+    return str(root)
+
+
+def run_workflow(run_id: str, bundle_root: Path, phantom: str, configs: tuple[str, ...] = ("train.json",), **overrides):
+    """Initialise and run one run id of the bundle on the phantom with the tiny settings."""
+    files = [str(CONFIGS / name) for name in configs]
+    settings = {**TINY, "bundle_root": str(bundle_root), "dataset_dir": phantom, **overrides}
+    workflow = ConfigWorkflow(config_file=files, run_id=run_id, logging_file=False, workflow_type=None, **settings)
+    workflow.initialize()
+    workflow.run()
+    workflow.finalize()
+    return workflow
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, phantom: str) -> Path:
+    """A bundle folder after ``run training`` (shared by the evaluate / inference / export tests)."""
+    root = tmp_path_factory.mktemp("trained")
+    run_workflow("training", root, phantom)
+    return root
+
+
+def _messages(error: BaseException | None) -> str:
+    """The messages of an exception and its causes (MONAI wraps errors raised while instantiating)."""
+    texts = []
+    while error is not None:
+        texts.append(str(error))
+        error = error.__cause__
+    return "\n".join(texts)
+
+
+def _risk_maps(root: Path) -> list[Path]:
+    return sorted((root / "outputs" / "risk_maps").glob("*/*_risk.nii.gz"))
+
+
+def test_training_writes_every_stage_output(trained: Path) -> None:
+    assert (trained / "models" / "source.pt").is_file()
+    assert (trained / "models" / "model.pt").is_file()
+    splits = json.loads((trained / "eval" / "splits.json").read_text())["splits"]
+    ids = [{c["case_id"] for c in cases} for cases in splits.values()]
+    assert sum(len(s) for s in ids) == len(set().union(*ids)), "splits overlap"
+    assert [len(splits[k]) for k in ("source", "target_train", "target_val", "target_test")] == [3, 2, 1, 2]
+    maps = _risk_maps(trained)
+    assert len(maps) == 2
+    for case in splits["target_train"]:
+        image = nib.load(case["image"][0])
+        risk = nib.load(next(m for m in maps if m.name.startswith(case["case_id"])))
+        assert risk.shape == image.shape
+        np.testing.assert_allclose(risk.affine, image.affine, atol=1e-5)
+        values = np.asarray(risk.dataobj)
+        assert values.min() >= 0.0 and values.max() <= 1.0
+
+
+def test_each_stage_runs_alone_and_the_risk_cache_is_reused(tmp_path: Path, phantom: str) -> None:
+    run_workflow("pretrain", tmp_path, phantom)
+    assert (tmp_path / "models" / "source.pt").is_file()
+    run_workflow("risk_map", tmp_path, phantom)
+    maps = _risk_maps(tmp_path)
+    stamps = [m.stat().st_mtime_ns for m in maps]
+    run_workflow("finetune", tmp_path, phantom)
+    assert [m.stat().st_mtime_ns for m in _risk_maps(tmp_path)] == stamps, "risk maps were recomputed"
+    assert (tmp_path / "models" / "model.pt").is_file()
+    run_workflow("risk_map", tmp_path, phantom, **{"risk#normalization": "minmax"})
+    assert len(_risk_maps(tmp_path)) == 2 * len(maps), "a changed option must give a new cache entry"
+
+
+def test_run_equals_training_and_plain_finetuning_skips_the_risk_stage(tmp_path: Path, phantom: str) -> None:
+    run_workflow("run", tmp_path, phantom, **{"risk#enabled": "false"})
+    assert (tmp_path / "models" / "model.pt").is_file()
+    assert _risk_maps(tmp_path) == []
+
+
+def test_no_transfer_baseline_needs_no_source_checkpoint(tmp_path: Path, phantom: str) -> None:
+    run_workflow("finetune", tmp_path, phantom, target_init="random", **{"risk#enabled": False})
+    assert (tmp_path / "models" / "model.pt").is_file()
+    assert not (tmp_path / "models" / "source.pt").exists()
+
+
+def test_killed_finetuning_resumes_from_its_checkpoint(trained: Path, tmp_path: Path, phantom: str) -> None:
+    shutil.copytree(trained / "models", tmp_path / "models")
+    shutil.copytree(trained / "eval", tmp_path / "eval")
+    workflow = run_workflow("finetune", tmp_path, phantom, max_epochs=2)
+    trainer = workflow.parser.get_parsed_content("train#trainer")
+    assert trainer.state.epoch == 2
+    assert trainer.state.iteration == 2 * len(trainer.data_loader), "epoch 1 must come from the checkpoint"
+
+
+def test_different_class_counts_reinitialise_the_head(tmp_path: Path, phantom: str, caplog) -> None:
+    run_workflow("pretrain", tmp_path, phantom)
+    with caplog.at_level("INFO"):
+        run_workflow("finetune", tmp_path, phantom, target_task="WT", **{"risk#enabled": False})
+    assert "output head re-initialised" in caplog.text
+
+
+def test_a_source_checkpoint_that_does_not_fit_is_an_error(tmp_path: Path, phantom: str) -> None:
+    run_workflow("pretrain", tmp_path, phantom)
+    with pytest.raises(RuntimeError) as error:
+        run_workflow("finetune", tmp_path, phantom, network_width=8, **{"risk#enabled": False})
+    assert "source.pt does not fit the target network" in _messages(error.value)
+
+
+def test_too_few_cases_and_missing_dataset_dir_are_errors(tmp_path: Path, phantom: str) -> None:
+    with pytest.raises(RuntimeError) as error:
+        run_workflow("pretrain", tmp_path, phantom, num_target_train=20)
+    assert "too few labelled target cases" in _messages(error.value)
+    with pytest.raises(RuntimeError) as error:
+        run_workflow("pretrain", tmp_path, str(tmp_path / "missing"))
+    assert "missing does not exist" in _messages(error.value)
+
+
+def test_evaluate_writes_region_metrics(trained: Path, phantom: str) -> None:
+    run_workflow("evaluating", trained, phantom, configs=("train.json", "evaluate.json"))
+    with open(trained / "eval" / "metrics_per_case.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["region"] for r in rows} == {"ET", "TC", "WT"}
+    assert len({r["case_id"] for r in rows}) == 2
+    assert all(0.0 <= float(r["dice"]) <= 1.0 for r in rows)
+    summary = json.loads((trained / "eval" / "metrics_summary.json").read_text())
+    assert summary
+
+
+def test_inference_writes_raw_labels_on_the_input_grid(trained: Path, phantom: str) -> None:
+    run_workflow("inferring", trained, phantom, configs=("inference.json",))
+    splits = json.loads((trained / "eval" / "splits.json").read_text())["splits"]["target_test"]
+    for case in splits:
+        image = nib.load(case["image"][0])
+        name = Path(case["image"][0]).name.split(".nii")[0]
+        pred = nib.load(trained / "eval" / "predictions" / f"{name}_seg.nii.gz")
+        assert pred.shape == image.shape
+        np.testing.assert_allclose(pred.affine, image.affine, atol=1e-5)
+        assert set(np.unique(np.asarray(pred.dataobj))) <= {0, 1, 2, 4}
+
+
+def test_verify_net_in_out_and_torchscript_export(trained: Path, tmp_path: Path) -> None:
+    overrides = {**TINY, "bundle_root": str(trained), "dataset_dir": "unused"}
+    meta = CONFIGS / "metadata.json"
+    if meta.is_file():
+        verify_net_in_out(net_id="network_def", meta_file=str(meta), config_file=TRAIN, n=1, any=16, **overrides)
+    out = tmp_path / "model.ts"
+    ckpt_export(
+        net_id="network_def",
+        filepath=str(out),
+        ckpt_file=str(trained / "models" / "model.pt"),
+        meta_file=str(meta) if meta.is_file() else None,
+        config_file=TRAIN,
+        key_in_ckpt="",
+        **overrides,
+    )
+    scripted = torch.jit.load(str(out))
+    assert scripted(torch.zeros(1, 1, 16, 16, 16)).shape == (1, 4, 16, 16, 16)
+
+
+def test_risk_export_writes_maps_overlays_and_csv(trained: Path, phantom: str) -> None:
+    run_workflow("export_risk", trained, phantom, configs=("train.json", "export_risk.json"))
+    out = trained / "eval" / "risk_maps"
+    with open(out / "risk_summary.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2
+    for row in rows:
+        assert (out / f"{row['case_id']}_risk.nii.gz").is_file()
+        assert (out / f"{row['case_id']}_risk.png").stat().st_size > 0
+        assert 0.0 <= float(row["mean_risk_background"]) <= 1.0 and float(row["leep"]) <= 0.0
+
+
+def test_ddp_training_with_two_gloo_processes(tmp_path: Path, phantom: str) -> None:
+    configs = json.dumps([TRAIN, str(CONFIGS / "multi_gpu_train.json")])
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+        "-m", "monai.bundle", "run", "training", "--config_file", configs,
+        "--bundle_root", str(tmp_path), "--dataset_dir", phantom,
+    ]
+    for key, value in TINY.items():
+        command += [f"--{key}", json.dumps(value) if isinstance(value, list) else str(value)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert (tmp_path / "models" / "source.pt").is_file()
+    assert (tmp_path / "models" / "model.pt").is_file()
+    assert len(_risk_maps(tmp_path)) == TINY["num_target_train"]
+
+
+@pytest.mark.slow
+def test_headline_command_from_a_fresh_clone(tmp_path: Path) -> None:
+    clone = tmp_path / "transrisk"
+    subprocess.run(["git", "clone", "--quiet", str(REPO), str(clone)], check=True)
+    command = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", "bundles/fets/configs/train.json"]
+    env = {**os.environ, "PYTHONPATH": str(clone)}
+    subprocess.run(command, cwd=clone, env=env, check=True, timeout=900)
+    bundle = clone / "bundles" / "fets"
+    assert (bundle / "models" / "model.pt").is_file()
+    assert (bundle / "data" / "phantom" / "MICCAI_FeTS2021_TrainingData").is_dir()
+    assert not (clone / "models").exists(), "outputs must land in the bundle, not the cwd"

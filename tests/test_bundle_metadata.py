@@ -1,0 +1,77 @@
+"""Both bundles' metadata.json pass MONAI's verify_metadata offline and agree with the code's class names."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from transrisk_components.data.registry import get_dataset
+
+pytest.importorskip("jsonschema", reason="monai.bundle verify_metadata needs jsonschema (setup.cfg test extras)")
+
+from monai.bundle import verify_metadata  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings("ignore:No hash value provided")
+
+BUNDLES = Path(__file__).resolve().parents[1] / "bundles"
+#: bundle folder -> (dataset registry name, name of the default target modality's input channel)
+DEFAULTS = {"fets": ("fets", "FLAIR"), "iseg": ("iseg", "T2")}
+
+
+def _metadata(bundle: str) -> dict:
+    return json.loads((BUNDLES / bundle / "configs" / "metadata.json").read_text())
+
+
+@pytest.mark.parametrize("bundle", sorted(DEFAULTS))
+def test_verify_metadata_offline(bundle: str) -> None:
+    root = BUNDLES / bundle
+    schema = root / _metadata(bundle)["schema"]
+    assert schema.is_file(), f"{bundle}: the schema named in metadata.json must ship inside the bundle"
+    verify_metadata(meta_file=str(root / "configs" / "metadata.json"), filepath=str(schema))
+
+
+def test_bundles_ship_the_same_schema() -> None:
+    texts = {b: (BUNDLES / b / _metadata(b)["schema"]).read_text() for b in DEFAULTS}
+    assert len(set(texts.values())) == 1
+
+
+@pytest.mark.parametrize(
+    ("damage", "match"),
+    [
+        (lambda m: m.pop("network_data_format"), "network_data_format"),
+        (lambda m: m["network_data_format"]["outputs"]["pred"].update(num_channels="4"), "is not of type 'integer'"),
+        (lambda m: m.update(version="first"), "does not match"),
+    ],
+    ids=["no-network-data-format", "string-num-channels", "bad-version"],
+)
+def test_schema_rejects_broken_metadata(tmp_path: Path, damage, match: str) -> None:
+    metadata = _metadata("fets")
+    damage(metadata)
+    broken = tmp_path / "metadata.json"
+    broken.write_text(json.dumps(metadata))
+    with pytest.raises(ValueError, match=match):
+        verify_metadata(meta_file=str(broken), filepath=str(BUNDLES / "fets" / "docs" / "meta_schema.json"))
+
+
+@pytest.mark.parametrize("bundle", sorted(DEFAULTS))
+def test_network_data_format_matches_the_dataset(bundle: str) -> None:
+    dataset, modality = DEFAULTS[bundle]
+    classes = get_dataset(dataset).tasks["multiclass"]
+    formats = _metadata(bundle)["network_data_format"]
+    image, pred = formats["inputs"]["image"], formats["outputs"]["pred"]
+    assert image["channel_def"] == {"0": modality} and image["num_channels"] == 1
+    assert pred["num_channels"] == len(pred["channel_def"]) == len(classes)
+    assert [pred["channel_def"][str(k)] for k in range(len(classes))] == list(classes)
+
+
+@pytest.mark.parametrize("bundle", sorted(DEFAULTS))
+def test_bundle_documents_ship(bundle: str) -> None:
+    root = BUNDLES / bundle
+    readme = (root / "docs" / "README.md").read_text()
+    sections = ("Model Overview", "Data", "Training configuration", "Commands", "Results", "References")
+    for section in (f"## {name}" for name in sections):
+        assert section in readme, f"{bundle}: README lacks {section}"
+    assert "Apache License" in (root / "LICENSE").read_text()
+    assert (root / "docs" / "data_license.txt").stat().st_size > 500

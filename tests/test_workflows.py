@@ -1,0 +1,174 @@
+"""Unit tests of the stage modules: bundle paths, scenario splits, transforms, training wiring, risk stage."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.inferers import SlidingWindowInferer
+
+from transrisk_components.bundle_paths import _from_argv
+from transrisk_components.config_values import as_bool
+from transrisk_components.data.registry import get_dataset
+from transrisk_components.inference_inputs import inference_datalist
+from transrisk_components.losses import RiskWeightedLoss
+from transrisk_components.networks import segmentation_network
+from transrisk_components.risk_stage import RiskStage
+from transrisk_components.scenario import Scenario, resolve_dataset_dir
+from transrisk_components.training import (
+    RiskTargets,
+    TransferLoss,
+    load_source_weights,
+    prepare_risk_batch,
+    training_loss,
+)
+from transrisk_components.transforms import TaskLabelsd, train_transforms
+
+
+@pytest.fixture(scope="module")
+def phantom(tmp_path_factory: pytest.TempPathFactory) -> str:
+    root = get_dataset("fets").make_phantom(tmp_path_factory.mktemp("fets"), subjects=9, seed=0, shape=(32, 32, 32))
+    return str(root)
+
+
+def _scenario(phantom: str, out: Path, **kw) -> Scenario:
+    args = dict(
+        dataset="fets",
+        dataset_dir=phantom,
+        output_dir=str(out),
+        source_modality="t1",
+        target_modality="flair",
+        source_task="multiclass",
+        target_task="multiclass",
+        num_target_train=2,
+        num_target_val=1,
+        num_target_test=2,
+        seed=0,
+    )
+    return Scenario(**{**args, **kw})
+
+
+def test_bundle_root_comes_from_the_config_file_argument(tmp_path: Path) -> None:
+    config = tmp_path / "bundle" / "configs" / "train.json"
+    assert _from_argv(["monai.bundle", "run", "--config_file", str(config)]) == tmp_path / "bundle"
+    assert _from_argv([f"--config_file=['{config}', 'x.json']"]) == tmp_path / "bundle"
+    assert _from_argv(["run"]) is None
+
+
+def test_as_bool_reads_command_line_spellings() -> None:
+    assert as_bool("false") is False and as_bool("True") is True and as_bool(0) is False
+    with pytest.raises(ValueError, match="risk#enabled"):
+        as_bool("maybe", "risk#enabled")
+
+
+def test_splits_are_deterministic_disjoint_and_written(phantom: str, tmp_path: Path) -> None:
+    first = _scenario(phantom, tmp_path / "a").splits
+    second = _scenario(phantom, tmp_path / "b").splits
+    assert first == second
+    ids = [c["case_id"] for cases in first.values() for c in cases]
+    assert len(ids) == len(set(ids)) == 9
+    assert all(c["image"][0].endswith("_flair.nii.gz") for c in first["target_train"])
+    assert all(c["image"][0].endswith("_t1.nii.gz") for c in first["source"])
+    assert json.loads((tmp_path / "a" / "splits.json").read_text())["splits"] == first
+    assert _scenario(phantom, tmp_path / "c", seed=1).splits != first
+
+
+def test_cross_site_splits_follow_the_partitions(phantom: str, tmp_path: Path) -> None:
+    scenario = _scenario(
+        phantom, tmp_path, partition_csv="partitioning_1.csv", source_partitions=[1, 2], target_partitions=[3],
+        num_target_train=1, num_target_val=1, num_target_test=1,
+    )
+    splits = scenario.splits
+    assert splits["source"] and splits["target_test"]
+    with pytest.raises(ValueError, match="overlap"):
+        _scenario(phantom, tmp_path, partition_csv="partitioning_1.csv", source_partitions=[1], target_partitions=[1]).splits
+
+
+def test_missing_dataset_dir_is_an_error_unless_it_is_the_phantom(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        resolve_dataset_dir("fets", str(tmp_path / "nowhere"), phantom_dir=str(tmp_path / "phantom"))
+
+
+def test_spatial_transforms_keep_risk_aligned_with_the_label(phantom: str, tmp_path: Path) -> None:
+    case = _scenario(phantom, tmp_path).target_train[0]
+    label = nib.load(case["label"])
+    risk_path = tmp_path / "risk.nii.gz"
+    nib.save(nib.Nifti1Image((np.asarray(label.dataobj) > 0).astype(np.float32), label.affine), risk_path)
+    chain = train_transforms("fets", "WT", [16, 16, 16], with_risk=True, num_samples=2)
+    for sample in chain({**case, "risk": str(risk_path)}):
+        assert sample["image"].shape == sample["label"].shape == sample["risk"].shape == (1, 16, 16, 16)
+        assert torch.equal(sample["label"].as_tensor().float(), sample["risk"].as_tensor())
+
+
+def test_task_labels_map_raw_values() -> None:
+    raw = torch.tensor([[[[0, 1, 2, 4]]]])
+    assert TaskLabelsd("label", "fets", "TC")({"label": raw})["label"].flatten().tolist() == [0, 1, 0, 1]
+    with pytest.raises(ValueError, match="unknown fets task"):
+        TaskLabelsd("label", "fets", "XX")
+
+
+def test_risk_reaches_the_loss_through_the_batch() -> None:
+    batch = {"image": torch.rand(2, 1, 8, 8, 8), "label": torch.randint(0, 2, (2, 1, 8, 8, 8)), "risk": torch.rand(2, 1, 8, 8, 8)}
+    image, targets = prepare_risk_batch(batch, "cpu")
+    assert isinstance(targets, RiskTargets) and torch.equal(targets.risk, batch["risk"])
+    logits = torch.randn(2, 2, 8, 8, 8)
+    expected = RiskWeightedLoss()(logits, batch["label"], batch["risk"])
+    assert torch.allclose(training_loss(True)(logits, targets), expected)
+    assert torch.isfinite(training_loss(False)(logits, batch["label"]))
+    with pytest.raises(TypeError, match="cannot use it"):
+        TransferLoss(torch.nn.MSELoss())(logits, targets)
+    with pytest.raises(KeyError, match="risk"):
+        prepare_risk_batch({"image": batch["image"], "label": batch["label"]}, "cpu")
+
+
+@pytest.mark.parametrize("name", ["segresnet", "unet"])
+def test_source_weights_transfer_with_a_new_head(name: str, tmp_path: Path, caplog) -> None:
+    source = segmentation_network(name, 1, 4, width=4, depth=2)
+    ckpt = tmp_path / "source.pt"
+    torch.save(source.state_dict(), ckpt)
+    with caplog.at_level("INFO"):
+        target = load_source_weights(segmentation_network(name, 1, 2, width=4, depth=2), ckpt, 4, 2)
+    assert "output head re-initialised" in caplog.text
+    shared = [k for k, v in source.state_dict().items() if v.shape == target.state_dict()[k].shape]
+    assert all(torch.equal(source.state_dict()[k], target.state_dict()[k]) for k in shared)
+    with pytest.raises(ValueError, match=r"source\.pt does not fit"):
+        load_source_weights(segmentation_network(name, 1, 4, width=8, depth=2), ckpt, 4, 4)
+    with pytest.raises(FileNotFoundError, match="pretrain"):
+        load_source_weights(target, tmp_path / "none.pt", 4, 2)
+
+
+def test_risk_stage_writes_maps_on_the_image_grid_and_caches(phantom: str, tmp_path: Path) -> None:
+    cases = _scenario(phantom, tmp_path).target_train
+    network = segmentation_network("segresnet", 1, 4, width=4, depth=2)
+    ckpt = tmp_path / "source.pt"
+    torch.save(network.state_dict(), ckpt)
+
+    def stage(normalization: str = "complement") -> RiskStage:
+        return RiskStage(
+            True, "fets", cases, "multiclass", "WT", str(ckpt), network,
+            SlidingWindowInferer([16, 16, 16]), str(tmp_path / "cache"), normalization,
+        )
+
+    manifest = stage().run()
+    assert set(manifest["cases"]) == {c["case_id"] for c in cases} and manifest["leep"] <= 0
+    for case in stage().datalist():
+        image, risk = nib.load(case["image"][0]), nib.load(case["risk"])
+        assert risk.shape == image.shape
+        np.testing.assert_allclose(risk.affine, image.affine, atol=1e-5)
+    assert stage().cache_key() == stage().cache_key() != stage("minmax").cache_key()
+    disabled = RiskStage(False, "fets", cases, "multiclass", "WT", str(ckpt), network, SlidingWindowInferer([16] * 3), "x")
+    assert all("risk" not in c for c in disabled.datalist())
+
+
+def test_inference_datalist_from_folder_and_splits(phantom: str, tmp_path: Path) -> None:
+    _scenario(phantom, tmp_path).splits
+    cases = inference_datalist(str(tmp_path / "splits.json"))
+    assert len(cases) == 2 and all(isinstance(c["image"], str) for c in cases)
+    folder = Path(cases[0]["image"]).parent
+    assert len(inference_datalist(str(folder))) >= 1
+    with pytest.raises(FileNotFoundError):
+        inference_datalist(str(tmp_path / "missing"))

@@ -1,0 +1,76 @@
+"""Locate the bundle folder a config was read from, so outputs land in the bundle and not in the cwd.
+
+MONAI sets no config id for the bundle folder: a Model Zoo config usually says ``"bundle_root": "."``, which
+writes into whatever directory the command was started from. :func:`bundle_root` derives the folder from the
+config file instead, in this order:
+
+1. the ``ConfigWorkflow`` that is parsing the config (``python -m monai.bundle run ...``, ``torchrun``, or a
+   ``ConfigWorkflow`` built in Python): the folder above its ``configs/`` directory;
+2. the ``--config_file`` argument on the command line (``ckpt_export``, ``verify_net_in_out``, which parse
+   configs without a workflow);
+3. otherwise an error: pass ``--bundle_root`` explicitly.
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import logging
+import sys
+from pathlib import Path
+
+__all__ = ["bundle_root"]
+
+logger = logging.getLogger(__name__)
+
+
+def _folder_of(config_file: str | Path) -> Path:
+    """The bundle folder for a config file: the parent of ``configs/``, else the file's own folder."""
+    folder = Path(config_file).expanduser().resolve().parent
+    return folder.parent if folder.name == "configs" else folder
+
+
+def _from_workflow() -> Path | None:
+    """The bundle folder of the ``ConfigWorkflow`` found on the call stack, if any."""
+    from monai.bundle import ConfigWorkflow
+
+    frame = inspect.currentframe()
+    while frame is not None:
+        owner = frame.f_locals.get("self")
+        if isinstance(owner, ConfigWorkflow) and hasattr(owner, "config_root_path"):
+            root = Path(owner.config_root_path).expanduser().resolve()
+            return root.parent if root.name == "configs" else root
+        frame = frame.f_back
+    return None
+
+
+def _from_argv(argv: list[str]) -> Path | None:
+    """The bundle folder of the first ``--config_file`` on a command line, if any."""
+    for index, arg in enumerate(argv):
+        value = None
+        if arg.startswith("--config_file="):
+            value = arg.split("=", 1)[1]
+        elif arg == "--config_file" and index + 1 < len(argv):
+            value = argv[index + 1]
+        if value is None:
+            continue
+        if value.startswith("["):  # fire passes a list of files as a Python literal
+            value = ast.literal_eval(value)[0]
+        return _folder_of(value)
+    return None
+
+
+def bundle_root() -> str:
+    """Return the absolute path of the bundle folder holding the config being parsed.
+
+    Raises:
+        RuntimeError: neither a ``ConfigWorkflow`` nor a ``--config_file`` argument names the config.
+    """
+    root = _from_workflow() or _from_argv(sys.argv)
+    if root is None:
+        raise RuntimeError(
+            "cannot tell which bundle folder this config belongs to (no ConfigWorkflow on the call stack and "
+            "no --config_file argument); pass bundle_root explicitly, e.g. --bundle_root bundles/fets"
+        )
+    logger.debug("bundle_root = %s", root)
+    return str(root)

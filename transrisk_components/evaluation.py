@@ -1,0 +1,448 @@
+"""Evaluation regions, per-case segmentation metrics and their CSV / JSON reports.
+
+Regions are defined on the raw label values of each dataset and evaluated on *class-index maps* (the
+model's classes, as produced by :func:`transrisk_components.data.fets.fets_task_labels` and its iSeg
+counterpart):
+
+======== ============= ================================= ==========================================
+dataset  task          classes (index -> raw value)      regions, in report order
+======== ============= ================================= ==========================================
+fets     multiclass    0, 1, 2, 3 -> 0, 1, 2, 4          ET = 4, TC = 1|4, WT = 1|2|4
+fets     ET / TC / WT  0, 1 -> background, the region    the task's own region
+iseg     multiclass    0, 1, 2, 3 -> 0, 10, 150, 250     CSF = 10, GM = 150, WM = 250
+iseg     CSF / GM / WM 0, 1 -> background, the tissue    the task's own tissue
+======== ============= ================================= ==========================================
+
+FeTS regions follow the challenge's own ET, TC, WT order. MONAI's
+``ConvertToMultiChannelBasedOnBratsClasses`` orders TC, WT, ET instead; nothing here uses it.
+
+Per case and region three metrics are computed with MONAI's metric functions (the ones behind
+``DiceMetric``, ``HausdorffDistanceMetric(percentile=95)`` and ``SurfaceDistanceMetric(symmetric=True)``),
+distances in millimetres from the voxel spacing:
+
+- both prediction and reference empty: Dice 1, HD95 0, ASD 0 (nothing to find, nothing found: a
+  perfect answer, as in the BraTS ranking convention);
+- exactly one of them empty: Dice 0, HD95 and ASD NaN (a surface distance to nothing is undefined).
+  Summaries skip NaNs and report how many were skipped (``n_nan``).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from ignite.engine import Engine, Events
+from monai.data import MetaTensor
+from monai.handlers import from_engine
+from monai.metrics import compute_average_surface_distance, compute_dice, compute_hausdorff_distance
+
+from transrisk_components.data.registry import get_dataset, num_classes
+from transrisk_components.io_utils import atomic_write_text
+
+__all__ = [
+    "DATASET_REGIONS",
+    "CaseScore",
+    "RegionMetrics",
+    "RegionMetricsWriter",
+    "region_masks",
+    "region_names",
+    "score_regions",
+    "stack_regions",
+    "summarise",
+    "voxel_spacing",
+    "write_case_csv",
+    "write_summary_json",
+]
+
+#: Evaluation regions per dataset, in report order: region name -> the raw labels it unites.
+DATASET_REGIONS: dict[str, dict[str, tuple[int, ...]]] = {
+    "fets": {"ET": (4,), "TC": (1, 4), "WT": (1, 2, 4)},
+    "iseg": {"CSF": (10,), "GM": (150,), "WM": (250,)},
+}
+MULTICLASS = "multiclass"
+METRICS: tuple[str, ...] = ("dice", "hd95", "asd")
+
+
+def region_names(dataset: str, task: str) -> tuple[str, ...]:
+    """Names of the regions evaluated for ``task``, in report order (e.g. ``("ET", "TC", "WT")``).
+
+    Raises:
+        ValueError: unknown dataset or task (tasks are those of the dataset registry).
+    """
+    num_classes(get_dataset(dataset), task)
+    return tuple(DATASET_REGIONS[dataset]) if task == MULTICLASS else (task,)
+
+
+def _region_classes(dataset: str, task: str) -> dict[str, tuple[int, ...]]:
+    """Region name -> the class indices (not raw values) that make it up, for ``task``'s classes."""
+    if task != MULTICLASS:
+        return {task: (1,)}
+    raw = get_dataset(dataset).label_values
+    return {name: tuple(raw.index(v) for v in values) for name, values in DATASET_REGIONS[dataset].items()}
+
+
+def _check_class_map(class_map: torch.Tensor, dataset: str, task: str, what: str) -> None:
+    if class_map.ndim < 3 or class_map.shape[1] != 1:
+        raise ValueError(f"{what}: expected a class map [B, 1, *spatial], got shape {tuple(class_map.shape)}")
+    n_classes = num_classes(get_dataset(dataset), task)
+    values = torch.unique(class_map)
+    bad = values[(values < 0) | (values >= n_classes) | (values != values.round())]
+    if bad.numel():
+        raise ValueError(
+            f"{what}: values {bad[:10].tolist()} are not {dataset} {task!r} class indices 0..{n_classes - 1}"
+            " (raw labels must be mapped to classes first; logits must be passed with all their channels)"
+        )
+
+
+def region_masks(class_map: torch.Tensor, dataset: str, task: str) -> dict[str, torch.Tensor]:
+    """Boolean mask of every evaluation region.
+
+    Args:
+        class_map: class indices ``[B, 1, *spatial]`` (int or integral float), in ``task``'s classes.
+        dataset: ``"fets"`` or ``"iseg"``.
+        task: ``"multiclass"`` or one region name (binary task).
+
+    Returns:
+        Region name -> bool ``[B, 1, *spatial]``, in :func:`region_names` order.
+
+    Raises:
+        ValueError: unknown dataset/task, wrong shape, or values that are not class indices of the task.
+    """
+    region_names(dataset, task)
+    _check_class_map(class_map, dataset, task, "region_masks")
+    return {
+        name: torch.isin(class_map, torch.as_tensor(classes, dtype=class_map.dtype, device=class_map.device))
+        for name, classes in _region_classes(dataset, task).items()
+    }
+
+
+def stack_regions(class_map: torch.Tensor, dataset: str, task: str) -> torch.Tensor:
+    """Regions as channels, the multi-label layout MONAI's metrics expect.
+
+    Args:
+        class_map: class indices ``[B, 1, *spatial]``; see :func:`region_masks`.
+
+    Returns:
+        bool ``[B, R, *spatial]``, channel ``r`` being region ``region_names(dataset, task)[r]``
+        (FeTS: ET, TC, WT; iSeg: CSF, GM, WM; binary tasks: ``R = 1``).
+    """
+    return torch.cat(list(region_masks(class_map, dataset, task).values()), dim=1)
+
+
+def voxel_spacing(affine: torch.Tensor | np.ndarray) -> tuple[float, ...]:
+    """Voxel sizes (mm) from an affine ``[N+1, N+1]``: the norms of its first ``N`` columns."""
+    matrix = np.asarray(affine.detach().cpu() if isinstance(affine, torch.Tensor) else affine, dtype=float)
+    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1] or matrix.shape[0] < 2:
+        raise ValueError(f"expected a square affine [N+1, N+1], got shape {matrix.shape}")
+    n = matrix.shape[0] - 1
+    return tuple(float(s) for s in np.linalg.norm(matrix[:n, :n], axis=0))
+
+
+def score_regions(
+    pred_regions: torch.Tensor,
+    label_regions: torch.Tensor,
+    spacing: Sequence[Sequence[float]] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Dice, HD95 and symmetric ASD of every (case, region) pair, with the empty-region rules above.
+
+    Args:
+        pred_regions: bool (or 0/1) ``[B, R, *spatial]`` predicted regions.
+        label_regions: bool (or 0/1) ``[B, R, *spatial]`` reference regions.
+        spacing: voxel sizes per case (``B`` sequences of ``len(spatial)`` floats, mm); ``None`` means 1.
+
+    Returns:
+        ``{"dice": [B, R], "hd95": [B, R], "asd": [B, R]}`` float64 tensors on the CPU.
+    """
+    if pred_regions.shape != label_regions.shape or pred_regions.ndim < 3:
+        raise ValueError(
+            f"prediction {tuple(pred_regions.shape)} and reference {tuple(label_regions.shape)} regions must"
+            " share one shape [B, R, *spatial]"
+        )
+    pred, label = pred_regions.bool().cpu(), label_regions.bool().cpu()
+    batch, n_regions = pred.shape[:2]
+    if spacing is not None and len(spacing) != batch:
+        raise ValueError(f"got {len(spacing)} spacings for a batch of {batch} cases")
+    dice = compute_dice(pred.float(), label.float(), include_background=True, ignore_empty=False).double()
+    hd95 = torch.zeros(batch, n_regions, dtype=torch.float64)
+    asd = torch.zeros(batch, n_regions, dtype=torch.float64)
+    for b in range(batch):
+        case_spacing = None if spacing is None else [float(s) for s in spacing[b]]
+        for r in range(n_regions):
+            has_pred, has_label = bool(pred[b, r].any()), bool(label[b, r].any())
+            if has_pred != has_label:
+                hd95[b, r] = asd[b, r] = math.nan
+            elif has_pred:
+                p, y = pred[b : b + 1, r : r + 1].float(), label[b : b + 1, r : r + 1].float()
+                hd95[b, r] = float(
+                    compute_hausdorff_distance(p, y, include_background=True, percentile=95, spacing=case_spacing)
+                )
+                asd[b, r] = float(
+                    compute_average_surface_distance(
+                        p, y, include_background=True, symmetric=True, spacing=case_spacing
+                    )
+                )
+    return {"dice": dice, "hd95": hd95, "asd": asd}
+
+
+@dataclass(frozen=True)
+class CaseScore:
+    """Metrics of one region of one case; one row of the per-case CSV (distances in mm, NaN if undefined)."""
+
+    case_id: str
+    region: str
+    dice: float
+    hd95: float
+    asd: float
+
+
+def _to_class_map(data: torch.Tensor, what: str) -> torch.Tensor:
+    """``[B, C, *S]`` scores / one-hot (C > 1) -> argmax ``[B, 1, *S]``; class maps (C == 1) pass through."""
+    if data.ndim < 3:
+        raise ValueError(f"{what}: expected [B, C, *spatial], got shape {tuple(data.shape)}")
+    tensor = data.as_tensor() if isinstance(data, MetaTensor) else torch.as_tensor(data)
+    return tensor.argmax(dim=1, keepdim=True) if tensor.shape[1] > 1 else tensor
+
+
+class RegionMetrics:
+    """Accumulates per-case, per-region Dice / HD95 / ASD over an evaluation run.
+
+    Args:
+        dataset: ``"fets"`` or ``"iseg"``.
+        task: ``"multiclass"`` or a region name (``"ET"``, ``"TC"``, ``"WT"``, ``"CSF"``, ``"GM"``, ``"WM"``).
+
+    Example::
+
+        metrics = RegionMetrics("fets", "multiclass")
+        metrics.update(logits, label, ["FeTS21_Training_001"], spacing=[(1.0, 1.0, 1.0)])
+        write_case_csv(metrics.scores, "eval/metrics_per_case.csv")
+        write_summary_json(metrics.summary(), "eval/metrics_summary.json")
+    """
+
+    def __init__(self, dataset: str, task: str) -> None:
+        self.dataset, self.task = dataset, task
+        self.regions = region_names(dataset, task)
+        self.scores: list[CaseScore] = []
+
+    def reset(self) -> None:
+        """Forget every case scored so far."""
+        self.scores = []
+
+    def update(
+        self,
+        pred: torch.Tensor,
+        label: torch.Tensor,
+        case_ids: Sequence[str],
+        spacing: Sequence[Sequence[float]] | None = None,
+    ) -> list[CaseScore]:
+        """Score one batch.
+
+        Args:
+            pred: ``[B, C, *spatial]`` logits, probabilities or one-hot in the task's ``C`` classes (argmax
+                is taken), or a class map ``[B, 1, *spatial]``. A single-channel sigmoid output must be
+                thresholded to 0/1 first (``AsDiscreted(threshold=0.5)``).
+            label: reference in the same class space, class map ``[B, 1, *spatial]`` or one-hot ``[B, C, ...]``.
+            case_ids: ``B`` case identifiers.
+            spacing: voxel sizes per case in mm (``B`` sequences); ``None`` scores distances in voxels.
+
+        Returns:
+            The new rows (``B * R``), also appended to :attr:`scores`.
+        """
+        pred_map, label_map = _to_class_map(pred, "prediction"), _to_class_map(label, "label")
+        if len(case_ids) != pred_map.shape[0]:
+            raise ValueError(f"got {len(case_ids)} case ids for a batch of {pred_map.shape[0]}")
+        scores = score_regions(
+            stack_regions(pred_map, self.dataset, self.task),
+            stack_regions(label_map.to(pred_map.device), self.dataset, self.task),
+            spacing,
+        )
+        rows = [
+            CaseScore(str(case_id), region, *(float(scores[m][b, r]) for m in METRICS))
+            for b, case_id in enumerate(case_ids)
+            for r, region in enumerate(self.regions)
+        ]
+        self.scores.extend(rows)
+        return rows
+
+    def summary(self) -> dict[str, Any]:
+        """Summary of the scored cases; see :func:`summarise`."""
+        return {"dataset": self.dataset, "task": self.task, **summarise(self.scores, self.regions)}
+
+
+def _describe(values: Sequence[float]) -> dict[str, float | int | None]:
+    array = np.asarray(values, dtype=float)
+    finite = array[~np.isnan(array)]
+    if finite.size == 0:
+        return {"mean": None, "std": None, "median": None, "n": 0, "n_nan": int(array.size)}
+    return {
+        "mean": float(finite.mean()),
+        "std": float(finite.std()),
+        "median": float(np.median(finite)),
+        "n": int(finite.size),
+        "n_nan": int(array.size - finite.size),
+    }
+
+
+def summarise(scores: Sequence[CaseScore], regions: Sequence[str] | None = None) -> dict[str, Any]:
+    """Per-region statistics of per-case scores.
+
+    Args:
+        scores: rows from :class:`RegionMetrics`.
+        regions: report order; defaults to the order of first appearance in ``scores``.
+
+    Returns:
+        ``{"n_cases": int, "regions": {region: {metric: {"mean", "std", "median", "n", "n_nan"}}}}`` where
+        statistics skip NaN values (``n`` counts the values used, ``n_nan`` those skipped, ``std`` is the
+        population standard deviation) and are ``None`` when no value is left.
+    """
+    order = list(regions) if regions is not None else list(dict.fromkeys(s.region for s in scores))
+    return {
+        "n_cases": len({s.case_id for s in scores}),
+        "regions": {
+            region: {m: _describe([getattr(s, m) for s in scores if s.region == region]) for m in METRICS}
+            for region in order
+        },
+    }
+
+
+def write_case_csv(scores: Sequence[CaseScore], path: str | os.PathLike) -> Path:
+    """Write one row per (case, region), atomically: ``case_id,region,dice,hd95,asd`` (NaN as ``nan``)."""
+    buffer = io.StringIO(newline="")
+    writer = csv.DictWriter(buffer, fieldnames=[f.name for f in fields(CaseScore)], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(asdict(s) for s in scores)
+    return atomic_write_text(path, buffer.getvalue())
+
+
+def write_summary_json(summary: Mapping[str, Any], path: str | os.PathLike) -> Path:
+    """Write a summary (see :func:`summarise`) atomically, as strict JSON (``None`` where a value is missing)."""
+    return atomic_write_text(path, json.dumps(summary, indent=2, allow_nan=False) + "\n")
+
+
+def _items(data: Any) -> list[Any]:
+    """A decollated list stays a list; a batched tensor becomes a list of ``[C, *S]`` items."""
+    return list(data) if isinstance(data, (list, tuple)) else [data[i] for i in range(len(data))]
+
+
+def _case_id(batch_item: Any, label: torch.Tensor, key: str) -> str:
+    if isinstance(batch_item, Mapping) and key in batch_item:
+        return str(batch_item[key])
+    source = label.meta.get("filename_or_obj") if isinstance(label, MetaTensor) else None
+    if source:
+        name = Path(str(source)).name
+        return name.split(".", 1)[0]
+    raise ValueError(f"no case id: the batch has no {key!r} key and the label carries no filename_or_obj")
+
+
+class RegionMetricsWriter:
+    """Ignite handler: per-case region metrics of a MONAI evaluator, written when its epoch completes.
+
+    Attach to a ``SupervisedEvaluator``; in a bundle config::
+
+        {"_target_": "transrisk_components.evaluation.RegionMetricsWriter",
+         "output_dir": "@output_dir", "dataset": "fets", "task": "multiclass"}
+
+    Per iteration it reads ``pred`` and ``label`` from ``engine.state.output`` (decollated list of dicts
+    or a batched dict), the case id from ``engine.state.batch`` (``case_id_key``, falling back to the
+    label's ``filename_or_obj`` without extension), and the voxel spacing from the label's affine
+    (``MetaTensor``; plain tensors are scored in voxel units). ``pred`` may be logits / probabilities /
+    one-hot ``[C, *S]`` per case, or a class map ``[1, *S]`` after ``AsDiscreted(argmax=True)``; labels are
+    class maps in the task's classes (or one-hot). At ``EPOCH_COMPLETED`` (the end of an evaluator run)
+    it writes ``csv_name`` and ``summary_name`` under ``output_dir``, replacing earlier files.
+
+    Under ``torch.distributed`` the rows of all ranks are gathered before rank 0 writes, as MONAI's
+    ``MetricsSaver`` does: attach the handler on **every** rank (a config that gives ``val_handlers`` to
+    rank 0 only must keep this handler out of that list, or the gather waits forever).
+
+    Args:
+        output_dir: folder for the reports (created if missing).
+        dataset: ``"fets"`` or ``"iseg"``.
+        task: ``"multiclass"`` or a region name.
+        output_transform: ``engine.state.output`` -> ``(pred, label)``.
+        case_id_key: batch key holding the case id.
+        csv_name: per-case CSV file name (``case_id,region,dice,hd95,asd``).
+        summary_name: summary JSON file name.
+    """
+
+    def __init__(
+        self,
+        output_dir: str | os.PathLike,
+        dataset: str,
+        task: str,
+        output_transform: Callable[[Any], tuple[Any, Any]] = from_engine(["pred", "label"]),
+        case_id_key: str = "case_id",
+        csv_name: str = "metrics_per_case.csv",
+        summary_name: str = "metrics_summary.json",
+    ) -> None:
+        self.output_dir = Path(output_dir)
+        self.metrics = RegionMetrics(dataset, task)
+        self.output_transform = output_transform
+        self.case_id_key = case_id_key
+        self.csv_name, self.summary_name = csv_name, summary_name
+
+    def attach(self, engine: Engine) -> None:
+        """Register the reset / update / write callbacks on ``engine``."""
+        engine.add_event_handler(Events.EPOCH_STARTED, self.reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self.update)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self.write)
+
+    def reset(self, engine: Engine | None = None) -> None:
+        """Start a new run."""
+        self.metrics.reset()
+
+    def update(self, engine: Engine) -> None:
+        """Score the cases of the engine's current batch."""
+        preds, labels = (_items(x) for x in self.output_transform(engine.state.output))
+        for pred, label, item in zip(preds, labels, self._batch_items(engine.state.batch, len(preds)), strict=True):
+            spatial = label.ndim - 1
+            spacing = [voxel_spacing(label.affine)[:spatial]] if isinstance(label, MetaTensor) else None
+            case_id = _case_id(item, label, self.case_id_key)
+            self.metrics.update(pred.unsqueeze(0), label.unsqueeze(0), [case_id], spacing)
+
+    def _batch_items(self, batch: Any, n_items: int) -> list[Any]:
+        """Per-case views of ``engine.state.batch``: decollated dicts, or dicts holding only the case id."""
+        if isinstance(batch, (list, tuple)):
+            return list(batch)
+        if isinstance(batch, Mapping) and self.case_id_key in batch:
+            return [{self.case_id_key: v} for v in batch[self.case_id_key]]
+        return [{}] * n_items
+
+    def write(self, engine: Engine | None = None) -> tuple[Path, Path]:
+        """Write the per-case CSV and the summary JSON; returns their paths.
+
+        Under ``torch.distributed`` the rows of all ranks are gathered (a case scored twice, as a padding
+        sampler may do, counts once) and rank 0 alone writes.
+        """
+        csv_path, json_path = self.output_dir / self.csv_name, self.output_dir / self.summary_name
+        scores = _gather_scores(self.metrics.scores)
+        if not _distributed() or dist.get_rank() == 0:
+            write_case_csv(scores, csv_path)
+            summary = {"dataset": self.metrics.dataset, "task": self.metrics.task}
+            write_summary_json({**summary, **summarise(scores, self.metrics.regions)}, json_path)
+        return csv_path, json_path
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def _gather_scores(scores: Sequence[CaseScore]) -> list[CaseScore]:
+    """All ranks' rows in rank order, each (case, region) once; ``scores`` itself when not distributed."""
+    if not _distributed():
+        return list(scores)
+    parts: list[list[CaseScore]] = [[] for _ in range(dist.get_world_size())]
+    dist.all_gather_object(parts, list(scores))
+    unique: dict[tuple[str, str], CaseScore] = {}
+    for part in parts:
+        for score in part:
+            unique.setdefault((score.case_id, score.region), score)
+    return list(unique.values())

@@ -1,0 +1,211 @@
+"""Report figures: risk-map overlays, learning curves and per-region Dice bars (matplotlib, Agg backend).
+
+Every function writes its PNG atomically (a reader never sees half a file) and returns the path.
+
+Inputs:
+
+- :func:`plot_risk_overlay`: one case's image, label and transfer risk map, each ``[H, W, D]``.
+- :func:`plot_learning_curves`: a *learning-curve CSV* with header ``epoch,train_loss,val_dice`` (one row
+  per epoch; ``val_dice`` left empty on epochs without validation; other columns ignored), or the same
+  as a mapping of column name -> per-epoch values (``None``/NaN for missing).
+- :func:`plot_region_dice`: summary JSON files written by
+  :func:`transrisk_components.evaluation.write_summary_json` (or their loaded dicts), one per method.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+
+from transrisk_components.io_utils import atomic_write  # noqa: E402
+
+__all__ = ["axial_slice", "plot_learning_curves", "plot_region_dice", "plot_risk_overlay", "read_learning_curves"]
+
+LEARNING_CURVE_COLUMNS: tuple[str, ...] = ("epoch", "train_loss", "val_dice")
+
+
+def _save(figure: Figure, out_png: str | os.PathLike) -> Path:
+    try:
+        return atomic_write(out_png, lambda tmp: figure.savefig(tmp, format="png", dpi=100, bbox_inches="tight"))
+    finally:
+        plt.close(figure)
+
+
+def axial_slice(label: np.ndarray) -> int:
+    """Index along the last axis of ``label`` ``[H, W, D]`` with the most foreground (> 0) voxels.
+
+    An all-background label gives the middle slice.
+    """
+    counts = (np.asarray(label) > 0).reshape(-1, label.shape[-1]).sum(axis=0)
+    return int(np.argmax(counts)) if counts.any() else label.shape[-1] // 2
+
+
+def plot_risk_overlay(
+    image: np.ndarray,
+    label: np.ndarray,
+    risk: np.ndarray,
+    out_png: str | os.PathLike,
+    title: str = "",
+) -> Path:
+    """Three panels of one axial slice: image, image with label contours, and the risk heat map.
+
+    Args:
+        image: ``[H, W, D]`` intensities (any range; shown min-max scaled).
+        label: ``[H, W, D]`` labels, raw values or classes (0 = background); one contour per value.
+        risk: ``[H, W, D]`` transfer risk map, shown with a colour bar over its own range.
+        out_png: destination PNG.
+        title: figure title (e.g. the case id).
+
+    The slice is :func:`axial_slice` of ``label``. Slices are drawn transposed with the origin at the
+    bottom, so the first array axis runs left-right on screen.
+
+    Raises:
+        ValueError: the arrays are not 3-D or do not share a shape.
+    """
+    arrays = {"image": np.asarray(image), "label": np.asarray(label), "risk": np.asarray(risk)}
+    shapes = {name: a.shape for name, a in arrays.items()}
+    if any(a.ndim != 3 for a in arrays.values()) or len(set(shapes.values())) != 1:
+        raise ValueError(f"plot_risk_overlay for {out_png}: expected three [H, W, D] arrays of one shape, got {shapes}")
+    z = axial_slice(arrays["label"])
+    img, lab, rsk = (a[..., z].T for a in arrays.values())
+    figure, axes = plt.subplots(1, 3, figsize=(12, 4.2))
+    for ax, name in zip(axes, ("image", "label contours", "transfer risk")):
+        ax.imshow(img, cmap="gray", origin="lower")
+        ax.set_title(f"{name} (slice {z})")
+        ax.axis("off")
+    values = [v for v in np.unique(lab) if v != 0]
+    colours = plt.get_cmap("tab10")
+    for i, value in enumerate(values):
+        axes[1].contour(lab == value, levels=[0.5], colors=[colours(i % 10)], linewidths=1.0)
+    if values:
+        handles = [Line2D([], [], color=colours(i % 10), label=f"label {v:g}") for i, v in enumerate(values)]
+        axes[1].legend(handles=handles, loc="upper right", fontsize=7, framealpha=0.6)
+    heat = axes[2].imshow(rsk, cmap="inferno", origin="lower", alpha=0.85)
+    figure.colorbar(heat, ax=axes[2], fraction=0.046, pad=0.04, label="risk")
+    if title:
+        figure.suptitle(title)
+    return _save(figure, out_png)
+
+
+def _float_or_nan(value: Any) -> float:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return math.nan
+    return float(value)
+
+
+def read_learning_curves(path: str | os.PathLike) -> dict[str, list[float]]:
+    """Read a learning-curve CSV (``epoch,train_loss,val_dice``) into column -> values (NaN for blanks)."""
+    csv_path = Path(path)
+    if not csv_path.is_file():
+        raise FileNotFoundError(f"learning-curve CSV not found: {csv_path}")
+    with csv_path.open(newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        missing = [c for c in LEARNING_CURVE_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(f"{csv_path}: missing column(s) {missing}; expected {list(LEARNING_CURVE_COLUMNS)}")
+        rows = list(reader)
+    return {c: [_float_or_nan(row[c]) for row in rows] for c in LEARNING_CURVE_COLUMNS}
+
+
+def plot_learning_curves(metrics: str | os.PathLike | Mapping[str, Sequence[Any]], out_png: str | os.PathLike) -> Path:
+    """Training loss and validation Dice per epoch, side by side.
+
+    Args:
+        metrics: a learning-curve CSV path, or a mapping with the columns ``epoch``, ``train_loss`` and
+            ``val_dice`` (equal lengths; ``None``/NaN where an epoch has no value).
+        out_png: destination PNG.
+
+    Raises:
+        ValueError: a column is missing, the columns differ in length, or there is no epoch.
+    """
+    if isinstance(metrics, Mapping):
+        missing = [c for c in LEARNING_CURVE_COLUMNS if c not in metrics]
+        if missing:
+            raise ValueError(f"learning curves for {out_png}: missing column(s) {missing}")
+        columns = {c: [_float_or_nan(v) for v in metrics[c]] for c in LEARNING_CURVE_COLUMNS}
+    else:
+        columns = read_learning_curves(metrics)
+    lengths = {c: len(v) for c, v in columns.items()}
+    if len(set(lengths.values())) != 1 or not columns["epoch"]:
+        raise ValueError(f"learning curves for {out_png}: need equally long, non-empty columns, got {lengths}")
+    epoch = np.asarray(columns["epoch"])
+    figure, (loss_ax, dice_ax) = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, column, colour in ((loss_ax, "train_loss", "tab:blue"), (dice_ax, "val_dice", "tab:green")):
+        values = np.asarray(columns[column])
+        shown = ~np.isnan(values)
+        ax.plot(epoch[shown], values[shown], marker="o", markersize=3, color=colour)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(column.replace("_", " "))
+        ax.grid(alpha=0.3)
+    dice_ax.set_ylim(0.0, 1.0)
+    return _save(figure, out_png)
+
+
+def _load_summary(source: str | os.PathLike | Mapping[str, Any]) -> Mapping[str, Any]:
+    if isinstance(source, Mapping):
+        summary = source
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise FileNotFoundError(f"summary JSON not found: {path}")
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    if "regions" not in summary:
+        where = "a dict" if isinstance(source, Mapping) else str(source)
+        raise ValueError(f"not a region summary (no 'regions' key): {where}")
+    return summary
+
+
+def plot_region_dice(
+    summaries: str | os.PathLike | Mapping[str, Any],
+    out_png: str | os.PathLike,
+    metric: str = "dice",
+    title: str = "",
+) -> Path:
+    """Bar chart of a metric's mean per region, error bars one standard deviation, grouped by method.
+
+    Args:
+        summaries: one summary (JSON path or dict with a ``"regions"`` key), or a mapping
+            method name -> summary for several methods side by side (e.g. ``{"fine-tuning": ...,
+            "risk-weighted": ...}``). Regions follow the first summary's order.
+        out_png: destination PNG.
+        metric: ``"dice"`` (default), ``"hd95"`` or ``"asd"``.
+        title: figure title.
+
+    Regions without a value (mean ``None``) are drawn as empty bars.
+    """
+    single = isinstance(summaries, (str, os.PathLike)) or "regions" in summaries
+    methods = {"": summaries} if single else dict(summaries)
+    loaded = {name: _load_summary(source) for name, source in methods.items()}
+    regions = list(next(iter(loaded.values()))["regions"])
+    width = 0.8 / len(loaded)
+    x = np.arange(len(regions))
+    figure, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(regions) * max(1, len(loaded) / 2)), 4))
+    for i, (name, summary) in enumerate(loaded.items()):
+        stats = [summary["regions"].get(region, {}).get(metric, {}) for region in regions]
+        means = [_float_or_nan(s.get("mean")) for s in stats]
+        stds = [_float_or_nan(s.get("std")) for s in stats]
+        ax.bar(x + (i - (len(loaded) - 1) / 2) * width, np.nan_to_num(means), width, yerr=np.nan_to_num(stds),
+               capsize=3, label=name or None)
+    ax.set_xticks(x, regions)
+    ax.set_ylabel(metric if metric != "dice" else "Dice")
+    if metric == "dice":
+        ax.set_ylim(0.0, 1.05)
+    if not single:
+        ax.legend()
+    if title:
+        ax.set_title(title)
+    ax.grid(axis="y", alpha=0.3)
+    return _save(figure, out_png)

@@ -1,0 +1,182 @@
+"""Predictions written in the dataset's raw label values, on the input's grid and affine.
+
+A bundle's inference postprocessing ends with::
+
+    AsDiscreted(keys="pred", argmax=True)                 # [C, *S] logits -> [1, *S] class map
+    RawLabelsd(keys="pred", dataset=..., task=...)        # class indices -> raw label values
+    prediction_saver(keys="pred", output_dir=..., output_format="nifti" | "analyze")
+
+:func:`prediction_saver` is MONAI's ``SaveImaged`` with ``uint8`` output, nearest-neighbour handling and,
+for ``"analyze"``, the :class:`AnalyzeWriter` defined here: MONAI's own writers cannot produce Analyze
+7.5 (nibabel turns a ``Nifti1Image`` saved as ``.hdr`` into a NIfTI pair, and ITK writes NIfTI pairs
+too), whereas nibabel's ``AnalyzeImage`` writes the true format that iSeg-2019 ships.
+
+Raw values (class index -> raw label):
+
+- ``multiclass``: class ``k`` -> the dataset's ``k``-th raw label (FeTS 0, 1, 2, 4; iSeg 0, 10, 150, 250);
+- binary tasks: 1 -> ET 4, CSF 10, GM 150, WM 250. TC and WT unite several raw labels, so their
+  foreground is written as 1, a region marker (it does not claim the voxel is necrotic core).
+
+The tables are the dataset registry's (``DatasetSpec.raw_labels``: ``fets_raw_labels``, ``iseg_raw_labels``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Hashable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+from monai.config import DtypeLike, NdarrayOrTensor
+from monai.data import ImageWriter, NibabelWriter
+from monai.transforms import MapTransform, SaveImaged, Transform
+from monai.utils import convert_data_type
+
+from transrisk_components.data.registry import get_dataset, num_classes
+
+__all__ = ["AnalyzeWriter", "RawLabels", "RawLabelsd", "prediction_saver", "raw_label_values", "to_analyze_orientation"]
+
+#: The orientation nibabel assumes for Analyze 7.5 (radiological: x runs to the patient's left).
+ANALYZE_AXCODES: tuple[str, str, str] = ("L", "A", "S")
+_ANALYZE_DTYPES = (np.uint8, np.int16, np.int32, np.float32, np.float64)
+
+
+def raw_label_values(dataset: str, task: str) -> tuple[int, ...]:
+    """Raw label value of each class of ``task``: entry ``k`` is written for class ``k``.
+
+    Example: ``raw_label_values("iseg", "multiclass") == (0, 10, 150, 250)``,
+    ``raw_label_values("fets", "ET") == (0, 4)``, ``raw_label_values("fets", "WT") == (0, 1)``.
+    """
+    spec = get_dataset(dataset)
+    classes = np.arange(num_classes(spec, task))
+    return tuple(int(v) for v in spec.raw_labels(classes, task))
+
+
+class RawLabels(Transform):
+    """Map a class-index map to raw label values; a ``MetaTensor`` keeps its metadata (affine, file name).
+
+    Args:
+        dataset: ``"fets"`` or ``"iseg"``.
+        task: ``"multiclass"`` or a region name.
+
+    Call with a class map of any shape (typically ``[1, *spatial]``), int or integral float, numpy or
+    torch; returns int64 of the same shape and container type.
+
+    Raises:
+        ValueError: unknown dataset/task, or values that are not class indices of the task (e.g. logits
+            given before argmax).
+    """
+
+    def __init__(self, dataset: str, task: str) -> None:
+        self.spec = get_dataset(dataset)
+        num_classes(self.spec, task)
+        self.task = task
+
+    def __call__(self, class_map: NdarrayOrTensor) -> NdarrayOrTensor:
+        try:
+            return self.spec.raw_labels(class_map, self.task)
+        except ValueError as err:
+            raise ValueError(f"{err}; RawLabels expects class indices (apply AsDiscreted(argmax=True) first)") from err
+
+
+class RawLabelsd(MapTransform):
+    """Dictionary version of :class:`RawLabels`, e.g. ``RawLabelsd(keys="pred", dataset="fets", task="multiclass")``."""
+
+    def __init__(
+        self, keys: Hashable | Sequence[Hashable], dataset: str, task: str, allow_missing_keys: bool = False
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.converter = RawLabels(dataset, task)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.converter(d[key])
+        return d
+
+
+def to_analyze_orientation(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Reorder / flip voxel axes so that they run L, A, S, the only orientation Analyze 7.5 can state.
+
+    Args:
+        data: ``[X, Y, Z, ...]`` channel-last array.
+        affine: ``[4, 4]`` voxel -> world (RAS mm) affine of ``data``.
+
+    Returns:
+        The reoriented array and its affine. The world position of every voxel is unchanged.
+
+    Raises:
+        ValueError: the affine is oblique (rotated off the voxel axes), which Analyze cannot store.
+    """
+    current = nib.orientations.io_orientation(affine)
+    transform = nib.orientations.ornt_transform(current, nib.orientations.axcodes2ornt(ANALYZE_AXCODES))
+    spatial = data.shape[:3]
+    reoriented = nib.orientations.apply_orientation(data, transform)
+    new_affine = affine @ nib.orientations.inv_ornt_aff(transform, spatial)
+    linear = new_affine[:3, :3]
+    if not np.allclose(linear, np.diag(np.diag(linear)), atol=1e-4 * np.abs(linear).max()):
+        raise ValueError("oblique affine: Analyze 7.5 stores voxel sizes only; write NIfTI instead")
+    return reoriented, new_affine
+
+
+class AnalyzeWriter(NibabelWriter):
+    """MONAI image writer for Analyze 7.5 ``.hdr`` / ``.img`` pairs (nibabel ``AnalyzeImage``).
+
+    Use as ``SaveImaged(..., writer=AnalyzeWriter, output_ext=".hdr", output_dtype=np.uint8)`` (or the
+    dotted path ``"transrisk_components.inference_writer.AnalyzeWriter"`` in a config).
+
+    Analyze stores voxel sizes but neither origin nor direction: nibabel reads every Analyze file as
+    L, A, S axes centred on the volume. The writer therefore reorients the array to L, A, S
+    (:func:`to_analyze_orientation`), so anatomy is never mirrored; the origin is lost, exactly as for the
+    Analyze inputs. A prediction on the grid of an Analyze input read with ``NibabelReader`` is thus read
+    back with the input's affine. Supported dtypes: uint8, int16, int32, float32, float64.
+    """
+
+    def write(self, filename: os.PathLike | str, verbose: bool = False, **obj_kwargs: Any) -> None:
+        """Save ``filename`` (``.hdr`` or ``.img``; both files of the pair are written)."""
+        if Path(filename).suffix.lower() not in (".hdr", ".img"):
+            raise ValueError(f"Analyze 7.5 files end in .hdr or .img, got {filename}")
+        ImageWriter.write(self, filename, verbose=verbose)  # logging only
+        image = self.create_backend_obj(self.data_obj, affine=self.affine, dtype=self.output_dtype, **obj_kwargs)
+        nib.save(image, str(filename))
+
+    @classmethod
+    def create_backend_obj(
+        cls, data_array: NdarrayOrTensor, affine: NdarrayOrTensor | None = None, dtype: DtypeLike = None, **kwargs: Any
+    ) -> nib.AnalyzeImage:
+        """An ``AnalyzeImage`` of the channel-last ``data_array`` ``[X, Y, Z, ...]``, reoriented to L, A, S."""
+        array = convert_data_type(data_array, np.ndarray)[0]
+        if dtype is not None:
+            array = array.astype(dtype, copy=False)
+        if array.dtype.type not in _ANALYZE_DTYPES:
+            supported = [d.__name__ for d in _ANALYZE_DTYPES]
+            raise ValueError(f"Analyze 7.5 cannot store {array.dtype}; use one of {supported}")
+        matrix = np.eye(4) if affine is None else np.asarray(convert_data_type(affine, np.ndarray)[0], dtype=float)
+        array, matrix = to_analyze_orientation(array, matrix)
+        return nib.AnalyzeImage(array, matrix, header=kwargs.pop("header", None))
+
+
+def prediction_saver(
+    keys: Hashable | Sequence[Hashable],
+    output_dir: str | os.PathLike,
+    output_format: str = "nifti",
+    output_postfix: str = "seg",
+    **kwargs: Any,
+) -> SaveImaged:
+    """``SaveImaged`` for raw-valued label maps: uint8, no resampling, NIfTI or Analyze 7.5.
+
+    Args:
+        keys: keys of the predictions, ``[1, *spatial]`` raw label maps carrying the input's metadata.
+        output_dir: destination folder; files are named ``<input name>_<postfix>.nii.gz`` / ``.hdr+.img``.
+        output_format: ``"nifti"`` (default) or ``"analyze"``.
+        output_postfix: appended to the input file name.
+        kwargs: further ``SaveImaged`` arguments (e.g. ``separate_folder=False``), overriding the defaults.
+    """
+    formats = {"nifti": {"output_ext": ".nii.gz"}, "analyze": {"output_ext": ".hdr", "writer": AnalyzeWriter}}
+    if output_format not in formats:
+        raise ValueError(f"unknown output_format {output_format!r}; valid: {sorted(formats)}")
+    options: dict[str, Any] = {"output_dtype": np.uint8, "resample": False, "mode": "nearest", **formats[output_format]}
+    options.update(kwargs)
+    return SaveImaged(keys=keys, output_dir=str(output_dir), output_postfix=output_postfix, **options)

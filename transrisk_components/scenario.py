@@ -1,0 +1,265 @@
+"""A transfer scenario: which cases, modality and task the source and the target use, split once.
+
+The splits are deterministic (sorted case ids shuffled by ``seed``), disjoint (a subject is in at most one of
+source / target-train / target-val / target-test) and written to ``<output_dir>/splits.json`` so a run can be
+audited and repeated. Each split is a MONAI datalist: ``{"case_id", "image": [path], "label": path}`` with the
+image of the split's modality only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch.distributed as dist
+
+from transrisk_components.data.registry import get_dataset
+from transrisk_components.data.checks import check_cases
+from transrisk_components.io_utils import atomic_write_text
+
+__all__ = ["Scenario", "SPLIT_NAMES", "resolve_dataset_dir"]
+
+logger = logging.getLogger(__name__)
+
+SPLIT_NAMES: tuple[str, ...] = ("source", "target_train", "target_val", "target_test")
+
+
+def _is_rank0() -> bool:
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def _barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def _partition_key(partition: str | int | None) -> str | None:
+    """A partition id compared by value: ``1``, ``"1"`` and ``"01"`` are one institution."""
+    if partition is None:
+        return None
+    text = str(partition).strip()
+    return str(int(text)) if text.isdigit() else text
+
+
+def resolve_dataset_dir(dataset: str, dataset_dir: str, phantom_dir: str | None, seed: int = 0) -> str:
+    """Return the dataset root, generating the built-in phantom on first use.
+
+    Args:
+        dataset: registry name (``"fets"``, ``"iseg"``).
+        dataset_dir: the dataset root the user asked for.
+        phantom_dir: the bundle's phantom folder. Only when ``dataset_dir`` is the dataset root inside it
+            (e.g. ``<phantom_dir>/MICCAI_FeTS2021_TrainingData``) and does not exist yet is a phantom generated;
+            any other missing folder is an error.
+        seed: phantom seed.
+
+    Raises:
+        FileNotFoundError: ``dataset_dir`` does not exist and is not the phantom's root.
+    """
+    root = Path(dataset_dir).expanduser().resolve()
+    if _is_rank0() and not root.exists():
+        if phantom_dir is None or root.parent != Path(phantom_dir).expanduser().resolve():
+            raise FileNotFoundError(
+                f"dataset_dir {root} does not exist; point --dataset_dir at a {dataset} dataset root "
+                "(omit it to use the built-in phantom)"
+            )
+        spec = get_dataset(dataset)
+        logger.info(
+            "dataset_dir %s not found: generating the built-in %s phantom (%d subjects) on first use",
+            root,
+            dataset,
+            spec.default_phantom_subjects,
+        )
+        made = Path(spec.make_phantom(root.parent, subjects=spec.default_phantom_subjects, seed=seed)).resolve()
+        if made != root:
+            raise FileNotFoundError(f"the {dataset} phantom was written to {made}, but dataset_dir is {root}")
+    _barrier()
+    if not root.exists():
+        raise FileNotFoundError(f"dataset_dir {root} does not exist")
+    return str(root)
+
+
+class Scenario:
+    """Source / target splits of one dataset for a transfer experiment.
+
+    Args:
+        dataset: registry name (``"fets"``, ``"iseg"``).
+        dataset_dir: dataset root (see :func:`resolve_dataset_dir` for the phantom default).
+        output_dir: where ``splits.json`` is written.
+        source_modality: modality the source model sees, e.g. ``"t1"``.
+        target_modality: modality of the target cases, e.g. ``"flair"``.
+        source_task: task of the source model (e.g. ``"multiclass"``, ``"WT"``).
+        target_task: task of the target model.
+        num_target_train: few-shot size of the target training set.
+        num_target_val: target validation cases.
+        num_target_test: target test cases.
+        num_source: source cases (``None``: every remaining labelled case).
+        seed: shuffling seed.
+        phantom_dir: the bundle's phantom folder (see :func:`resolve_dataset_dir`).
+        partition_csv: partition file for cross-site scenarios (a path, or a file name in ``dataset_dir``).
+        source_partitions: partitions (institutions) the source cases come from; ``None`` for all.
+        target_partitions: partitions the target cases come from; ``None`` for all.
+        check_inputs: run :func:`~transrisk_components.data.checks.check_cases` on every selected case.
+    """
+
+    def __init__(
+        self,
+        dataset: str,
+        dataset_dir: str,
+        output_dir: str,
+        source_modality: str,
+        target_modality: str,
+        source_task: str,
+        target_task: str,
+        num_target_train: int,
+        num_target_val: int,
+        num_target_test: int,
+        num_source: int | None = None,
+        seed: int = 0,
+        phantom_dir: str | None = None,
+        partition_csv: str | None = None,
+        source_partitions: Sequence[str | int] | None = None,
+        target_partitions: Sequence[str | int] | None = None,
+        check_inputs: bool = True,
+    ) -> None:
+        self.spec = get_dataset(dataset)
+        for role, task in (("source_task", source_task), ("target_task", target_task)):
+            if task not in self.spec.tasks:
+                raise ValueError(f"{role} {task!r} is not a {dataset} task; choose one of {list(self.spec.tasks)}")
+        for role, modality in (("source_modality", source_modality), ("target_modality", target_modality)):
+            if modality not in self.spec.modalities:
+                raise ValueError(
+                    f"{role} {modality!r} is not a {dataset} modality; choose one of {list(self.spec.modalities)}"
+                )
+        for role, count in (("num_target_train", num_target_train), ("num_target_val", num_target_val)):
+            if count < 1:
+                raise ValueError(f"{role} must be >= 1, got {count}")
+        if (source_partitions or target_partitions) and partition_csv is None:
+            raise ValueError("source_partitions / target_partitions need a partition_csv")
+        self.dataset = dataset
+        self.dataset_dir = dataset_dir
+        self.phantom_dir = phantom_dir
+        self.output_dir = Path(output_dir)
+        self.modality = {"source": source_modality, "target": target_modality}
+        self.task = {"source": source_task, "target": target_task}
+        self.counts = {"target_train": num_target_train, "target_val": num_target_val, "target_test": num_target_test}
+        self.num_source = num_source
+        self.seed = seed
+        self.partition_csv = partition_csv
+        self.partitions = {
+            "source": None if source_partitions is None else {_partition_key(p) for p in source_partitions},
+            "target": None if target_partitions is None else {_partition_key(p) for p in target_partitions},
+        }
+        self.check_inputs = check_inputs
+
+    @property
+    def source(self) -> list[dict]:
+        """Source training cases (source modality)."""
+        return self.splits["source"]
+
+    @property
+    def target_train(self) -> list[dict]:
+        """Few-shot target training cases (target modality)."""
+        return self.splits["target_train"]
+
+    @property
+    def target_val(self) -> list[dict]:
+        """Target validation cases (target modality)."""
+        return self.splits["target_val"]
+
+    @property
+    def target_test(self) -> list[dict]:
+        """Target test cases (target modality)."""
+        return self.splits["target_test"]
+
+    @cached_property
+    def root(self) -> str:
+        """The dataset root, with the phantom generated on first use."""
+        return resolve_dataset_dir(self.dataset, self.dataset_dir, self.phantom_dir, self.seed)
+
+    def _cases(self, role: str) -> dict[str, dict]:
+        """Labelled cases of one role's modality, by case id."""
+        kwargs: dict[str, Any] = {}
+        if self.partition_csv is not None:
+            kwargs["partition_csv"] = self.partition_csv
+        cases = self.spec.datalist(self.root, modalities=[self.modality[role]], **kwargs)
+        wanted = self.partitions[role]
+        return {
+            c["case_id"]: c
+            for c in cases
+            if c.get("label") is not None and (wanted is None or _partition_key(c.get("partition")) in wanted)
+        }
+
+    @cached_property
+    def splits(self) -> dict[str, list[dict]]:
+        """The four splits, computed once and written to ``<output_dir>/splits.json``.
+
+        Raises:
+            ValueError: source and target partitions overlap, a split would get too few cases, or input
+                checks fail (one error listing every bad case).
+        """
+        if self.partitions["source"] and self.partitions["target"]:
+            shared = self.partitions["source"] & self.partitions["target"]
+            if shared:
+                raise ValueError(f"source_partitions and target_partitions overlap: {sorted(shared)}")
+        source_cases, target_cases = self._cases("source"), self._cases("target")
+        rng = np.random.default_rng(self.seed)
+        target_ids = [str(i) for i in rng.permutation(sorted(target_cases))]
+        needed = sum(self.counts.values())
+        if len(target_ids) < needed:
+            raise ValueError(
+                f"too few labelled target cases in {self.root}: need {needed} "
+                f"({', '.join(f'{k} {v}' for k, v in self.counts.items())}), found {len(target_ids)}"
+            )
+        ids: dict[str, list[str]] = {}
+        start = 0
+        for name, count in self.counts.items():
+            ids[name] = target_ids[start : start + count]
+            start += count
+        used = {i for name in ids for i in ids[name]}
+        remaining = [str(i) for i in rng.permutation(sorted(set(source_cases) - used))]
+        ids["source"] = remaining if self.num_source is None else remaining[: self.num_source]
+        if len(ids["source"]) < max(1, self.num_source or 1):
+            raise ValueError(
+                f"too few labelled source cases in {self.root}: need {self.num_source or 1}, "
+                f"found {len(ids['source'])} after taking {needed} target cases"
+            )
+        splits = {
+            name: [self._entry(source_cases[i] if name == "source" else target_cases[i]) for i in ids[name]]
+            for name in SPLIT_NAMES
+        }
+        if self.check_inputs:
+            check_cases([case for name in SPLIT_NAMES for case in splits[name]], self.spec)
+        self._write(splits)
+        return splits
+
+    @staticmethod
+    def _entry(case: dict) -> dict:
+        """A datalist entry holding only what the transforms read."""
+        return {"case_id": case["case_id"], "image": list(case["image"]), "label": case["label"]}
+
+    def _write(self, splits: dict[str, list[dict]]) -> None:
+        """Write the scenario and its splits to ``<output_dir>/splits.json`` (rank 0 only)."""
+        if not _is_rank0():
+            return
+        record = {
+            "dataset": self.dataset,
+            "dataset_dir": self.root,
+            "modality": self.modality,
+            "task": self.task,
+            "seed": self.seed,
+            "partition_csv": self.partition_csv,
+            "partitions": {k: None if v is None else sorted(v) for k, v in self.partitions.items()},
+            "splits": splits,
+        }
+        path = self.output_dir / "splits.json"
+        atomic_write_text(path, json.dumps(record, indent=2))
+        logger.info(
+            "splits written to %s: %s",
+            path,
+            ", ".join(f"{name} {len(splits[name])}" for name in SPLIT_NAMES),
+        )

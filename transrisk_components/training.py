@@ -1,0 +1,235 @@
+"""Trainer wiring: the risk map's path into the loss, source-weight transfer, and resumable checkpoints.
+
+How the risk map reaches the loss: the batch dict holds ``risk [B, 1, *S]`` next to ``label``;
+:func:`prepare_risk_batch` hands the trainer ``(image, RiskTargets(label, risk))`` as its targets, and
+:class:`TransferLoss` unpacks them into ``RiskWeightedLoss(logits, label, risk)``. MONAI's
+``SupervisedTrainer`` passes targets to the loss untouched, so no trainer code is replaced.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+from monai.engines.utils import default_prepare_batch
+from monai.handlers import CheckpointLoader, CheckpointSaver
+from monai.losses import DiceCELoss
+from monai.utils import CommonKeys
+from torch import nn
+
+from transrisk_components.losses import RiskWeightedLoss
+
+__all__ = [
+    "ResumableCheckpoints",
+    "RiskTargets",
+    "TransferLoss",
+    "batch_loss",
+    "batch_preparer",
+    "init_target_network",
+    "load_source_weights",
+    "prepare_risk_batch",
+    "training_loss",
+]
+
+logger = logging.getLogger(__name__)
+
+
+class RiskTargets(NamedTuple):
+    """Targets of one fine-tuning batch: ``label [B, 1, *S]`` class indices and ``risk [B, 1, *S]`` in [0, 1]."""
+
+    label: torch.Tensor
+    risk: torch.Tensor
+
+
+def prepare_risk_batch(
+    batchdata: dict[str, torch.Tensor], device: str | torch.device | None = None, non_blocking: bool = False, **kwargs: Any
+) -> tuple[torch.Tensor, RiskTargets]:
+    """``prepare_batch`` for ``SupervisedTrainer``: ``(image [B, C, *S], RiskTargets(label, risk))`` on ``device``.
+
+    Raises:
+        KeyError: the batch has no ``risk`` entry (the risk stage did not run for these cases).
+    """
+    if "risk" not in batchdata:
+        raise KeyError("batch has no 'risk' map: fine-tuning with risk.enabled needs the risk stage's datalist")
+    image, label = default_prepare_batch(batchdata, device, non_blocking, **kwargs)
+    risk = batchdata["risk"].to(device=device, non_blocking=non_blocking, **kwargs)
+    return image, RiskTargets(label, risk)
+
+
+def batch_preparer(risk_enabled: bool) -> Callable:
+    """The trainer's ``prepare_batch``: :func:`prepare_risk_batch` with a risk map, MONAI's default otherwise."""
+    return prepare_risk_batch if risk_enabled else default_prepare_batch
+
+
+def batch_loss(output: dict[str, Any]) -> float:
+    """The loss of one trainer iteration's output (``decollate=False``), for stats handlers."""
+    return float(output[CommonKeys.LOSS].detach())
+
+
+class TransferLoss(nn.Module):
+    """Adapts a segmentation loss to the trainer's targets: a label tensor, or :class:`RiskTargets`.
+
+    Args:
+        loss: ``RiskWeightedLoss`` (called with ``(logits, label, risk)``) or a plain loss such as
+            ``DiceCELoss`` (called with ``(logits, label)``; only valid without a risk map).
+    """
+
+    def __init__(self, loss: nn.Module) -> None:
+        super().__init__()
+        self.loss = loss
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor | RiskTargets) -> torch.Tensor:
+        """Loss of ``logits [B, C, *S]`` against a ``label [B, 1, *S]`` or ``RiskTargets``; a scalar."""
+        if isinstance(targets, RiskTargets):
+            if not isinstance(self.loss, RiskWeightedLoss):
+                raise TypeError(f"a risk map was given but the loss {type(self.loss).__name__} cannot use it")
+            return self.loss(logits, targets.label, targets.risk)
+        return self.loss(logits, targets)
+
+
+def training_loss(risk_enabled: bool, **risk_loss_args: Any) -> TransferLoss:
+    """The fine-tuning loss: ``RiskWeightedLoss(**risk_loss_args)`` with the map, else MONAI ``DiceCELoss``.
+
+    Args:
+        risk_enabled: fine-tune with the transfer risk map.
+        risk_loss_args: ``RiskWeightedLoss`` arguments (``scheme``, ``strength``, ``normalization``, ...);
+            ignored for plain fine-tuning.
+    """
+    if risk_enabled:
+        return TransferLoss(RiskWeightedLoss(**risk_loss_args))
+    return TransferLoss(DiceCELoss(to_onehot_y=True, softmax=True))
+
+
+def _is_head_mismatch(source: torch.Size, target: torch.Size, source_classes: int, target_classes: int) -> bool:
+    """Whether two parameter shapes differ only in dimensions that hold the class count (Cs vs Ct)."""
+    if len(source) != len(target) or source_classes == target_classes:
+        return False
+    differing = [(s, t) for s, t in zip(source, target) if s != t]
+    return bool(differing) and all(pair == (source_classes, target_classes) for pair in differing)
+
+
+def load_source_weights(
+    network: nn.Module, ckpt_path: str | Path, source_classes: int, target_classes: int
+) -> nn.Module:
+    """Copy source weights into ``network``; re-initialise the output head when the class counts differ.
+
+    Args:
+        network: target network (already built with ``target_classes`` outputs).
+        ckpt_path: source checkpoint: a ``state_dict``, or a dict with a ``"model"`` state_dict.
+        source_classes: output classes of the source network.
+        target_classes: output classes of ``network``.
+
+    Returns:
+        ``network`` with the source weights loaded.
+
+    Raises:
+        FileNotFoundError: no file at ``ckpt_path``.
+        ValueError: the checkpoint does not fit ``network`` (missing / unexpected keys, or shapes that differ
+            other than by the class count); the message names the checkpoint and the keys.
+    """
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"source checkpoint not found: {path} (run the 'pretrain' stage first)")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    own = network.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    head, bad_shapes = [], []
+    for key in sorted(set(own) & set(state)):
+        if own[key].shape == state[key].shape:
+            continue
+        if _is_head_mismatch(state[key].shape, own[key].shape, source_classes, target_classes):
+            head.append(key)
+        else:
+            bad_shapes.append(f"{key} {tuple(state[key].shape)} vs {tuple(own[key].shape)}")
+    if missing or unexpected or bad_shapes:
+        raise ValueError(
+            f"source checkpoint {path} does not fit the target network: "
+            f"missing keys {missing}, unexpected keys {unexpected}, shape mismatches {bad_shapes}"
+        )
+    network.load_state_dict({k: v for k, v in state.items() if k not in head}, strict=False)
+    if head:
+        logger.info(
+            "source has %d classes, target %d: output head re-initialised (%s); other weights from %s",
+            source_classes,
+            target_classes,
+            ", ".join(head),
+            path,
+        )
+    else:
+        logger.info("target network initialised from source checkpoint %s", path)
+    return network
+
+
+def init_target_network(
+    network: nn.Module,
+    init: str,
+    source_ckpt: str | Path,
+    source_classes: int,
+    target_classes: int,
+    device: str | torch.device = "cpu",
+) -> nn.Module:
+    """Initialise the target network on ``device``: ``init="source"`` (transfer) or ``"random"`` (no transfer).
+
+    Raises:
+        ValueError: unknown ``init``; see :func:`load_source_weights` for the transfer case.
+    """
+    if init == "source":
+        network = load_source_weights(network, source_ckpt, source_classes, target_classes)
+    elif init == "random":
+        logger.info("target network starts from random initialisation (no-transfer baseline)")
+    else:
+        raise ValueError(f"unknown target init {init!r}; choose 'source' or 'random'")
+    return network.to(device)
+
+
+_EPOCH = re.compile(r"_epoch=(\d+)\.pt$")
+
+
+class ResumableCheckpoints:
+    """Ignite handler: checkpoint ``objects`` and the engine every epoch; resume from the newest on start.
+
+    Files are ``<ckpt_dir>/<prefix>_checkpoint_epoch=N.pt`` (the last one kept; ignite writes on rank 0 only). A run
+    killed mid-way restarts at the epoch after its newest checkpoint; a finished run does nothing more.
+
+    Args:
+        ckpt_dir: folder of the periodic checkpoints.
+        objects: objects to save and restore besides the engine, e.g. ``{"model": net, "optimizer": opt}``.
+        prefix: checkpoint file prefix.
+        map_location: where loaded tensors go.
+    """
+
+    def __init__(self, ckpt_dir: str, objects: dict, prefix: str, map_location: str | None = "cpu") -> None:
+        self.ckpt_dir = Path(ckpt_dir)
+        self.objects = objects
+        self.prefix = prefix
+        self.map_location = map_location
+
+    def latest(self) -> Path | None:
+        """The newest checkpoint file, or ``None``."""
+        found = [
+            (int(m.group(1)), p)
+            for p in self.ckpt_dir.glob(f"{self.prefix}_checkpoint_epoch=*.pt")
+            if (m := _EPOCH.search(p.name))
+        ]
+        return max(found)[1] if found else None
+
+    def attach(self, engine: Any) -> None:
+        """Attach the saver and, when a checkpoint exists, a loader that restores it as ``engine`` starts."""
+        save = {**self.objects, "trainer": engine}
+        path = self.latest()
+        if path is None:
+            logger.info("no %s checkpoint in %s: starting from epoch 1", self.prefix, self.ckpt_dir)
+        else:
+            logger.info("resuming %s from %s", self.prefix, path)
+            CheckpointLoader(load_path=str(path), load_dict=save, map_location=self.map_location).attach(engine)
+        # built on every rank: ignite writes on rank 0 only, and its first rank query is a collective call
+        CheckpointSaver(
+            save_dir=str(self.ckpt_dir), save_dict=save, file_prefix=self.prefix, save_interval=1, n_saved=1
+        ).attach(engine)
