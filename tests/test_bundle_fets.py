@@ -98,6 +98,11 @@ def test_training_writes_every_stage_output(trained: Path) -> None:
         np.testing.assert_allclose(risk.affine, image.affine, atol=1e-5)
         values = np.asarray(risk.dataobj)
         assert values.min() >= 0.0 and values.max() <= 1.0
+    curve = (trained / "eval" / "learning_curves.csv").read_text().splitlines()
+    assert curve[0] == "epoch,train_loss,val_dice" and len(curve) == 1 + TINY["max_epochs"]
+    epoch, loss, val_dice = curve[1].split(",")
+    assert float(loss) > 0 and 0 <= float(val_dice) <= 1
+    assert (trained / "eval" / "learning_curves.png").stat().st_size > 1000
 
 
 def test_each_stage_runs_alone_and_the_risk_cache_is_reused(tmp_path: Path, phantom: str) -> None:
@@ -111,6 +116,12 @@ def test_each_stage_runs_alone_and_the_risk_cache_is_reused(tmp_path: Path, phan
     assert (tmp_path / "models" / "model.pt").is_file()
     run_workflow("risk_map", tmp_path, phantom, **{"risk#normalization": "minmax"})
     assert len(_risk_maps(tmp_path)) == 2 * len(maps), "a changed option must give a new cache entry"
+    run_workflow("risk_map", tmp_path, phantom, **{"risk#shuffle": "true"})
+    shuffled = [m for m in _risk_maps(tmp_path) if m.parent != maps[0].parent and m.name == maps[0].name]
+    original = np.asarray(nib.load(maps[0]).dataobj)
+    permuted = [np.asarray(nib.load(m).dataobj) for m in shuffled]
+    assert any(np.array_equal(np.sort(p, axis=None), np.sort(original, axis=None)) and not np.array_equal(p, original)
+               for p in permuted), "the random-map ablation keeps a map's values but not their places"
 
 
 def test_run_equals_training_and_plain_finetuning_skips_the_risk_stage(tmp_path: Path, phantom: str) -> None:
@@ -132,6 +143,8 @@ def test_killed_finetuning_resumes_from_its_checkpoint(trained: Path, tmp_path: 
     trainer = workflow.parser.get_parsed_content("train#trainer")
     assert trainer.state.epoch == 2
     assert trainer.state.iteration == 2 * len(trainer.data_loader), "epoch 1 must come from the checkpoint"
+    curve = (tmp_path / "eval" / "learning_curves.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in curve] == ["epoch", "1", "2"], "the resumed run keeps epoch 1's row"
 
 
 def test_different_class_counts_reinitialise_the_head(tmp_path: Path, phantom: str, caplog) -> None:

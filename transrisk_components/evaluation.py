@@ -47,6 +47,7 @@ from monai.handlers import from_engine
 from monai.metrics import compute_average_surface_distance, compute_dice, compute_hausdorff_distance
 
 from transrisk_components.data.registry import get_dataset, num_classes
+from transrisk_components.distributed import is_distributed, is_rank0
 from transrisk_components.io_utils import atomic_write_text
 
 __all__ = [
@@ -424,20 +425,16 @@ class RegionMetricsWriter:
         """
         csv_path, json_path = self.output_dir / self.csv_name, self.output_dir / self.summary_name
         scores = _gather_scores(self.metrics.scores)
-        if not _distributed() or dist.get_rank() == 0:
+        if is_rank0():
             write_case_csv(scores, csv_path)
             summary = {"dataset": self.metrics.dataset, "task": self.metrics.task}
             write_summary_json({**summary, **summarise(scores, self.metrics.regions)}, json_path)
         return csv_path, json_path
 
 
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized()
-
-
 def _gather_scores(scores: Sequence[CaseScore]) -> list[CaseScore]:
     """All ranks' rows in rank order, each (case, region) once; ``scores`` itself when not distributed."""
-    if not _distributed():
+    if not is_distributed():
         return list(scores)
     parts: list[list[CaseScore]] = [[] for _ in range(dist.get_world_size())]
     dist.all_gather_object(parts, list(scores))

@@ -27,6 +27,7 @@ from monai.inferers import Inferer
 from torch import nn
 
 from transrisk_components.data.registry import get_dataset, num_classes
+from transrisk_components.distributed import barrier, is_distributed, rank_and_world
 from transrisk_components.io_utils import atomic_write, atomic_write_text, file_sha256
 from transrisk_components.risk import transfer_risk
 from transrisk_components.transferability import LEEPStatistics, pixel_transferability
@@ -37,12 +38,6 @@ __all__ = ["RiskStage"]
 logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
-
-
-def _rank_and_world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def _image_affine(image: torch.Tensor) -> np.ndarray:
@@ -68,6 +63,9 @@ class RiskStage:
         inferer: whole-volume inferer, e.g. ``SlidingWindowInferer``.
         cache_root: folder holding one sub-folder per cache key.
         normalization: risk normalisation, see :func:`transrisk_components.risk.transfer_risk`.
+        shuffle: ablation: permute each map's voxels at random (seeded by ``seed``), keeping its values but
+            not where they are -- the "random map" control of the experiments.
+        seed: seed of the permutation when ``shuffle`` is set.
         device: device of the source model.
         amp: autocast on CUDA.
     """
@@ -84,6 +82,8 @@ class RiskStage:
         inferer: Inferer,
         cache_root: str,
         normalization: str = "complement",
+        shuffle: bool = False,
+        seed: int = 0,
         device: str | torch.device = "cpu",
         amp: bool = False,
     ) -> None:
@@ -97,6 +97,8 @@ class RiskStage:
         self.inferer = inferer
         self.cache_root = Path(cache_root)
         self.normalization = normalization
+        self.shuffle = shuffle
+        self.seed = seed
         self.device = torch.device(device)
         self.amp = amp and self.device.type == "cuda"
         spec = get_dataset(dataset)
@@ -122,6 +124,7 @@ class RiskStage:
             "source_task": self.source_task,
             "target_task": self.target_task,
             "normalization": self.normalization,
+            "shuffle_seed": self.seed if self.shuffle else None,
             "inferer": {name: repr(getattr(self.inferer, name, None)) for name in ("roi_size", "overlap", "mode")},
         }
 
@@ -133,8 +136,7 @@ class RiskStage:
         if self._manifest is not None:
             return self._manifest
         folder = self.cache_root / self.cache_key()
-        if _rank_and_world()[1] > 1:
-            dist.barrier()  # every rank decides on the same cache state
+        barrier()  # every rank decides on the same cache state
         manifest_path = folder / MANIFEST
         if manifest_path.is_file():
             manifest = json.loads(manifest_path.read_text())
@@ -163,7 +165,7 @@ class RiskStage:
 
     @torch.no_grad()
     def _compute(self, folder: Path) -> dict[str, Any]:
-        rank, world = _rank_and_world()
+        rank, world = rank_and_world()
         network = self._load_network()
         load = eval_transforms(self.dataset, self.target_task, with_label=True)
         stats = LEEPStatistics(self.num_target_classes, self.num_source_classes)
@@ -185,7 +187,11 @@ class RiskStage:
             transferability = pixel_transferability(probs, label, conditional)  # [1, 1, *S]
             log_t = torch.log(transferability.double().clamp_min(1e-12))
             log_t_sum += float(log_t.sum())
-            risk = transfer_risk(transferability, self.normalization)[0, 0].cpu().numpy().astype(np.float32)
+            risk = transfer_risk(transferability, self.normalization)[0, 0].cpu()  # [*S]
+            if self.shuffle:
+                generator = torch.Generator().manual_seed(self.seed)
+                risk = risk.flatten()[torch.randperm(risk.numel(), generator=generator)].view_as(risk)
+            risk = risk.numpy().astype(np.float32)
             path = folder / f"{case['case_id']}_risk.nii.gz"
             atomic_write(path, lambda tmp, r=risk, a=affine: nib.save(nib.Nifti1Image(r, a), tmp), suffix=".nii.gz")
             cases[case["case_id"]] = {"risk": str(path), "leep": float(log_t.mean())}
@@ -202,14 +208,13 @@ class RiskStage:
         if rank == 0:
             atomic_write_text(folder / MANIFEST, json.dumps(manifest, indent=2))
             logger.info("risk maps written to %s (LEEP %.4f over %d voxels)", folder, manifest["leep"], stats.num_voxels)
-        if world > 1:
-            dist.barrier()
+        barrier()
         return manifest
 
     @staticmethod
     def _gather(cases: dict[str, dict[str, Any]], log_t_sum: float) -> tuple[dict[str, dict[str, Any]], float]:
         """Merge every rank's per-case records and log-T sums (identity without DDP)."""
-        if not (dist.is_available() and dist.is_initialized()):
+        if not is_distributed():
             return cases, log_t_sum
         gathered: list[Any] = [None] * dist.get_world_size()
         dist.all_gather_object(gathered, (cases, log_t_sum))

@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch.distributed as dist
 
 from transrisk_components.data.registry import get_dataset
 from transrisk_components.data.checks import check_cases
+from transrisk_components.distributed import barrier, is_rank0
 from transrisk_components.io_utils import atomic_write_text
 
 __all__ = ["Scenario", "SPLIT_NAMES", "resolve_dataset_dir"]
@@ -27,15 +27,6 @@ __all__ = ["Scenario", "SPLIT_NAMES", "resolve_dataset_dir"]
 logger = logging.getLogger(__name__)
 
 SPLIT_NAMES: tuple[str, ...] = ("source", "target_train", "target_val", "target_test")
-
-
-def _is_rank0() -> bool:
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
-
-
-def _barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
 
 
 def _partition_key(partition: str | int | None) -> str | None:
@@ -61,7 +52,7 @@ def resolve_dataset_dir(dataset: str, dataset_dir: str, phantom_dir: str | None,
         FileNotFoundError: ``dataset_dir`` does not exist and is not the phantom's root.
     """
     root = Path(dataset_dir).expanduser().resolve()
-    if _is_rank0() and not root.exists():
+    if is_rank0() and not root.exists():
         if phantom_dir is None or root.parent != Path(phantom_dir).expanduser().resolve():
             raise FileNotFoundError(
                 f"dataset_dir {root} does not exist; point --dataset_dir at a {dataset} dataset root "
@@ -77,7 +68,7 @@ def resolve_dataset_dir(dataset: str, dataset_dir: str, phantom_dir: str | None,
         made = Path(spec.make_phantom(root.parent, subjects=spec.default_phantom_subjects, seed=seed)).resolve()
         if made != root:
             raise FileNotFoundError(f"the {dataset} phantom was written to {made}, but dataset_dir is {root}")
-    _barrier()
+    barrier()
     if not root.exists():
         raise FileNotFoundError(f"dataset_dir {root} does not exist")
     return str(root)
@@ -244,7 +235,7 @@ class Scenario:
 
     def _write(self, splits: dict[str, list[dict]]) -> None:
         """Write the scenario and its splits to ``<output_dir>/splits.json`` (rank 0 only)."""
-        if not _is_rank0():
+        if not is_rank0():
             return
         record = {
             "dataset": self.dataset,

@@ -20,6 +20,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from transrisk_components.distributed import is_distributed
+
 __all__ = ["LEEPStatistics", "pixel_transferability", "leep"]
 
 _PROB_SUM_TOLERANCE = 1e-3  # loose enough for float16 softmax (AMP), tight enough to catch logits
@@ -165,7 +167,7 @@ class LEEPStatistics:
 
         Call it exactly once, after every rank's last :meth:`update`.
         """
-        if not (dist.is_available() and dist.is_initialized()):
+        if not is_distributed():
             return
         device = self._counts.device
         if dist.get_backend() == "nccl":

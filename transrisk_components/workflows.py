@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 from ignite.handlers import ProgressBar
 from monai.data import CacheDataset, DataLoader, partition_dataset
 from monai.engines import SupervisedTrainer
@@ -20,6 +19,7 @@ from monai.handlers import StatsHandler, TensorBoardStatsHandler
 from monai.losses import DiceCELoss
 from torch import nn
 
+from transrisk_components.distributed import barrier, is_distributed, is_rank0, rank_and_world
 from transrisk_components.io_utils import atomic_torch_save
 from transrisk_components.training import ResumableCheckpoints, batch_loss
 from transrisk_components.transforms import train_transforms
@@ -27,12 +27,6 @@ from transrisk_components.transforms import train_transforms
 __all__ = ["SourceStage"]
 
 logger = logging.getLogger(__name__)
-
-
-def _distributed() -> tuple[bool, int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return True, dist.get_rank(), dist.get_world_size()
-    return False, 0, 1
 
 
 class SourceStage:
@@ -110,16 +104,14 @@ class SourceStage:
         )
         trainer = self._trainer()
         trainer.run()
-        is_ddp, rank, _ = _distributed()
-        if rank == 0:
+        if is_rank0():
             atomic_torch_save(self.network.state_dict(), self.ckpt_path)
             logger.info("source network saved to %s", self.ckpt_path)
-        if is_ddp:
-            dist.barrier()
+        barrier()
         return self.ckpt_path
 
     def _trainer(self) -> SupervisedTrainer:
-        is_ddp, rank, world = _distributed()
+        rank, world = rank_and_world()
         cases = partition_dataset(self.datalist, num_partitions=world, shuffle=False, even_divisible=True)[rank]
         data = CacheDataset(
             cases,
@@ -130,7 +122,7 @@ class SourceStage:
         )
         loader = DataLoader(data, batch_size=self.batch_size, shuffle=True, num_workers=self.num_workers)
         network = self.network.to(self.device)
-        model = nn.parallel.DistributedDataParallel(network) if is_ddp else network
+        model = nn.parallel.DistributedDataParallel(network) if is_distributed() else network
         optimizer = torch.optim.Adam(model.parameters(), lr=self.learning_rate)
         trainer = SupervisedTrainer(
             device=self.device,

@@ -1,0 +1,33 @@
+"""Rank queries that work with and without ``torch.distributed``.
+
+Plain ``torch.distributed`` calls rather than ``ignite.distributed``: ignite's first rank query inside an
+already initialised process group sets up its own group, a collective call that deadlocks when only rank 0
+makes it.
+"""
+
+from __future__ import annotations
+
+import torch.distributed as dist
+
+__all__ = ["barrier", "is_distributed", "is_rank0", "rank_and_world"]
+
+
+def is_distributed() -> bool:
+    """Whether a ``torch.distributed`` process group is initialised."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank_and_world() -> tuple[int, int]:
+    """``(rank, world size)``; ``(0, 1)`` without a process group."""
+    return (dist.get_rank(), dist.get_world_size()) if is_distributed() else (0, 1)
+
+
+def is_rank0() -> bool:
+    """Whether this process is rank 0 (always true without a process group)."""
+    return rank_and_world()[0] == 0
+
+
+def barrier() -> None:
+    """Wait for every rank; a no-op without a process group."""
+    if is_distributed():
+        dist.barrier()
