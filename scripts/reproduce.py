@@ -27,7 +27,7 @@ import fire
 import torch
 from tqdm import tqdm
 
-from transrisk_components.experiments import PROFILES, REPO_ROOT, grid, run_cell
+from transrisk_components.experiments import DEFAULT_RISK, PROFILES, REPO_ROOT, export_risk_overlays, grid, run_cell
 from transrisk_components.io_utils import atomic_write_text
 from transrisk_components.results_report import (
     choose_default,
@@ -49,22 +49,23 @@ def _write_reports(rows: list[dict], report_dir: Path) -> None:
     plot_method_comparison(rows, report_dir / "figures" / "dice_by_method.png")
 
 
-def _copy_cell_figures(work_dir: Path, report_dir: Path) -> None:
-    """Copy the first seed's risk overlays and learning curves of each scenario into the report."""
+def _copy_cell_figures(work_dir: Path, report_dir: Path, seed: int) -> None:
+    """Copy one seed's risk overlays and learning curves of each scenario into the report."""
     figures = report_dir / "figures"
-    for png in sorted(work_dir.glob("cells/*/*/seed0/eval/**/*.png")):
+    for png in sorted(work_dir.glob(f"cells/*/*/seed{seed}/eval/**/*.png")):
         scenario, method = png.relative_to(work_dir / "cells").parts[:2]
         target = figures / scenario / f"{method}_{png.name}"
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(png, target)
 
 
-def _machine_notes(profile: str, seconds: float, cells: int) -> str:
+def _machine_notes(profile: str, seconds: float, cells: int, reused: int) -> str:
     command = "python scripts/reproduce.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     return (
         f"# How these results were made\n\n"
         f"- command: `{command}` (from the repository root)\n"
-        f"- profile: {profile}, {cells} cells, {seconds / 60:.1f} minutes\n"
+        f"- profile: {profile}, {cells} cells ({reused} of them finished by an earlier, interrupted invocation); "
+        f"this invocation ran {seconds / 60:.1f} minutes\n"
         f"- machine: {platform.platform()}, {os.cpu_count()} CPU cores, "
         f"{'CUDA ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'}\n"
         f"- python {platform.python_version()}, torch {torch.__version__}\n"
@@ -94,6 +95,7 @@ def run(
     reports = Path(report_dir or REPO_ROOT / "docs" / "results" / profile).resolve()
     dataset_dirs = {"fets": fets_dir, "iseg": iseg_dir}
     cells = grid(PROFILES[profile])
+    reused = sum((cell.folder(work) / "result.json").is_file() for cell in cells)
     start = time.perf_counter()
     with tqdm(cells, desc=f"reproduce {profile}", unit="cell") as bar:
         for cell in bar:
@@ -101,10 +103,15 @@ def run(
             row = run_cell(cell, work, PROFILES[profile], dataset_dirs)
             bar.write(f"{cell.scenario.name:18s} {cell.method.name:40s} seed {cell.seed}: "
                       f"val Dice {row['val_dice']:.3f}, test Dice {row['test_dice']:.3f}")
+    first_seed = PROFILES[profile].seeds[0]
+    for cell in cells:
+        if cell.method.name == DEFAULT_RISK and cell.seed == first_seed:
+            export_risk_overlays(cell, work, PROFILES[profile], dataset_dirs)
     rows = read_results(work)
     _write_reports(rows, reports)
-    _copy_cell_figures(work, reports)
-    atomic_write_text(reports / "machine.md", _machine_notes(profile, time.perf_counter() - start, len(cells)))
+    _copy_cell_figures(work, reports, first_seed)
+    seconds = time.perf_counter() - start
+    atomic_write_text(reports / "machine.md", _machine_notes(profile, seconds, len(cells), reused))
     print(f"reports in {reports}")
 
 

@@ -29,7 +29,7 @@ from typing import Any
 
 from transrisk_components.io_utils import atomic_write_text
 
-__all__ = ["Cell", "DEFAULT_RISK", "METHODS", "Method", "PLAIN", "PROFILES", "Profile", "SCENARIOS", "Scenario", "grid", "run_cell"]
+__all__ = ["Cell", "DEFAULT_RISK", "METHODS", "Method", "PLAIN", "PROFILES", "Profile", "SCENARIOS", "Scenario", "export_risk_overlays", "grid", "run_cell"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ class Method:
 
     name: str
     overrides: Mapping[str, Any]
-    group: str = "main"
+    group: str = "main"  # main, variant (other risk-map settings), sweep, ablation, alternative
 
 
 @dataclass(frozen=True)
@@ -129,9 +129,13 @@ METHODS: dict[str, Method] = {
         Method("from scratch", {"target_init": "random", "risk#enabled": False}),
         Method(PLAIN, {"risk#enabled": False}),
         Method(DEFAULT_RISK, {}),
-        Method("ablation: uniform map, foreground norm.", {"risk#scheme": "uniform"}, "ablation"),
+        Method(
+            "ablation: uniform map, foreground norm.",
+            {"risk#scheme": "uniform", "risk#loss_normalization": "foreground"},
+            "ablation",
+        ),
         Method("ablation: random map", {"risk#shuffle": True}, "ablation"),
-        Method("ablation: risk map, voxel norm.", {"risk#loss_normalization": "voxels"}, "ablation"),
+        Method("risk map, foreground norm. (paper)", {"risk#loss_normalization": "foreground"}, "variant"),
         *[Method(f"sweep: linear s={s}", {"risk#scheme": "linear", "risk#strength": s}, "sweep") for s in (0.5, 2.0, 4.0)],
         *[Method(f"sweep: exponential s={s}", {"risk#scheme": "exponential", "risk#strength": s}, "sweep") for s in (1.0, 2.0)],
         Method(
@@ -167,9 +171,15 @@ class Profile:
 
 
 PROFILES: dict[str, Profile] = {
-    "quick": Profile(  # about 45 minutes on 2 CPU cores: shorter training than the bundles' defaults
+    "quick": Profile(  # about 50 minutes on 2 CPU cores: shorter training than the bundles' defaults
         scenarios=("fets_t1_to_flair", "fets_wt_to_tc", "iseg_t1_to_t2"),
-        methods=("from scratch", PLAIN, DEFAULT_RISK),
+        methods=(
+            "from scratch",
+            PLAIN,
+            DEFAULT_RISK,
+            "ablation: uniform map, foreground norm.",
+            "risk map, foreground norm. (paper)",
+        ),
         seeds=(0, 1, 2),
         overrides={"source_epochs": 20, "max_epochs": 40, "val_interval": 10},
     ),
@@ -267,3 +277,17 @@ def run_cell(cell: Cell, root: Path, profile: Profile, dataset_dirs: Mapping[str
     }
     atomic_write_text(result_path, json.dumps(row, indent=2) + "\n")
     return row
+
+
+def export_risk_overlays(cell: Cell, root: Path, profile: Profile, dataset_dirs: Mapping[str, str | None]) -> Path:
+    """Run the bundle's ``export_risk`` for a finished cell: maps, PNG overlays and ``risk_summary.csv``.
+
+    Returns the export folder ``<cell>/eval/risk_maps``; an export already there is kept.
+    """
+    out = cell.folder(root) / "eval" / "risk_maps"
+    if not (out / "risk_summary.csv").is_file():
+        configs = [bundle_config(cell.scenario.bundle, "train"), bundle_config(cell.scenario.bundle, "export_risk")]
+        overrides = {**cell_overrides(cell, root, profile, dataset_dirs), "risk_export_dir": str(out)}
+        _run_workflow(configs, "export_risk", overrides)
+    return out
+

@@ -154,8 +154,8 @@ def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
 
 
 def choose_default(rows: Sequence[Mapping[str, Any]]) -> str | None:
-    """The risk-weighted variant (default, sweep) with the best mean validation Dice over all scenarios."""
-    candidates = [m for m in METHODS if m == DEFAULT_RISK or METHODS[m].group == "sweep"]
+    """The risk-map variant (default, variants, sweep) with the best mean validation Dice over all scenarios."""
+    candidates = [m for m in METHODS if m == DEFAULT_RISK or METHODS[m].group in ("variant", "sweep")]
     scores = {}
     for method in candidates:
         values = [float(r["val_dice"]) for r in rows if r["method"] == method and not math.isnan(float(r["val_dice"]))]
