@@ -69,10 +69,12 @@ def test_comparison_figure_written(tmp_path):
 
 
 def test_grid_orders_cells_so_each_source_model_is_trained_once():
-    cells = grid(PROFILES["quick"])
-    assert len(cells) == len(PROFILES["quick"].scenarios) * 3 * 3
+    profile = PROFILES["quick"]
+    cells = grid(profile)
+    assert len(cells) == len(profile.scenarios) * len(profile.methods) * len(profile.seeds)
     keys = [(c.scenario.name, c.seed) for c in cells]
-    assert all(keys.index(k) + 3 > i for i, k in enumerate(keys))  # cells sharing a source model are adjacent
+    # the cells sharing a source model (same scenario and seed) are adjacent
+    assert all(keys.index(k) + len(profile.methods) > i for i, k in enumerate(keys))
 
 
 def test_unknown_grid_entries_raise():
