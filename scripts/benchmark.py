@@ -4,6 +4,7 @@ Usage (from the repository root)::
 
     python scripts/benchmark.py core             # LEEP + transferability vs. a forward pass; loss step ratio
     python scripts/benchmark.py core --size 64   # smaller volume for a quick look
+    python scripts/benchmark.py bundle           # risk-map overhead in the FeTS bundle, and the headline run
 
 Each figure is the median over ``repeats`` interleaved measurements, so drifts of the machine's speed hit
 both sides of a ratio alike. Targets are printed beside each ratio; nothing is asserted.
@@ -11,14 +12,22 @@ both sides of a ratio alike. Targets are printed beside each ratio; nothing is a
 
 from __future__ import annotations
 
+import json
+import os
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import fire
 import torch
+from monai.bundle import ConfigWorkflow
 from monai.losses import DiceCELoss
 from monai.networks.nets import SegResNet
+from monai.utils import set_determinism
 
 from transrisk_components.losses import RiskWeightedLoss
 from transrisk_components.transferability import LEEPStatistics, pixel_transferability
@@ -99,11 +108,8 @@ def core(size: int = 128, classes: int = 4, repeats: int = 5, seed: int = 0) -> 
     print(f"(b) weighted step / DiceCE step            {step_ratio:.3f}   (target <= 1.03)")
 
 
-
-def _bundle_workflow(config_file: str, run_id: str, **overrides: object):
-    """An initialised ``ConfigWorkflow`` of the bundle config (imported here: only ``bundle`` needs it)."""
-    from monai.bundle import ConfigWorkflow
-
+def _bundle_workflow(config_file: str, run_id: str, **overrides: object) -> ConfigWorkflow:
+    """An initialised ``ConfigWorkflow`` of the bundle config."""
     workflow = ConfigWorkflow(config_file=config_file, run_id=run_id, logging_file=False, workflow_type=None, **overrides)
     workflow.initialize()
     return workflow
@@ -112,22 +118,13 @@ def _bundle_workflow(config_file: str, run_id: str, **overrides: object):
 def bundle(
     config_file: str = "bundles/fets/configs/train.json", repeats: int = 5, headline: bool = True, seed: int = 0
 ) -> None:
-    """Issue #1 item 6 on the FeTS bundle, in one run, in a temporary bundle folder.
+    """Issue #4 item 6 (bundle performance), in one run, in a temporary bundle folder.
 
     (a) one fine-tuning iteration with the risk map / the same iteration without it (target <= 1.03);
     (b) the risk stage over the target training cases / one source inference pass over them (target <= 2.0);
     (c) with ``headline``: the headline command's wall time (target <= 600 s on 2 CPU cores) and the target
         Dice it reached (evaluate.json on the target test cases).
     """
-    import json
-    import os
-    import subprocess
-    import sys
-    import tempfile
-    from pathlib import Path
-
-    from monai.utils import set_determinism
-
     root = Path(tempfile.mkdtemp(prefix="transrisk-bench-"))
     configs = Path(config_file).resolve().parent
     common = {"bundle_root": str(root), "progress": False, "source_epochs": 2, "seed": seed}

@@ -127,10 +127,12 @@ class RiskWeightedLoss(nn.Module):
         if not self.include_background:
             probs, target = probs[:, 1:], target[:, 1:]
         reduce_dims = tuple(range(2, logits.ndim))
-        weighted_target = target if weights is None else weights * target
-        intersection = (probs * weighted_target).sum(dim=reduce_dims)  # [B, C']
-        denominator = (probs if weights is None else weights * probs).sum(dim=reduce_dims) + weighted_target.sum(
-            dim=reduce_dims
-        )  # [B, C']
+        if weights is None:  # separate sums: no [B, C, *spatial] temporary for probs + target
+            intersection = (probs * target).sum(dim=reduce_dims)  # [B, C']
+            denominator = probs.sum(dim=reduce_dims) + target.sum(dim=reduce_dims)  # [B, C']
+        else:
+            weighted_target = weights * target
+            intersection = (probs * weighted_target).sum(dim=reduce_dims)
+            denominator = (weights * probs).sum(dim=reduce_dims) + weighted_target.sum(dim=reduce_dims)
         dice = (2.0 * intersection + self.smooth_nr) / (denominator + self.smooth_dr)
         return (1.0 - dice).mean()

@@ -82,5 +82,5 @@ def risk_to_weights(risk: torch.Tensor, scheme: str = "linear", strength: float 
     if scheme == "uniform":
         return torch.ones_like(risk)
     if scheme == "linear":
-        return 1.0 + strength * risk
-    return torch.exp(strength * risk)
+        return (strength * risk).add_(1.0)
+    return (strength * risk).exp_()
