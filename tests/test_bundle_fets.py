@@ -19,7 +19,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from monai.bundle import ConfigWorkflow, ckpt_export, verify_net_in_out
+from bundle_helpers import exception_messages, risk_maps, run_bundle
+from monai.bundle import ckpt_export, verify_net_in_out
 
 from transrisk_components.data.registry import get_dataset
 
@@ -52,13 +53,7 @@ def phantom(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 def run_workflow(run_id: str, bundle_root: Path, phantom: str, configs: tuple[str, ...] = ("train.json",), **overrides):
     """Initialise and run one run id of the bundle on the phantom with the tiny settings."""
-    files = [str(CONFIGS / name) for name in configs]
-    settings = {**TINY, "bundle_root": str(bundle_root), "dataset_dir": phantom, **overrides}
-    workflow = ConfigWorkflow(config_file=files, run_id=run_id, logging_file=False, workflow_type=None, **settings)
-    workflow.initialize()
-    workflow.run()
-    workflow.finalize()
-    return workflow
+    return run_bundle(CONFIGS, run_id, bundle_root, phantom, TINY, configs, **overrides)
 
 
 @pytest.fixture(scope="module")
@@ -69,19 +64,6 @@ def trained(tmp_path_factory: pytest.TempPathFactory, phantom: str) -> Path:
     return root
 
 
-def _messages(error: BaseException | None) -> str:
-    """The messages of an exception and its causes (MONAI wraps errors raised while instantiating)."""
-    texts = []
-    while error is not None:
-        texts.append(str(error))
-        error = error.__cause__
-    return "\n".join(texts)
-
-
-def _risk_maps(root: Path) -> list[Path]:
-    return sorted((root / "outputs" / "risk_maps").glob("*/*_risk.nii.gz"))
-
-
 def test_training_writes_every_stage_output(trained: Path) -> None:
     assert (trained / "models" / "source.pt").is_file()
     assert (trained / "models" / "model.pt").is_file()
@@ -89,7 +71,7 @@ def test_training_writes_every_stage_output(trained: Path) -> None:
     ids = [{c["case_id"] for c in cases} for cases in splits.values()]
     assert sum(len(s) for s in ids) == len(set().union(*ids)), "splits overlap"
     assert [len(splits[k]) for k in ("source", "target_train", "target_val", "target_test")] == [3, 2, 1, 2]
-    maps = _risk_maps(trained)
+    maps = risk_maps(trained)
     assert len(maps) == 2
     for case in splits["target_train"]:
         image = nib.load(case["image"][0])
@@ -109,15 +91,15 @@ def test_each_stage_runs_alone_and_the_risk_cache_is_reused(tmp_path: Path, phan
     run_workflow("pretrain", tmp_path, phantom)
     assert (tmp_path / "models" / "source.pt").is_file()
     run_workflow("risk_map", tmp_path, phantom)
-    maps = _risk_maps(tmp_path)
+    maps = risk_maps(tmp_path)
     stamps = [m.stat().st_mtime_ns for m in maps]
     run_workflow("finetune", tmp_path, phantom)
-    assert [m.stat().st_mtime_ns for m in _risk_maps(tmp_path)] == stamps, "risk maps were recomputed"
+    assert [m.stat().st_mtime_ns for m in risk_maps(tmp_path)] == stamps, "risk maps were recomputed"
     assert (tmp_path / "models" / "model.pt").is_file()
     run_workflow("risk_map", tmp_path, phantom, **{"risk#normalization": "minmax"})
-    assert len(_risk_maps(tmp_path)) == 2 * len(maps), "a changed option must give a new cache entry"
+    assert len(risk_maps(tmp_path)) == 2 * len(maps), "a changed option must give a new cache entry"
     run_workflow("risk_map", tmp_path, phantom, **{"risk#shuffle": "true"})
-    shuffled = [m for m in _risk_maps(tmp_path) if m.parent != maps[0].parent and m.name == maps[0].name]
+    shuffled = [m for m in risk_maps(tmp_path) if m.parent != maps[0].parent and m.name == maps[0].name]
     original = np.asarray(nib.load(maps[0]).dataobj)
     permuted = [np.asarray(nib.load(m).dataobj) for m in shuffled]
     assert any(np.array_equal(np.sort(p, axis=None), np.sort(original, axis=None)) and not np.array_equal(p, original)
@@ -127,7 +109,7 @@ def test_each_stage_runs_alone_and_the_risk_cache_is_reused(tmp_path: Path, phan
 def test_run_equals_training_and_plain_finetuning_skips_the_risk_stage(tmp_path: Path, phantom: str) -> None:
     run_workflow("run", tmp_path, phantom, **{"risk#enabled": "false"})
     assert (tmp_path / "models" / "model.pt").is_file()
-    assert _risk_maps(tmp_path) == []
+    assert risk_maps(tmp_path) == []
 
 
 def test_no_transfer_baseline_needs_no_source_checkpoint(tmp_path: Path, phantom: str) -> None:
@@ -158,16 +140,16 @@ def test_a_source_checkpoint_that_does_not_fit_is_an_error(tmp_path: Path, phant
     run_workflow("pretrain", tmp_path, phantom)
     with pytest.raises(RuntimeError) as error:
         run_workflow("finetune", tmp_path, phantom, network_width=8, **{"risk#enabled": False})
-    assert "source.pt does not fit the target network" in _messages(error.value)
+    assert "source.pt does not fit the target network" in exception_messages(error.value)
 
 
 def test_too_few_cases_and_missing_dataset_dir_are_errors(tmp_path: Path, phantom: str) -> None:
     with pytest.raises(RuntimeError) as error:
         run_workflow("pretrain", tmp_path, phantom, num_target_train=20)
-    assert "too few labelled target cases" in _messages(error.value)
+    assert "too few labelled target cases" in exception_messages(error.value)
     with pytest.raises(RuntimeError) as error:
         run_workflow("pretrain", tmp_path, str(tmp_path / "missing"))
-    assert "missing does not exist" in _messages(error.value)
+    assert "missing does not exist" in exception_messages(error.value)
 
 
 def test_evaluate_writes_region_metrics(trained: Path, phantom: str) -> None:
@@ -238,7 +220,7 @@ def test_ddp_training_with_two_gloo_processes(tmp_path: Path, phantom: str) -> N
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert (tmp_path / "models" / "source.pt").is_file()
     assert (tmp_path / "models" / "model.pt").is_file()
-    assert len(_risk_maps(tmp_path)) == TINY["num_target_train"]
+    assert len(risk_maps(tmp_path)) == TINY["num_target_train"]
 
 
 @pytest.mark.slow

@@ -21,7 +21,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from monai.bundle import ConfigWorkflow, ckpt_export, verify_net_in_out
+from bundle_helpers import exception_messages, risk_maps, run_bundle
+from monai.bundle import ckpt_export, verify_net_in_out
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "bundles" / "iseg" / "configs"
@@ -52,13 +53,7 @@ def phantom(data_iseg_phantom: Path) -> str:
 
 def run_workflow(run_id: str, bundle_root: Path, phantom: str, configs: tuple[str, ...] = ("train.json",), **overrides):
     """Initialise and run one run id of the bundle on the phantom with the tiny settings."""
-    files = [str(CONFIGS / name) for name in configs]
-    settings = {**TINY, "bundle_root": str(bundle_root), "dataset_dir": phantom, **overrides}
-    workflow = ConfigWorkflow(config_file=files, run_id=run_id, logging_file=False, workflow_type=None, **settings)
-    workflow.initialize()
-    workflow.run()
-    workflow.finalize()
-    return workflow
+    return run_bundle(CONFIGS, run_id, bundle_root, phantom, TINY, configs, **overrides)
 
 
 @pytest.fixture(scope="module")
@@ -67,19 +62,6 @@ def trained(tmp_path_factory: pytest.TempPathFactory, phantom: str) -> Path:
     root = tmp_path_factory.mktemp("iseg_trained")
     run_workflow("training", root, phantom)
     return root
-
-
-def _messages(error: BaseException | None) -> str:
-    """The messages of an exception and its causes (MONAI wraps errors raised while instantiating)."""
-    texts = []
-    while error is not None:
-        texts.append(str(error))
-        error = error.__cause__
-    return "\n".join(texts)
-
-
-def _risk_maps(root: Path) -> list[Path]:
-    return sorted((root / "outputs" / "risk_maps").glob("*/*_risk.nii.gz"))
 
 
 def _splits(root: Path) -> dict[str, list[dict]]:
@@ -110,7 +92,7 @@ def test_training_writes_every_stage_output(trained: Path) -> None:
     assert not {"subject-11", "subject-12"} & set().union(*ids), "unlabelled subjects must not be used"
     assert all(c["image"][0].endswith("-T1.hdr") for c in splits["source"])
     assert all(c["image"][0].endswith("-T2.hdr") for k in ("target_train", "target_val", "target_test") for c in splits[k])
-    maps = _risk_maps(trained)
+    maps = risk_maps(trained)
     assert len(maps) == 2
     for case in splits["target_train"]:
         image = nib.load(case["image"][0])
@@ -128,13 +110,13 @@ def test_each_stage_runs_alone_and_the_risk_cache_is_reused(tmp_path: Path, phan
     run_workflow("pretrain", tmp_path, phantom)
     assert (tmp_path / "models" / "source.pt").is_file()
     run_workflow("risk_map", tmp_path, phantom)
-    maps = _risk_maps(tmp_path)
+    maps = risk_maps(tmp_path)
     stamps = [m.stat().st_mtime_ns for m in maps]
     run_workflow("finetune", tmp_path, phantom)
-    assert [m.stat().st_mtime_ns for m in _risk_maps(tmp_path)] == stamps, "risk maps were recomputed"
+    assert [m.stat().st_mtime_ns for m in risk_maps(tmp_path)] == stamps, "risk maps were recomputed"
     assert (tmp_path / "models" / "model.pt").is_file()
     run_workflow("risk_map", tmp_path, phantom, **{"risk#shuffle": "true"})
-    shuffled = [m for m in _risk_maps(tmp_path) if m.parent != maps[0].parent and m.name == maps[0].name]
+    shuffled = [m for m in risk_maps(tmp_path) if m.parent != maps[0].parent and m.name == maps[0].name]
     assert len(shuffled) == 1, "the random-map ablation must get its own cache entry"
     original, permuted = (np.asarray(nib.load(m).dataobj) for m in (maps[0], shuffled[0]))
     assert np.array_equal(np.sort(permuted, axis=None), np.sort(original, axis=None))
@@ -144,7 +126,7 @@ def test_each_stage_runs_alone_and_the_risk_cache_is_reused(tmp_path: Path, phan
 def test_run_equals_training_and_plain_finetuning_skips_the_risk_stage(tmp_path: Path, phantom: str) -> None:
     run_workflow("run", tmp_path, phantom, **{"risk#enabled": "false"})
     assert (tmp_path / "models" / "model.pt").is_file()
-    assert _risk_maps(tmp_path) == []
+    assert risk_maps(tmp_path) == []
 
 
 def test_cross_task_white_to_grey_matter(tmp_path: Path, phantom: str) -> None:
@@ -172,10 +154,10 @@ def test_all_tissues_to_white_matter_reinitialises_the_head(tmp_path: Path, phan
 def test_unknown_modality_or_task_is_an_error(tmp_path: Path, phantom: str) -> None:
     with pytest.raises(RuntimeError) as error:
         run_workflow("pretrain", tmp_path, phantom, target_modality="flair")
-    assert "not a iseg modality" in _messages(error.value)
+    assert "not a iseg modality" in exception_messages(error.value)
     with pytest.raises(RuntimeError) as error:
         run_workflow("pretrain", tmp_path, phantom, target_task="WT")
-    assert "WT" in _messages(error.value)
+    assert "WT" in exception_messages(error.value)
 
 
 def test_evaluate_writes_tissue_metrics(trained: Path, phantom: str) -> None:
@@ -277,7 +259,7 @@ def test_ddp_training_with_two_gloo_processes(tmp_path: Path, phantom: str) -> N
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert (tmp_path / "models" / "source.pt").is_file()
     assert (tmp_path / "models" / "model.pt").is_file()
-    assert len(_risk_maps(tmp_path)) == TINY["num_target_train"]
+    assert len(risk_maps(tmp_path)) == TINY["num_target_train"]
 
 
 @pytest.mark.slow
