@@ -11,17 +11,14 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from bundle_helpers import exception_messages, risk_maps, run_bundle
+from bundle_helpers import exception_messages, risk_maps, run_bundle, run_ddp_training, run_headline_from_fresh_clone
 from monai.bundle import ckpt_export, verify_net_in_out
 
 REPO = Path(__file__).resolve().parents[1]
@@ -246,17 +243,7 @@ def test_risk_export_writes_maps_overlays_and_csv(trained: Path, phantom: str) -
 
 
 def test_ddp_training_with_two_gloo_processes(tmp_path: Path, phantom: str) -> None:
-    configs = json.dumps([TRAIN, str(CONFIGS / "multi_gpu_train.json")])
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29527",
-        "-m", "monai.bundle", "run", "training", "--config_file", configs,
-        "--bundle_root", str(tmp_path), "--dataset_dir", phantom,
-    ]
-    for key, value in TINY.items():
-        command += [f"--{key}", json.dumps(value) if isinstance(value, list) else str(value)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    run_ddp_training(CONFIGS, tmp_path, phantom, TINY, port=29527)
     assert (tmp_path / "models" / "source.pt").is_file()
     assert (tmp_path / "models" / "model.pt").is_file()
     assert len(risk_maps(tmp_path)) == TINY["num_target_train"]
@@ -264,12 +251,6 @@ def test_ddp_training_with_two_gloo_processes(tmp_path: Path, phantom: str) -> N
 
 @pytest.mark.slow
 def test_headline_command_from_a_fresh_clone(tmp_path: Path) -> None:
-    clone = tmp_path / "transrisk"
-    subprocess.run(["git", "clone", "--quiet", str(REPO), str(clone)], check=True)
-    command = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", "bundles/iseg/configs/train.json"]
-    env = {**os.environ, "PYTHONPATH": str(clone)}
-    subprocess.run(command, cwd=clone, env=env, check=True, timeout=900)
-    bundle = clone / "bundles" / "iseg"
+    bundle = run_headline_from_fresh_clone(REPO, tmp_path, "iseg")
     assert (bundle / "models" / "model.pt").is_file()
     assert (bundle / "data" / "phantom" / "iSeg-2019-Training").is_dir()
-    assert not (clone / "models").exists(), "outputs must land in the bundle, not the cwd"
