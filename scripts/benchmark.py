@@ -29,8 +29,8 @@ from monai.losses import DiceCELoss
 from monai.networks.nets import SegResNet
 from monai.utils import set_determinism
 
-from transrisk_components.losses import RiskWeightedLoss
-from transrisk_components.transferability import LEEPStatistics, pixel_transferability
+from transrisk_components.method.losses import RiskWeightedLoss
+from transrisk_components.method.transferability import LEEPStatistics, pixel_transferability
 
 
 def _seconds(fn: Callable[[], object], device: torch.device) -> float:

@@ -9,9 +9,12 @@ Examples::
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import fire
 
-from transrisk_components.data.phantom import make_phantom, preview_path
+from transrisk_components.data.phantom import make_phantom
+from transrisk_components.reporting.phantom_preview import write_preview
 
 
 def main(
@@ -38,12 +41,11 @@ def main(
         overwrite: replace an existing phantom under OUT (real data is never replaced).
         options: dataset-specific, e.g. --institutions 3 (fets) or --labelled 10 (iseg).
     """
-    root = make_phantom(
-        dataset, out, subjects, seed, preview=preview, shape=shape, full_size=full_size, overwrite=overwrite, **options
-    )
+    root = make_phantom(dataset, out, subjects, seed, shape=shape, full_size=full_size, overwrite=overwrite, **options)
     print(f"dataset root: {root}")
     if preview:
-        print(f"preview: {preview_path(out, dataset)}")
+        png = write_preview(root, dataset, Path(out).expanduser().resolve() / f"{dataset}_phantom_preview.png")
+        print(f"preview: {png}")
 
 
 if __name__ == "__main__":

@@ -27,26 +27,25 @@ import fire
 import torch
 from tqdm import tqdm
 
-from transrisk_components.experiments import DEFAULT_RISK, PROFILES, REPO_ROOT, export_risk_overlays, grid, run_cell
-from transrisk_components.io_utils import atomic_write_text
-from transrisk_components.results_report import (
-    choose_default,
+from experiments import DEFAULT_RISK, METHODS, PLAIN, PROFILES, REPO_ROOT, choose_default, export_risk_overlays, grid, run_cell
+from transrisk_components.reporting.results import (
     load_results_csv,
     markdown_table,
     plot_method_comparison,
     read_results,
     write_results_csv,
 )
+from transrisk_components.utils.io import atomic_write_text
 
 
 def _write_reports(rows: list[dict], report_dir: Path) -> None:
     write_results_csv(rows, report_dir / "results.csv")
-    table = markdown_table(rows)
+    table = markdown_table(rows, list(METHODS), baseline=PLAIN, highlight=DEFAULT_RISK)
     best = choose_default(rows)
     if best is not None:
         table += f"\nBest risk-weighted variant on validation Dice: {best}.\n"
     atomic_write_text(report_dir / "table.md", table)
-    plot_method_comparison(rows, report_dir / "figures" / "dice_by_method.png")
+    plot_method_comparison(rows, list(METHODS), report_dir / "figures" / "dice_by_method.png")
 
 
 def _copy_cell_figures(work_dir: Path, report_dir: Path, seed: int) -> None:

@@ -25,7 +25,7 @@ def data_shared_fixtures() -> Path:
 @pytest.fixture(scope="session")
 def data_fets_phantom(tmp_path_factory) -> Path:
     """FeTS look-alike root: 11 subjects (ids 001-010, 012), 3 institutions, 32^3 voxels, seed 0."""
-    from transrisk_components.data.phantom_fets import make_fets_phantom
+    from transrisk_components.data.phantom.fets import make_fets_phantom
 
     return make_fets_phantom(tmp_path_factory.mktemp("fets"), subjects=11, seed=0, shape=DATA_PHANTOM_SHAPE)
 
@@ -33,6 +33,6 @@ def data_fets_phantom(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def data_iseg_phantom(tmp_path_factory) -> Path:
     """iSeg look-alike root: subjects 1-12, 1-10 labelled, 32^3 voxels, seed 0."""
-    from transrisk_components.data.phantom_iseg import make_iseg_phantom
+    from transrisk_components.data.phantom.iseg import make_iseg_phantom
 
     return make_iseg_phantom(tmp_path_factory.mktemp("iseg"), subjects=12, seed=0, shape=DATA_PHANTOM_SHAPE)

@@ -7,7 +7,7 @@ import torch
 from monai.losses import DiceCELoss
 from monai.networks.nets import UNet
 
-from transrisk_components.baselines import L2SPLoss, TopKDiceCELoss
+from transrisk_components.method.baselines import L2SPLoss, TopKDiceCELoss
 
 
 def tiny_unet(out_channels: int) -> UNet:

@@ -14,18 +14,16 @@ from monai.data import DataLoader, Dataset, MetaTensor
 from monai.engines import SupervisedEvaluator
 from monai.inferers import SimpleInferer
 
-from transrisk_components.evaluation import (
+from transrisk_components.bundle.handlers import RegionMetricsWriter, write_case_csv, write_summary_json
+from transrisk_components.bundle.metrics import (
     CaseScore,
     RegionMetrics,
-    RegionMetricsWriter,
     region_masks,
     region_names,
     score_regions,
     stack_regions,
     summarise,
     voxel_spacing,
-    write_case_csv,
-    write_summary_json,
 )
 
 

@@ -9,7 +9,7 @@ import matplotlib.image as mpimg
 import numpy as np
 import pytest
 
-from transrisk_components.figures import (
+from transrisk_components.reporting.figures import (
     axial_slice,
     plot_learning_curves,
     plot_region_dice,

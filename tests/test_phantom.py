@@ -11,12 +11,13 @@ import numpy as np
 import pytest
 
 from transrisk_components.data import fets2021_datalist, iseg2019_datalist
-from transrisk_components.data import phantom_fets
-from transrisk_components.data.phantom import make_phantom, preview_path, write_preview
-from transrisk_components.data.phantom_anatomy import choose_grid
-from transrisk_components.data.phantom_fets import make_fets_phantom
-from transrisk_components.data.phantom_io import MARKER
-from transrisk_components.data.phantom_iseg import make_iseg_phantom
+from transrisk_components.data.phantom import fets as phantom_fets
+from transrisk_components.data.phantom import make_phantom
+from transrisk_components.reporting.phantom_preview import write_preview
+from transrisk_components.data.phantom.anatomy import choose_grid
+from transrisk_components.data.phantom.fets import make_fets_phantom
+from transrisk_components.data.phantom.io import MARKER
+from transrisk_components.data.phantom.iseg import make_iseg_phantom
 
 SMALL = (16, 16, 16)
 REPO = Path(__file__).resolve().parents[1]
@@ -131,9 +132,9 @@ def test_atomic_and_overwrite_rules(tmp_path, monkeypatch):
 
 
 def test_make_phantom_and_preview(tmp_path, data_fets_phantom):
-    root = make_phantom("iseg", tmp_path, subjects=2, seed=0, preview=True, shape=SMALL)
+    root = make_phantom("iseg", tmp_path, subjects=2, seed=0, shape=SMALL)
     assert len(iseg2019_datalist(root)) == 2
-    assert preview_path(tmp_path, "iseg").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert write_preview(root, "iseg", tmp_path / "iseg.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     png = write_preview(data_fets_phantom, "fets", tmp_path / "fets.png", max_subjects=2)
     assert png.stat().st_size > 1000
 

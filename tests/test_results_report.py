@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from transrisk_components.experiments import DEFAULT_RISK, PLAIN, PROFILES, grid
-from transrisk_components.results_report import (
-    choose_default,
+from experiments import DEFAULT_RISK, METHODS, PLAIN, PROFILES, choose_default, grid
+from transrisk_components.reporting.results import (
     load_results_csv,
     markdown_table,
     paired_differences,
@@ -40,7 +39,7 @@ def test_summary_and_paired_differences():
     stats = summarise_results(rows())
     mean, std, n = stats[("a", PLAIN)]
     assert (mean, n) == (pytest.approx(0.65), 3) and std == pytest.approx(0.05)
-    diff = paired_differences(rows())
+    diff = paired_differences(rows(), PLAIN)
     assert diff[("a", DEFAULT_RISK)][0] == pytest.approx(0.02)
     assert diff[("a", DEFAULT_RISK)][1] == pytest.approx(0.0, abs=1e-12)
     assert diff[("b", DEFAULT_RISK)][0] == pytest.approx(-0.01)
@@ -48,7 +47,7 @@ def test_summary_and_paired_differences():
 
 
 def test_table_states_where_risk_map_does_not_win():
-    table = markdown_table(rows())
+    table = markdown_table(rows(), list(METHODS), baseline=PLAIN, highlight=DEFAULT_RISK)
     assert "| plain fine-tuning | 65.0 ± 5.0 | 65.0 ± 5.0 |" in table
     assert "+2.0 ± 0.0" in table and "-1.0 ± 0.0" in table
     assert "- a: risk-weighted +2.0 ± 0.0 points over 3 seeds: beats plain fine-tuning" in table
@@ -64,7 +63,7 @@ def test_default_chosen_on_validation_not_test():
 
 
 def test_comparison_figure_written(tmp_path):
-    png = plot_method_comparison(rows(), tmp_path / "fig.png")
+    png = plot_method_comparison(rows(), list(METHODS), tmp_path / "fig.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
 
 
@@ -78,7 +77,7 @@ def test_grid_orders_cells_so_each_source_model_is_trained_once():
 
 
 def test_unknown_grid_entries_raise():
-    from transrisk_components.experiments import Profile
+    from experiments import Profile
 
     with pytest.raises(ValueError, match="unknown"):
         grid(Profile(scenarios=("nope",), methods=(PLAIN,), seeds=(0,)))

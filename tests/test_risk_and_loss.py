@@ -6,8 +6,8 @@ import pytest
 import torch
 from monai.losses import DiceCELoss
 
-from transrisk_components.losses import RiskWeightedLoss
-from transrisk_components.risk import WEIGHT_SCHEMES, risk_to_weights, transfer_risk
+from transrisk_components.method.losses import RiskWeightedLoss
+from transrisk_components.method.risk import WEIGHT_SCHEMES, risk_to_weights, transfer_risk
 
 SHAPE = (2, 1, 6, 5, 4)
 

@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from transrisk_components.transferability import LEEPStatistics, leep, pixel_transferability
+from transrisk_components.method.transferability import LEEPStatistics, leep, pixel_transferability
 
 NUM_TARGET, NUM_SOURCE = 3, 4
 

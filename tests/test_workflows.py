@@ -11,22 +11,22 @@ import pytest
 import torch
 from monai.inferers import SlidingWindowInferer
 
-from transrisk_components.bundle_paths import _from_argv
-from transrisk_components.config_values import as_bool
+from transrisk_components.bundle.paths import _from_argv
+from transrisk_components.bundle.config_values import as_bool
 from transrisk_components.data.registry import get_dataset
-from transrisk_components.inference_inputs import inference_datalist
-from transrisk_components.losses import RiskWeightedLoss
-from transrisk_components.networks import segmentation_network
-from transrisk_components.risk_stage import RiskStage
-from transrisk_components.scenario import Scenario, resolve_dataset_dir
-from transrisk_components.training import (
+from transrisk_components.bundle.inference import inference_datalist
+from transrisk_components.method.losses import RiskWeightedLoss
+from transrisk_components.bundle.networks import segmentation_network
+from transrisk_components.bundle.stages.risk import RiskStage
+from transrisk_components.data.scenario import Scenario, resolve_dataset_dir
+from transrisk_components.bundle.engine import (
     RiskTargets,
     TransferLoss,
     load_source_weights,
     prepare_risk_batch,
     training_loss,
 )
-from transrisk_components.transforms import TaskLabelsd, train_transforms
+from transrisk_components.bundle.transforms import TaskLabelsd, train_transforms
 
 
 @pytest.fixture(scope="module")
@@ -66,15 +66,15 @@ def test_as_bool_reads_command_line_spellings() -> None:
 
 
 def test_splits_are_deterministic_disjoint_and_written(phantom: str, tmp_path: Path) -> None:
-    first = _scenario(phantom, tmp_path / "a").splits
-    second = _scenario(phantom, tmp_path / "b").splits
+    first = _scenario(phantom, tmp_path / "a").prepare()
+    second = _scenario(phantom, tmp_path / "b").prepare()
     assert first == second
     ids = [c["case_id"] for cases in first.values() for c in cases]
     assert len(ids) == len(set(ids)) == 9
     assert all(c["image"][0].endswith("_flair.nii.gz") for c in first["target_train"])
     assert all(c["image"][0].endswith("_t1.nii.gz") for c in first["source"])
     assert json.loads((tmp_path / "a" / "splits.json").read_text())["splits"] == first
-    assert _scenario(phantom, tmp_path / "c", seed=1).splits != first
+    assert _scenario(phantom, tmp_path / "c", seed=1).prepare() != first
 
 
 def test_cross_site_splits_follow_the_partitions(phantom: str, tmp_path: Path) -> None:
@@ -82,10 +82,10 @@ def test_cross_site_splits_follow_the_partitions(phantom: str, tmp_path: Path) -
         phantom, tmp_path, partition_csv="partitioning_1.csv", source_partitions=[1, 2], target_partitions=[3],
         num_target_train=1, num_target_val=1, num_target_test=1,
     )
-    splits = scenario.splits
+    splits = scenario.prepare()
     assert splits["source"] and splits["target_test"]
     with pytest.raises(ValueError, match="overlap"):
-        _scenario(phantom, tmp_path, partition_csv="partitioning_1.csv", source_partitions=[1], target_partitions=[1]).splits
+        _scenario(phantom, tmp_path, partition_csv="partitioning_1.csv", source_partitions=[1], target_partitions=[1]).prepare()
 
 
 def test_missing_dataset_dir_is_an_error_unless_it_is_the_phantom(tmp_path: Path) -> None:
@@ -94,7 +94,7 @@ def test_missing_dataset_dir_is_an_error_unless_it_is_the_phantom(tmp_path: Path
 
 
 def test_spatial_transforms_keep_risk_aligned_with_the_label(phantom: str, tmp_path: Path) -> None:
-    case = _scenario(phantom, tmp_path).target_train[0]
+    case = _scenario(phantom, tmp_path).split('target_train')[0]
     label = nib.load(case["label"])
     risk_path = tmp_path / "risk.nii.gz"
     nib.save(nib.Nifti1Image((np.asarray(label.dataobj) > 0).astype(np.float32), label.affine), risk_path)
@@ -142,7 +142,7 @@ def test_source_weights_transfer_with_a_new_head(name: str, tmp_path: Path, capl
 
 
 def test_risk_stage_writes_maps_on_the_image_grid_and_caches(phantom: str, tmp_path: Path) -> None:
-    cases = _scenario(phantom, tmp_path).target_train
+    cases = _scenario(phantom, tmp_path).split('target_train')
     network = segmentation_network("segresnet", 1, 4, width=4, depth=2)
     ckpt = tmp_path / "source.pt"
     torch.save(network.state_dict(), ckpt)
@@ -165,7 +165,7 @@ def test_risk_stage_writes_maps_on_the_image_grid_and_caches(phantom: str, tmp_p
 
 
 def test_inference_datalist_from_folder_and_splits(phantom: str, tmp_path: Path) -> None:
-    _scenario(phantom, tmp_path).splits
+    _scenario(phantom, tmp_path).prepare()
     cases = inference_datalist(str(tmp_path / "splits.json"))
     assert len(cases) == 2 and all(isinstance(c["image"], str) for c in cases)
     folder = Path(cases[0]["image"]).parent

@@ -1,4 +1,4 @@
-"""Input validation for datalists, and the label-value checks shared by the dataset modules.
+"""Input validation for datalists.
 
 :func:`check_cases` opens every file of every case once and raises a single ``ValueError`` that lists
 every bad case with everything that is wrong with it, so a user fixes a dataset in one pass instead of
@@ -11,18 +11,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
 
 import nibabel as nib
 import numpy as np
 import torch
 
-if TYPE_CHECKING:
-    from transrisk_components.data.registry import DatasetSpec
+from transrisk_components.data.labels import format_values, spatial_shape, unexpected_values
+from transrisk_components.data.registry import DatasetSpec, get_dataset
 
-__all__ = ["check_cases", "remap_labels", "spatial_shape"]
-
-LabelT = TypeVar("LabelT", np.ndarray, torch.Tensor)
+__all__ = ["check_cases"]
 
 #: Affines of one case may differ by this much (mm / direction cosines) and still count as equal.
 AFFINE_ATOL = 1e-3
@@ -33,68 +30,8 @@ _LABEL_HINTS: dict[tuple[str, int], str] = {
 }
 
 
-def _format_values(values: np.ndarray) -> str:
-    """Format label values compactly: integral floats print as ints, at most 10 values."""
-    shown = [int(v) if float(v).is_integer() else float(v) for v in values[:10]]
-    more = f" (+{len(values) - 10} more)" if len(values) > 10 else ""
-    return f"{shown}{more}"
-
-
-def _unexpected_values(label: np.ndarray | torch.Tensor, allowed: Sequence[int]) -> np.ndarray:
-    """Sorted unique values of ``label`` (any shape) that are not in ``allowed``; empty if none."""
-    if isinstance(label, torch.Tensor):
-        known = torch.isin(label, torch.as_tensor(list(allowed), dtype=label.dtype, device=label.device))
-        return torch.unique(label[~known]).cpu().numpy()
-    known = np.isin(label, list(allowed))
-    return np.unique(label[~known])
-
-
-def remap_labels(label: LabelT, table: Mapping[int, int], what: str) -> LabelT:
-    """Map label values through a lookup table, refusing values the table does not know.
-
-    Args:
-        label: label array of any shape (e.g. ``[1, H, W, D]`` or ``[B, 1, H, W, D]``), a numpy array or
-            a torch tensor; integer or float dtype (labels read from NIfTI are often float).
-        table: raw value -> new value; every value in ``label`` must be a key.
-        what: name of the mapping, used in the error message (e.g. ``"FeTS task 'ET'"``).
-
-    Returns:
-        Same shape and container type as ``label`` (a ``MetaTensor`` stays a ``MetaTensor``), dtype int64.
-
-    Raises:
-        TypeError: ``label`` is neither a numpy array nor a torch tensor.
-        ValueError: ``label`` holds values that are not keys of ``table``; the message lists them.
-    """
-    if not isinstance(label, (np.ndarray, torch.Tensor)):
-        raise TypeError(f"{what}: expected a numpy array or torch tensor, got {type(label).__name__}")
-    bad = _unexpected_values(label, tuple(table))
-    if bad.size:
-        raise ValueError(f"{what}: unexpected label values {_format_values(bad)}; expected {sorted(table)}")
-    if isinstance(label, torch.Tensor):
-        out = torch.zeros_like(label, dtype=torch.int64)
-    else:
-        out = np.zeros(label.shape, dtype=np.int64)
-    for raw, new in table.items():
-        if new:
-            out[label == raw] = new
-    return out
-
-
-def spatial_shape(shape: Sequence[int]) -> tuple[int, ...]:
-    """Shape without trailing singleton dimensions beyond the third (Analyze headers may carry a 4th)."""
-    dims = list(shape)
-    while len(dims) > 3 and dims[-1] == 1:
-        dims.pop()
-    return tuple(int(d) for d in dims)
-
-
 def _resolve(dataset: DatasetSpec | str) -> DatasetSpec:
-    if isinstance(dataset, str):
-        # Imported here: the registry imports the dataset modules, which import this module.
-        from transrisk_components.data.registry import get_dataset
-
-        return get_dataset(dataset)
-    return dataset
+    return get_dataset(dataset) if isinstance(dataset, str) else dataset
 
 
 def _case_paths(case: Mapping) -> tuple[list[str], str | None]:
@@ -151,13 +88,13 @@ def _check_case(case: Mapping, spec: DatasetSpec, voxels: bool) -> list[str]:
         if not np.any(data):
             problems.append(f"image {p} is all zero")
     if label is not None:
-        bad = _unexpected_values(np.asanyarray(loaded[label].dataobj), spec.label_values)
+        bad = unexpected_values(np.asanyarray(loaded[label].dataobj), spec.label_values)
         if bad.size:
             keys = [(spec.name, int(v)) for v in bad if float(v).is_integer()]
             hints = [_LABEL_HINTS[key] for key in keys if key in _LABEL_HINTS]
             hint = f" ({'; '.join(hints)})" if hints else ""
             problems.append(
-                f"label {label} has values {_format_values(bad)} outside {list(spec.label_values)}{hint}"
+                f"label {label} has values {format_values(bad)} outside {list(spec.label_values)}{hint}"
             )
     return problems
 

@@ -27,7 +27,7 @@ import re
 from os import PathLike
 from pathlib import Path
 
-from transrisk_components.data.checks import LabelT, remap_labels
+from transrisk_components.data.labels import LabelT, remap_labels
 
 __all__ = [
     "ISEG_LABEL_VALUES",

@@ -6,15 +6,27 @@ label values, classes, reader, datalist, label conversion, phantom — comes fro
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from transrisk_components.data import fets, iseg
-from transrisk_components.data.phantom_fets import make_fets_phantom
-from transrisk_components.data.phantom_iseg import make_iseg_phantom
+import transrisk_components.data.fets as fets
+import transrisk_components.data.iseg as iseg
 
 __all__ = ["DATASETS", "DatasetSpec", "get_dataset", "num_classes"]
+
+
+def _lazy(module: str, function: str) -> Callable[..., Path]:
+    """A phantom maker imported on first call: the generators pull in scipy and nilearn, which a run on real
+    data never needs."""
+
+    def make(*args, **kwargs) -> Path:
+        return getattr(importlib.import_module(module), function)(*args, **kwargs)
+
+    make.__name__ = make.__qualname__ = function
+    make.__doc__ = f"``{module}.{function}``, imported when first called."
+    return make
 
 
 @dataclass(frozen=True)
@@ -57,7 +69,7 @@ DATASETS: dict[str, DatasetSpec] = {
         datalist=fets.fets2021_datalist,
         task_labels=fets.fets_task_labels,
         raw_labels=fets.fets_raw_labels,
-        make_phantom=make_fets_phantom,
+        make_phantom=_lazy("transrisk_components.data.phantom.fets", "make_fets_phantom"),
         default_phantom_subjects=24,
     ),
     "iseg": DatasetSpec(
@@ -69,7 +81,7 @@ DATASETS: dict[str, DatasetSpec] = {
         datalist=iseg.iseg2019_datalist,
         task_labels=iseg.iseg_task_labels,
         raw_labels=iseg.iseg_raw_labels,
-        make_phantom=make_iseg_phantom,
+        make_phantom=_lazy("transrisk_components.data.phantom.iseg", "make_iseg_phantom"),
         default_phantom_subjects=10,
     ),
 }

@@ -10,7 +10,7 @@ Layout of an experiment folder::
     sources/<scenario>/seed<k>/source.pt         source model, shared by every method of that scenario and seed
     risk_maps/<scenario>/seed<k>/<key>/          risk-map cache (the key covers the options)
     cells/<scenario>/<method>/seed<k>/           the cell's checkpoints, splits, metrics and result.json
-    results.csv, table.md, figures/              written by :mod:`transrisk_components.results_report`
+    results.csv, table.md, figures/              written by :mod:`transrisk_components.reporting.results`
 
 A cell whose ``result.json`` exists is done and skipped, so a killed grid continues where it stopped; a cell
 killed mid-training resumes from its last epoch checkpoint.
@@ -27,9 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from transrisk_components.io_utils import atomic_write_text
+from transrisk_components.utils.io import atomic_write_text
 
-__all__ = ["Cell", "DEFAULT_RISK", "METHODS", "Method", "PLAIN", "PROFILES", "Profile", "SCENARIOS", "Scenario", "export_risk_overlays", "grid", "run_cell"]
+__all__ = ["Cell", "DEFAULT_RISK", "METHODS", "Method", "PLAIN", "PROFILES", "Profile", "SCENARIOS", "GridScenario", "choose_default", "export_risk_overlays", "grid", "run_cell"]
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ DEFAULT_RISK = "risk-weighted (default)"
 
 
 @dataclass(frozen=True)
-class Scenario:
+class GridScenario:
     """A transfer setting: which bundle, and the config overrides that pick source and target."""
 
     name: str
@@ -61,7 +61,7 @@ class Method:
 class Cell:
     """One run of the grid."""
 
-    scenario: Scenario
+    scenario: GridScenario
     method: Method
     seed: int
 
@@ -76,31 +76,31 @@ def _slug(text: str) -> str:
 
 def _loss_override(loss: Mapping[str, Any]) -> dict[str, Any]:
     """Override of the ``loss`` id with a plain (map-free) loss wrapped as the trainer expects."""
-    return {"risk#enabled": False, "loss": {"_target_": "transrisk_components.training.TransferLoss", "loss": dict(loss)}}
+    return {"risk#enabled": False, "loss": {"_target_": "transrisk_components.bundle.engine.TransferLoss", "loss": dict(loss)}}
 
 
 _DICE_CE = {"_target_": "DiceCELoss", "to_onehot_y": True, "softmax": True}
 
-SCENARIOS: dict[str, Scenario] = {
+SCENARIOS: dict[str, GridScenario] = {
     s.name: s
     for s in [
-        Scenario("fets_t1_to_flair", "fets", "cross-modality", {"source_modality": "t1", "target_modality": "flair"}),
-        Scenario("fets_t1ce_to_t2", "fets", "cross-modality", {"source_modality": "t1ce", "target_modality": "t2"}),
-        Scenario("iseg_t1_to_t2", "iseg", "cross-modality", {"source_modality": "T1", "target_modality": "T2"}),
-        Scenario(
+        GridScenario("fets_t1_to_flair", "fets", "cross-modality", {"source_modality": "t1", "target_modality": "flair"}),
+        GridScenario("fets_t1ce_to_t2", "fets", "cross-modality", {"source_modality": "t1ce", "target_modality": "t2"}),
+        GridScenario("iseg_t1_to_t2", "iseg", "cross-modality", {"source_modality": "T1", "target_modality": "T2"}),
+        GridScenario(
             "fets_wt_to_tc",
             "fets",
             "cross-task",
             {"source_modality": "flair", "target_modality": "flair", "source_task": "WT", "target_task": "TC"},
         ),
-        Scenario(
+        GridScenario(
             "iseg_wm_to_gm",
             "iseg",
             "cross-task",
             {"source_modality": "T2", "target_modality": "T2", "source_task": "WM", "target_task": "GM"},
         ),
         *[
-            Scenario(
+            GridScenario(
                 f"fets_fewshot_{n}",
                 "fets",
                 "few-shot",
@@ -108,7 +108,7 @@ SCENARIOS: dict[str, Scenario] = {
             )
             for n in (1, 2, 4)
         ],
-        Scenario(
+        GridScenario(
             "fets_cross_site",
             "fets",
             "cross-site",
@@ -142,7 +142,7 @@ METHODS: dict[str, Method] = {
             "L2-SP",
             _loss_override(
                 {
-                    "_target_": "transrisk_components.baselines.L2SPLoss",
+                    "_target_": "transrisk_components.method.baselines.L2SPLoss",
                     "loss": _DICE_CE,
                     "network": "@network",
                     "source_ckpt": "@source_ckpt",
@@ -155,7 +155,7 @@ METHODS: dict[str, Method] = {
             _loss_override({"_target_": "DiceFocalLoss", "to_onehot_y": True, "softmax": True, "gamma": 2.0}),
             "alternative",
         ),
-        Method("top-k CE", _loss_override({"_target_": "transrisk_components.baselines.TopKDiceCELoss"}), "alternative"),
+        Method("top-k CE", _loss_override({"_target_": "transrisk_components.method.baselines.TopKDiceCELoss"}), "alternative"),
     ]
 }
 
@@ -258,7 +258,7 @@ def run_cell(cell: Cell, root: Path, profile: Profile, dataset_dirs: Mapping[str
     _run_workflow([train], "training", overrides)
     seconds = time.perf_counter() - start
     val_dir = folder / "eval_val"
-    _run_workflow(evaluate, "evaluating", {**overrides, "output_dir": str(val_dir), "validate#dataset#data": "$@scenario.target_val"})
+    _run_workflow(evaluate, "evaluating", {**overrides, "output_dir": str(val_dir), "validate#dataset#data": "$@scenario.split('target_val')"})
     _run_workflow(evaluate, "evaluating", overrides)
     test_summary = json.loads((folder / "eval" / "metrics_summary.json").read_text())
     val_summary = json.loads((val_dir / "metrics_summary.json").read_text())
@@ -291,3 +291,13 @@ def export_risk_overlays(cell: Cell, root: Path, profile: Profile, dataset_dirs:
         _run_workflow(configs, "export_risk", overrides)
     return out
 
+
+def choose_default(rows: Sequence[Mapping[str, Any]]) -> str | None:
+    """The risk-map variant (default, variants, sweep) with the best mean validation Dice over all scenarios."""
+    candidates = [m for m in METHODS if m == DEFAULT_RISK or METHODS[m].group in ("variant", "sweep")]
+    scores = {}
+    for method in candidates:
+        values = [float(r["val_dice"]) for r in rows if r["method"] == method and not math.isnan(float(r["val_dice"]))]
+        if values:
+            scores[method] = sum(values) / len(values)
+    return max(scores, key=scores.get) if scores else None

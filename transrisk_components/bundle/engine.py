@@ -1,4 +1,4 @@
-"""Trainer wiring: the risk map's path into the loss, source-weight transfer, and resumable checkpoints.
+"""Engine adapters: the risk map's path into the loss, and source-weight transfer into the target network.
 
 How the risk map reaches the loss: the batch dict holds ``risk [B, 1, *S]`` next to ``label``;
 :func:`prepare_risk_batch` hands the trainer ``(image, RiskTargets(label, risk))`` as its targets, and
@@ -9,22 +9,19 @@ How the risk map reaches the loss: the batch dict holds ``risk [B, 1, *S]`` next
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
 from monai.engines.utils import default_prepare_batch
-from monai.handlers import CheckpointLoader, CheckpointSaver
 from monai.losses import DiceCELoss
 from monai.utils import CommonKeys
 from torch import nn
 
-from transrisk_components.losses import RiskWeightedLoss
+from transrisk_components.method.losses import RiskWeightedLoss
 
 __all__ = [
-    "ResumableCheckpoints",
     "RiskTargets",
     "TransferLoss",
     "batch_loss",
@@ -187,49 +184,3 @@ def init_target_network(
     else:
         raise ValueError(f"unknown target init {init!r}; choose 'source' or 'random'")
     return network.to(device)
-
-
-_EPOCH = re.compile(r"_epoch=(\d+)\.pt$")
-
-
-class ResumableCheckpoints:
-    """Ignite handler: checkpoint ``objects`` and the engine every epoch; resume from the newest on start.
-
-    Files are ``<ckpt_dir>/<prefix>_checkpoint_epoch=N.pt`` (the last one kept; ignite writes on rank 0 only). A run
-    killed mid-way restarts at the epoch after its newest checkpoint; a finished run does nothing more.
-
-    Args:
-        ckpt_dir: folder of the periodic checkpoints.
-        objects: objects to save and restore besides the engine, e.g. ``{"model": net, "optimizer": opt}``.
-        prefix: checkpoint file prefix.
-        map_location: where loaded tensors go.
-    """
-
-    def __init__(self, ckpt_dir: str, objects: dict, prefix: str, map_location: str | None = "cpu") -> None:
-        self.ckpt_dir = Path(ckpt_dir)
-        self.objects = objects
-        self.prefix = prefix
-        self.map_location = map_location
-
-    def latest(self) -> Path | None:
-        """The newest checkpoint file, or ``None``."""
-        found = [
-            (int(m.group(1)), p)
-            for p in self.ckpt_dir.glob(f"{self.prefix}_checkpoint_epoch=*.pt")
-            if (m := _EPOCH.search(p.name))
-        ]
-        return max(found)[1] if found else None
-
-    def attach(self, engine: Any) -> None:
-        """Attach the saver and, when a checkpoint exists, a loader that restores it as ``engine`` starts."""
-        save = {**self.objects, "trainer": engine}
-        path = self.latest()
-        if path is None:
-            logger.info("no %s checkpoint in %s: starting from epoch 1", self.prefix, self.ckpt_dir)
-        else:
-            logger.info("resuming %s from %s", self.prefix, path)
-            CheckpointLoader(load_path=str(path), load_dict=save, map_location=self.map_location).attach(engine)
-        # built on every rank: ignite writes on rank 0 only, and its first rank query is a collective call
-        CheckpointSaver(
-            save_dir=str(self.ckpt_dir), save_dict=save, file_prefix=self.prefix, save_interval=1, n_saved=1
-        ).attach(engine)

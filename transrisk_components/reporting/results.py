@@ -1,6 +1,6 @@
 """Reports of an experiment grid: ``results.csv``, the paper-style ``table.md`` and the comparison figure.
 
-Rows are the per-cell dicts that :func:`transrisk_components.experiments.run_cell` writes to ``result.json``
+Rows are the per-cell dicts that ``scripts/experiments.py`` (``run_cell``) writes to ``result.json``
 (``scenario``, ``method``, ``seed``, ``val_dice``, ``test_dice``, ... with Dice in [0, 1]).
 """
 
@@ -20,11 +20,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 import numpy as np  # noqa: E402
 
-from transrisk_components.experiments import DEFAULT_RISK, METHODS, PLAIN  # noqa: E402
-from transrisk_components.io_utils import atomic_write, atomic_write_text  # noqa: E402
+from transrisk_components.utils.io import atomic_write, atomic_write_text  # noqa: E402
 
 __all__ = [
-    "choose_default",
     "load_results_csv",
     "markdown_table",
     "paired_differences",
@@ -80,7 +78,7 @@ def summarise_results(rows: Iterable[Mapping[str, Any]], metric: str = "test_dic
 
 
 def paired_differences(
-    rows: Iterable[Mapping[str, Any]], baseline: str = PLAIN, metric: str = "test_dice"
+    rows: Iterable[Mapping[str, Any]], baseline: str, metric: str = "test_dice"
 ) -> dict[tuple[str, str], tuple[float, float, int]]:
     """``(scenario, method) -> (mean, sample std, n)`` of ``metric(method) - metric(baseline)`` paired by seed."""
     by_key = {(r["scenario"], r["method"], int(r["seed"])): float(r[metric]) for r in rows}
@@ -100,12 +98,24 @@ def _fmt(stat: tuple[float, float, int] | None, signed: bool = False) -> str:
     return f"{sign}{100 * mean:.1f} ± {100 * std:.1f}"
 
 
-def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    """Paper-style tables: test Dice (%) mean ± std over seeds, and the paired difference to plain fine-tuning."""
+def _present(rows: Sequence[Mapping[str, Any]], methods: Sequence[str]) -> list[str]:
+    """``methods`` (report order) that have at least one row."""
+    return [m for m in methods if any(r["method"] == m for r in rows)]
+
+
+def markdown_table(rows: Sequence[Mapping[str, Any]], methods: Sequence[str], baseline: str, highlight: str) -> str:
+    """Paper-style tables: test Dice (%) mean ± std over seeds, and the paired difference to ``baseline``.
+
+    Args:
+        rows: one dict per (scenario, method, seed) with ``val_dice`` and ``test_dice``.
+        methods: method names in report order.
+        baseline: the method the differences are taken to (plain fine-tuning).
+        highlight: the method whose verdict per scenario is spelled out (the risk map's default).
+    """
     scenarios = list(dict.fromkeys(r["scenario"] for r in rows))
-    methods = [m for m in METHODS if any(r["method"] == m for r in rows)]
+    methods = _present(rows, methods)
     dice = summarise_results(rows)
-    diffs = paired_differences(rows)
+    diffs = paired_differences(rows, baseline)
     val = summarise_results(rows, "val_dice")
     seeds = sorted({int(r["seed"]) for r in rows})
     lines = [
@@ -117,7 +127,7 @@ def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
     lines += [f"| {m} | " + " | ".join(_fmt(dice.get((s, m))) for s in scenarios) + " |" for m in methods]
     lines += [
         "",
-        f"Paired difference to {PLAIN} (test Dice, percentage points), mean ± sample std over seeds.",
+        f"Paired difference to {baseline} (test Dice, percentage points), mean ± sample std over seeds.",
         "",
         "| method | " + " | ".join(scenarios) + " |",
         "|---|" + "---|" * len(scenarios),
@@ -125,11 +135,11 @@ def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
     lines += [
         f"| {m} | " + " | ".join(_fmt(diffs.get((s, m)), signed=True) for s in scenarios) + " |"
         for m in methods
-        if m != PLAIN
+        if m != baseline
     ]
     verdicts = []
     for s in scenarios:
-        d = diffs.get((s, DEFAULT_RISK))
+        d = diffs.get((s, highlight))
         if d is None or math.isnan(d[0]):
             continue
         mean, std, n = d
@@ -153,21 +163,11 @@ def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def choose_default(rows: Sequence[Mapping[str, Any]]) -> str | None:
-    """The risk-map variant (default, variants, sweep) with the best mean validation Dice over all scenarios."""
-    candidates = [m for m in METHODS if m == DEFAULT_RISK or METHODS[m].group in ("variant", "sweep")]
-    scores = {}
-    for method in candidates:
-        values = [float(r["val_dice"]) for r in rows if r["method"] == method and not math.isnan(float(r["val_dice"]))]
-        if values:
-            scores[method] = sum(values) / len(values)
-    return max(scores, key=scores.get) if scores else None
-
-
-def plot_method_comparison(rows: Sequence[Mapping[str, Any]], out_png: Path) -> Path:
-    """Grouped bars: test Dice per scenario (groups) and method (bars), error bars one sample std over seeds."""
+def plot_method_comparison(rows: Sequence[Mapping[str, Any]], methods: Sequence[str], out_png: Path) -> Path:
+    """Grouped bars: test Dice per scenario (groups) and method (bars, in ``methods`` order), error bars one
+    sample std over seeds."""
     scenarios = list(dict.fromkeys(r["scenario"] for r in rows))
-    methods = [m for m in METHODS if any(r["method"] == m for r in rows)]
+    methods = _present(rows, methods)
     stats = summarise_results(rows)
     width = 0.8 / len(methods)
     x = np.arange(len(scenarios))

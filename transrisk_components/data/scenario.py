@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +18,8 @@ import numpy as np
 
 from transrisk_components.data.registry import get_dataset
 from transrisk_components.data.checks import check_cases
-from transrisk_components.distributed import barrier, is_rank0
-from transrisk_components.io_utils import atomic_write_text
+from transrisk_components.utils.distributed import barrier, is_rank0
+from transrisk_components.utils.io import atomic_write_text
 
 __all__ = ["Scenario", "SPLIT_NAMES", "resolve_dataset_dir"]
 
@@ -146,38 +145,22 @@ class Scenario:
             "target": None if target_partitions is None else {_partition_key(p) for p in target_partitions},
         }
         self.check_inputs = check_inputs
+        self._root: str | None = None
+        self._splits: dict[str, list[dict]] | None = None
 
-    @property
-    def source(self) -> list[dict]:
-        """Source training cases (source modality)."""
-        return self.splits["source"]
-
-    @property
-    def target_train(self) -> list[dict]:
-        """Few-shot target training cases (target modality)."""
-        return self.splits["target_train"]
-
-    @property
-    def target_val(self) -> list[dict]:
-        """Target validation cases (target modality)."""
-        return self.splits["target_val"]
-
-    @property
-    def target_test(self) -> list[dict]:
-        """Target test cases (target modality)."""
-        return self.splits["target_test"]
-
-    @cached_property
-    def root(self) -> str:
-        """The dataset root, with the phantom generated on first use."""
-        return resolve_dataset_dir(self.dataset, self.dataset_dir, self.phantom_dir, self.seed)
+    def split(self, name: str) -> list[dict]:
+        """One split (``"source"``, ``"target_train"``, ``"target_val"``, ``"target_test"``), preparing the
+        scenario on first use (see :meth:`prepare`)."""
+        if name not in SPLIT_NAMES:
+            raise ValueError(f"unknown split {name!r}; choose one of {list(SPLIT_NAMES)}")
+        return self.prepare()[name]
 
     def _cases(self, role: str) -> dict[str, dict]:
         """Labelled cases of one role's modality, by case id."""
         kwargs: dict[str, Any] = {}
         if self.partition_csv is not None:
             kwargs["partition_csv"] = self.partition_csv
-        cases = self.spec.datalist(self.root, modalities=[self.modality[role]], **kwargs)
+        cases = self.spec.datalist(self._root, modalities=[self.modality[role]], **kwargs)
         wanted = self.partitions[role]
         return {
             c["case_id"]: c
@@ -185,14 +168,20 @@ class Scenario:
             if c.get("label") is not None and (wanted is None or _partition_key(c.get("partition")) in wanted)
         }
 
-    @cached_property
-    def splits(self) -> dict[str, list[dict]]:
-        """The four splits, computed once and written to ``<output_dir>/splits.json``.
+    def prepare(self) -> dict[str, list[dict]]:
+        """Resolve the dataset (generating the phantom on first use), split it, check the cases and write
+        ``<output_dir>/splits.json``; later calls return the same splits without doing anything.
+
+        Returns:
+            Split name -> datalist, for every name in :data:`SPLIT_NAMES`.
 
         Raises:
             ValueError: source and target partitions overlap, a split would get too few cases, or input
                 checks fail (one error listing every bad case).
         """
+        if self._splits is not None:
+            return self._splits
+        self._root = resolve_dataset_dir(self.dataset, self.dataset_dir, self.phantom_dir, self.seed)
         if self.partitions["source"] and self.partitions["target"]:
             shared = self.partitions["source"] & self.partitions["target"]
             if shared:
@@ -203,7 +192,7 @@ class Scenario:
         needed = sum(self.counts.values())
         if len(target_ids) < needed:
             raise ValueError(
-                f"too few labelled target cases in {self.root}: need {needed} "
+                f"too few labelled target cases in {self._root}: need {needed} "
                 f"({', '.join(f'{k} {v}' for k, v in self.counts.items())}), found {len(target_ids)}"
             )
         ids: dict[str, list[str]] = {}
@@ -216,7 +205,7 @@ class Scenario:
         ids["source"] = remaining if self.num_source is None else remaining[: self.num_source]
         if len(ids["source"]) < max(1, self.num_source or 1):
             raise ValueError(
-                f"too few labelled source cases in {self.root}: need {self.num_source or 1}, "
+                f"too few labelled source cases in {self._root}: need {self.num_source or 1}, "
                 f"found {len(ids['source'])} after taking {needed} target cases"
             )
         splits = {
@@ -226,6 +215,7 @@ class Scenario:
         if self.check_inputs:
             check_cases([case for name in SPLIT_NAMES for case in splits[name]], self.spec)
         self._write(splits)
+        self._splits = splits
         return splits
 
     @staticmethod
@@ -239,7 +229,7 @@ class Scenario:
             return
         record = {
             "dataset": self.dataset,
-            "dataset_dir": self.root,
+            "dataset_dir": self._root,
             "modality": self.modality,
             "task": self.task,
             "seed": self.seed,

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from monai.networks import one_hot
 from torch import nn
 
-from transrisk_components.risk import WEIGHT_SCHEMES, risk_to_weights
+from transrisk_components.method.risk import WEIGHT_SCHEMES, risk_to_weights
 
 __all__ = ["RiskWeightedLoss"]
 
@@ -36,7 +36,7 @@ class RiskWeightedLoss(nn.Module):
 
     Args:
         scheme: weighting scheme, one of ``"linear"``, ``"exponential"``, ``"uniform"``
-            (see :mod:`transrisk_components.risk`).
+            (see :mod:`transrisk_components.method.risk`).
         strength: weighting strength ``s >= 0``.
         normalization: ``"foreground"`` (default) or ``"voxels"``.
         dice: ``"unweighted"`` (default) or ``"weighted"`` soft Dice.

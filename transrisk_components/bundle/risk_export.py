@@ -16,9 +16,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from transrisk_components.figures import plot_risk_overlay
-from transrisk_components.io_utils import atomic_write, atomic_write_text
-from transrisk_components.risk_stage import RiskStage
+from transrisk_components.reporting.figures import plot_risk_overlay
+from transrisk_components.utils.io import atomic_write, atomic_write_text
+from transrisk_components.bundle.stages.risk import RiskStage
 
 __all__ = ["export_risk_maps"]
 

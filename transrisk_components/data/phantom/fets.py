@@ -26,7 +26,7 @@ import numpy as np
 from scipy import ndimage
 
 from transrisk_components.data.fets import FETS_MODALITIES
-from transrisk_components.data.phantom_anatomy import (
+from transrisk_components.data.phantom.anatomy import (
     Grid,
     Tissues,
     choose_grid,
@@ -34,7 +34,7 @@ from transrisk_components.data.phantom_anatomy import (
     sample_tissues,
     smooth_field,
 )
-from transrisk_components.data.phantom_io import atomic_dataset_dir
+from transrisk_components.data.phantom.io import atomic_dataset_dir
 
 __all__ = ["FETS_ROOT_NAME", "Scanner", "make_fets_phantom"]
 
@@ -179,7 +179,7 @@ def make_fets_phantom(
 
     Raises:
         ValueError: fewer subjects than institutions, more than 900 subjects, or a bad ``shape``.
-        FileExistsError: see :func:`~transrisk_components.data.phantom_io.atomic_dataset_dir`.
+        FileExistsError: see :func:`~transrisk_components.data.phantom.io.atomic_dataset_dir`.
     """
     if not 1 <= institutions <= subjects <= 900:
         raise ValueError(f"need 1 <= institutions ({institutions}) <= subjects ({subjects}) <= 900")

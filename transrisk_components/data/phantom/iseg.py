@@ -24,8 +24,8 @@ import nibabel as nib
 import numpy as np
 
 from transrisk_components.data.iseg import ISEG_MODALITIES
-from transrisk_components.data.phantom_anatomy import Grid, choose_grid, rician_noise, sample_tissues, smooth_field
-from transrisk_components.data.phantom_io import atomic_dataset_dir
+from transrisk_components.data.phantom.anatomy import Grid, choose_grid, rician_noise, sample_tissues, smooth_field
+from transrisk_components.data.phantom.io import atomic_dataset_dir
 
 __all__ = ["ISEG_ROOT_NAME", "make_iseg_phantom"]
 
@@ -74,7 +74,7 @@ def make_iseg_phantom(
 
     Raises:
         ValueError: ``subjects`` < 1, ``labelled`` outside ``[0, subjects]``, or a bad ``shape``.
-        FileExistsError: see :func:`~transrisk_components.data.phantom_io.atomic_dataset_dir`.
+        FileExistsError: see :func:`~transrisk_components.data.phantom.io.atomic_dataset_dir`.
     """
     labelled = min(subjects, 10) if labelled is None else labelled
     if subjects < 1 or not 0 <= labelled <= subjects:

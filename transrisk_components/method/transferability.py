@@ -20,7 +20,6 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from transrisk_components.distributed import is_distributed
 
 __all__ = ["LEEPStatistics", "pixel_transferability", "leep"]
 
@@ -167,7 +166,7 @@ class LEEPStatistics:
 
         Call it exactly once, after every rank's last :meth:`update`.
         """
-        if not is_distributed():
+        if not (dist.is_available() and dist.is_initialized()):
             return
         device = self._counts.device
         if dist.get_backend() == "nccl":

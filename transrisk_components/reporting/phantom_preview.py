@@ -20,7 +20,7 @@ import nibabel as nib  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.colors import ListedColormap  # noqa: E402
 
-from transrisk_components.data.phantom_io import atomic_file  # noqa: E402
+from transrisk_components.data.phantom.io import atomic_file  # noqa: E402
 from transrisk_components.data.registry import get_dataset  # noqa: E402
 
 __all__ = ["write_preview"]

@@ -9,7 +9,7 @@ Inputs:
   per epoch; ``val_dice`` left empty on epochs without validation; other columns ignored), or the same
   as a mapping of column name -> per-epoch values (``None``/NaN for missing).
 - :func:`plot_region_dice`: summary JSON files written by
-  :func:`transrisk_components.evaluation.write_summary_json` (or their loaded dicts), one per method.
+  :func:`transrisk_components.bundle.metrics.write_summary_json` (or their loaded dicts), one per method.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
-from transrisk_components.io_utils import atomic_write  # noqa: E402
+from transrisk_components.utils.io import atomic_write  # noqa: E402
 
 __all__ = ["axial_slice", "plot_learning_curves", "plot_region_dice", "plot_risk_overlay", "read_learning_curves"]
 

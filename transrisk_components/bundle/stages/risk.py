@@ -27,11 +27,11 @@ from monai.inferers import Inferer
 from torch import nn
 
 from transrisk_components.data.registry import get_dataset, num_classes
-from transrisk_components.distributed import barrier, is_distributed, rank_and_world
-from transrisk_components.io_utils import atomic_write, atomic_write_text, file_sha256
-from transrisk_components.risk import transfer_risk
-from transrisk_components.transferability import LEEPStatistics, pixel_transferability
-from transrisk_components.transforms import eval_transforms
+from transrisk_components.utils.distributed import barrier, is_distributed, rank_and_world
+from transrisk_components.utils.io import atomic_write, atomic_write_text, file_sha256
+from transrisk_components.method.risk import transfer_risk
+from transrisk_components.method.transferability import LEEPStatistics, pixel_transferability
+from transrisk_components.bundle.transforms import eval_transforms
 
 __all__ = ["RiskStage"]
 
@@ -62,7 +62,7 @@ class RiskStage:
         network: the source network architecture (weights are loaded from ``source_ckpt``).
         inferer: whole-volume inferer, e.g. ``SlidingWindowInferer``.
         cache_root: folder holding one sub-folder per cache key.
-        normalization: risk normalisation, see :func:`transrisk_components.risk.transfer_risk`.
+        normalization: risk normalisation, see :func:`transrisk_components.method.risk.transfer_risk`.
         shuffle: ablation: permute each map's voxels at random (seeded by ``seed``), keeping its values but
             not where they are -- the "random map" control of the experiments.
         seed: seed of the permutation when ``shuffle`` is set.

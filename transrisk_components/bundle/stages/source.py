@@ -19,10 +19,11 @@ from monai.handlers import StatsHandler, TensorBoardStatsHandler
 from monai.losses import DiceCELoss
 from torch import nn
 
-from transrisk_components.distributed import barrier, is_distributed, is_rank0, rank_and_world
-from transrisk_components.io_utils import atomic_torch_save
-from transrisk_components.training import ResumableCheckpoints, batch_loss
-from transrisk_components.transforms import train_transforms
+from transrisk_components.utils.distributed import barrier, is_distributed, is_rank0, rank_and_world
+from transrisk_components.utils.io import atomic_torch_save
+from transrisk_components.bundle.engine import batch_loss
+from transrisk_components.bundle.handlers import ResumableCheckpoints
+from transrisk_components.bundle.transforms import train_transforms
 
 __all__ = ["SourceStage"]
 

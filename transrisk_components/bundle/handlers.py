@@ -1,0 +1,281 @@
+"""Ignite handlers the bundles attach to their engines, and the report files they write.
+
+- :class:`ResumableCheckpoints` -- periodic checkpoints of a trainer, restored when a killed run restarts.
+- :class:`LearningCurveWriter` -- ``eval/learning_curves.csv`` and its PNG, one row per epoch.
+- :class:`RegionMetricsWriter` -- per-case region metrics of an evaluator (CSV) and their summary (JSON).
+
+The figures come from :mod:`transrisk_components.reporting.figures`; the metrics from
+:mod:`transrisk_components.bundle.metrics`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import os
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from ignite.engine import Engine, Events
+from monai.data import MetaTensor
+from monai.handlers import CheckpointLoader, CheckpointSaver, from_engine
+
+from transrisk_components.bundle.metrics import CaseScore, RegionMetrics, summarise, voxel_spacing
+from transrisk_components.reporting.figures import plot_learning_curves, read_learning_curves
+from transrisk_components.utils.distributed import is_distributed, is_rank0
+from transrisk_components.utils.io import atomic_write_text
+
+__all__ = [
+    "LearningCurveWriter",
+    "RegionMetricsWriter",
+    "ResumableCheckpoints",
+    "write_case_csv",
+    "write_summary_json",
+]
+
+logger = logging.getLogger(__name__)
+
+
+_EPOCH = re.compile(r"_epoch=(\d+)\.pt$")
+
+
+class ResumableCheckpoints:
+    """Ignite handler: checkpoint ``objects`` and the engine every epoch; resume from the newest on start.
+
+    Files are ``<ckpt_dir>/<prefix>_checkpoint_epoch=N.pt`` (the last one kept; ignite writes on rank 0 only). A run
+    killed mid-way restarts at the epoch after its newest checkpoint; a finished run does nothing more.
+
+    Args:
+        ckpt_dir: folder of the periodic checkpoints.
+        objects: objects to save and restore besides the engine, e.g. ``{"model": net, "optimizer": opt}``.
+        prefix: checkpoint file prefix.
+        map_location: where loaded tensors go.
+    """
+
+    def __init__(self, ckpt_dir: str, objects: dict, prefix: str, map_location: str | None = "cpu") -> None:
+        self.ckpt_dir = Path(ckpt_dir)
+        self.objects = objects
+        self.prefix = prefix
+        self.map_location = map_location
+
+    def latest(self) -> Path | None:
+        """The newest checkpoint file, or ``None``."""
+        found = [
+            (int(m.group(1)), p)
+            for p in self.ckpt_dir.glob(f"{self.prefix}_checkpoint_epoch=*.pt")
+            if (m := _EPOCH.search(p.name))
+        ]
+        return max(found)[1] if found else None
+
+    def attach(self, engine: Any) -> None:
+        """Attach the saver and, when a checkpoint exists, a loader that restores it as ``engine`` starts."""
+        save = {**self.objects, "trainer": engine}
+        path = self.latest()
+        if path is None:
+            logger.info("no %s checkpoint in %s: starting from epoch 1", self.prefix, self.ckpt_dir)
+        else:
+            logger.info("resuming %s from %s", self.prefix, path)
+            CheckpointLoader(load_path=str(path), load_dict=save, map_location=self.map_location).attach(engine)
+        # built on every rank: ignite writes on rank 0 only, and its first rank query is a collective call
+        CheckpointSaver(
+            save_dir=str(self.ckpt_dir), save_dict=save, file_prefix=self.prefix, save_interval=1, n_saved=1
+        ).attach(engine)
+
+
+class LearningCurveWriter:
+    """Ignite handler for a trainer: mean training loss and the evaluator's key metric per epoch.
+
+    Attach it after the ``ValidationHandler`` so that the evaluator has run when the epoch's row is written.
+    Only rank 0 writes under ``torch.distributed``.
+
+    Args:
+        evaluator: the validation engine; its ``state.metrics[key_metric]`` is read after validation epochs.
+        output_dir: folder of ``<name>.csv`` and ``<name>.png``.
+        key_metric: evaluator metric reported as ``val_dice``.
+        name: file stem.
+    """
+
+    def __init__(self, evaluator: Engine, output_dir: str, key_metric: str = "val_mean_dice", name: str = "learning_curves") -> None:
+        self.evaluator = evaluator
+        self.csv_path = Path(output_dir) / f"{name}.csv"
+        self.png_path = Path(output_dir) / f"{name}.png"
+        self.key_metric = key_metric
+        self.rows: list[tuple[int, float, float]] = []
+        self._losses: list[float] = []
+        self._validated_at = -1
+
+    def attach(self, engine: Engine) -> None:
+        """Collect losses every iteration, write the curves every epoch and draw them at the end."""
+        engine.add_event_handler(Events.STARTED, self._keep_resumed_rows)
+        engine.add_event_handler(Events.EPOCH_STARTED, lambda _: self._losses.clear())
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect_loss)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._write_epoch)
+        engine.add_event_handler(Events.COMPLETED, self._draw)
+        self.evaluator.add_event_handler(Events.COMPLETED, lambda _: setattr(self, "_validated_at", engine.state.epoch))
+
+    def _keep_resumed_rows(self, engine: Engine) -> None:
+        """Keep the rows of the epochs a resumed run already did (none for a fresh run, which starts at 0)."""
+        if not self.csv_path.is_file():
+            return
+        columns = read_learning_curves(self.csv_path)
+        rows = zip(columns["epoch"], columns["train_loss"], columns["val_dice"])
+        self.rows = [(int(e), l, v) for e, l, v in rows if e <= engine.state.epoch]
+
+    def _collect_loss(self, engine: Engine) -> None:
+        output = engine.state.output
+        loss = output[0]["loss"] if isinstance(output, list) else output["loss"]
+        self._losses.append(float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss))
+
+    def _write_epoch(self, engine: Engine) -> None:
+        epoch = engine.state.epoch
+        loss = sum(self._losses) / len(self._losses) if self._losses else math.nan
+        val = float(self.evaluator.state.metrics.get(self.key_metric, math.nan)) if self._validated_at == epoch else math.nan
+        self.rows.append((epoch, loss, val))
+        if is_rank0():
+            buffer = io.StringIO(newline="")
+            writer = csv.writer(buffer, lineterminator="\n")
+            writer.writerow(["epoch", "train_loss", "val_dice"])
+            writer.writerows([e, f"{l:.6g}", "" if math.isnan(v) else f"{v:.6g}"] for e, l, v in self.rows)
+            atomic_write_text(self.csv_path, buffer.getvalue())
+
+    def _draw(self, _: Engine) -> None:
+        if is_rank0() and self.csv_path.is_file():
+            plot_learning_curves(self.csv_path, self.png_path)
+
+
+def write_case_csv(scores: Sequence[CaseScore], path: str | os.PathLike) -> Path:
+    """Write one row per (case, region), atomically: ``case_id,region,dice,hd95,asd`` (NaN as ``nan``)."""
+    buffer = io.StringIO(newline="")
+    writer = csv.DictWriter(buffer, fieldnames=[f.name for f in fields(CaseScore)], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(asdict(s) for s in scores)
+    return atomic_write_text(path, buffer.getvalue())
+
+
+def write_summary_json(summary: Mapping[str, Any], path: str | os.PathLike) -> Path:
+    """Write a summary (see :func:`summarise`) atomically, as strict JSON (``None`` where a value is missing)."""
+    return atomic_write_text(path, json.dumps(summary, indent=2, allow_nan=False) + "\n")
+
+
+def _items(data: Any) -> list[Any]:
+    """A decollated list stays a list; a batched tensor becomes a list of ``[C, *S]`` items."""
+    return list(data) if isinstance(data, (list, tuple)) else [data[i] for i in range(len(data))]
+
+
+def _case_id(batch_item: Any, label: torch.Tensor, key: str) -> str:
+    if isinstance(batch_item, Mapping) and key in batch_item:
+        return str(batch_item[key])
+    source = label.meta.get("filename_or_obj") if isinstance(label, MetaTensor) else None
+    if source:
+        name = Path(str(source)).name
+        return name.split(".", 1)[0]
+    raise ValueError(f"no case id: the batch has no {key!r} key and the label carries no filename_or_obj")
+
+
+class RegionMetricsWriter:
+    """Ignite handler: per-case region metrics of a MONAI evaluator, written when its epoch completes.
+
+    Attach to a ``SupervisedEvaluator``; in a bundle config::
+
+        {"_target_": "transrisk_components.bundle.handlers.RegionMetricsWriter",
+         "output_dir": "@output_dir", "dataset": "fets", "task": "multiclass"}
+
+    Per iteration it reads ``pred`` and ``label`` from ``engine.state.output`` (decollated list of dicts
+    or a batched dict), the case id from ``engine.state.batch`` (``case_id_key``, falling back to the
+    label's ``filename_or_obj`` without extension), and the voxel spacing from the label's affine
+    (``MetaTensor``; plain tensors are scored in voxel units). ``pred`` may be logits / probabilities /
+    one-hot ``[C, *S]`` per case, or a class map ``[1, *S]`` after ``AsDiscreted(argmax=True)``; labels are
+    class maps in the task's classes (or one-hot). At ``EPOCH_COMPLETED`` (the end of an evaluator run)
+    it writes ``csv_name`` and ``summary_name`` under ``output_dir``, replacing earlier files.
+
+    Under ``torch.distributed`` the rows of all ranks are gathered before rank 0 writes, as MONAI's
+    ``MetricsSaver`` does: attach the handler on **every** rank (a config that gives ``val_handlers`` to
+    rank 0 only must keep this handler out of that list, or the gather waits forever).
+
+    Args:
+        output_dir: folder for the reports (created if missing).
+        dataset: ``"fets"`` or ``"iseg"``.
+        task: ``"multiclass"`` or a region name.
+        output_transform: ``engine.state.output`` -> ``(pred, label)``.
+        case_id_key: batch key holding the case id.
+        csv_name: per-case CSV file name (``case_id,region,dice,hd95,asd``).
+        summary_name: summary JSON file name.
+    """
+
+    def __init__(
+        self,
+        output_dir: str | os.PathLike,
+        dataset: str,
+        task: str,
+        output_transform: Callable[[Any], tuple[Any, Any]] = from_engine(["pred", "label"]),
+        case_id_key: str = "case_id",
+        csv_name: str = "metrics_per_case.csv",
+        summary_name: str = "metrics_summary.json",
+    ) -> None:
+        self.output_dir = Path(output_dir)
+        self.metrics = RegionMetrics(dataset, task)
+        self.output_transform = output_transform
+        self.case_id_key = case_id_key
+        self.csv_name, self.summary_name = csv_name, summary_name
+
+    def attach(self, engine: Engine) -> None:
+        """Register the reset / update / write callbacks on ``engine``."""
+        engine.add_event_handler(Events.EPOCH_STARTED, self.reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self.update)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self.write)
+
+    def reset(self, engine: Engine | None = None) -> None:
+        """Start a new run."""
+        self.metrics.reset()
+
+    def update(self, engine: Engine) -> None:
+        """Score the cases of the engine's current batch."""
+        preds, labels = (_items(x) for x in self.output_transform(engine.state.output))
+        for pred, label, item in zip(preds, labels, self._batch_items(engine.state.batch, len(preds)), strict=True):
+            spatial = label.ndim - 1
+            spacing = [voxel_spacing(label.affine)[:spatial]] if isinstance(label, MetaTensor) else None
+            case_id = _case_id(item, label, self.case_id_key)
+            self.metrics.update(pred.unsqueeze(0), label.unsqueeze(0), [case_id], spacing)
+
+    def _batch_items(self, batch: Any, n_items: int) -> list[Any]:
+        """Per-case views of ``engine.state.batch``: decollated dicts, or dicts holding only the case id."""
+        if isinstance(batch, (list, tuple)):
+            return list(batch)
+        if isinstance(batch, Mapping) and self.case_id_key in batch:
+            return [{self.case_id_key: v} for v in batch[self.case_id_key]]
+        return [{}] * n_items
+
+    def write(self, engine: Engine | None = None) -> tuple[Path, Path]:
+        """Write the per-case CSV and the summary JSON; returns their paths.
+
+        Under ``torch.distributed`` the rows of all ranks are gathered (a case scored twice, as a padding
+        sampler may do, counts once) and rank 0 alone writes.
+        """
+        csv_path, json_path = self.output_dir / self.csv_name, self.output_dir / self.summary_name
+        scores = _gather_scores(self.metrics.scores)
+        if is_rank0():
+            write_case_csv(scores, csv_path)
+            summary = {"dataset": self.metrics.dataset, "task": self.metrics.task}
+            write_summary_json({**summary, **summarise(scores, self.metrics.regions)}, json_path)
+        return csv_path, json_path
+
+
+def _gather_scores(scores: Sequence[CaseScore]) -> list[CaseScore]:
+    """All ranks' rows in rank order, each (case, region) once; ``scores`` itself when not distributed."""
+    if not is_distributed():
+        return list(scores)
+    parts: list[list[CaseScore]] = [[] for _ in range(dist.get_world_size())]
+    dist.all_gather_object(parts, list(scores))
+    unique: dict[tuple[str, str], CaseScore] = {}
+    for part in parts:
+        for score in part:
+            unique.setdefault((score.case_id, score.region), score)
+    return list(unique.values())
