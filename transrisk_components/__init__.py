@@ -1,11 +1,15 @@
 """transrisk: transfer risk maps for safe fine-tuning of 3D medical segmentation models.
 
-The bundles under ``bundles/`` point their JSON configs at the modules of this package:
+Layers, lowest first; each imports only from the layers below it (``tests/test_architecture.py`` checks):
 
-- :mod:`transrisk_components.method.transferability` -- LEEP statistics and per-voxel transferability.
-- :mod:`transrisk_components.method.risk` -- transferability -> transfer risk map -> loss weights.
-- :mod:`transrisk_components.method.losses` -- the risk-weighted, foreground-normalised segmentation loss.
-- :mod:`transrisk_components.data` -- FeTS2021 / iSeg-2019 datalists, input checks, phantoms.
+- :mod:`transrisk_components.utils` -- atomic file writes, distributed rank queries.
+- :mod:`transrisk_components.method` -- the paper: LEEP statistics, pixel transferability, risk, the loss.
+- :mod:`transrisk_components.data` -- FeTS2021 / iSeg-2019 datalists, input checks, scenarios, phantoms.
+- :mod:`transrisk_components.reporting` -- figures and result tables (matplotlib lives here only).
+- :mod:`transrisk_components.bundle` -- what the bundles' configs reach: transforms, engine adapters, stages,
+  handlers, metrics, inference.
+
+See ``docs/architecture.md`` for the data flow.
 """
 
 __version__ = "0.1.0"
