@@ -17,6 +17,7 @@ from transrisk_components.data.registry import get_dataset
 from transrisk_components.bundle.inference import inference_datalist
 from transrisk_components.method.losses import RiskWeightedLoss
 from transrisk_components.bundle.networks import segmentation_network
+from transrisk_components.bundle.fingerprint import StageFingerprint
 from transrisk_components.bundle.stages.risk import RiskStage
 from transrisk_components.data.scenario import Scenario, resolve_dataset_dir
 from transrisk_components.bundle.engine import (
@@ -147,10 +148,13 @@ def test_risk_stage_writes_maps_on_the_image_grid_and_caches(phantom: str, tmp_p
     ckpt = tmp_path / "source.pt"
     torch.save(network.state_dict(), ckpt)
 
-    def stage(normalization: str = "complement") -> RiskStage:
+    def stage(normalization: str = "complement", enabled: bool = True) -> RiskStage:
+        fingerprint = StageFingerprint(
+            "risk", {"normalization": normalization}, datalists=[cases], upstream={"source_ckpt": str(ckpt)}
+        )
         return RiskStage(
-            True, "fets", cases, "multiclass", "WT", str(ckpt), network,
-            SlidingWindowInferer([16, 16, 16]), str(tmp_path / "cache"), normalization,
+            enabled, "fets", cases, "multiclass", "WT", str(ckpt), network,
+            SlidingWindowInferer([16, 16, 16]), str(tmp_path / "cache"), fingerprint, normalization,
         )
 
     manifest = stage().run()
@@ -160,8 +164,7 @@ def test_risk_stage_writes_maps_on_the_image_grid_and_caches(phantom: str, tmp_p
         assert risk.shape == image.shape
         np.testing.assert_allclose(risk.affine, image.affine, atol=1e-5)
     assert stage().cache_key() == stage().cache_key() != stage("minmax").cache_key()
-    disabled = RiskStage(False, "fets", cases, "multiclass", "WT", str(ckpt), network, SlidingWindowInferer([16] * 3), "x")
-    assert all("risk" not in c for c in disabled.datalist())
+    assert all("risk" not in c for c in stage(enabled=False).datalist())
 
 
 def test_inference_datalist_from_folder_and_splits(phantom: str, tmp_path: Path) -> None:

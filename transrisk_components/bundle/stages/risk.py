@@ -6,13 +6,16 @@ per-voxel transferability ``T`` and risk, and writes ``<case_id>_risk.nii.gz`` o
 image's affine. The source model runs once per case: the probabilities of pass 1 are kept in memory (a few-shot
 target set is small).
 
-Cache: ``<cache_root>/<key>/`` where ``key`` hashes the source checkpoint's bytes, the datalist and the options.
-Maps and ``manifest.json`` are written atomically, the manifest last; a folder with a manifest is reused.
+Cache: ``<cache_root>/<key>/`` where ``key`` is the stage's fingerprint key
+(:class:`~transrisk_components.bundle.fingerprint.StageFingerprint`: the settings listed under
+``fingerprint#risk`` in the bundle config -- preprocessing, inferer, risk options, amp --, the size and mtime of
+every image and label file, the source checkpoint's SHA-256 and the package version). Maps and
+``manifest.json`` are written atomically, the manifest last; a folder with a complete manifest is reused. The
+manifest names the maps relative to its folder, so a moved cache still reads.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -28,9 +31,10 @@ from torch import nn
 
 from transrisk_components.data.registry import get_dataset, num_classes
 from transrisk_components.utils.distributed import barrier, is_distributed, rank_and_world
-from transrisk_components.utils.io import atomic_write, atomic_write_text, file_sha256
+from transrisk_components.utils.io import atomic_write, atomic_write_text, load_checkpoint, remove_partial_writes
 from transrisk_components.method.risk import transfer_risk
 from transrisk_components.method.transferability import LEEPStatistics, pixel_transferability
+from transrisk_components.bundle.fingerprint import StageFingerprint
 from transrisk_components.bundle.transforms import eval_transforms
 
 __all__ = ["RiskStage"]
@@ -62,6 +66,7 @@ class RiskStage:
         network: the source network architecture (weights are loaded from ``source_ckpt``).
         inferer: whole-volume inferer, e.g. ``SlidingWindowInferer``.
         cache_root: folder holding one sub-folder per cache key.
+        fingerprint: what determines the maps (its ``key()`` names the cache folder).
         normalization: risk normalisation, see :func:`transrisk_components.method.risk.transfer_risk`.
         shuffle: ablation: permute each map's voxels at random (seeded by ``seed``), keeping its values but
             not where they are -- the "random map" control of the experiments.
@@ -81,6 +86,7 @@ class RiskStage:
         network: nn.Module,
         inferer: Inferer,
         cache_root: str,
+        fingerprint: StageFingerprint,
         normalization: str = "complement",
         shuffle: bool = False,
         seed: int = 0,
@@ -96,6 +102,7 @@ class RiskStage:
         self.network = network
         self.inferer = inferer
         self.cache_root = Path(cache_root)
+        self.fingerprint = fingerprint
         self.normalization = normalization
         self.shuffle = shuffle
         self.seed = seed
@@ -105,45 +112,34 @@ class RiskStage:
         self.num_source_classes = num_classes(spec, source_task)
         self.num_target_classes = num_classes(spec, target_task)
         self._manifest: dict[str, Any] | None = None
+        self._folder = self.cache_root
 
     def cache_key(self) -> str:
-        """SHA-256 (first 16 hex digits) of the source checkpoint bytes, the datalist and the options."""
+        """The fingerprint key of the maps (16 hex digits), the name of their cache folder."""
         if not self.source_ckpt.is_file():
             raise FileNotFoundError(f"source checkpoint not found: {self.source_ckpt} (run the 'pretrain' stage first)")
-        record = {
-            "source_ckpt_sha256": file_sha256(self.source_ckpt),
-            "datalist": [{k: c[k] for k in ("case_id", "image", "label")} for c in self.cases],
-            "options": self.options(),
-        }
-        return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
-
-    def options(self) -> dict[str, Any]:
-        """The options that change the maps."""
-        return {
-            "dataset": self.dataset,
-            "source_task": self.source_task,
-            "target_task": self.target_task,
-            "normalization": self.normalization,
-            "shuffle_seed": self.seed if self.shuffle else None,
-            "inferer": {name: repr(getattr(self.inferer, name, None)) for name in ("roi_size", "overlap", "mode")},
-        }
+        return self.fingerprint.key()
 
     def run(self) -> dict[str, Any]:
         """Compute the maps unless a cache for the same key exists; return the manifest.
 
-        Manifest: ``{"key", "options", "leep", "num_voxels", "cases": {case_id: {"risk": path, "leep": float}}}``.
+        Manifest: ``{"key", "fingerprint", "leep", "num_voxels", "cases": {case_id: {"risk": file name, "leep": float}}}``
+        (map files relative to the manifest's folder).
         """
         if self._manifest is not None:
             return self._manifest
         folder = self.cache_root / self.cache_key()
         barrier()  # every rank decides on the same cache state
         manifest_path = folder / MANIFEST
+        self._folder = folder
         if manifest_path.is_file():
             manifest = json.loads(manifest_path.read_text())
-            if all(Path(c["risk"]).is_file() for c in manifest["cases"].values()):
-                logger.info("risk maps reused from %s (cache key unchanged)", folder)
+            if all((folder / c["risk"]).is_file() for c in manifest["cases"].values()):
+                logger.info("risk maps reused from %s (fingerprint unchanged)", folder)
                 self._manifest = manifest
                 return manifest
+        if rank_and_world()[0] == 0:
+            remove_partial_writes(folder)
         logger.info("computing risk maps of %d target cases in %s", len(self.cases), folder)
         self._manifest = self._compute(folder)
         return self._manifest
@@ -153,10 +149,12 @@ class RiskStage:
         if not self.enabled:
             return [dict(c) for c in self.cases]
         maps = self.run()["cases"]
-        return [{**c, "risk": maps[c["case_id"]]["risk"]} for c in self.cases]
+        return [{**c, "risk": str(self._folder / maps[c["case_id"]]["risk"])} for c in self.cases]
 
     def _load_network(self) -> nn.Module:
-        state = torch.load(self.source_ckpt, map_location="cpu", weights_only=True)
+        state = load_checkpoint(
+            self.source_ckpt, "delete it and rerun the 'pretrain' stage", map_location="cpu", weights_only=True
+        )
         try:
             self.network.load_state_dict(state)
         except RuntimeError as err:
@@ -194,12 +192,12 @@ class RiskStage:
             risk = risk.numpy().astype(np.float32)
             path = folder / f"{case['case_id']}_risk.nii.gz"
             atomic_write(path, lambda tmp, r=risk, a=affine: nib.save(nib.Nifti1Image(r, a), tmp), suffix=".nii.gz")
-            cases[case["case_id"]] = {"risk": str(path), "leep": float(log_t.mean())}
+            cases[case["case_id"]] = {"risk": path.name, "leep": float(log_t.mean())}
         cases, log_t_sum = self._gather(cases, log_t_sum)
         manifest = {
             "key": folder.name,
             "source_ckpt": str(self.source_ckpt),
-            "options": self.options(),
+            "fingerprint": self.fingerprint.current(),
             "leep": log_t_sum / max(stats.num_voxels, 1),
             "num_voxels": stats.num_voxels,
             "conditional": conditional.tolist(),

@@ -1,8 +1,9 @@
-"""The source stage of a transfer run: train the source network unless its checkpoint already exists.
+"""The source stage of a transfer run: train the source network unless a matching checkpoint already exists.
 
 The bundles call it from their ``pretrain`` run id (and first thing in ``training``). Everything it builds --
 dataset, loader, trainer -- is built inside :meth:`SourceStage.run`, so a run whose source checkpoint exists
-pays nothing for it.
+pays nothing for it. The checkpoint is reused only when its recorded fingerprint (settings, input files,
+package version) equals the current one; see :mod:`transrisk_components.bundle.fingerprint`.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from monai.losses import DiceCELoss
 from torch import nn
 
 from transrisk_components.utils.distributed import barrier, is_distributed, is_rank0, rank_and_world
-from transrisk_components.utils.io import atomic_torch_save
+from transrisk_components.utils.io import atomic_torch_save, load_checkpoint
+from transrisk_components.bundle.fingerprint import StageFingerprint
 from transrisk_components.bundle.engine import batch_loss
 from transrisk_components.bundle.handlers import ResumableCheckpoints
 from transrisk_components.bundle.transforms import train_transforms
@@ -34,7 +36,9 @@ class SourceStage:
     """Train the source network on the source cases and save its weights to ``ckpt_path`` (once).
 
     Args:
-        ckpt_path: where the source weights (a state_dict) are saved; if the file exists the stage is skipped.
+        ckpt_path: where the source weights (a state_dict) are saved; the stage is skipped when the file exists
+            and ``fingerprint`` matches the one recorded with it.
+        fingerprint: what determines the source model; its ``outputs`` are ``ckpt_path`` and ``work_dir``.
         network: the source network (``Cs`` output channels).
         datalist: source cases ``{"case_id", "image", "label"}`` (source modality).
         dataset: registry name.
@@ -56,6 +60,7 @@ class SourceStage:
     def __init__(
         self,
         ckpt_path: str,
+        fingerprint: StageFingerprint,
         network: nn.Module,
         datalist: Sequence[dict],
         dataset: str,
@@ -74,6 +79,7 @@ class SourceStage:
         progress: bool = True,
     ) -> None:
         self.ckpt_path = Path(ckpt_path)
+        self.fingerprint = fingerprint
         self.network = network
         self.datalist = list(datalist)
         self.dataset = dataset
@@ -92,9 +98,21 @@ class SourceStage:
         self.progress = progress
 
     def run(self) -> Path:
-        """Train and save the source network unless ``ckpt_path`` exists; return ``ckpt_path``."""
+        """Train and save the source network unless a matching ``ckpt_path`` exists; return ``ckpt_path``.
+
+        Raises:
+            StaleOutputError: ``ckpt_path`` or ``work_dir`` hold outputs made with another fingerprint.
+            ValueError: the matching ``ckpt_path`` is unreadable (names the file and the remedy).
+        """
+        self.fingerprint.prepare()
         if self.ckpt_path.is_file():
-            logger.info("source checkpoint %s found: source stage skipped", self.ckpt_path)
+            load_checkpoint(
+                self.ckpt_path,
+                f"delete it and rerun: the source stage rebuilds it from {self.work_dir} or retrains",
+                map_location="cpu",
+                weights_only=True,
+            )
+            logger.info("source checkpoint %s matches its fingerprint: source stage skipped", self.ckpt_path)
             return self.ckpt_path
         logger.info(
             "no source checkpoint at %s: training the source network on %d %s cases (%d epochs)",
