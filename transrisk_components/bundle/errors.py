@@ -3,7 +3,7 @@
 MONAI evaluates config expressions inside its own ``try``, so an error raised by a stage reaches the user as
 ``RuntimeError: Failed to evaluate ConfigExpression: ...`` with the stage's message some 40 lines above it,
 inside the chained traceback. :func:`install_excepthook` keeps Python's full traceback and then prints the
-innermost cause once more at the very end::
+real cause (:func:`real_cause`: the error under MONAI's wrappers) once more at the very end::
 
     transrisk: the run stopped: StaleOutputError: the source stage's outputs ... Either pass --overwrite true ...
 
@@ -16,23 +16,31 @@ import sys
 import traceback
 from types import TracebackType
 
-__all__ = ["install_excepthook", "root_cause"]
+__all__ = ["install_excepthook", "real_cause"]
 
 
-def root_cause(error: BaseException) -> BaseException:
-    """The innermost exception of ``error``'s ``__cause__`` / ``__context__`` chain."""
-    seen = {id(error)}
-    while True:
-        inner = error.__cause__ or error.__context__
-        if inner is None or id(inner) in seen:
-            return error
-        seen.add(id(inner))
-        error = inner
+_WRAPPERS = ("Failed to evaluate ConfigExpression", "Failed to evaluate ", "Failed to instantiate component ")
+
+
+def real_cause(error: BaseException) -> BaseException:
+    """The first exception in ``error``'s chain that is not one of MONAI's config wrappers.
+
+    MONAI re-raises an error from a config expression or component as ``RuntimeError("Failed to evaluate ...")``
+    or ``RuntimeError("Failed to instantiate component ...")`` (``raise ... from e``), once per nesting level;
+    the error below those wrappers is the one that says what went wrong (and, for transrisk errors, what to do).
+    """
+    while (
+        isinstance(error, RuntimeError)
+        and error.__cause__ is not None
+        and str(error).startswith(_WRAPPERS)
+    ):
+        error = error.__cause__
+    return error
 
 
 def _excepthook(kind: type[BaseException], error: BaseException, tb: TracebackType | None) -> None:
     traceback.print_exception(kind, error, tb)
-    cause = root_cause(error)
+    cause = real_cause(error)
     if cause is not error:
         sys.stderr.write(f"\ntransrisk: the run stopped: {type(cause).__name__}: {cause}\n")
     sys.stderr.flush()

@@ -59,6 +59,9 @@ class ResumableCheckpoints:
     killed mid-way restarts at the epoch after its newest checkpoint; a finished run does nothing more; a run with
     a larger ``max_epochs`` continues a finished one.
 
+    Attach it after the trainer's ``ValidationHandler``: handlers run in the order they were attached, and an
+    epoch's checkpoint must hold the best-model record after that epoch's validation.
+
     Before anything is restored, ``fingerprint`` (when given) checks that the stage's outputs on disk -- these
     checkpoints and e.g. ``model.pt`` -- were made with the current settings and inputs; see
     :meth:`StageFingerprint.prepare` (stale outputs stop the run, or are deleted with ``overwrite``).
