@@ -33,8 +33,8 @@ def phantom(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(root)
 
 
-def run(run_id: str, bundle_root: Path, dataset_dir: str, **overrides):
-    return run_bundle(CONFIGS, run_id, bundle_root, dataset_dir, TINY, **overrides)
+def run(run_id: str, bundle_root: Path, dataset_dir: str, configs: tuple[str, ...] = ("train.json",), **overrides):
+    return run_bundle(CONFIGS, run_id, bundle_root, dataset_dir, TINY, configs, **overrides)
 
 
 def stale_message(run_id: str, bundle_root: Path, dataset_dir: str, **overrides) -> str:
@@ -117,12 +117,14 @@ def test_a_corrupt_checkpoint_is_named_with_its_remedy(tmp_path: Path, phantom: 
     run("training", tmp_path, phantom)
     source = tmp_path / "models" / "source.pt"
     periodic = tmp_path / "models" / "finetune_run" / "finetune_checkpoint_epoch=1.pt"
-    for path in (periodic, source):
+    model = tmp_path / "models" / "model.pt"
+    runs = {model: ("evaluating", ("train.json", "evaluate.json")), periodic: ("finetune", ("train.json",)),
+            source: ("pretrain", ("train.json",))}
+    for path, (run_id, configs) in runs.items():
         good = path.read_bytes()
         path.write_bytes(os.urandom(len(good)) if damage == "random" else good[: len(good) // 2])
-        run_id = "pretrain" if path == source else "finetune"
         with pytest.raises(RuntimeError) as error:
-            run(run_id, tmp_path, phantom, max_epochs=2)
+            run(run_id, tmp_path, phantom, configs, max_epochs=2)
         message = str(real_cause(error.value))
         assert f"checkpoint {path} cannot be read" in message and "delete it" in message
         path.unlink()  # the remedy the message names
