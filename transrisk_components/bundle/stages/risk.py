@@ -139,7 +139,8 @@ class RiskStage:
                 self._manifest = manifest
                 return manifest
         if rank_and_world()[0] == 0:
-            remove_partial_writes(folder)
+            remove_partial_writes(folder)  # left by a killed run; this run holds the bundle's lock
+        barrier()
         logger.info("computing risk maps of %d target cases in %s", len(self.cases), folder)
         self._manifest = self._compute(folder)
         return self._manifest
