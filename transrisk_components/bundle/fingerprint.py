@@ -87,11 +87,11 @@ def _plain(value: Any) -> Any:
 
 
 def _flatten(record: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"settings": {"seed": 0}}`` -> ``{"settings.seed": 0}`` (lists stay values)."""
+    """``{"settings": {"seed": 0}}`` -> ``{"settings.seed": 0}`` (lists stay values, empty mappings vanish)."""
     flat: dict[str, Any] = {}
     for key, value in record.items():
         name = f"{prefix}{key}"
-        if isinstance(value, Mapping) and value:
+        if isinstance(value, Mapping):  # an empty mapping adds no key: its absent entries show one by one
             flat.update(_flatten(value, f"{name}."))
         else:
             flat[name] = value
@@ -177,7 +177,8 @@ class StageFingerprint:
             return ["(no fingerprint recorded: the outputs were made by an older version or another tool)"]
         before, after = _flatten(old), _flatten(self.current())
         lines = []
-        for key in sorted(set(before) | set(after)):
+        order = ("stage", "version", "settings", "upstream", "inputs")  # the telling differences first
+        for key in sorted(set(before) | set(after), key=lambda k: (order.index(k.split(".")[0]) if k.split(".")[0] in order else len(order), k)):
             if before.get(key, "<absent>") != after.get(key, "<absent>"):
                 lines.append(f"{key}: {_short(before.get(key, '<absent>'))} -> {_short(after.get(key, '<absent>'))}")
         return lines
