@@ -21,9 +21,10 @@ import re
 from os import PathLike
 from pathlib import Path
 
-from transrisk_components.data.labels import LabelT, remap_labels
+from transrisk_components.data.labels import TaskLabelTables
 
 __all__ = [
+    "FETS_LABELS",
     "FETS_LABEL_VALUES",
     "FETS_MODALITIES",
     "FETS_TASKS",
@@ -65,42 +66,10 @@ _TO_RAW: dict[str, dict[int, int]] = {
 }
 
 
-def _check_task(task: str) -> None:
-    if task not in _TO_TASK:
-        raise ValueError(f"unknown FeTS task {task!r}; valid tasks: {sorted(_TO_TASK)}")
-
-
-def fets_task_labels(label: LabelT, task: str) -> LabelT:
-    """Map raw FeTS labels to a task's classes.
-
-    Args:
-        label: raw labels in {0, 1, 2, 4}, any shape (e.g. ``[1, H, W, D]``), numpy or torch, int or float.
-        task: ``"multiclass"`` (0,1,2,4 -> 0,1,2,3), or a binary region ``"ET"`` (4), ``"TC"`` (1|4),
-            ``"WT"`` (1|2|4) -> 0/1.
-
-    Returns:
-        int64 classes, same shape and container type as ``label``.
-
-    Raises:
-        ValueError: unknown task, or values outside {0, 1, 2, 4} (listed in the message).
-    """
-    _check_task(task)
-    return remap_labels(label, _TO_TASK[task], f"FeTS task {task!r}")
-
-
-def fets_raw_labels(class_map: LabelT, task: str) -> LabelT:
-    """Inverse of :func:`fets_task_labels` for predictions: task classes -> raw FeTS label values.
-
-    Args:
-        class_map: task classes (``[1, H, W, D]`` or any shape), numpy or torch.
-        task: ``"multiclass"`` (0,1,2,3 -> 0,1,2,4), ``"ET"`` (1 -> 4), ``"TC"`` / ``"WT"`` (1 -> 1: a
-            region marker, since these regions span several raw labels).
-
-    Returns:
-        int64 raw labels, same shape and container type as ``class_map``.
-    """
-    _check_task(task)
-    return remap_labels(class_map, _TO_RAW[task], f"FeTS task {task!r} classes")
+#: Raw labels <-> task classes; ``fets_task_labels(label, task)`` and ``fets_raw_labels(class_map, task)``.
+FETS_LABELS = TaskLabelTables("FeTS", _TO_TASK, _TO_RAW)
+fets_task_labels = FETS_LABELS.task_labels
+fets_raw_labels = FETS_LABELS.raw_labels
 
 
 def read_fets_partitions(csv_path: str | PathLike) -> dict[str, str]:
