@@ -26,8 +26,9 @@ CONFIGS = REPO / "bundles" / "fets" / "configs"
 TRAIN = str(CONFIGS / "train.json")
 
 TINY = {
-    "network_width": 4,
-    "network_depth": 2,
+    "network_def#init_filters": 4,
+    "network_def#blocks_down": [1, 2],
+    "network_def#blocks_up": [1],
     "patch_size": [16, 16, 16],
     "batch_size": 1,
     "source_epochs": 1,
@@ -136,7 +137,7 @@ def test_different_class_counts_reinitialise_the_head(tmp_path: Path, phantom: s
 def test_a_source_checkpoint_that_does_not_fit_is_an_error(tmp_path: Path, phantom: str) -> None:
     run_workflow("pretrain", tmp_path, phantom)
     with pytest.raises(RuntimeError) as error:
-        run_workflow("finetune", tmp_path, phantom, network_width=8, **{"risk#enabled": False})
+        run_workflow("finetune", tmp_path, phantom, **{"network_def#init_filters": 8, "risk#enabled": False})
     assert "source.pt does not fit the target network" in exception_messages(error.value)
 
 

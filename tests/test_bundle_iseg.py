@@ -28,8 +28,9 @@ ISEG_VALUES = {0, 10, 150, 250}
 TISSUES = {"CSF", "GM", "WM"}
 
 TINY = {
-    "network_width": 4,
-    "network_depth": 2,
+    "network_def#init_filters": 4,
+    "network_def#blocks_down": [1, 2],
+    "network_def#blocks_up": [1],
     "patch_size": [16, 16, 16],
     "batch_size": 1,
     "source_epochs": 1,
@@ -223,7 +224,7 @@ def test_verify_net_in_out_and_torchscript_export(trained: Path, tmp_path: Path)
         meta_file=str(meta),
         config_file=str(CONFIGS / "inference.json"),
         key_in_ckpt="",
-        **{k: overrides[k] for k in ("network_width", "network_depth", "bundle_root")},
+        **{k: overrides[k] for k in ("network_def#init_filters", "network_def#blocks_down", "network_def#blocks_up", "bundle_root")},
     )
     scripted = torch.jit.load(str(out))
     assert scripted(torch.zeros(1, 1, 16, 16, 16)).shape == (1, 4, 16, 16, 16)

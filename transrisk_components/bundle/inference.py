@@ -31,7 +31,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +44,7 @@ from monai.utils import convert_data_type
 
 from transrisk_components.data.registry import get_dataset, num_classes
 
-__all__ = ["AnalyzeWriter", "RawLabels", "RawLabelsd", "prediction_saver", "raw_label_values", "to_analyze_orientation"]
+__all__ = ["AnalyzeWriter", "InferenceCases", "RawLabels", "RawLabelsd", "prediction_saver", "raw_label_values", "to_analyze_orientation"]
 
 #: Image file endings a folder is searched for; a ``.hdr`` stands for its ``.hdr``/``.img`` pair.
 IMAGE_EXTENSIONS: tuple[str, ...] = (".nii.gz", ".nii", ".hdr")
@@ -107,6 +107,26 @@ def inference_datalist(source: str, split: str = "target_test", pattern: str = "
             raise ValueError(f"{path}: entry {index} has no 'image'")
         cases.append(_entry(str(case.get("case_id", f"case_{index:03d}")), case["image"]))
     return cases
+
+
+class InferenceCases(Iterable):
+    """The cases of :func:`inference_datalist`, read when iteration starts (each time), not when built.
+
+    A config builds its dataset, loader and evaluator before anything runs (MONAI's ``check_properties`` does,
+    on a fresh clone whose default input, the training run's ``splits.json``, does not exist yet). Wrapped in
+    MONAI's ``IterableDataset`` the inputs are only looked for when the evaluator runs; a missing input is then
+    the ``FileNotFoundError`` of :func:`inference_datalist`.
+
+    Args: as :func:`inference_datalist`.
+    """
+
+    def __init__(self, source: str, split: str = "target_test", pattern: str = "*") -> None:
+        self.source = source
+        self.split = split
+        self.pattern = pattern
+
+    def __iter__(self) -> Iterator[dict]:
+        return iter(inference_datalist(self.source, self.split, self.pattern))
 
 
 #: The orientation nibabel assumes for Analyze 7.5 (radiological: x runs to the patient's left).
