@@ -9,7 +9,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from ignite.engine import Engine, Events
 from monai.bundle import ConfigParser
+from monai.transforms import Compose, Randomizable
 from monai.inferers import SlidingWindowInferer
 from monai.networks.nets import SegResNet, UNet
 
@@ -27,6 +29,7 @@ from transrisk_components.bundle.engine import (
     prepare_risk_batch,
     training_loss,
 )
+from transrisk_components.bundle.handlers import ResumableCheckpoints
 from transrisk_components.bundle.transforms import TaskLabelsd
 
 FETS_TRAIN = Path(__file__).resolve().parents[1] / "bundles" / "fets" / "configs" / "train.json"
@@ -195,3 +198,30 @@ def test_inference_datalist_from_folder_and_splits(phantom: str, tmp_path: Path)
     assert len(inference_datalist(str(folder))) >= 1
     with pytest.raises(FileNotFoundError):
         inference_datalist(str(tmp_path / "missing"))
+
+
+def test_patches_come_from_the_brain_on_cached_indices(phantom: str, tmp_path: Path) -> None:
+    case = _scenario(phantom, tmp_path).split("target_train")[0]
+    chain = config_item("train#preprocessing", patch_size=[16, 16, 16])
+    cached = Compose(chain.transforms[: chain.get_index_of_first(lambda t: isinstance(t, Randomizable))])
+    item = cached(case)  # what CacheDataset keeps: cropped to the brain, with foreground/background indices
+    raw = nib.load(case["image"][0])
+    assert all(c <= r for c, r in zip(item["image"].shape[1:], raw.shape)) and item["image"].shape[1:] != raw.shape
+    image, label = item["image"].as_tensor().flatten(), item["label"].as_tensor().flatten()
+    background = torch.as_tensor(item["label_bg_indices"])
+    assert len(background) and bool((image[background] != 0).all()), "negatives must be drawn inside the brain"
+    assert len(background) < int((label == 0).sum()), "air voxels must not be background candidates"
+    assert bool((label[torch.as_tensor(item["label_fg_indices"])] > 0).all())
+
+
+def test_checkpoint_interval_saves_every_n_epochs_and_the_last(tmp_path: Path) -> None:
+    model = torch.nn.Linear(1, 1)
+    engine = Engine(lambda engine, batch: None)
+    ResumableCheckpoints(str(tmp_path), {"model": model}, prefix="t", interval=2).attach(engine)
+    saved: list[list[str]] = []
+    engine.add_event_handler(Events.EPOCH_COMPLETED, lambda _: saved.append(sorted(p.name for p in tmp_path.iterdir())))
+    engine.run([0], max_epochs=3)
+    assert saved[0] == [] and saved[1] == ["t_checkpoint_epoch=2.pt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t_checkpoint_epoch=3.pt"], "the last epoch is always kept"
+    with pytest.raises(ValueError, match="interval"):
+        ResumableCheckpoints(str(tmp_path), {"model": model}, prefix="t", interval=0)

@@ -105,7 +105,7 @@ class ResumableCheckpoints:
     def _save_last_epoch(self, engine: Engine, saver: CheckpointSaver) -> None:
         """Save the final epoch unless the periodic saver just did."""
         if engine.state.epoch % self.interval:
-            saver.epoch_completed(engine)
+            saver.interval_completed(engine)
 
 
 class LearningCurveWriter:
