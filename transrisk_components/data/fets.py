@@ -41,6 +41,8 @@ FETS_TASKS: dict[str, tuple[str, ...]] = {
     "ET": ("background", "ET"),
     "TC": ("background", "TC"),
     "WT": ("background", "WT"),
+    "ED": ("background", "ED"),
+    "NCR": ("background", "NCR"),
 }
 
 _SUBJECT_DIR = re.compile(r"^FeTS21_Training_\d{3}$")
@@ -49,12 +51,15 @@ _MODALITY_ALIASES = {"t1gd": "t1ce"}
 _FILE_SUFFIXES = {"t1": ("t1",), "t1ce": ("t1ce", "t1gd"), "t2": ("t2",), "flair": ("flair",), "seg": ("seg",)}
 _EXTENSIONS = (".nii.gz", ".nii")
 
-#: raw label -> task class; TC = 1|4, WT = 1|2|4, ET = 4.
+#: raw label -> task class; TC = 1|4, WT = 1|2|4, ET = 4, and the single labels ED = 2 (edema), NCR = 1
+#: (necrotic / non-enhancing core) -- the one-label binary tasks of nnU-Net-style FeTS transfer studies.
 _TO_TASK: dict[str, dict[int, int]] = {
     "multiclass": {0: 0, 1: 1, 2: 2, 4: 3},
     "ET": {0: 0, 1: 0, 2: 0, 4: 1},
     "TC": {0: 0, 1: 1, 2: 0, 4: 1},
     "WT": {0: 0, 1: 1, 2: 1, 4: 1},
+    "ED": {0: 0, 1: 0, 2: 1, 4: 0},
+    "NCR": {0: 0, 1: 1, 2: 0, 4: 0},
 }
 #: task class -> raw label. TC and WT are unions of raw labels, so their foreground maps to 1 as a
 #: region marker only (it does not claim the voxel is necrotic core).
@@ -63,6 +68,8 @@ _TO_RAW: dict[str, dict[int, int]] = {
     "ET": {0: 0, 1: 4},
     "TC": {0: 0, 1: 1},
     "WT": {0: 0, 1: 1},
+    "ED": {0: 0, 1: 2},
+    "NCR": {0: 0, 1: 1},
 }
 
 
