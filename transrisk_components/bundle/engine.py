@@ -63,9 +63,14 @@ def batch_preparer(risk_enabled: bool) -> Callable:
     return prepare_risk_batch if risk_enabled else default_prepare_batch
 
 
-def batch_loss(output: dict[str, Any]) -> float:
-    """The loss of one trainer iteration's output (``decollate=False``), for stats handlers."""
-    return float(output[CommonKeys.LOSS].detach())
+def batch_loss(output: dict[str, Any] | list[dict[str, Any]]) -> float:
+    """The loss of one trainer iteration's output, for stats handlers.
+
+    ``output`` is the batch's dict (``decollate=False``, the loss a 0-d tensor) or the list of per-sample dicts
+    (``decollate=True``, each holding the batch loss as a number).
+    """
+    loss = (output[0] if isinstance(output, list) else output)[CommonKeys.LOSS]
+    return float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss)
 
 
 class TransferLoss(nn.Module):
