@@ -36,6 +36,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+
 import transrisk_components
 from transrisk_components.utils.distributed import barrier, is_rank0
 from transrisk_components.utils.io import atomic_write_text, file_sha256
@@ -73,17 +75,34 @@ def _file_identity(path: str) -> str:
     return f"size={stat.st_size} mtime_ns={stat.st_mtime_ns}"
 
 
-def _plain(value: Any) -> Any:
-    """``value`` as JSON data: tuples as lists, tensors and devices and other objects as their ``str``."""
+def _plain(value: Any, name: str = "setting") -> Any:
+    """``value`` as JSON data that is the same in every process that has the same setting.
+
+    Tuples become lists; a ``torch.nn.Module`` becomes ``"<class>, <n> parameters, architecture <sha>"`` (the
+    SHA-256 of its ``repr``: layers and their arguments); a callable without arguments is called (a value known
+    only once an earlier stage ran, e.g. ``risk_stage.cache_key``); devices and dtypes become their ``str``.
+
+    Raises:
+        TypeError: an object whose text names its memory address (it would differ in every run).
+    """
     if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): _plain(v, f"{name}.{k}") for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [_plain(v, name) for v in value]
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
+    if isinstance(value, torch.nn.Module):
+        digest = hashlib.sha256(repr(value).encode()).hexdigest()[:12]
+        count = sum(p.numel() for p in value.parameters())
+        return f"{type(value).__name__}, {count} parameters, architecture {digest}"
     if hasattr(value, "tolist"):
-        return _plain(value.tolist())
-    return str(value)
+        return _plain(value.tolist(), name)
+    if callable(value) and not isinstance(value, type):
+        return _plain(value(), name)
+    text = str(value)
+    if " at 0x" in text:
+        raise TypeError(f"fingerprint {name}: {type(value).__name__} has no stable description ({text}); list its settings instead")
+    return text
 
 
 def _flatten(record: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -151,7 +170,7 @@ class StageFingerprint:
             self._current = {
                 "stage": self.stage,
                 "version": transrisk_components.__version__,
-                "settings": _plain(self.settings),
+                "settings": _plain(self.settings, "settings"),
                 "upstream": upstream,
                 "inputs": {os.path.relpath(f, root): _file_identity(f) for f in files},
             }

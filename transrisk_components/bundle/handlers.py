@@ -39,6 +39,7 @@ from transrisk_components.utils.io import atomic_write_text, load_checkpoint
 
 __all__ = [
     "BestModelState",
+    "NamedCheckpointLoader",
     "LearningCurveWriter",
     "RegionMetricsWriter",
     "ResumableCheckpoints",
@@ -53,11 +54,13 @@ _EPOCH = re.compile(r"_epoch=(\d+)\.pt$")
 
 
 class ResumableCheckpoints:
-    """Ignite handler: checkpoint ``objects`` and the engine every epoch; resume from the newest on start.
+    """Ignite handler: checkpoint ``objects`` and the engine every ``interval`` epochs and at the end; resume
+    from the newest on start.
 
     Files are ``<ckpt_dir>/<prefix>_checkpoint_epoch=N.pt`` (the last one kept; ignite writes on rank 0 only). A run
-    killed mid-way restarts at the epoch after its newest checkpoint; a finished run does nothing more; a run with
-    a larger ``max_epochs`` continues a finished one.
+    killed mid-way restarts at the epoch after its newest checkpoint (losing at most ``interval - 1`` epochs); a
+    finished run does nothing more, since the last epoch is always saved; a run with a larger ``max_epochs``
+    continues a finished one.
 
     Attach it after the trainer's ``ValidationHandler``: handlers run in the order they were attached, and an
     epoch's checkpoint must hold the best-model record after that epoch's validation.
@@ -71,8 +74,12 @@ class ResumableCheckpoints:
         objects: objects to save and restore besides the engine, e.g. ``{"model": net, "optimizer": opt,
             "best": BestModelState(...)}``.
         prefix: checkpoint file prefix.
+        interval: epochs between checkpoints (a full model + optimiser + trainer state each time).
         fingerprint: the stage's fingerprint guarding ``ckpt_dir`` and the stage's other outputs.
         map_location: where loaded tensors go.
+
+    Raises:
+        ValueError: ``interval < 1``.
     """
 
     def __init__(
@@ -80,12 +87,16 @@ class ResumableCheckpoints:
         ckpt_dir: str,
         objects: dict,
         prefix: str,
+        interval: int = 1,
         fingerprint: StageFingerprint | None = None,
         map_location: str | None = "cpu",
     ) -> None:
+        if int(interval) < 1:
+            raise ValueError(f"checkpoint interval must be >= 1 epoch, got {interval}")
         self.ckpt_dir = Path(ckpt_dir)
         self.objects = objects
         self.prefix = prefix
+        self.interval = int(interval)
         self.fingerprint = fingerprint
         self.map_location = map_location
 
@@ -99,21 +110,54 @@ class ResumableCheckpoints:
         return max(found)[1] if found else None
 
     def attach(self, engine: Any) -> None:
-        """Attach the saver and, when a checkpoint exists, a loader that restores it as ``engine`` starts."""
+        """Attach the saver, and a handler that checks the fingerprint and resumes when ``engine`` starts.
+
+        Nothing is read or written before the trainer runs, so the trainer can be built before earlier stages
+        ran (MONAI's ``check_properties`` builds it on a fresh bundle folder).
+        """
+        save = {**self.objects, "trainer": engine}
+        engine.add_event_handler(Events.STARTED, self._resume, save)
+        # built on every rank: ignite writes on rank 0 only, and its first rank query is a collective call
+        saver = CheckpointSaver(
+            save_dir=str(self.ckpt_dir), save_dict=save, file_prefix=self.prefix, save_interval=self.interval, n_saved=1
+        )
+        saver.attach(engine)
+        engine.add_event_handler(Events.COMPLETED, self._save_last_epoch, saver)
+
+    def _resume(self, engine: Engine, save: dict) -> None:
+        """Check the stage's outputs against its fingerprint, then restore the newest checkpoint if any."""
         if self.fingerprint is not None:
             self.fingerprint.prepare()
-        save = {**self.objects, "trainer": engine}
         path = self.latest()
         if path is None:
             logger.info("no %s checkpoint in %s: starting from epoch 1", self.prefix, self.ckpt_dir)
-        else:
-            logger.info("resuming %s from %s", self.prefix, path)
-            load_checkpoint(path, f"delete it to restart the {self.prefix} run from epoch 1", map_location="cpu")
-            CheckpointLoader(load_path=str(path), load_dict=save, map_location=self.map_location).attach(engine)
-        # built on every rank: ignite writes on rank 0 only, and its first rank query is a collective call
-        CheckpointSaver(
-            save_dir=str(self.ckpt_dir), save_dict=save, file_prefix=self.prefix, save_interval=1, n_saved=1
-        ).attach(engine)
+            return
+        logger.info("resuming %s from %s", self.prefix, path)
+        load_checkpoint(path, f"delete it to restart the {self.prefix} run from epoch 1", map_location="cpu")
+        CheckpointLoader(load_path=str(path), load_dict=save, map_location=self.map_location)(engine)
+
+    def _save_last_epoch(self, engine: Engine, saver: CheckpointSaver) -> None:
+        """Save the final epoch unless the periodic saver just did."""
+        if engine.state.epoch % self.interval:
+            saver.interval_completed(engine)
+
+
+class NamedCheckpointLoader(CheckpointLoader):
+    """MONAI's ``CheckpointLoader`` whose error for an unreadable file names it and says what to do.
+
+    Args:
+        load_path: the checkpoint (read when the engine starts, not when the config is parsed).
+        remedy: what the user can do when the file is damaged.
+        kwargs: ``CheckpointLoader`` arguments (``load_dict``, ``map_location``, ...).
+    """
+
+    def __init__(self, load_path: str, remedy: str, **kwargs: Any) -> None:
+        super().__init__(load_path=load_path, **kwargs)
+        self.remedy = remedy
+
+    def __call__(self, engine: Engine) -> None:
+        load_checkpoint(self.load_path, self.remedy, map_location="cpu", weights_only=True)
+        super().__call__(engine)
 
 
 class BestModelState:

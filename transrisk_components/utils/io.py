@@ -25,7 +25,6 @@ __all__ = [
     "atomic_write_text",
     "file_sha256",
     "load_checkpoint",
-    "readable_checkpoint",
     "remove_partial_writes",
 ]
 
@@ -68,7 +67,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], Any], suffix: s
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """Write ``text`` to ``path`` atomically."""
-    return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
@@ -97,16 +96,6 @@ def load_checkpoint(path: str | os.PathLike, remedy: str, **load_args: Any) -> A
             f"checkpoint {path} cannot be read ({type(err).__name__}: {err}); the file is corrupt or truncated, "
             f"e.g. by a run killed while writing it: {remedy}"
         ) from err
-
-
-def readable_checkpoint(path: str | os.PathLike, remedy: str) -> str:
-    """``path``, once it has been checked to load as a ``weights_only`` checkpoint (a config's ``load_path``).
-
-    Raises:
-        FileNotFoundError, ValueError: see :func:`load_checkpoint`.
-    """
-    load_checkpoint(path, remedy, map_location="cpu", weights_only=True)
-    return str(path)
 
 
 def remove_partial_writes(folder: str | os.PathLike) -> list[Path]:

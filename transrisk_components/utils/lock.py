@@ -1,6 +1,6 @@
 """One run per output folder: an advisory lock that names its holder.
 
-:class:`FolderLock` takes ``fcntl.flock`` on ``<folder>/.transrisk.lock`` and writes the holder (pid, host,
+:class:`FolderLock` takes ``fcntl.flock`` on ``<folder>/.bundle.lock`` and writes the holder (pid, host,
 start time, command) into it. The operating system drops the lock when the holding process ends, however it
 ends (``kill -9`` included), so a lock left by a dead run is never in the way: the next run takes it and
 rewrites the holder. A second run on the same folder while the first lives stops at once with an error naming
@@ -22,7 +22,7 @@ from transrisk_components.utils.distributed import is_rank0
 
 __all__ = ["FolderBusyError", "FolderLock"]
 
-LOCK_NAME = ".transrisk.lock"
+LOCK_NAME = ".bundle.lock"
 
 _HELD: dict[Path, IO[str]] = {}
 

@@ -8,10 +8,10 @@ target set is small).
 
 Cache: ``<cache_root>/<key>/`` where ``key`` is the stage's fingerprint key
 (:class:`~transrisk_components.bundle.fingerprint.StageFingerprint`: the settings listed under
-``fingerprint#risk`` in the bundle config -- preprocessing, inferer, risk options, amp --, the size and mtime of
-every image and label file, the source checkpoint's SHA-256 and the package version). Maps and
-``manifest.json`` are written atomically, the manifest last; a folder with a complete manifest is reused. The
-manifest names the maps relative to its folder, so a moved cache still reads.
+``fingerprint#risk`` in the bundle config -- inferer, risk options, amp --, the size and mtime of every image
+and label file, the source checkpoint's SHA-256 and the package version). Maps and ``manifest.json`` are
+written atomically, the manifest last; a folder with a complete manifest is reused. The manifest names the maps
+relative to its folder, so a moved cache still reads.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +36,8 @@ from transrisk_components.utils.io import atomic_write, atomic_write_text, load_
 from transrisk_components.method.risk import transfer_risk
 from transrisk_components.method.transferability import LEEPStatistics, pixel_transferability
 from transrisk_components.bundle.fingerprint import StageFingerprint
-from transrisk_components.bundle.transforms import eval_transforms
 
-__all__ = ["RiskStage"]
+__all__ = ["RiskDatalist", "RiskStage"]
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +64,10 @@ class RiskStage:
         target_task: task of the target labels (sets ``Ct``).
         source_ckpt: source network weights (a state_dict).
         network: the source network architecture (weights are loaded from ``source_ckpt``).
+        transform: the whole-volume preprocessing of a case (the config's ``validate#preprocessing``):
+            ``{"image", "label", ...}`` paths -> ``image [C, *S]`` and ``label [1, *S]`` target-task classes on
+            the image grid, the image carrying its file's affine. It must not crop or resample: the maps are
+            written on the image file's grid.
         inferer: whole-volume inferer, e.g. ``SlidingWindowInferer``.
         cache_root: folder holding one sub-folder per cache key.
         fingerprint: what determines the maps (its ``key()`` names the cache folder).
@@ -84,6 +88,7 @@ class RiskStage:
         target_task: str,
         source_ckpt: str,
         network: nn.Module,
+        transform: Callable[[dict], dict],
         inferer: Inferer,
         cache_root: str,
         fingerprint: StageFingerprint,
@@ -100,6 +105,7 @@ class RiskStage:
         self.target_task = target_task
         self.source_ckpt = Path(source_ckpt)
         self.network = network
+        self.transform = transform
         self.inferer = inferer
         self.cache_root = Path(cache_root)
         self.fingerprint = fingerprint
@@ -112,13 +118,16 @@ class RiskStage:
         self.num_source_classes = num_classes(spec, source_task)
         self.num_target_classes = num_classes(spec, target_task)
         self._manifest: dict[str, Any] | None = None
-        self._folder = self.cache_root
 
     def cache_key(self) -> str:
         """The fingerprint key of the maps (16 hex digits), the name of their cache folder."""
         if not self.source_ckpt.is_file():
             raise FileNotFoundError(f"source checkpoint not found: {self.source_ckpt} (run the 'pretrain' stage first)")
         return self.fingerprint.key()
+
+    def map_path(self, case_id: str) -> str:
+        """The path of a case's cached risk map (runs the stage first if needed)."""
+        return str(self.cache_root / self.run()["key"] / self.run()["cases"][case_id]["risk"])
 
     def run(self) -> dict[str, Any]:
         """Compute the maps unless a cache for the same key exists; return the manifest.
@@ -131,7 +140,6 @@ class RiskStage:
         folder = self.cache_root / self.cache_key()
         barrier()  # every rank decides on the same cache state
         manifest_path = folder / MANIFEST
-        self._folder = folder
         if manifest_path.is_file():
             manifest = json.loads(manifest_path.read_text())
             if all((folder / c["risk"]).is_file() for c in manifest["cases"].values()):
@@ -145,12 +153,16 @@ class RiskStage:
         self._manifest = self._compute(folder)
         return self._manifest
 
-    def datalist(self) -> list[dict]:
-        """The target training cases, each with a ``"risk"`` map path when the stage is enabled."""
+    def datalist(self) -> Sequence[dict]:
+        """The target training cases, each with a ``"risk"`` map path when the stage is enabled.
+
+        With the stage enabled this is a :class:`RiskDatalist`: its length is known at once, the maps are
+        computed (or found in the cache) on first access to an entry, so a config can build its dataset and
+        trainer before the source model exists.
+        """
         if not self.enabled:
             return [dict(c) for c in self.cases]
-        maps = self.run()["cases"]
-        return [{**c, "risk": str(self._folder / maps[c["case_id"]]["risk"])} for c in self.cases]
+        return RiskDatalist(self)
 
     def _load_network(self) -> nn.Module:
         state = load_checkpoint(
@@ -166,7 +178,7 @@ class RiskStage:
     def _compute(self, folder: Path) -> dict[str, Any]:
         rank, world = rank_and_world()
         network = self._load_network()
-        load = eval_transforms(self.dataset, self.target_task, with_label=True)
+        load = self.transform
         stats = LEEPStatistics(self.num_target_classes, self.num_source_classes)
         kept: list[tuple[dict, torch.Tensor, torch.Tensor, np.ndarray]] = []
         for case in self.cases[rank::world]:  # pass 1: source probabilities and LEEP counts
@@ -221,3 +233,24 @@ class RiskStage:
         for part, _ in gathered:
             merged.update(part)
         return merged, math.fsum(s for _, s in gathered)
+
+
+class RiskDatalist(Sequence):
+    """The risk stage's datalist, resolved lazily: ``len`` is the number of cases, an entry runs the stage.
+
+    Entries are ``{**case, "risk": path}``. The first access to an entry calls :meth:`RiskStage.run` (computing
+    the maps, or reading the cache); run ids call ``risk_stage.run()`` before the trainer so that this happens
+    in the main process and not inside data-loader workers.
+    """
+
+    def __init__(self, stage: RiskStage) -> None:
+        self.stage = stage
+
+    def __len__(self) -> int:
+        return len(self.stage.cases)
+
+    def __getitem__(self, index: int | slice) -> dict | list[dict]:
+        if isinstance(index, slice):
+            return [{**c, "risk": self.stage.map_path(c["case_id"])} for c in self.stage.cases[index]]
+        case = self.stage.cases[index]
+        return {**case, "risk": self.stage.map_path(case["case_id"])}
