@@ -214,7 +214,8 @@ class StageFingerprint:
         """
         if self.record is None:
             raise ValueError(f"stage {self.stage!r} has no fingerprint record file: use key() for keyed caches")
-        present = [p for p in self.outputs if p.exists()]
+        # an empty folder is no output (ignite's savers create theirs when the trainer is built)
+        present = [p for p in self.outputs if p.is_file() or (p.is_dir() and any(p.iterdir()))]
         old = self.recorded()
         if old == self.current():
             if present:

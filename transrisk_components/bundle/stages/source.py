@@ -39,10 +39,11 @@ class SourceStage:
         network: the source network itself (``source#network_def``; ``Cs`` output channels), whose
             ``state_dict`` is saved.
         fingerprint: what determines the source model; its ``outputs`` are ``ckpt_path`` and the trainer's
-            periodic checkpoints.
+            periodic checkpoints. ``None`` for weights from outside (another bundle's ``model.pt``): they must
+            exist and are used as they are (later stages still record their SHA-256).
     """
 
-    def __init__(self, ckpt_path: str, trainer: Trainer, network: nn.Module, fingerprint: StageFingerprint) -> None:
+    def __init__(self, ckpt_path: str, trainer: Trainer, network: nn.Module, fingerprint: StageFingerprint | None) -> None:
         self.ckpt_path = Path(ckpt_path)
         self.trainer = trainer
         self.network = network
@@ -55,6 +56,11 @@ class SourceStage:
             StaleOutputError: ``ckpt_path`` or the periodic checkpoints were made with another fingerprint.
             ValueError: the matching ``ckpt_path`` is unreadable (names the file and the remedy).
         """
+        if self.fingerprint is None:
+            if not self.ckpt_path.is_file():
+                raise FileNotFoundError(f"source checkpoint {self.ckpt_path} (given from outside: no fingerprint) does not exist")
+            logger.info("source checkpoint %s given from outside: source stage skipped", self.ckpt_path)
+            return self.ckpt_path
         self.fingerprint.prepare()
         if self.ckpt_path.is_file():
             load_checkpoint(
