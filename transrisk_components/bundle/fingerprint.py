@@ -233,8 +233,9 @@ class StageFingerprint:
             )
         barrier()  # every rank has looked before rank 0 deletes
         if is_rank0():
-            for path in present:
-                shutil.rmtree(path) if path.is_dir() else path.unlink()
+            for path in present:  # a folder is emptied, not removed: a saver built with the trainer writes into it
+                for item in path.iterdir() if path.is_dir() else [path]:
+                    shutil.rmtree(item) if item.is_dir() else item.unlink()
             atomic_write_text(self.record, json.dumps(self.current(), indent=2) + "\n")
         barrier()
         return False
