@@ -112,11 +112,17 @@ def test_task_labels_map_raw_values() -> None:
 
 
 def test_risk_reaches_the_loss_through_the_batch() -> None:
-    batch = {"image": torch.rand(2, 1, 8, 8, 8), "label": torch.randint(0, 2, (2, 1, 8, 8, 8)), "risk": torch.rand(2, 1, 8, 8, 8)}
+    batch = {
+        "image": torch.rand(2, 1, 8, 8, 8),
+        "label": torch.randint(0, 2, (2, 1, 8, 8, 8)),
+        "risk": torch.rand(2, 1, 8, 8, 8),
+        "foreground_voxels": torch.tensor([900, 0]),
+    }
     image, targets = prepare_risk_batch(batch, "cpu")
     assert isinstance(targets, RiskTargets) and torch.equal(targets.risk, batch["risk"])
+    assert torch.equal(targets.foreground_voxels, batch["foreground_voxels"])
     logits = torch.randn(2, 2, 8, 8, 8)
-    expected = RiskWeightedLoss()(logits, batch["label"], batch["risk"])
+    expected = RiskWeightedLoss()(logits, batch["label"], batch["risk"], batch["foreground_voxels"])
     assert torch.allclose(training_loss(True)(logits, targets), expected)
     assert torch.isfinite(training_loss(False)(logits, batch["label"]))
     with pytest.raises(TypeError, match="cannot use it"):
@@ -162,6 +168,80 @@ def test_risk_stage_writes_maps_on_the_image_grid_and_caches(phantom: str, tmp_p
     assert stage().cache_key() == stage().cache_key() != stage("minmax").cache_key()
     disabled = RiskStage(False, "fets", cases, "multiclass", "WT", str(ckpt), network, SlidingWindowInferer([16] * 3), "x")
     assert all("risk" not in c for c in disabled.datalist())
+
+
+def _risk_stage(cases: list[dict], tmp_path: Path, **kw) -> RiskStage:
+    """A risk stage over ``cases`` with a tiny source network of fixed random weights (same in every folder)."""
+    torch.manual_seed(0)
+    network = segmentation_network("segresnet", 1, 4, width=4, depth=2)
+    ckpt = tmp_path / "source.pt"
+    if not ckpt.is_file():
+        ckpt.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(network.state_dict(), ckpt)
+    return RiskStage(
+        True, "fets", cases, "multiclass", "WT", str(ckpt), network, SlidingWindowInferer([16, 16, 16]),
+        str(tmp_path / "cache"), **kw,
+    )
+
+
+def test_risk_stage_statistics_and_maps_cover_the_brain_only(phantom: str, tmp_path: Path) -> None:
+    """Old code: LEEP over every voxel (air included) and maps nonzero in the air."""
+    cases = _scenario(phantom, tmp_path).split("target_train")
+    brain = [np.asarray(nib.load(c["image"][0]).dataobj) != 0 for c in cases]
+    assert not all(b.all() for b in brain), "the phantom needs air around the head for this test"
+    masked, full = _risk_stage(cases, tmp_path).run(), _risk_stage(cases, tmp_path, mask="all").run()
+    assert masked["num_voxels"] == sum(int(b.sum()) for b in brain)
+    assert full["num_voxels"] == sum(b.size for b in brain) > masked["num_voxels"]
+    assert masked["leep"] != full["leep"]
+    for case, inside in zip(cases, brain):
+        risk = np.asarray(nib.load(masked["cases"][case["case_id"]]["risk"]).dataobj)
+        assert np.all(risk[~inside] == 0) and np.any(risk[inside] > 0)
+    with pytest.raises(ValueError, match="unknown risk mask"):
+        _risk_stage(cases, tmp_path, mask="brain")
+
+
+def test_random_map_ablation_permutes_inside_the_mask_per_case(phantom: str, tmp_path: Path) -> None:
+    """Old code: one permutation for every case, over the whole volume (mostly air values)."""
+    cases = _scenario(phantom, tmp_path).split("target_train")
+    plain = _risk_stage(cases, tmp_path).run()["cases"]
+    shuffled = _risk_stage(cases, tmp_path, shuffle=True).run()["cases"]
+    for case in cases:
+        inside = np.asarray(nib.load(case["image"][0]).dataobj) != 0
+        original = np.asarray(nib.load(plain[case["case_id"]]["risk"]).dataobj)
+        permuted = np.asarray(nib.load(shuffled[case["case_id"]]["risk"]).dataobj)
+        assert np.all(permuted[~inside] == 0)
+        np.testing.assert_array_equal(np.sort(permuted[inside]), np.sort(original[inside]))
+        assert not np.array_equal(permuted, original)
+    again = _risk_stage(cases, tmp_path / "again", shuffle=True).run()["cases"]
+    for case in cases:
+        np.testing.assert_array_equal(
+            np.asarray(nib.load(again[case["case_id"]]["risk"]).dataobj),
+            np.asarray(nib.load(shuffled[case["case_id"]]["risk"]).dataobj),
+        )
+
+
+def test_case_seeded_permutation_differs_between_cases_of_one_volume(tmp_path: Path) -> None:
+    """Two cases with identical maps get different permutations (old code: one seed for every case)."""
+    stage = _risk_stage([], tmp_path, shuffle=True)
+    transferability = torch.linspace(0, 1, 512).view(1, 1, 8, 8, 8)
+    mask = torch.ones_like(transferability, dtype=torch.bool)
+    first, second = stage._risk_map(transferability, mask, "a"), stage._risk_map(transferability, mask, "b")
+    assert not np.array_equal(first, second)
+    np.testing.assert_array_equal(first, stage._risk_map(transferability, mask, "a"))
+
+
+def test_foreground_count_travels_from_the_risk_stage_into_every_patch(phantom: str, tmp_path: Path) -> None:
+    cases = _scenario(phantom, tmp_path).split("target_train")
+    datalist = _risk_stage(cases, tmp_path).datalist()
+    for case in datalist:
+        wt = np.asarray(nib.load(case["label"]).dataobj) > 0  # WT = every tumour label
+        assert case["foreground_voxels"] == int(wt.sum()) > 0
+    chain = train_transforms("fets", "WT", [16, 16, 16], with_risk=True, num_samples=2)
+    samples = [sample for case in datalist for sample in chain(case)]
+    batch = torch.utils.data.default_collate(samples)
+    _, targets = prepare_risk_batch(batch, "cpu")
+    expected = [c["foreground_voxels"] for c in datalist for _ in range(2)]
+    assert targets.foreground_voxels.tolist() == expected
 
 
 def test_inference_datalist_from_folder_and_splits(phantom: str, tmp_path: Path) -> None:

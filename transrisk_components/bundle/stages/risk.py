@@ -39,6 +39,9 @@ logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 
+#: Voxel masks of the LEEP statistics and maps (see :class:`RiskStage`).
+RISK_MASKS = ("nonzero", "all")
+
 
 def _image_affine(image: torch.Tensor) -> np.ndarray:
     """The 4x4 affine of a loaded MetaTensor as read from its file."""
@@ -62,10 +65,15 @@ class RiskStage:
         network: the source network architecture (weights are loaded from ``source_ckpt``).
         inferer: whole-volume inferer, e.g. ``SlidingWindowInferer``.
         cache_root: folder holding one sub-folder per cache key.
-        normalization: risk normalisation, see :func:`transrisk_components.method.risk.transfer_risk`.
-        shuffle: ablation: permute each map's voxels at random (seeded by ``seed``), keeping its values but
-            not where they are -- the "random map" control of the experiments.
-        seed: seed of the permutation when ``shuffle`` is set.
+        normalization: risk normalisation, see :func:`transrisk_components.method.risk.transfer_risk`
+            (``"minmax"`` spans the masked voxels only).
+        mask: voxels the LEEP statistics, the reported LEEP and the maps cover: ``"nonzero"`` (default) the
+            voxels where any image channel is nonzero -- the brain, the voxels ``NormalizeIntensityd(nonzero=True)``
+            normalises -- or ``"all"`` (air included). Maps are 0 outside the mask.
+        shuffle: ablation: permute each map's values inside its mask at random, keeping the values but not where
+            they are -- the "random map" control of the experiments. Each case has its own permutation, seeded
+            by a hash of ``seed`` and its case id.
+        seed: seed of the permutations when ``shuffle`` is set.
         device: device of the source model.
         amp: autocast on CUDA.
     """
@@ -82,6 +90,7 @@ class RiskStage:
         inferer: Inferer,
         cache_root: str,
         normalization: str = "complement",
+        mask: str = "nonzero",
         shuffle: bool = False,
         seed: int = 0,
         device: str | torch.device = "cpu",
@@ -96,7 +105,10 @@ class RiskStage:
         self.network = network
         self.inferer = inferer
         self.cache_root = Path(cache_root)
+        if mask not in RISK_MASKS:
+            raise ValueError(f"unknown risk mask {mask!r}; choose one of {RISK_MASKS}")
         self.normalization = normalization
+        self.mask = mask
         self.shuffle = shuffle
         self.seed = seed
         self.device = torch.device(device)
@@ -104,6 +116,7 @@ class RiskStage:
         spec = get_dataset(dataset)
         self.num_source_classes = num_classes(spec, source_task)
         self.num_target_classes = num_classes(spec, target_task)
+        self._load = eval_transforms(dataset, target_task, with_label=True)
         self._manifest: dict[str, Any] | None = None
 
     def cache_key(self) -> str:
@@ -124,6 +137,7 @@ class RiskStage:
             "source_task": self.source_task,
             "target_task": self.target_task,
             "normalization": self.normalization,
+            "mask": self.mask,
             "shuffle_seed": self.seed if self.shuffle else None,
             "inferer": {name: repr(getattr(self.inferer, name, None)) for name in ("roi_size", "overlap", "mode")},
         }
@@ -149,11 +163,16 @@ class RiskStage:
         return self._manifest
 
     def datalist(self) -> list[dict]:
-        """The target training cases, each with a ``"risk"`` map path when the stage is enabled."""
+        """The target training cases; when the stage is enabled each also holds its ``"risk"`` map path and its
+        ``"foreground_voxels"`` (label > 0 under the target task, whole case: the foreground-normalised loss's
+        normaliser, copied into every patch by the crop transforms)."""
         if not self.enabled:
             return [dict(c) for c in self.cases]
         maps = self.run()["cases"]
-        return [{**c, "risk": maps[c["case_id"]]["risk"]} for c in self.cases]
+        return [
+            {**c, "risk": maps[c["case_id"]]["risk"], "foreground_voxels": maps[c["case_id"]]["foreground_voxels"]}
+            for c in self.cases
+        ]
 
     def _load_network(self) -> nn.Module:
         state = torch.load(self.source_ckpt, map_location="cpu", weights_only=True)
@@ -163,38 +182,68 @@ class RiskStage:
             raise ValueError(f"source checkpoint {self.source_ckpt} does not fit the source network: {err}") from err
         return self.network.to(self.device).eval()
 
+    def _source_pass(self, network: nn.Module, case: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, np.ndarray]:
+        """Load one case and run the source model over it.
+
+        Returns:
+            ``probs [1, Cs, *S]`` float32 source softmax, ``label [1, 1, *S]`` uint8 target classes,
+            ``mask [1, 1, *S]`` bool statistics mask, all on ``self.device``, and the image's 4x4 affine.
+        """
+        item = self._load(case)
+        image = item["image"].as_tensor().unsqueeze(0).to(self.device)  # [1, C, *S]
+        label = item["label"].as_tensor().unsqueeze(0).to(self.device, torch.uint8)  # [1, 1, *S]
+        if self.mask == "nonzero":  # NormalizeIntensityd(nonzero=True) leaves exactly these voxels at 0
+            mask = (image != 0).any(dim=1, keepdim=True)
+            if not mask.any():
+                raise ValueError(f"{case['case_id']}: image {case['image']} has no nonzero voxel to compute LEEP over")
+        else:
+            mask = torch.ones_like(label, dtype=torch.bool)
+        with torch.autocast(self.device.type, enabled=self.amp):
+            logits = self.inferer(image, network)  # [1, Cs, *S]
+        return torch.softmax(logits.float(), dim=1), label, mask, _image_affine(item["image"])
+
+    def _risk_map(self, transferability: torch.Tensor, mask: torch.Tensor, case_id: str) -> np.ndarray:
+        """``[*S]`` float32 risk inside ``mask``, 0 outside; for ``shuffle`` its masked values permuted per case."""
+        inside = transfer_risk(transferability[mask].view(1, 1, -1), self.normalization).flatten().cpu()  # [n]
+        if self.shuffle:
+            digest = hashlib.sha256(f"{self.seed}:{case_id}".encode()).hexdigest()
+            generator = torch.Generator().manual_seed(int(digest[:15], 16))
+            inside = inside[torch.randperm(inside.numel(), generator=generator)]
+        risk = torch.zeros(transferability.shape[2:], dtype=torch.float32)
+        risk[mask[0, 0].cpu()] = inside.float()
+        return risk.numpy()
+
     @torch.no_grad()
     def _compute(self, folder: Path) -> dict[str, Any]:
         rank, world = rank_and_world()
         network = self._load_network()
-        load = eval_transforms(self.dataset, self.target_task, with_label=True)
+        mine = self.cases[rank::world]
         stats = LEEPStatistics(self.num_target_classes, self.num_source_classes)
-        kept: list[tuple[dict, torch.Tensor, torch.Tensor, np.ndarray]] = []
-        for case in self.cases[rank::world]:  # pass 1: source probabilities and LEEP counts
-            item = load(case)
-            image = item["image"].as_tensor().unsqueeze(0).to(self.device)  # [1, C, *S]
-            label = item["label"].as_tensor().unsqueeze(0).to(self.device)  # [1, 1, *S]
-            with torch.autocast(self.device.type, enabled=self.amp):
-                logits = self.inferer(image, network)  # [1, Cs, *S]
-            probs = torch.softmax(logits.float(), dim=1)
-            stats.update(probs, label)
-            kept.append((case, probs, label, _image_affine(item["image"])))
+        for case in mine:  # pass 1: LEEP counts inside the mask
+            probs, label, mask, _ = self._source_pass(network, case)
+            stats.update(probs, label, mask)
+            del probs, label, mask
         stats.all_reduce()
         conditional = stats.conditional()
         cases: dict[str, dict[str, Any]] = {}
         log_t_sum = 0.0
-        for case, probs, label, affine in kept:  # pass 2: transferability -> risk -> NIfTI
+        for case in mine:  # pass 2: source pass again -> transferability -> risk -> NIfTI
+            probs, label, mask, affine = self._source_pass(network, case)
             transferability = pixel_transferability(probs, label, conditional)  # [1, 1, *S]
-            log_t = torch.log(transferability.double().clamp_min(1e-12))
+            del probs
+            log_t = torch.log(transferability[mask].double().clamp_min(1e-12))  # [n]
             log_t_sum += float(log_t.sum())
-            risk = transfer_risk(transferability, self.normalization)[0, 0].cpu()  # [*S]
-            if self.shuffle:
-                generator = torch.Generator().manual_seed(self.seed)
-                risk = risk.flatten()[torch.randperm(risk.numel(), generator=generator)].view_as(risk)
-            risk = risk.numpy().astype(np.float32)
+            risk = self._risk_map(transferability, mask, case["case_id"])
+            foreground = int(torch.count_nonzero(label))
+            if foreground == 0:
+                logger.warning(
+                    "%s has no foreground under target task %r: a foreground-normalised loss uses its voxel count",
+                    case["case_id"],
+                    self.target_task,
+                )
             path = folder / f"{case['case_id']}_risk.nii.gz"
             atomic_write(path, lambda tmp, r=risk, a=affine: nib.save(nib.Nifti1Image(r, a), tmp), suffix=".nii.gz")
-            cases[case["case_id"]] = {"risk": str(path), "leep": float(log_t.mean())}
+            cases[case["case_id"]] = {"risk": str(path), "leep": float(log_t.mean()), "foreground_voxels": foreground}
         cases, log_t_sum = self._gather(cases, log_t_sum)
         manifest = {
             "key": folder.name,
@@ -207,7 +256,13 @@ class RiskStage:
         }
         if rank == 0:
             atomic_write_text(folder / MANIFEST, json.dumps(manifest, indent=2))
-            logger.info("risk maps written to %s (LEEP %.4f over %d voxels)", folder, manifest["leep"], stats.num_voxels)
+            logger.info(
+                "risk maps written to %s (LEEP %.4f over %d voxels, mask %r)",
+                folder,
+                manifest["leep"],
+                stats.num_voxels,
+                self.mask,
+            )
         barrier()
         return manifest
 
