@@ -77,6 +77,32 @@ def test_splits_are_deterministic_disjoint_and_written(phantom: str, tmp_path: P
     assert _scenario(phantom, tmp_path / "c", seed=1).prepare() != first
 
 
+def _ranked(splits: dict[str, list[dict]]) -> list[str]:
+    return [c["case_id"] for name in ("target_train", "target_val", "target_test", "source") for c in splits[name]]
+
+
+def test_a_case_without_label_is_named_and_the_other_cases_keep_their_places(
+    phantom: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Old code: the case vanished without a word and every split reshuffled."""
+    import shutil
+
+    full = _scenario(phantom, tmp_path / "full").prepare()
+    for gone in (full["target_train"][0]["case_id"], full["source"][-1]["case_id"]):
+        copy = tmp_path / f"data_{gone}"
+        shutil.copytree(phantom, copy)
+        next(copy.rglob(f"{gone}_seg.nii.gz")).unlink()
+        with caplog.at_level("WARNING"):
+            splits = _scenario(str(copy), tmp_path / f"out_{gone}").prepare()
+        assert f"have no label file and are left out of every split: {gone}" in caplog.text
+        assert json.loads((tmp_path / f"out_{gone}" / "splits.json").read_text())["unlabelled"] == [gone]
+        assert _ranked(splits) == [i for i in _ranked(full) if i != gone]
+    targets = ("target_train", "target_val", "target_test")
+    assert [[c["case_id"] for c in full[n]] for n in targets] == [[c["case_id"] for c in splits[n]] for n in targets], (
+        "removing a source case must leave every target split as it was"
+    )
+
+
 def test_cross_site_splits_follow_the_partitions(phantom: str, tmp_path: Path) -> None:
     scenario = _scenario(
         phantom, tmp_path, partition_csv="partitioning_1.csv", source_partitions=[1, 2], target_partitions=[3],
@@ -246,9 +272,23 @@ def test_foreground_count_travels_from_the_risk_stage_into_every_patch(phantom: 
 
 def test_inference_datalist_from_folder_and_splits(phantom: str, tmp_path: Path) -> None:
     _scenario(phantom, tmp_path).prepare()
-    cases = inference_datalist(str(tmp_path / "splits.json"))
+    cases = inference_datalist(str(tmp_path / "splits.json"), "fets")
     assert len(cases) == 2 and all(isinstance(c["image"], str) for c in cases)
     folder = Path(cases[0]["image"]).parent
-    assert len(inference_datalist(str(folder))) >= 1
+    assert len(inference_datalist(str(folder), "fets")) >= 1
     with pytest.raises(FileNotFoundError):
-        inference_datalist(str(tmp_path / "missing"))
+        inference_datalist(str(tmp_path / "missing"), "fets")
+
+
+def test_inference_checks_every_input_before_predicting_any(phantom: str, tmp_path: Path) -> None:
+    """Old code: no input check; one prediction was written, then a bare EOFError on the truncated file."""
+    import shutil
+
+    folder = tmp_path / "inputs"
+    folder.mkdir()
+    for image in sorted(Path(phantom).rglob("*_flair.nii.gz"))[:3]:
+        shutil.copy(image, folder / image.name)
+    truncated = sorted(folder.iterdir())[1]
+    truncated.write_bytes(truncated.read_bytes()[:2000])
+    with pytest.raises(ValueError, match=rf"1 of 3 fets cases failed input checks:\n  {truncated.name[:-7]}: cannot read .*{truncated.name}"):
+        inference_datalist(str(folder), "fets")

@@ -42,6 +42,7 @@ from monai.data import ImageWriter, NibabelWriter
 from monai.transforms import MapTransform, SaveImaged, Transform
 from monai.utils import convert_data_type
 
+from transrisk_components.data.checks import check_cases
 from transrisk_components.data.registry import get_dataset, num_classes
 
 __all__ = ["AnalyzeWriter", "RawLabels", "RawLabelsd", "prediction_saver", "raw_label_values", "to_analyze_orientation"]
@@ -67,21 +68,35 @@ def _entry(case_id: str, image: str | list[str]) -> dict:
     return {"case_id": case_id, "image": str(image)}
 
 
-def inference_datalist(source: str, split: str = "target_test", pattern: str = "*") -> list[dict]:
-    """Cases to predict, ``[{"case_id", "image": path}]``.
+def inference_datalist(
+    source: str, dataset: str, split: str = "target_test", pattern: str = "*", check: bool = True
+) -> list[dict]:
+    """Cases to predict, ``[{"case_id", "image": path}]``, every one checked before any is predicted.
 
     Args:
         source: a folder (every ``*.nii.gz`` / ``*.nii`` / ``*.hdr`` image in it whose name matches
             ``pattern``, sorted), a JSON list of ``{"image", ...}`` dicts, or a ``splits.json`` written by
             :class:`~transrisk_components.data.scenario.Scenario`.
+        dataset: registry name (``"fets"``, ``"iseg"``) of the images.
         split: which split of a ``splits.json`` to predict.
         pattern: shell-style file-name filter for a folder (case-sensitive), e.g. ``"*-T2.hdr"`` to predict
             only the T2 images of an iSeg-2019 folder that also holds T1 images and labels; ignored for JSON.
+        check: run :func:`~transrisk_components.data.checks.check_cases` on every image (exists, readable to
+            the last voxel, finite, not all zero), so a bad file stops the run before the first prediction.
 
     Raises:
         FileNotFoundError: ``source`` does not exist.
-        ValueError: a folder without matching images, an unknown split, or an entry without ``image``.
+        ValueError: a folder without matching images, an unknown split, an entry without ``image``, or bad
+            images (one error listing every bad case).
     """
+    cases = _inference_cases(source, split, pattern)
+    if check:
+        check_cases(cases, dataset)
+    return cases
+
+
+def _inference_cases(source: str, split: str, pattern: str) -> list[dict]:
+    """The cases of :func:`inference_datalist`, unchecked."""
     path = Path(source).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"inference input not found: {path}")
