@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import math
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +32,8 @@ from transrisk_components.utils.distributed import barrier, is_distributed, rank
 from transrisk_components.utils.io import atomic_write, atomic_write_text, file_sha256
 from transrisk_components.method.risk import transfer_risk
 from transrisk_components.method.transferability import LEEPStatistics, pixel_transferability
-from transrisk_components.bundle.transforms import eval_transforms
 
-__all__ = ["RiskStage"]
+__all__ = ["RiskDatalist", "RiskStage"]
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +63,10 @@ class RiskStage:
         target_task: task of the target labels (sets ``Ct``).
         source_ckpt: source network weights (a state_dict).
         network: the source network architecture (weights are loaded from ``source_ckpt``).
+        transform: the whole-volume preprocessing of a case (the config's ``validate#preprocessing``):
+            ``{"image", "label", ...}`` paths -> ``image [C, *S]`` and ``label [1, *S]`` target-task classes on
+            the image grid, the image carrying its file's affine. It must not crop or resample: the maps are
+            written on the image file's grid.
         inferer: whole-volume inferer, e.g. ``SlidingWindowInferer``.
         cache_root: folder holding one sub-folder per cache key.
         normalization: risk normalisation, see :func:`transrisk_components.method.risk.transfer_risk`
@@ -87,6 +91,7 @@ class RiskStage:
         target_task: str,
         source_ckpt: str,
         network: nn.Module,
+        transform: Callable[[dict], dict],
         inferer: Inferer,
         cache_root: str,
         normalization: str = "complement",
@@ -103,6 +108,7 @@ class RiskStage:
         self.target_task = target_task
         self.source_ckpt = Path(source_ckpt)
         self.network = network
+        self.transform = transform
         self.inferer = inferer
         self.cache_root = Path(cache_root)
         if mask not in RISK_MASKS:
@@ -116,7 +122,6 @@ class RiskStage:
         spec = get_dataset(dataset)
         self.num_source_classes = num_classes(spec, source_task)
         self.num_target_classes = num_classes(spec, target_task)
-        self._load = eval_transforms(dataset, target_task, with_label=True)
         self._manifest: dict[str, Any] | None = None
 
     def cache_key(self) -> str:
@@ -162,17 +167,18 @@ class RiskStage:
         self._manifest = self._compute(folder)
         return self._manifest
 
-    def datalist(self) -> list[dict]:
+    def datalist(self) -> Sequence[dict]:
         """The target training cases; when the stage is enabled each also holds its ``"risk"`` map path and its
         ``"foreground_voxels"`` (label > 0 under the target task, whole case: the foreground-normalised loss's
-        normaliser, copied into every patch by the crop transforms)."""
+        normaliser, copied into every patch by the crop transforms).
+
+        With the stage enabled this is a :class:`RiskDatalist`: its length is known at once, the maps are
+        computed (or found in the cache) on first access to an entry, so a config can build its dataset and
+        trainer before the source model exists.
+        """
         if not self.enabled:
             return [dict(c) for c in self.cases]
-        maps = self.run()["cases"]
-        return [
-            {**c, "risk": maps[c["case_id"]]["risk"], "foreground_voxels": maps[c["case_id"]]["foreground_voxels"]}
-            for c in self.cases
-        ]
+        return RiskDatalist(self)
 
     def _load_network(self) -> nn.Module:
         state = torch.load(self.source_ckpt, map_location="cpu", weights_only=True)
@@ -189,7 +195,7 @@ class RiskStage:
             ``probs [1, Cs, *S]`` float32 source softmax, ``label [1, 1, *S]`` uint8 target classes,
             ``mask [1, 1, *S]`` bool statistics mask, all on ``self.device``, and the image's 4x4 affine.
         """
-        item = self._load(case)
+        item = self.transform(case)
         image = item["image"].as_tensor().unsqueeze(0).to(self.device)  # [1, C, *S]
         label = item["label"].as_tensor().unsqueeze(0).to(self.device, torch.uint8)  # [1, 1, *S]
         if self.mask == "nonzero":  # NormalizeIntensityd(nonzero=True) leaves exactly these voxels at 0
@@ -277,3 +283,30 @@ class RiskStage:
         for part, _ in gathered:
             merged.update(part)
         return merged, math.fsum(s for _, s in gathered)
+
+
+class RiskDatalist(Sequence):
+    """The risk stage's datalist, resolved lazily: ``len`` is the number of cases, an entry runs the stage.
+
+    Entries are ``{**case, "risk": path, "foreground_voxels": count}``. The first access to an entry calls :meth:`RiskStage.run` (computing
+    the maps, or reading the cache); run ids call ``risk_stage.run()`` before the trainer so that this happens
+    in the main process and not inside data-loader workers.
+    """
+
+    def __init__(self, stage: RiskStage) -> None:
+        self.stage = stage
+
+    def __len__(self) -> int:
+        return len(self.stage.cases)
+
+    def __getitem__(self, index: int | slice) -> dict | list[dict]:
+        maps = self.stage.run()["cases"]
+        if isinstance(index, slice):
+            return [_with_map(c, maps) for c in self.stage.cases[index]]
+        return _with_map(self.stage.cases[index], maps)
+
+
+def _with_map(case: dict, maps: dict[str, dict[str, Any]]) -> dict:
+    """``case`` with its ``"risk"`` path and ``"foreground_voxels"`` from the manifest's ``maps``."""
+    entry = maps[case["case_id"]]
+    return {**case, "risk": entry["risk"], "foreground_voxels": entry["foreground_voxels"]}
