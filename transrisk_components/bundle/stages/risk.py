@@ -209,7 +209,7 @@ class RiskStage:
         item = self.transform(case)
         image = item["image"].as_tensor().unsqueeze(0).to(self.device)  # [1, C, *S]
         label = item["label"].as_tensor().unsqueeze(0).to(self.device, torch.uint8)  # [1, 1, *S]
-        if self.mask == "nonzero":  # NormalizeIntensityd(nonzero=True) leaves exactly these voxels at 0
+        if self.mask == "nonzero":  # the air NormalizeIntensityd(nonzero=True) left at 0 (and, rarely, a voxel at the mean)
             mask = (image != 0).any(dim=1, keepdim=True)
             if not mask.any():
                 raise ValueError(f"{case['case_id']}: image {case['image']} has no nonzero voxel to compute LEEP over")
@@ -299,9 +299,9 @@ class RiskStage:
 class RiskDatalist(Sequence):
     """The risk stage's datalist, resolved lazily: ``len`` is the number of cases, an entry runs the stage.
 
-    Entries are ``{**case, "risk": path, "foreground_voxels": count}``. The first access to an entry calls :meth:`RiskStage.run` (computing
-    the maps, or reading the cache); run ids call ``risk_stage.run()`` before the trainer so that this happens
-    in the main process and not inside data-loader workers.
+    Entries are ``{**case, "risk": path, "foreground_voxels": count}``. The first access to an entry calls
+    :meth:`RiskStage.run` (computing the maps, or reading the cache); run ids call ``risk_stage.run()`` before
+    the trainer so that this happens in the main process and not inside data-loader workers.
     """
 
     def __init__(self, stage: RiskStage) -> None:
