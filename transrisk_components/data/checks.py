@@ -44,6 +44,19 @@ def _case_paths(case: Mapping) -> tuple[list[str], str | None]:
     return [str(p) for p in images], None if label is None else str(label)
 
 
+def _read_voxels(path: str, image: nib.spatialimages.SpatialImage, problems: list[str]) -> np.ndarray | None:
+    """The voxel array of an opened file, or ``None`` with the reason appended to ``problems``.
+
+    nibabel reads only the header on ``load``; a truncated or corrupt data block (e.g. a cut-off ``.nii.gz``,
+    which raises a bare ``EOFError``) shows only here.
+    """
+    try:
+        return np.asanyarray(image.dataobj)
+    except Exception as err:  # zlib, gzip, EOF and nibabel errors alike mean "cannot read the voxels"
+        problems.append(f"cannot read the voxels of {path} ({type(err).__name__}: {err}); the file is truncated or corrupt")
+        return None
+
+
 def _check_case(case: Mapping, spec: DatasetSpec, voxels: bool) -> list[str]:
     """Every problem found in one case, as human-readable strings (empty when the case is fine)."""
     try:
@@ -64,7 +77,7 @@ def _check_case(case: Mapping, spec: DatasetSpec, voxels: bool) -> list[str]:
         try:
             loaded[p] = nib.load(p)
         except Exception as err:  # nibabel raises several unrelated types for unreadable files
-            problems.append(f"cannot read {p}: {err}")
+            problems.append(f"cannot read {p} ({type(err).__name__}: {err}); the file is truncated or corrupt")
     if problems:
         return problems
 
@@ -80,15 +93,18 @@ def _check_case(case: Mapping, spec: DatasetSpec, voxels: bool) -> list[str]:
         return problems
 
     for p in images:
-        data = np.asanyarray(loaded[p].dataobj)
+        data = _read_voxels(p, loaded[p], problems)
+        if data is None:
+            continue
         if np.issubdtype(data.dtype, np.floating):
             n_bad = int(data.size - np.count_nonzero(np.isfinite(data)))
             if n_bad:
                 problems.append(f"image {p} has {n_bad} NaN/Inf voxels")
         if not np.any(data):
             problems.append(f"image {p} is all zero")
-    if label is not None:
-        bad = unexpected_values(np.asanyarray(loaded[label].dataobj), spec.label_values)
+    labels = None if label is None else _read_voxels(label, loaded[label], problems)
+    if labels is not None:
+        bad = unexpected_values(labels, spec.label_values)
         if bad.size:
             keys = [(spec.name, int(v)) for v in bad if float(v).is_integer()]
             hints = [_LABEL_HINTS[key] for key in keys if key in _LABEL_HINTS]
