@@ -27,6 +27,7 @@ relative to its folder, so a moved cache still reads.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
