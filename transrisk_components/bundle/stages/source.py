@@ -21,6 +21,7 @@ from torch import nn
 
 from transrisk_components.utils.distributed import barrier, is_distributed, is_rank0, rank_and_world
 from transrisk_components.utils.io import atomic_torch_save
+from transrisk_components.bundle.caching import cache_num_within_budget
 from transrisk_components.bundle.engine import batch_loss
 from transrisk_components.bundle.handlers import ResumableCheckpoints
 from transrisk_components.bundle.transforms import train_transforms
@@ -48,7 +49,8 @@ class SourceStage:
         log_dir: TensorBoard folder.
         device: training device.
         amp: mixed precision on CUDA.
-        cache_rate: fraction of cases cached after loading.
+        cache_gb: memory budget of the cached source cases, GB per process; the leading cases that fit are
+            cached, the rest loaded every epoch (see :func:`~transrisk_components.bundle.caching.cache_num_within_budget`).
         num_workers: data-loading workers.
         progress: show a progress bar.
     """
@@ -69,7 +71,7 @@ class SourceStage:
         log_dir: str,
         device: str | torch.device = "cpu",
         amp: bool = False,
-        cache_rate: float = 1.0,
+        cache_gb: float = 8.0,
         num_workers: int = 0,
         progress: bool = True,
     ) -> None:
@@ -87,7 +89,7 @@ class SourceStage:
         self.log_dir = log_dir
         self.device = torch.device(device)
         self.amp = amp and self.device.type == "cuda"
-        self.cache_rate = cache_rate
+        self.cache_gb = cache_gb
         self.num_workers = num_workers
         self.progress = progress
 
@@ -114,10 +116,11 @@ class SourceStage:
     def _trainer(self) -> SupervisedTrainer:
         rank, world = rank_and_world()
         cases = partition_dataset(self.datalist, num_partitions=world, shuffle=False, even_divisible=True)[rank]
+        transform = train_transforms(self.dataset, self.task, self.patch_size, num_samples=self.num_samples)
         data = CacheDataset(
             cases,
-            transform=train_transforms(self.dataset, self.task, self.patch_size, num_samples=self.num_samples),
-            cache_rate=self.cache_rate,
+            transform=transform,
+            cache_num=cache_num_within_budget(cases, transform, self.cache_gb),
             num_workers=self.num_workers,
             progress=False,
         )
