@@ -18,6 +18,7 @@ killed mid-training resumes from its last epoch checkpoint.
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import math
@@ -245,6 +246,16 @@ def _mean_over_regions(summary: Mapping[str, Any], metric: str) -> float:
     return sum(values) / len(values) if values else math.nan
 
 
+def _per_case_dice(path: Path) -> dict[str, dict[str, float]]:
+    """``{case_id: {region: dice}}`` from an evaluation's ``metrics_per_case.csv``."""
+    with path.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    cases: dict[str, dict[str, float]] = {}
+    for row in rows:
+        cases.setdefault(row["case_id"], {})[row["region"]] = float(row["dice"])
+    return cases
+
+
 def run_cell(cell: Cell, root: Path, profile: Profile, dataset_dirs: Mapping[str, str | None]) -> dict[str, Any]:
     """Train, then evaluate on target-val and target-test; write and return the cell's ``result.json`` row."""
     folder = cell.folder(root)
@@ -274,6 +285,7 @@ def run_cell(cell: Cell, root: Path, profile: Profile, dataset_dirs: Mapping[str
         "test_hd95": _mean_over_regions(test_summary, "hd95"),
         **{f"test_dice_{region}": stats["dice"]["mean"] for region, stats in test_summary["regions"].items()},
         "train_seconds": round(seconds, 1),
+        "test_cases": _per_case_dice(folder / "eval" / "metrics_per_case.csv"),
     }
     atomic_write_text(result_path, json.dumps(row, indent=2) + "\n")
     return row

@@ -5,10 +5,10 @@ Usage (from the repository root)::
     python scripts/reproduce.py run --profile quick      # built-in phantoms, CPU, writes docs/results/quick/
     python scripts/reproduce.py run --profile full --fets_dir /data/MICCAI_FeTS2021_TrainingData \\
         --iseg_dir /data/iSeg-2019-Training                # everything; meant for a GPU and real data
-    python scripts/reproduce.py table docs/results/quick/results.csv   # re-make table.md and the figure
+    python scripts/reproduce.py table docs/results/quick/results.csv   # re-make table.md and the figures
 
 Training outputs go to ``--work_dir`` (default ``outputs/reproduce/<profile>``, git-ignored); the reports
-(``results.csv``, ``table.md``, ``figures/``, ``machine.md``) go to ``--report_dir`` (default
+(``results.csv``, ``results_per_case.csv``, ``table.md``, ``figures/``, ``machine.md``) go to ``--report_dir`` (default
 ``docs/results/<profile>``). A killed run continues where it stopped: finished cells are kept.
 """
 
@@ -29,23 +29,29 @@ from tqdm import tqdm
 
 from experiments import DEFAULT_RISK, METHODS, PLAIN, PROFILES, REPO_ROOT, choose_default, export_risk_overlays, grid, run_cell
 from transrisk_components.reporting.results import (
+    case_rows,
+    load_case_results_csv,
     load_results_csv,
     markdown_table,
     plot_method_comparison,
+    plot_paired_differences,
     read_results,
+    write_case_results_csv,
     write_results_csv,
 )
 from transrisk_components.utils.io import atomic_write_text
 
 
-def _write_reports(rows: list[dict], report_dir: Path) -> None:
+def _write_reports(rows: list[dict], cases: list[dict], report_dir: Path) -> None:
     write_results_csv(rows, report_dir / "results.csv")
-    table = markdown_table(rows, list(METHODS), baseline=PLAIN, highlight=DEFAULT_RISK)
+    write_case_results_csv(cases, report_dir / "results_per_case.csv")
+    table = markdown_table(rows, cases, list(METHODS), baseline=PLAIN, highlight=DEFAULT_RISK)
     best = choose_default(rows)
     if best is not None:
         table += f"\nBest risk-weighted variant on validation Dice: {best}.\n"
     atomic_write_text(report_dir / "table.md", table)
     plot_method_comparison(rows, list(METHODS), report_dir / "figures" / "dice_by_method.png")
+    plot_paired_differences(cases, list(METHODS), PLAIN, report_dir / "figures" / "paired_differences.png")
 
 
 def _copy_cell_figures(work_dir: Path, report_dir: Path, seed: int) -> None:
@@ -107,7 +113,7 @@ def run(
         if cell.method.name == DEFAULT_RISK and cell.seed == first_seed:
             export_risk_overlays(cell, work, PROFILES[profile], dataset_dirs)
     rows = read_results(work)
-    _write_reports(rows, reports)
+    _write_reports(rows, case_rows(rows), reports)
     _copy_cell_figures(work, reports, first_seed)
     seconds = time.perf_counter() - start
     atomic_write_text(reports / "machine.md", _machine_notes(profile, seconds, len(cells), reused))
@@ -115,9 +121,10 @@ def run(
 
 
 def table(results_csv: str, report_dir: str | None = None) -> None:
-    """Re-make ``table.md`` and the comparison figure from a ``results.csv``."""
+    """Re-make ``table.md`` and the figures from a ``results.csv`` and the ``results_per_case.csv`` beside it."""
     rows = load_results_csv(Path(results_csv))
-    _write_reports(rows, Path(report_dir) if report_dir else Path(results_csv).parent)
+    cases = load_case_results_csv(Path(results_csv).with_name("results_per_case.csv"))
+    _write_reports(rows, cases, Path(report_dir) if report_dir else Path(results_csv).parent)
 
 
 if __name__ == "__main__":

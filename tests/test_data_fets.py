@@ -111,6 +111,8 @@ RAW = np.array([0, 1, 2, 4, 4, 2])
         ("ET", [0, 0, 0, 1, 1, 0]),
         ("TC", [0, 1, 0, 1, 1, 0]),
         ("WT", [0, 1, 1, 1, 1, 1]),
+        ("ED", [0, 0, 1, 0, 0, 1]),
+        ("NCR", [0, 1, 0, 0, 0, 0]),
     ],
 )
 def test_task_labels(task, expected):
@@ -129,7 +131,7 @@ def test_task_label_errors():
     with pytest.raises(ValueError, match=r"\[3\]"):
         fets_task_labels(np.array([0, 1, 3]), "multiclass")
     with pytest.raises(ValueError, match="valid tasks"):
-        fets_task_labels(RAW, "NCR")
+        fets_task_labels(RAW, "NET")
     with pytest.raises(ValueError, match=r"\[4\]"):
         fets_raw_labels(np.array([0, 4]), "multiclass")
 
@@ -138,6 +140,9 @@ def test_raw_labels_inverse():
     np.testing.assert_array_equal(fets_raw_labels(fets_task_labels(RAW, "multiclass"), "multiclass"), RAW)
     assert fets_raw_labels(torch.tensor([0, 1]), "ET").tolist() == [0, 4]
     assert fets_raw_labels(np.array([0, 1]), "TC").tolist() == [0, 1]
+    for task in ("ED", "NCR"):  # single raw labels come back exactly
+        single = np.where(fets_task_labels(RAW, task) == 1, RAW, 0)
+        np.testing.assert_array_equal(fets_raw_labels(fets_task_labels(RAW, task), task), single)
 
 
 def test_spec():

@@ -59,7 +59,7 @@ def test_iseg_regions_and_binary_tasks() -> None:
     [
         (torch.tensor([0, 4]).reshape(1, 1, 2, 1, 1), "fets", "multiclass", "class indices"),  # raw label
         (torch.tensor([0, 2]).reshape(1, 1, 2, 1, 1), "fets", "ET", "class indices"),  # binary has 0/1 only
-        (torch.zeros(1, 1, 2, 1, 1), "fets", "NCR", "unknown fets task"),
+        (torch.zeros(1, 1, 2, 1, 1), "fets", "NET", "unknown fets task"),
         (torch.zeros(1, 1, 2, 1, 1), "brats", "multiclass", "unknown dataset"),
         (torch.zeros(1, 4, 2, 1, 1), "fets", "multiclass", r"\[B, 1, \*spatial\]"),
     ],

@@ -7,51 +7,72 @@ import pytest
 
 from experiments import DEFAULT_RISK, METHODS, PLAIN, PROFILES, choose_default, grid
 from transrisk_components.reporting.results import (
+    case_rows,
+    load_case_results_csv,
     load_results_csv,
     markdown_table,
-    paired_differences,
+    paired_case_statistics,
     plot_method_comparison,
+    plot_paired_differences,
     summarise_results,
+    write_case_results_csv,
     write_results_csv,
 )
 
 
+CASE_OFFSETS = (-0.05, 0.0, 0.05, 0.1)  # four test cases per cell, around the cell's mean
+
+
 def rows():
-    """Two scenarios x two methods x three seeds; risk gains 2 points on 'a' and loses 1 point on 'b'."""
+    """Two scenarios x two methods x three seeds x four test cases. The risk map gains 2 points on every case of
+    'a' (+/- 0.5 by case), and on 'b' gains or loses 1 point on alternate cases (no detectable difference)."""
     out = []
     for seed, base in enumerate([0.60, 0.70, 0.65]):
-        for scenario, gain in (("a", 0.02), ("b", -0.01)):
-            for method, delta in ((PLAIN, 0.0), (DEFAULT_RISK, gain)):
+        for scenario in ("a", "b"):
+            for method in (PLAIN, DEFAULT_RISK):
+                cases = {}
+                for k, offset in enumerate(CASE_OFFSETS):
+                    gain = 0.0 if method == PLAIN else (0.02 + (0.005 if k % 2 else -0.005) if scenario == "a"
+                                                        else (0.01 if (k + seed) % 2 else -0.01))
+                    cases[f"case{k}"] = {"ET": base + offset + gain, "WT": base + offset + gain}
+                dice = sum(c["ET"] for c in cases.values()) / len(cases)
                 out.append({"scenario": scenario, "kind": "k", "bundle": "fets", "method": method, "group": "main",
-                            "seed": seed, "val_dice": base + delta / 2, "test_dice": base + delta, "test_hd95": 3.0})
+                            "seed": seed, "val_dice": dice, "test_dice": dice, "test_hd95": 3.0, "test_cases": cases})
     return out
 
 
 def test_csv_round_trip(tmp_path):
     path = write_results_csv(rows(), tmp_path / "results.csv")
     loaded = load_results_csv(path)
-    assert len(loaded) == 12
-    assert loaded[0]["test_dice"] == pytest.approx(0.60)
+    assert len(loaded) == 12 and "test_cases" not in loaded[0]
+    assert loaded[0]["test_dice"] == pytest.approx(0.625)
     assert loaded[0]["seed"] == 0
+    cases = load_case_results_csv(write_case_results_csv(case_rows(rows()), tmp_path / "cases.csv"))
+    assert len(cases) == 12 * 4 * 2 and cases == case_rows(rows())
 
 
-def test_summary_and_paired_differences():
+def test_summary_and_paired_case_statistics():
     stats = summarise_results(rows())
     mean, std, n = stats[("a", PLAIN)]
-    assert (mean, n) == (pytest.approx(0.65), 3) and std == pytest.approx(0.05)
-    diff = paired_differences(rows(), PLAIN)
-    assert diff[("a", DEFAULT_RISK)][0] == pytest.approx(0.02)
-    assert diff[("a", DEFAULT_RISK)][1] == pytest.approx(0.0, abs=1e-12)
-    assert diff[("b", DEFAULT_RISK)][0] == pytest.approx(-0.01)
-    assert ("a", PLAIN) not in diff
+    assert (mean, n) == (pytest.approx(0.675), 3) and std == pytest.approx(0.05)
+    paired = paired_case_statistics(case_rows(rows()), PLAIN)
+    gain = paired[("a", DEFAULT_RISK)]
+    assert gain.n_pairs == 12 and gain.mean == pytest.approx(0.02)
+    assert 0.015 <= gain.low < 0.02 < gain.high <= 0.025 and gain.p_value < 0.01
+    assert gain.verdict() == "gain (CI above 0)"
+    null = paired[("b", DEFAULT_RISK)]
+    assert null.mean == pytest.approx(0.0, abs=1e-12) and null.low < 0 < null.high and null.p_value > 0.5
+    assert null.verdict().startswith("no detectable difference (CI half-width")
+    assert ("a", PLAIN) not in paired
+    # one region alone, and the same CI for the same bootstrap seed
+    assert paired_case_statistics(case_rows(rows()), PLAIN, region="ET")[("a", DEFAULT_RISK)] == gain
 
 
 def test_table_states_where_risk_map_does_not_win():
-    table = markdown_table(rows(), list(METHODS), baseline=PLAIN, highlight=DEFAULT_RISK)
-    assert "| plain fine-tuning | 65.0 ± 5.0 | 65.0 ± 5.0 |" in table
-    assert "+2.0 ± 0.0" in table and "-1.0 ± 0.0" in table
-    assert "- a: risk-weighted +2.0 ± 0.0 points over 3 seeds: beats plain fine-tuning" in table
-    assert "- b: risk-weighted -1.0 ± 0.0 points over 3 seeds: does NOT beat plain fine-tuning" in table
+    table = markdown_table(rows(), case_rows(rows()), list(METHODS), baseline=PLAIN, highlight=DEFAULT_RISK)
+    assert "| plain fine-tuning | 67.5 ± 5.0 | 67.5 ± 5.0 |" in table
+    assert "- a: +2.0 [+1." in table and "over 12 pairs: gain (CI above 0)." in table
+    assert "- b: +0.0 [-" in table and "over 12 pairs: no detectable difference (CI half-width" in table
 
 
 def test_default_chosen_on_validation_not_test():
@@ -62,9 +83,11 @@ def test_default_chosen_on_validation_not_test():
     assert choose_default(data) == "sweep: linear s=2.0"
 
 
-def test_comparison_figure_written(tmp_path):
+def test_comparison_figures_written(tmp_path):
     png = plot_method_comparison(rows(), list(METHODS), tmp_path / "fig.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    forest = plot_paired_differences(case_rows(rows()), list(METHODS), PLAIN, tmp_path / "paired.png")
+    assert forest.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and forest.stat().st_size > 10_000
 
 
 def test_grid_orders_cells_so_each_source_model_is_trained_once():

@@ -11,7 +11,13 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from transrisk_components.method.transferability import LEEPStatistics, leep, pixel_transferability
+from transrisk_components.method.transferability import (
+    LEEPStatistics,
+    class_information,
+    leep,
+    pixel_transferability,
+    prior_floor_leep,
+)
 
 NUM_TARGET, NUM_SOURCE = 3, 4
 
@@ -138,6 +144,41 @@ def test_perfectly_informative_source_gives_transferability_one():
     stats.update(probs, labels)
     assert torch.all(pixel_transferability(probs, labels, stats.conditional()) == 1)
     assert leep(probs, labels) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_class_transferability_closed_form_equals_the_mean_of_t_per_class():
+    probs, labels = random_case(7)
+    stats = LEEPStatistics(NUM_TARGET, NUM_SOURCE)
+    stats.update(probs, labels)
+    per_voxel = pixel_transferability(probs, labels, stats.conditional())
+    expected = torch.stack([per_voxel[labels == y].mean() for y in range(NUM_TARGET)])
+    torch.testing.assert_close(stats.class_transferability(), expected, rtol=1e-12, atol=1e-12)
+    prior = stats.class_prior()
+    torch.testing.assert_close(prior, torch.stack([(labels == y).double().mean() for y in range(NUM_TARGET)]))
+    assert torch.all(stats.class_transferability() >= prior - 1e-12), "T_y is never below the prior floor"
+
+
+def test_constant_source_sits_on_the_prior_floor():
+    _, labels = random_case(8)
+    constant = torch.zeros(labels.shape[0], NUM_SOURCE, *labels.shape[2:], dtype=torch.float64)
+    constant[:, 1] = 1.0  # always predicts source class 1
+    stats = LEEPStatistics(NUM_TARGET, NUM_SOURCE)
+    stats.update(constant, labels)
+    prior = stats.class_prior()
+    torch.testing.assert_close(stats.class_transferability(), prior, rtol=1e-12, atol=1e-12)
+    assert torch.all(class_information(stats.class_transferability(), prior) == 0)
+    assert leep(constant, labels) == pytest.approx(prior_floor_leep(prior), rel=1e-12)
+
+
+def test_class_information_is_one_for_a_perfect_source_and_nan_free_for_absent_classes():
+    labels = torch.tensor([0, 0, 1, 1, 1, 0]).reshape(1, 1, 6, 1, 1)
+    perfect = torch.nn.functional.one_hot(labels[:, 0], NUM_SOURCE).movedim(-1, 1).double()  # [1, Cs, 6, 1, 1]
+    stats = LEEPStatistics(NUM_TARGET, NUM_SOURCE)  # class 2 never occurs
+    stats.update(perfect, labels)
+    per_class = stats.class_transferability()
+    assert per_class[:2].tolist() == [1.0, 1.0] and math.isnan(per_class[2].item())
+    assert class_information(per_class[:2], stats.class_prior()[:2]).tolist() == [1.0, 1.0]
+    assert prior_floor_leep(torch.tensor([0.5, 0.5, 0.0])) == pytest.approx(math.log(0.5))
 
 
 def test_state_dict_round_trip_and_mismatch():

@@ -4,14 +4,15 @@ Regions are defined on the raw label values of each dataset and evaluated on *cl
 model's classes, as produced by :func:`transrisk_components.data.fets.fets_task_labels` and its iSeg
 counterpart):
 
-======== ============= ================================= ==========================================
-dataset  task          classes (index -> raw value)      regions, in report order
-======== ============= ================================= ==========================================
-fets     multiclass    0, 1, 2, 3 -> 0, 1, 2, 4          ET = 4, TC = 1|4, WT = 1|2|4
-fets     ET / TC / WT  0, 1 -> background, the region    the task's own region
-iseg     multiclass    0, 1, 2, 3 -> 0, 10, 150, 250     CSF = 10, GM = 150, WM = 250
-iseg     CSF / GM / WM 0, 1 -> background, the tissue    the task's own tissue
-======== ============= ================================= ==========================================
+================ ============================= ========================================
+dataset, task    classes (index -> raw value)  regions, in report order
+================ ============================= ========================================
+fets multiclass  0, 1, 2, 3 -> 0, 1, 2, 4      ET = 4, TC = 1|4, WT = 1|2|4
+fets ET/TC/WT    0, 1 -> background, region    the task's own region
+fets ED / NCR    0, 1 -> background, label     the task's own label (ED = 2, NCR = 1)
+iseg multiclass  0, 1, 2, 3 -> 0, 10, 150, 250 CSF = 10, GM = 150, WM = 250
+iseg CSF/GM/WM   0, 1 -> background, tissue    the task's own tissue
+================ ============================= ========================================
 
 FeTS regions follow the challenge's own ET, TC, WT order. MONAI's
 ``ConvertToMultiChannelBasedOnBratsClasses`` orders TC, WT, ET instead; nothing here uses it.

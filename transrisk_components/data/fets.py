@@ -21,9 +21,10 @@ import re
 from os import PathLike
 from pathlib import Path
 
-from transrisk_components.data.labels import LabelT, remap_labels
+from transrisk_components.data.labels import TaskLabelTables
 
 __all__ = [
+    "FETS_LABELS",
     "FETS_LABEL_VALUES",
     "FETS_MODALITIES",
     "FETS_TASKS",
@@ -40,6 +41,8 @@ FETS_TASKS: dict[str, tuple[str, ...]] = {
     "ET": ("background", "ET"),
     "TC": ("background", "TC"),
     "WT": ("background", "WT"),
+    "ED": ("background", "ED"),
+    "NCR": ("background", "NCR"),
 }
 
 _SUBJECT_DIR = re.compile(r"^FeTS21_Training_\d{3}$")
@@ -48,12 +51,15 @@ _MODALITY_ALIASES = {"t1gd": "t1ce"}
 _FILE_SUFFIXES = {"t1": ("t1",), "t1ce": ("t1ce", "t1gd"), "t2": ("t2",), "flair": ("flair",), "seg": ("seg",)}
 _EXTENSIONS = (".nii.gz", ".nii")
 
-#: raw label -> task class; TC = 1|4, WT = 1|2|4, ET = 4.
+#: raw label -> task class; TC = 1|4, WT = 1|2|4, ET = 4, and the single labels ED = 2 (edema), NCR = 1
+#: (necrotic / non-enhancing core) -- the one-label binary tasks of nnU-Net-style FeTS transfer studies.
 _TO_TASK: dict[str, dict[int, int]] = {
     "multiclass": {0: 0, 1: 1, 2: 2, 4: 3},
     "ET": {0: 0, 1: 0, 2: 0, 4: 1},
     "TC": {0: 0, 1: 1, 2: 0, 4: 1},
     "WT": {0: 0, 1: 1, 2: 1, 4: 1},
+    "ED": {0: 0, 1: 0, 2: 1, 4: 0},
+    "NCR": {0: 0, 1: 1, 2: 0, 4: 0},
 }
 #: task class -> raw label. TC and WT are unions of raw labels, so their foreground maps to 1 as a
 #: region marker only (it does not claim the voxel is necrotic core).
@@ -62,45 +68,15 @@ _TO_RAW: dict[str, dict[int, int]] = {
     "ET": {0: 0, 1: 4},
     "TC": {0: 0, 1: 1},
     "WT": {0: 0, 1: 1},
+    "ED": {0: 0, 1: 2},
+    "NCR": {0: 0, 1: 1},
 }
 
 
-def _check_task(task: str) -> None:
-    if task not in _TO_TASK:
-        raise ValueError(f"unknown FeTS task {task!r}; valid tasks: {sorted(_TO_TASK)}")
-
-
-def fets_task_labels(label: LabelT, task: str) -> LabelT:
-    """Map raw FeTS labels to a task's classes.
-
-    Args:
-        label: raw labels in {0, 1, 2, 4}, any shape (e.g. ``[1, H, W, D]``), numpy or torch, int or float.
-        task: ``"multiclass"`` (0,1,2,4 -> 0,1,2,3), or a binary region ``"ET"`` (4), ``"TC"`` (1|4),
-            ``"WT"`` (1|2|4) -> 0/1.
-
-    Returns:
-        int64 classes, same shape and container type as ``label``.
-
-    Raises:
-        ValueError: unknown task, or values outside {0, 1, 2, 4} (listed in the message).
-    """
-    _check_task(task)
-    return remap_labels(label, _TO_TASK[task], f"FeTS task {task!r}")
-
-
-def fets_raw_labels(class_map: LabelT, task: str) -> LabelT:
-    """Inverse of :func:`fets_task_labels` for predictions: task classes -> raw FeTS label values.
-
-    Args:
-        class_map: task classes (``[1, H, W, D]`` or any shape), numpy or torch.
-        task: ``"multiclass"`` (0,1,2,3 -> 0,1,2,4), ``"ET"`` (1 -> 4), ``"TC"`` / ``"WT"`` (1 -> 1: a
-            region marker, since these regions span several raw labels).
-
-    Returns:
-        int64 raw labels, same shape and container type as ``class_map``.
-    """
-    _check_task(task)
-    return remap_labels(class_map, _TO_RAW[task], f"FeTS task {task!r} classes")
+#: Raw labels <-> task classes; ``fets_task_labels(label, task)`` and ``fets_raw_labels(class_map, task)``.
+FETS_LABELS = TaskLabelTables("FeTS", _TO_TASK, _TO_RAW)
+fets_task_labels = FETS_LABELS.task_labels
+fets_raw_labels = FETS_LABELS.raw_labels
 
 
 def read_fets_partitions(csv_path: str | PathLike) -> dict[str, str]:

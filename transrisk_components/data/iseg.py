@@ -27,9 +27,10 @@ import re
 from os import PathLike
 from pathlib import Path
 
-from transrisk_components.data.labels import LabelT, remap_labels
+from transrisk_components.data.labels import TaskLabelTables
 
 __all__ = [
+    "ISEG_LABELS",
     "ISEG_LABEL_VALUES",
     "ISEG_MODALITIES",
     "ISEG_TASKS",
@@ -61,38 +62,10 @@ _TO_RAW: dict[str, dict[int, int]] = {
 }
 
 
-def _check_task(task: str) -> None:
-    if task not in _TO_TASK:
-        raise ValueError(f"unknown iSeg task {task!r}; valid tasks: {sorted(_TO_TASK)}")
-
-
-def iseg_task_labels(label: LabelT, task: str) -> LabelT:
-    """Map raw iSeg labels to a task's classes.
-
-    Args:
-        label: raw labels in {0, 10, 150, 250}, any shape (e.g. ``[1, H, W, D]``), numpy or torch,
-            int or float.
-        task: ``"multiclass"`` (0,10,150,250 -> 0,1,2,3), or a binary tissue ``"CSF"`` / ``"GM"`` /
-            ``"WM"`` -> 0/1.
-
-    Returns:
-        int64 classes, same shape and container type as ``label``.
-
-    Raises:
-        ValueError: unknown task, or values outside {0, 10, 150, 250} (listed in the message).
-    """
-    _check_task(task)
-    return remap_labels(label, _TO_TASK[task], f"iSeg task {task!r}")
-
-
-def iseg_raw_labels(class_map: LabelT, task: str) -> LabelT:
-    """Inverse of :func:`iseg_task_labels` for predictions: task classes -> raw iSeg label values.
-
-    ``"multiclass"``: 0,1,2,3 -> 0,10,150,250; a binary tissue task maps 1 to its raw value
-    (``CSF`` -> 10, ``GM`` -> 150, ``WM`` -> 250). Returns int64, same shape and type as ``class_map``.
-    """
-    _check_task(task)
-    return remap_labels(class_map, _TO_RAW[task], f"iSeg task {task!r} classes")
+#: Raw labels <-> task classes; ``iseg_task_labels(label, task)`` and ``iseg_raw_labels(class_map, task)``.
+ISEG_LABELS = TaskLabelTables("iSeg", _TO_TASK, _TO_RAW)
+iseg_task_labels = ISEG_LABELS.task_labels
+iseg_raw_labels = ISEG_LABELS.raw_labels
 
 
 def _subject_files(folder: Path) -> dict[int, dict[str, Path]]:

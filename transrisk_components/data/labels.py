@@ -1,18 +1,19 @@
-"""Label-value helpers shared by the dataset modules: remapping raw label values to task classes.
+"""Label-value helpers shared by the dataset modules: remapping raw label values to task classes and back.
 
 Nothing here knows a dataset: :mod:`~transrisk_components.data.fets` and :mod:`~transrisk_components.data.iseg`
-pass their own lookup tables.
+each build one :class:`TaskLabelTables` from their own lookup tables.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import TypeVar
 
 import numpy as np
 import torch
 
-__all__ = ["LabelT", "format_values", "remap_labels", "spatial_shape", "unexpected_values"]
+__all__ = ["LabelT", "TaskLabelTables", "format_values", "remap_labels", "spatial_shape", "unexpected_values"]
 
 LabelT = TypeVar("LabelT", np.ndarray, torch.Tensor)
 
@@ -69,3 +70,42 @@ def spatial_shape(shape: Sequence[int]) -> tuple[int, ...]:
     while len(dims) > 3 and dims[-1] == 1:
         dims.pop()
     return tuple(int(d) for d in dims)
+
+
+@dataclass(frozen=True)
+class TaskLabelTables:
+    """The raw label values of one dataset <-> the classes of each of its tasks.
+
+    Attributes:
+        dataset: name used in error messages, e.g. ``"FeTS"``.
+        to_task: task -> (raw value -> class index); every raw value of the dataset is a key.
+        to_raw: task -> (class index -> raw value), for writing predictions; a class that unites several raw
+            values maps to a region marker.
+    """
+
+    dataset: str
+    to_task: Mapping[str, Mapping[int, int]]
+    to_raw: Mapping[str, Mapping[int, int]]
+
+    def _check_task(self, task: str) -> None:
+        if task not in self.to_task:
+            raise ValueError(f"unknown {self.dataset} task {task!r}; valid tasks: {sorted(self.to_task)}")
+
+    def task_labels(self, label: LabelT, task: str) -> LabelT:
+        """Raw labels (any shape, e.g. ``[1, H, W, D]``; numpy or torch; int or float) -> int64 task classes of
+        the same shape and container type.
+
+        Raises:
+            ValueError: unknown task, or raw values the dataset does not have (listed in the message).
+        """
+        self._check_task(task)
+        return remap_labels(label, self.to_task[task], f"{self.dataset} task {task!r}")
+
+    def raw_labels(self, class_map: LabelT, task: str) -> LabelT:
+        """Inverse of :meth:`task_labels` for predictions: task classes -> int64 raw label values, same shape.
+
+        Raises:
+            ValueError: unknown task, or values that are not classes of the task.
+        """
+        self._check_task(task)
+        return remap_labels(class_map, self.to_raw[task], f"{self.dataset} task {task!r} classes")

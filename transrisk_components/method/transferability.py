@@ -8,7 +8,12 @@ Notation (LEEP, Nguyen et al., ICML 2020, with voxels as samples):
   number of voxels; the empirical conditional is ``P(y | z) = P(y, z) / sum_y' P(y', z)``;
 - the pixel-level transferability is ``T(v) = sum_z P(y_v | z) * p_source(z | v)``, the probability that the
   "expected empirical predictor" built on the source model assigns to the true label at ``v``;
-- the LEEP score is the mean of ``log T(v)`` over the voxels.
+- the LEEP score is the mean of ``log T(v)`` over the voxels;
+- the **prior floor** is what a source that knows nothing scores: with a constant source ``P(y | z) = P(y)``, so
+  ``T(v) = P(y_v)``, the mean transferability of class ``y`` is ``P(y)`` and LEEP is ``sum_y P(y) log P(y)``;
+- the mean transferability over the voxels of class ``y`` has a closed form in the joint,
+  ``T_y = sum_z P(y, z)^2 / (P(y) P(z)) = sum_z P(z | y) P(y | z)``, and ``T_y >= P(y)`` (Cauchy-Schwarz), with
+  equality exactly when ``P(y | z) = P(y)`` for every source class: the source says nothing about ``y``.
 
 Tensors are channel-first: source probabilities ``[B, Cs, *spatial]``, labels and masks ``[B, 1, *spatial]``.
 """
@@ -21,7 +26,7 @@ import torch
 import torch.distributed as dist
 
 
-__all__ = ["LEEPStatistics", "pixel_transferability", "leep"]
+__all__ = ["LEEPStatistics", "class_information", "leep", "pixel_transferability", "prior_floor_leep"]
 
 _PROB_SUM_TOLERANCE = 1e-3  # loose enough for float16 softmax (AMP), tight enough to catch logits
 
@@ -161,6 +166,23 @@ class LEEPStatistics:
         marginal_z = joint.sum(dim=0, keepdim=True)  # [1, Cs]
         return torch.where(marginal_z > 0, joint / marginal_z.clamp_min(torch.finfo(joint.dtype).tiny), 0.0)
 
+    def class_prior(self) -> torch.Tensor:
+        """Target class frequencies ``P(y)`` over the counted voxels, float64 ``[Ct]``."""
+        return self.joint.sum(dim=1)
+
+    def class_transferability(self) -> torch.Tensor:
+        """Mean of ``T(v)`` over the voxels of each target class, float64 ``[Ct]`` in ``[P(y), 1]``.
+
+        Computed from the joint alone (see the module notes): ``T_y = sum_z P(y, z)^2 / (P(y) P(z))``. A class with
+        no voxels is NaN.
+        """
+        joint = self.joint
+        prior_y = joint.sum(dim=1)  # [Ct]
+        marginal_z = joint.sum(dim=0)  # [Cs]
+        tiny = torch.finfo(joint.dtype).tiny
+        per_z = torch.where(marginal_z > 0, joint.square() / marginal_z.clamp_min(tiny), 0.0)  # [Ct, Cs]
+        return torch.where(prior_y > 0, per_z.sum(dim=1) / prior_y.clamp_min(tiny), torch.nan)
+
     def all_reduce(self) -> None:
         """Sum the counts over all ``torch.distributed`` ranks; a no-op when distributed is not initialised.
 
@@ -248,3 +270,28 @@ def leep(source_probs: torch.Tensor, target_labels: torch.Tensor, mask: torch.Te
         transferability = transferability[mask]
     log_t = transferability.clamp_min(torch.finfo(torch.float64).tiny).log()
     return log_t.mean().item()
+
+
+def prior_floor_leep(prior: torch.Tensor) -> float:
+    """LEEP of a source that knows nothing (a constant predictor): ``sum_y P(y) log P(y)``, i.e. minus the
+    entropy of the target labels.
+
+    Args:
+        prior: ``[Ct]`` target class frequencies ``P(y)`` (e.g. :meth:`LEEPStatistics.class_prior`), summing to 1.
+    """
+    present = prior[prior > 0].to(torch.float64)
+    return float((present * present.log()).sum())
+
+
+def class_information(class_transferability: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
+    """How much the source tells about each target class, ``(T_y - P(y)) / (1 - P(y))`` in ``[0, 1]``.
+
+    0: no more than the prior floor (the source gives no information about ``y``); 1: ``T_y = 1``, every voxel of
+    ``y`` is predicted with certainty through ``P(y | z)``. A class with ``P(y) = 1`` (the only class) scores 0.
+
+    Args:
+        class_transferability: ``[Ct]`` from :meth:`LEEPStatistics.class_transferability`.
+        prior: ``[Ct]`` from :meth:`LEEPStatistics.class_prior`.
+    """
+    headroom = (1.0 - prior).clamp_min(torch.finfo(torch.float64).tiny)
+    return ((class_transferability - prior) / headroom).clamp(0.0, 1.0)

@@ -11,6 +11,7 @@ import io
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,18 +20,28 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 import numpy as np  # noqa: E402
+from scipy import stats  # noqa: E402
 
 from transrisk_components.utils.io import atomic_write, atomic_write_text  # noqa: E402
 
 __all__ = [
+    "CASE_COLUMNS",
+    "PairedStatistics",
+    "case_rows",
+    "load_case_results_csv",
     "load_results_csv",
+    "paired_case_statistics",
+    "plot_paired_differences",
     "markdown_table",
-    "paired_differences",
     "plot_method_comparison",
     "read_results",
     "summarise_results",
+    "write_case_results_csv",
     "write_results_csv",
 ]
+
+#: Columns of ``results_per_case.csv``: one test Dice per (scenario, method, seed, case, region).
+CASE_COLUMNS: tuple[str, ...] = ("scenario", "method", "seed", "case_id", "region", "dice")
 
 
 def read_results(root: Path) -> list[dict[str, Any]]:
@@ -40,8 +51,10 @@ def read_results(root: Path) -> list[dict[str, Any]]:
 
 
 def write_results_csv(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
-    """One CSV row per cell (columns: the union of the rows' keys, first-seen order)."""
-    columns = list(dict.fromkeys(key for row in rows for key in row))
+    """One CSV row per cell (columns: the union of the rows' scalar keys, first-seen order; the per-case
+    ``test_cases`` go to :func:`write_case_results_csv`)."""
+    columns = [k for k in dict.fromkeys(key for row in rows for key in row) if k != "test_cases"]
+    rows = [{k: v for k, v in row.items() if k != "test_cases"} for row in rows]
     buffer = io.StringIO(newline="")
     writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
@@ -58,6 +71,100 @@ def load_results_csv(path: Path) -> list[dict[str, Any]]:
             if key not in ("scenario", "kind", "bundle", "method", "group"):
                 row[key] = float(value) if value not in ("", None) else math.nan
     return rows
+
+
+def case_rows(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The per-case test Dice of every cell, flattened: one dict per (scenario, method, seed, case, region).
+
+    A cell row carries them as ``test_cases = {case_id: {region: dice}}``; cells without it add nothing.
+    """
+    return [
+        {"scenario": r["scenario"], "method": r["method"], "seed": int(r["seed"]), "case_id": case_id,
+         "region": region, "dice": float(dice)}
+        for r in rows
+        for case_id, regions in r.get("test_cases", {}).items()
+        for region, dice in regions.items()
+    ]
+
+
+def write_case_results_csv(cases: Sequence[Mapping[str, Any]], path: Path) -> Path:
+    """``results_per_case.csv`` with :data:`CASE_COLUMNS` (rows from :func:`case_rows`)."""
+    buffer = io.StringIO(newline="")
+    writer = csv.DictWriter(buffer, fieldnames=list(CASE_COLUMNS), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({k: c[k] for k in CASE_COLUMNS} for c in cases)
+    return atomic_write_text(path, buffer.getvalue())
+
+
+def load_case_results_csv(path: Path) -> list[dict[str, Any]]:
+    """Rows of a ``results_per_case.csv``, ``seed`` as int and ``dice`` as float."""
+    with Path(path).open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    return [{**r, "seed": int(r["seed"]), "dice": float(r["dice"])} for r in rows]
+
+
+@dataclass(frozen=True)
+class PairedStatistics:
+    """A method's paired test-Dice difference to the baseline over (seed, case) pairs, in Dice units [-1, 1].
+
+    ``low``/``high`` bound the 95% percentile-bootstrap CI of the mean; ``p_value`` is the two-sided Wilcoxon
+    signed-rank test (1.0 when every difference is 0).
+    """
+
+    mean: float
+    low: float
+    high: float
+    p_value: float
+    n_pairs: int
+
+    @property
+    def half_width(self) -> float:
+        """Half the CI's width."""
+        return (self.high - self.low) / 2
+
+    def verdict(self) -> str:
+        """``"gain"`` / ``"loss"`` when the CI excludes 0, else ``"no detectable difference"``."""
+        if self.low > 0:
+            return "gain (CI above 0)"
+        if self.high < 0:
+            return "loss (CI below 0)"
+        return f"no detectable difference (CI half-width {100 * self.half_width:.1f} points)"
+
+
+def _paired_statistics(differences: np.ndarray, seed: int) -> PairedStatistics:
+    if differences.size < 2 or np.all(differences == differences[0]):
+        value = float(differences.mean()) if differences.size else math.nan
+        p_value = 1.0 if differences.size and value == 0 else math.nan
+        return PairedStatistics(value, value, value, p_value, int(differences.size))
+    ci = stats.bootstrap(
+        (differences,), np.mean, confidence_level=0.95, n_resamples=9999, method="percentile", rng=seed
+    ).confidence_interval
+    p_value = float(stats.wilcoxon(differences).pvalue) if np.any(differences != 0) else 1.0
+    return PairedStatistics(float(differences.mean()), float(ci.low), float(ci.high), p_value, int(differences.size))
+
+
+def paired_case_statistics(
+    cases: Iterable[Mapping[str, Any]], baseline: str, region: str | None = None, seed: int = 0
+) -> dict[tuple[str, str], PairedStatistics]:
+    """``(scenario, method) -> PairedStatistics`` of ``Dice(method) - Dice(baseline)`` paired by (seed, case).
+
+    Args:
+        cases: rows from :func:`case_rows` / :func:`load_case_results_csv`.
+        baseline: the method every other one is compared with.
+        region: one region's Dice, or ``None`` for the mean over the case's regions.
+        seed: seed of the bootstrap resampling (same seed, same CI).
+    """
+    per_case: dict[tuple[str, str, int, str], list[float]] = {}
+    for c in cases:
+        if region is None or c["region"] == region:
+            per_case.setdefault((c["scenario"], c["method"], int(c["seed"]), c["case_id"]), []).append(float(c["dice"]))
+    dice = {key: float(np.mean(values)) for key, values in per_case.items()}
+    differences: dict[tuple[str, str], list[float]] = {}
+    for (scenario, method, run_seed, case_id), value in sorted(dice.items()):
+        base = dice.get((scenario, baseline, run_seed, case_id))
+        if method != baseline and base is not None:
+            differences.setdefault((scenario, method), []).append(value - base)
+    return {key: _paired_statistics(np.asarray(values), seed) for key, values in differences.items()}
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float, int]:
@@ -77,19 +184,6 @@ def summarise_results(rows: Iterable[Mapping[str, Any]], metric: str = "test_dic
     return {key: _mean_std(values) for key, values in groups.items()}
 
 
-def paired_differences(
-    rows: Iterable[Mapping[str, Any]], baseline: str, metric: str = "test_dice"
-) -> dict[tuple[str, str], tuple[float, float, int]]:
-    """``(scenario, method) -> (mean, sample std, n)`` of ``metric(method) - metric(baseline)`` paired by seed."""
-    by_key = {(r["scenario"], r["method"], int(r["seed"])): float(r[metric]) for r in rows}
-    diffs: dict[tuple[str, str], list[float]] = {}
-    for (scenario, method, seed), value in by_key.items():
-        base = by_key.get((scenario, baseline, seed))
-        if method != baseline and base is not None:
-            diffs.setdefault((scenario, method), []).append(value - base)
-    return {key: _mean_std(values) for key, values in diffs.items()}
-
-
 def _fmt(stat: tuple[float, float, int] | None, signed: bool = False) -> str:
     if stat is None or math.isnan(stat[0]):
         return "--"
@@ -103,11 +197,25 @@ def _present(rows: Sequence[Mapping[str, Any]], methods: Sequence[str]) -> list[
     return [m for m in methods if any(r["method"] == m for r in rows)]
 
 
-def markdown_table(rows: Sequence[Mapping[str, Any]], methods: Sequence[str], baseline: str, highlight: str) -> str:
-    """Paper-style tables: test Dice (%) mean ± std over seeds, and the paired difference to ``baseline``.
+def _fmt_paired(stat: PairedStatistics | None) -> str:
+    if stat is None or math.isnan(stat.mean):
+        return "--"
+    return f"{100 * stat.mean:+.1f} [{100 * stat.low:+.1f}, {100 * stat.high:+.1f}] p={stat.p_value:.2g}"
+
+
+def markdown_table(
+    rows: Sequence[Mapping[str, Any]],
+    cases: Sequence[Mapping[str, Any]],
+    methods: Sequence[str],
+    baseline: str,
+    highlight: str,
+) -> str:
+    """Paper-style tables: test Dice (%) per method, the paired difference to ``baseline`` with its CI, a verdict
+    per scenario for ``highlight``, and validation Dice.
 
     Args:
         rows: one dict per (scenario, method, seed) with ``val_dice`` and ``test_dice``.
+        cases: per-case test Dice, from :func:`case_rows` (pairs for the CIs).
         methods: method names in report order.
         baseline: the method the differences are taken to (plain fine-tuning).
         highlight: the method whose verdict per scenario is spelled out (the risk map's default).
@@ -115,7 +223,7 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], methods: Sequence[str], ba
     scenarios = list(dict.fromkeys(r["scenario"] for r in rows))
     methods = _present(rows, methods)
     dice = summarise_results(rows)
-    diffs = paired_differences(rows, baseline)
+    paired = paired_case_statistics(cases, baseline)
     val = summarise_results(rows, "val_dice")
     seeds = sorted({int(r["seed"]) for r in rows})
     lines = [
@@ -127,31 +235,25 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], methods: Sequence[str], ba
     lines += [f"| {m} | " + " | ".join(_fmt(dice.get((s, m))) for s in scenarios) + " |" for m in methods]
     lines += [
         "",
-        f"Paired difference to {baseline} (test Dice, percentage points), mean ± sample std over seeds.",
+        f"Paired difference to {baseline} (test Dice, percentage points) over (seed, test case) pairs: mean "
+        "[95% percentile-bootstrap CI], two-sided Wilcoxon signed-rank p.",
         "",
         "| method | " + " | ".join(scenarios) + " |",
         "|---|" + "---|" * len(scenarios),
     ]
     lines += [
-        f"| {m} | " + " | ".join(_fmt(diffs.get((s, m)), signed=True) for s in scenarios) + " |"
+        f"| {m} | " + " | ".join(_fmt_paired(paired.get((s, m))) for s in scenarios) + " |"
         for m in methods
         if m != baseline
     ]
-    verdicts = []
-    for s in scenarios:
-        d = diffs.get((s, highlight))
-        if d is None or math.isnan(d[0]):
-            continue
-        mean, std, n = d
-        if mean > std:
-            verdict = "beats plain fine-tuning (mean gain larger than its seed spread)"
-        elif mean > 0:
-            verdict = "no clear gain over plain fine-tuning (mean gain within its seed spread)"
-        else:
-            verdict = "does NOT beat plain fine-tuning"
-        verdicts.append(f"- {s}: risk-weighted {_fmt(d, signed=True)} points over {n} seeds: {verdict}.")
+    verdicts = [
+        f"- {s}: {_fmt_paired(paired[(s, highlight)])} points over {paired[(s, highlight)].n_pairs} pairs: "
+        f"{paired[(s, highlight)].verdict()}."
+        for s in scenarios
+        if (s, highlight) in paired and not math.isnan(paired[(s, highlight)].mean)
+    ]
     if verdicts:
-        lines += ["", "Verdict per scenario (default risk weighting vs plain fine-tuning):", "", *verdicts]
+        lines += ["", f"Verdict per scenario ({highlight} vs {baseline}):", "", *verdicts]
     lines += [
         "",
         "Validation Dice (%) (target-val cases; used to choose defaults, never the test cases).",
@@ -182,6 +284,35 @@ def plot_method_comparison(rows: Sequence[Mapping[str, Any]], methods: Sequence[
     ax.set_ylim(0, 100)
     ax.legend(fontsize=8, ncol=2)
     ax.set_title("Target test Dice by scenario and method (mean ± std over seeds)")
+    figure.tight_layout()
+    atomic_write(out_png, lambda tmp: figure.savefig(tmp, format="png", dpi=120), suffix=".png")
+    plt.close(figure)
+    return Path(out_png)
+
+
+def plot_paired_differences(
+    cases: Sequence[Mapping[str, Any]], methods: Sequence[str], baseline: str, out_png: Path
+) -> Path:
+    """Forest plot: each method's paired test-Dice difference to ``baseline`` with its 95% CI, per scenario."""
+    paired = paired_case_statistics(cases, baseline)
+    scenarios = list(dict.fromkeys(s for s, _ in paired))
+    methods = [m for m in methods if any((s, m) in paired for s in scenarios)]
+    figure, axes = plt.subplots(1, max(1, len(scenarios)), figsize=(4.2 * max(1, len(scenarios)), 0.5 * len(methods) + 1.8),
+                                sharey=True, squeeze=False)
+    for ax, scenario in zip(axes[0], scenarios):
+        for y, method in enumerate(methods):
+            stat = paired.get((scenario, method))
+            if stat is None or math.isnan(stat.mean):
+                continue
+            colour = "#1a9850" if stat.low > 0 else "#d73027" if stat.high < 0 else "#4d4d4d"
+            ax.errorbar(100 * stat.mean, y, xerr=[[100 * (stat.mean - stat.low)], [100 * (stat.high - stat.mean)]],
+                        fmt="o", color=colour, capsize=3)
+        ax.axvline(0, color="black", linewidth=0.8)
+        ax.set_title(scenario, fontsize=9)
+        ax.set_xlabel(f"Dice difference to {baseline} (points)")
+    axes[0][0].set_yticks(range(len(methods)), methods, fontsize=8)
+    axes[0][0].invert_yaxis()
+    figure.suptitle("Paired test-Dice difference over (seed, case) pairs, 95% bootstrap CI")
     figure.tight_layout()
     atomic_write(out_png, lambda tmp: figure.savefig(tmp, format="png", dpi=120), suffix=".png")
     plt.close(figure)
