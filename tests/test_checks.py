@@ -191,7 +191,8 @@ def test_unreadable_cache_is_ignored(tmp_path, caplog):
 
 def test_scenario_checks_voxels_once(data_fets_phantom, tmp_path, monkeypatch):
     def scenario() -> Scenario:
-        return Scenario("fets", str(data_fets_phantom), str(tmp_path), "t1", "flair", "multiclass", "multiclass", 2, 1, 1)
+        root, out = str(data_fets_phantom), str(tmp_path)
+        return Scenario("fets", root, out, "t1", "flair", "multiclass", "multiclass", 2, 1, 1)
 
     scenario().prepare()
     assert (tmp_path / CHECK_CACHE).is_file()

@@ -80,7 +80,9 @@ class VoxelCheckCache:
                 if record.get("version") == self.VERSION:
                     self.passed = dict(record["passed"])
             except (ValueError, KeyError, TypeError, AttributeError) as err:
-                logger.warning("ignoring unreadable input-check cache %s (%s): every voxel is checked again", self.path, err)
+                logger.warning(
+                    "ignoring unreadable input-check cache %s (%s): every voxel is checked again", self.path, err
+                )
 
     @staticmethod
     def identity(path: str, check: str) -> list:
@@ -97,6 +99,7 @@ class VoxelCheckCache:
         return self.passed.get(path) == self.identity(path, check)
 
     def record_pass(self, path: str, check: str) -> None:
+        """Remember that ``path`` as it is now passed ``check``."""
         self.passed[path] = self.identity(path, check)
         self._dirty = True
 
