@@ -196,10 +196,13 @@ def _child(args: list[str], log: Path) -> tuple[dict, float]:
     Peak RSS is the child's own ``ru_maxrss`` (kB on Linux), read with ``os.wait4``. Output goes to ``log``.
     """
     with open(log, "w") as out:
-        child = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), *args], stdout=out, stderr=subprocess.STDOUT)
+        command = [sys.executable, str(Path(__file__).resolve()), *args]
+        child = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
         _, status, usage = os.wait4(child.pid, 0)
     if status != 0:
-        raise RuntimeError(f"benchmark child failed ({shlex.join(args[:2])}); its output is in {log}:\n{log.read_text()[-3000:]}")
+        raise RuntimeError(
+            f"benchmark child failed ({shlex.join(args[:2])}); its output is in {log}:\n{log.read_text()[-3000:]}"
+        )
     last = [line for line in log.read_text().splitlines() if line.startswith("{")][-1]
     return json.loads(last), usage.ru_maxrss / 1e6
 
@@ -249,21 +252,25 @@ def scale(
     phantom: str | None = None,
     counts: tuple[int, ...] = (2, 4, 8),
     cache_gb: tuple[float, ...] = (0.0, 0.5, 2.0),
+    network_width: int = 4,
+    network_depth: int = 2,
     work_dir: str | None = None,
 ) -> None:
     """Issue #11 item 6: memory and time of the risk stage and the source data pipeline on full-size cases.
 
     Risk stage: the FeTS bundle's ``risk_map`` run id over N = ``counts`` target cases (240x240x155, FLAIR),
-    each N in a fresh process, with the bundle's default network (SegResNet width 8, depth 3) trained for one
-    iteration, 128^3 sliding windows. Source pipeline: one epoch of the source stage's loader over the
-    remaining cases under each ``cache_gb`` budget. The last line is the peak-RSS ratio of the largest and the
+    each N in a fresh process, with a small SegResNet (the memory that grows with N is the per-case volumes,
+    not the network's) trained for one iteration, 128^3 sliding windows. Source pipeline: one epoch of the
+    source stage's loader over the remaining cases under each ``cache_gb`` budget. The last line is the peak-RSS ratio of the largest and the
     smallest N (goal <= 1.15).
 
     Args:
-        phantom: an existing full-size FeTS phantom root with at least ``max(counts) + 2`` subjects
+        phantom: an existing full-size FeTS phantom root with at least ``max(counts) + 4`` subjects
             (``python scripts/make_phantom.py fets --out DIR --subjects 12 --full-size``); default: generate one.
         counts: target-set sizes N.
         cache_gb: source cache budgets to measure.
+        network_width: SegResNet width of the source network.
+        network_depth: SegResNet levels of the source network.
         work_dir: folder for the bundle outputs and child logs (default: a temporary folder).
     """
     work = Path(work_dir or tempfile.mkdtemp(prefix="transrisk-scale-")).resolve()
@@ -271,20 +278,22 @@ def scale(
     root = _phantom(phantom, max(counts) + 4, work)
     configs = json.dumps([str(FETS_CONFIGS / "train.json")])
     common = {"bundle_root": str(work / "bundle"), "dataset_dir": root, "progress": False, "patch_size": [128] * 3,
-              "batch_size": 1, "num_target_val": 1, "num_target_test": 0, "seed": 0}
+              "network_width": network_width, "network_depth": network_depth, "batch_size": 1,
+              "num_target_val": 1, "num_target_test": 0, "seed": 0}
     source = {**common, "num_target_train": max(counts), "num_source": 1, "source_epochs": 1}
     _child(["run_id", configs, "pretrain", json.dumps(source)], work / "pretrain.log")
     risk = {}
     for n in counts:
-        result, rss = _child(["run_id", configs, "risk_map", json.dumps({**source, "num_target_train": n})],
-                             work / f"risk_{n}.log")
+        overrides = json.dumps({**source, "num_target_train": n})
+        result, rss = _child(["run_id", configs, "risk_map", overrides], work / f"risk_{n}.log")
         risk[n] = (result["seconds"], rss)
     pipeline = {}
     for budget in cache_gb:
         settings = {**common, "num_target_train": 1, "source_cache_gb": budget, "num_samples": 2}
         pipeline[budget] = _child(["source_pipeline", configs, json.dumps(settings)], work / f"source_{budget}.log")
     print(f"threads: {torch.get_num_threads()}, phantom: {root}, outputs: {work}")
-    print("risk stage (FeTS bundle risk_map, full-size FLAIR cases, SegResNet width 8 / depth 3, 128^3 windows):")
+    print(f"risk stage (FeTS bundle risk_map, full-size FLAIR cases, SegResNet width {network_width} / depth "
+          f"{network_depth}, 128^3 windows):")
     print("| N target cases | wall time | time per case | peak RSS |")
     print("|---|---|---|---|")
     for n, (seconds, rss) in risk.items():
