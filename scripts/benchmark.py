@@ -33,7 +33,7 @@ from monai.losses import DiceCELoss
 from monai.networks.nets import SegResNet
 from monai.utils import set_determinism
 
-from transrisk_components.bundle.caching import cached_bytes
+from transrisk_components.bundle.caching import cached_bytes, header_voxels
 from transrisk_components.data.phantom import make_fets_phantom
 from transrisk_components.method.losses import RiskWeightedLoss
 from transrisk_components.method.transferability import LEEPStatistics, pixel_transferability
@@ -224,19 +224,21 @@ def run_id(configs: str, run: str, overrides: str) -> None:
 
 
 def source_pipeline(configs: str, overrides: str) -> None:
-    """Child: one epoch of the source stage's data loader (no network); print cache figures as JSON."""
+    """Child: one epoch of the source stage's data loader (``source#dataloader``, no network); print cache
+    figures as JSON."""
     workflow = _bundle_workflow(_json_arg(configs), "pretrain", **_json_arg(overrides))
-    stage = workflow.parser.get_parsed_content("pretrain_stage")
-    loader = stage._trainer().data_loader
+    loader = workflow.parser.get_parsed_content("source#dataloader")
     start = time.perf_counter()
     for _ in loader:
         pass
     dataset = loader.dataset
+    first = cached_bytes(dataset._cache[0]) if dataset.cache_num else 0
     print(json.dumps({
         "seconds": time.perf_counter() - start,
         "cases": len(dataset),
         "cache_num": dataset.cache_num,
         "cached_bytes": cached_bytes(dataset._cache),
+        "bytes_per_header_voxel": first / header_voxels(dataset.data[0]),
     }))
 
 
@@ -278,7 +280,8 @@ def scale(
     root = _phantom(phantom, max(counts) + 4, work)
     configs = json.dumps([str(FETS_CONFIGS / "train.json")])
     common = {"bundle_root": str(work / "bundle"), "dataset_dir": root, "progress": False, "patch_size": [128] * 3,
-              "network_width": network_width, "network_depth": network_depth, "batch_size": 1,
+              "network_def#init_filters": network_width, "network_def#blocks_down": [1] + [2] * (network_depth - 1),
+              "network_def#blocks_up": [1] * (network_depth - 1), "batch_size": 1,
               "num_target_val": 1, "num_target_test": 0, "seed": 0}
     source = {**common, "num_target_train": max(counts), "num_source": 1, "source_epochs": 1}
     _child(["run_id", configs, "pretrain", json.dumps(source)], work / "pretrain.log")
@@ -303,12 +306,13 @@ def scale(
     print(f"extrapolated to {FETS2022_CASES} cases: {sec_hi / n_hi * FETS2022_CASES / 3600:.1f} h on this machine, "
           f"peak RSS {rss_hi + slope * (FETS2022_CASES - n_hi):.2f} GB ({slope * 1000:.0f} MB per further case)")
     print("source stage data pipeline (one epoch, 2 patches of 128^3 per case, no network):")
-    print("| cache_gb | cases cached | cache size | MB per cached case | epoch time | peak RSS |")
-    print("|---|---|---|---|---|---|")
+    print("| source_cache_gb | cases cached | cache size | MB per cached case | bytes per header voxel "
+          "| epoch time | peak RSS |")
+    print("|---|---|---|---|---|---|---|")
     for budget, (result, rss) in pipeline.items():
         per_case = result["cached_bytes"] / max(result["cache_num"], 1) / 1e6
         print(f"| {budget:g} | {result['cache_num']} of {result['cases']} | {result['cached_bytes'] / 1e9:.2f} GB | "
-              f"{per_case:.0f} | {result['seconds']:.1f} s | {rss:.2f} GB |")
+              f"{per_case:.0f} | {result['bytes_per_header_voxel']:.2f} | {result['seconds']:.1f} s | {rss:.2f} GB |")
     cached = [r for r, _ in pipeline.values() if r["cache_num"]]
     if cached:
         per_case = cached[0]["cached_bytes"] / cached[0]["cache_num"]

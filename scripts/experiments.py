@@ -189,9 +189,9 @@ PROFILES: dict[str, Profile] = {
         scenarios=("fets_t1_to_flair",),
         methods=(PLAIN, DEFAULT_RISK),
         seeds=(0, 1),
-        overrides={"source_epochs": 1, "max_epochs": 1, "val_interval": 1, "network_width": 4, "network_depth": 2,
-                   "patch_size": [16, 16, 16], "batch_size": 1, "num_source": 3, "num_target_train": 2,
-                   "num_target_val": 1, "num_target_test": 2},
+        overrides={"source_epochs": 1, "max_epochs": 1, "val_interval": 1, "network_def#init_filters": 4,
+                   "network_def#blocks_down": [1, 2], "network_def#blocks_up": [1], "patch_size": [16, 16, 16],
+                   "batch_size": 1, "num_source": 3, "num_target_train": 2, "num_target_val": 1, "num_target_test": 2},
     ),
 }
 

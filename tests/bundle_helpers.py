@@ -22,9 +22,14 @@ def run_bundle(
     configs: Sequence[str] = ("train.json",),
     **overrides: Any,
 ) -> ConfigWorkflow:
-    """Initialise and run ``run_id`` of the bundle configs ``configs`` with ``settings`` and ``overrides``."""
+    """Initialise and run ``run_id`` of the bundle configs ``configs`` with ``settings`` and ``overrides``.
+
+    ``dataset_dir`` is the training data of ``train.json``; ``inference.json`` alone keeps its own default (the
+    folder of the training run's ``splits.json``).
+    """
     files = [str(configs_dir / name) for name in configs]
-    values = {**settings, "bundle_root": str(bundle_root), "dataset_dir": dataset_dir, **overrides}
+    data = {"dataset_dir": dataset_dir} if "train.json" in configs else {}
+    values = {**settings, "bundle_root": str(bundle_root), **data, **overrides}
     workflow = ConfigWorkflow(config_file=files, run_id=run_id, logging_file=False, workflow_type=None, **values)
     workflow.initialize()
     workflow.run()

@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 import torch
 from bundle_helpers import exception_messages, risk_maps, run_bundle, run_ddp_training, run_headline_from_fresh_clone
-from monai.bundle import ckpt_export, verify_net_in_out
+from monai.bundle import ConfigParser, ckpt_export, verify_net_in_out
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from transrisk_components.data.registry import get_dataset
 
@@ -26,8 +27,9 @@ CONFIGS = REPO / "bundles" / "fets" / "configs"
 TRAIN = str(CONFIGS / "train.json")
 
 TINY = {
-    "network_width": 4,
-    "network_depth": 2,
+    "network_def#init_filters": 4,
+    "network_def#blocks_down": [1, 2],
+    "network_def#blocks_up": [1],
     "patch_size": [16, 16, 16],
     "batch_size": 1,
     "source_epochs": 1,
@@ -82,6 +84,9 @@ def test_training_writes_every_stage_output(trained: Path) -> None:
     epoch, loss, val_dice = curve[1].split(",")
     assert float(loss) > 0 and 0 <= float(val_dice) <= 1
     assert (trained / "eval" / "learning_curves.png").stat().st_size > 1000
+    events = EventAccumulator(str(trained / "runs" / "finetune_risk"), size_guidance={"images": 0})
+    events.Reload()
+    assert {"input_0_HWD/image", "input_1_HWD/image"} <= set(events.Tags()["images"]), "image and risk map in TensorBoard"
 
 
 def test_each_stage_runs_alone_and_the_risk_cache_is_reused(tmp_path: Path, phantom: str) -> None:
@@ -136,7 +141,7 @@ def test_different_class_counts_reinitialise_the_head(tmp_path: Path, phantom: s
 def test_a_source_checkpoint_that_does_not_fit_is_an_error(tmp_path: Path, phantom: str) -> None:
     run_workflow("pretrain", tmp_path, phantom)
     with pytest.raises(RuntimeError) as error:
-        run_workflow("finetune", tmp_path, phantom, network_width=8, **{"risk#enabled": False})
+        run_workflow("finetune", tmp_path, phantom, **{"network_def#init_filters": 8, "risk#enabled": False})
     assert "source.pt does not fit the target network" in exception_messages(error.value)
 
 
@@ -173,22 +178,34 @@ def test_inference_writes_raw_labels_on_the_input_grid(trained: Path, phantom: s
 
 
 def test_verify_net_in_out_and_torchscript_export(trained: Path, tmp_path: Path) -> None:
-    overrides = {**TINY, "bundle_root": str(trained), "dataset_dir": "unused"}
-    meta = CONFIGS / "metadata.json"
-    if meta.is_file():
-        verify_net_in_out(net_id="network_def", meta_file=str(meta), config_file=TRAIN, n=1, any=16, **overrides)
+    """The README's ``ckpt_export`` command: plain ``torch.jit.load`` gives the eager model's logits (1e-5)."""
+    network = {k: v for k, v in TINY.items() if k.startswith("network_def#")}
+    meta = str(CONFIGS / "metadata.json")
+    verify_net_in_out(net_id="network_def", meta_file=meta, config_file=TRAIN, n=1, any=16,
+                      **TINY, bundle_root=str(trained), dataset_dir="unused")
     out = tmp_path / "model.ts"
     ckpt_export(
         net_id="network_def",
         filepath=str(out),
         ckpt_file=str(trained / "models" / "model.pt"),
-        meta_file=str(meta) if meta.is_file() else None,
-        config_file=TRAIN,
+        meta_file=meta,
+        config_file=str(CONFIGS / "inference.json"),
         key_in_ckpt="",
-        **overrides,
+        bundle_root=str(trained),
+        **network,
     )
     scripted = torch.jit.load(str(out))
-    assert scripted(torch.zeros(1, 1, 16, 16, 16)).shape == (1, 4, 16, 16, 16)
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "inference.json"))
+    parser.update(network)
+    eager = parser.get_parsed_content("network_def")
+    eager.load_state_dict(torch.load(trained / "models" / "model.pt", weights_only=True))
+    image = torch.randn(1, 1, 16, 16, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = eager.eval()(image)
+        scripted_out = scripted(image)
+    assert scripted_out.shape == (1, 4, 16, 16, 16)
+    torch.testing.assert_close(scripted_out, expected, atol=1e-5, rtol=1e-5)
 
 
 def test_risk_export_writes_maps_overlays_and_csv(trained: Path, phantom: str) -> None:

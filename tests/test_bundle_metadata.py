@@ -24,16 +24,28 @@ def _metadata(bundle: str) -> dict:
     return json.loads((BUNDLES / bundle / "configs" / "metadata.json").read_text())
 
 
+#: The schema the Model Zoo's bundles name; ``verify_metadata`` downloads it unless ``--filepath`` exists.
+ZOO_SCHEMA = "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20240725.json"
+#: The copy inside each bundle that ``--filepath`` points at for an offline check.
+OFFLINE_SCHEMA = "docs/meta_schema.json"
+
+
 @pytest.mark.parametrize("bundle", sorted(DEFAULTS))
-def test_verify_metadata_offline(bundle: str) -> None:
+def test_verify_metadata_offline(bundle: str, monkeypatch: pytest.MonkeyPatch) -> None:
     root = BUNDLES / bundle
-    schema = root / _metadata(bundle)["schema"]
-    assert schema.is_file(), f"{bundle}: the schema named in metadata.json must ship inside the bundle"
+    assert _metadata(bundle)["schema"] == ZOO_SCHEMA, f"{bundle}: metadata.json must name the official schema URL"
+    schema = root / OFFLINE_SCHEMA
+    assert schema.is_file(), f"{bundle}: the offline schema copy must ship inside the bundle"
+
+    def no_network(*args, **kwargs):
+        raise AssertionError(f"verify_metadata tried to download: {args} {kwargs}")
+
+    monkeypatch.setattr("urllib.request.urlopen", no_network)
     verify_metadata(meta_file=str(root / "configs" / "metadata.json"), filepath=str(schema))
 
 
 def test_bundles_ship_the_same_schema() -> None:
-    texts = {b: (BUNDLES / b / _metadata(b)["schema"]).read_text() for b in DEFAULTS}
+    texts = {b: (BUNDLES / b / OFFLINE_SCHEMA).read_text() for b in DEFAULTS}
     assert len(set(texts.values())) == 1
 
 

@@ -30,10 +30,10 @@ def _configs(bundle: str, *names: str) -> list[str]:
 @pytest.mark.parametrize("bundle", BUNDLES)
 def test_profile_parses_with_every_config(bundle, tmp_path):
     profile = json.loads(Path(_configs(bundle, "real_data.json")[0]).read_text())
-    assert profile["patch_size"] == [128, 128, 128] and 16 <= profile["network_width"] <= 32
+    assert profile["patch_size"] == [128, 128, 128] and 16 <= profile["network_def#init_filters"] <= 32
     assert profile["learning_rate"] == 1e-4 and profile["max_epochs"] == 300  # MONAI's brats_mri_segmentation
     for names, ids in (
-        (("train.json", "real_data.json"), ("network_def", "source_network", "loss", "validate#inferer")),
+        (("train.json", "real_data.json"), ("network_def", "source#network_def", "loss", "validate#inferer")),
         (("train.json", "evaluate.json", "real_data.json"), ("network", "validate#inferer")),
         (("inference.json", "real_data.json"), ("network_def", "inferer")),
     ):
@@ -45,7 +45,8 @@ def test_profile_parses_with_every_config(bundle, tmp_path):
         assert list(workflow.parser.get_parsed_content("patch_size")) == [128, 128, 128]
         inferer = workflow.parser.get_parsed_content("inferer" if "inferer" in ids else "validate#inferer")
         assert list(inferer.roi_size) == [128, 128, 128]
-        assert workflow.parser.get_parsed_content("network_def").convInit.conv.out_channels == profile["network_width"]
+        network = workflow.parser.get_parsed_content("network_def")
+        assert network.convInit.conv.out_channels == 16 and len(network.down_layers) == 4
 
 
 @pytest.mark.slow
@@ -61,4 +62,4 @@ def test_profile_trains_one_iteration_on_a_full_size_case(bundle, tmp_path):
                 "source_epochs": 1, "num_samples": 1, "num_workers": 0, "progress": False}
     workflow = run_bundle(REPO / "bundles" / bundle / "configs", "pretrain", tmp_path / "bundle", str(root), settings,
                           ("train.json", "real_data.json"))
-    assert workflow.parser.get_parsed_content("pretrain_stage").ckpt_path.is_file()
+    assert workflow.parser.get_parsed_content("source#stage").ckpt_path.is_file()

@@ -9,14 +9,17 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from ignite.engine import Engine, Events
+from monai.bundle import ConfigParser
+from monai.transforms import Compose, Randomizable
 from monai.inferers import SlidingWindowInferer
+from monai.networks.nets import SegResNet, UNet
 
 from transrisk_components.bundle.paths import _from_argv
 from transrisk_components.bundle.config_values import as_bool
 from transrisk_components.data.registry import get_dataset
 from transrisk_components.bundle.inference import inference_datalist
 from transrisk_components.method.losses import RiskWeightedLoss
-from transrisk_components.bundle.networks import segmentation_network
 from transrisk_components.bundle.stages.risk import RiskStage
 from transrisk_components.data.scenario import Scenario, resolve_dataset_dir
 from transrisk_components.bundle.engine import (
@@ -26,7 +29,26 @@ from transrisk_components.bundle.engine import (
     prepare_risk_batch,
     training_loss,
 )
-from transrisk_components.bundle.transforms import TaskLabelsd, train_transforms
+from transrisk_components.bundle.handlers import ResumableCheckpoints
+from transrisk_components.bundle.transforms import TaskLabelsd
+
+FETS_TRAIN = Path(__file__).resolve().parents[1] / "bundles" / "fets" / "configs" / "train.json"
+
+
+def config_item(id: str, **overrides) -> object:
+    """One parsed item of the FeTS bundle's ``train.json`` with ``overrides`` (e.g. a transform chain)."""
+    parser = ConfigParser()
+    parser.read_config(str(FETS_TRAIN))
+    parser.update(overrides)
+    return parser.get_parsed_content(id)
+
+
+def small_network(name: str, out_channels: int, width: int = 4) -> torch.nn.Module:
+    """A two-level SegResNet (as the bundles' ``network_def`` with tiny settings) or UNet."""
+    if name == "segresnet":
+        return SegResNet(spatial_dims=3, in_channels=1, out_channels=out_channels, init_filters=width,
+                         blocks_down=(1, 2), blocks_up=(1,), norm=("GROUP", {"num_groups": min(width, 8)}))
+    return UNet(spatial_dims=3, in_channels=1, out_channels=out_channels, channels=(width, 2 * width), strides=(2,))
 
 
 @pytest.fixture(scope="module")
@@ -98,9 +120,10 @@ def test_spatial_transforms_keep_risk_aligned_with_the_label(phantom: str, tmp_p
     label = nib.load(case["label"])
     risk_path = tmp_path / "risk.nii.gz"
     nib.save(nib.Nifti1Image((np.asarray(label.dataobj) > 0).astype(np.float32), label.affine), risk_path)
-    chain = train_transforms("fets", "WT", [16, 16, 16], with_risk=True, num_samples=2)
+    chain = config_item("train#preprocessing", target_task="WT", patch_size=[16, 16, 16], num_samples=4)
     for sample in chain({**case, "risk": str(risk_path)}):
         assert sample["image"].shape == sample["label"].shape == sample["risk"].shape == (1, 16, 16, 16)
+        assert sample["label"].dtype == torch.uint8 and not [k for k in sample if k.endswith("_indices")]
         assert torch.equal(sample["label"].as_tensor().float(), sample["risk"].as_tensor())
 
 
@@ -127,29 +150,30 @@ def test_risk_reaches_the_loss_through_the_batch() -> None:
 
 @pytest.mark.parametrize("name", ["segresnet", "unet"])
 def test_source_weights_transfer_with_a_new_head(name: str, tmp_path: Path, caplog) -> None:
-    source = segmentation_network(name, 1, 4, width=4, depth=2)
+    source = small_network(name, 4)
     ckpt = tmp_path / "source.pt"
     torch.save(source.state_dict(), ckpt)
     with caplog.at_level("INFO"):
-        target = load_source_weights(segmentation_network(name, 1, 2, width=4, depth=2), ckpt, 4, 2)
+        target = load_source_weights(small_network(name, 2), ckpt, 4, 2)
     assert "output head re-initialised" in caplog.text
     shared = [k for k, v in source.state_dict().items() if v.shape == target.state_dict()[k].shape]
     assert all(torch.equal(source.state_dict()[k], target.state_dict()[k]) for k in shared)
     with pytest.raises(ValueError, match=r"source\.pt does not fit"):
-        load_source_weights(segmentation_network(name, 1, 4, width=8, depth=2), ckpt, 4, 4)
+        load_source_weights(small_network(name, 4, width=8), ckpt, 4, 4)
     with pytest.raises(FileNotFoundError, match="pretrain"):
         load_source_weights(target, tmp_path / "none.pt", 4, 2)
 
 
 def test_risk_stage_writes_maps_on_the_image_grid_and_caches(phantom: str, tmp_path: Path) -> None:
     cases = _scenario(phantom, tmp_path).split('target_train')
-    network = segmentation_network("segresnet", 1, 4, width=4, depth=2)
+    network = small_network("segresnet", 4)
+    load = config_item("validate#preprocessing", target_task="WT")
     ckpt = tmp_path / "source.pt"
     torch.save(network.state_dict(), ckpt)
 
     def stage(normalization: str = "complement") -> RiskStage:
         return RiskStage(
-            True, "fets", cases, "multiclass", "WT", str(ckpt), network,
+            True, "fets", cases, "multiclass", "WT", str(ckpt), network, load,
             SlidingWindowInferer([16, 16, 16]), str(tmp_path / "cache"), normalization,
         )
 
@@ -160,7 +184,9 @@ def test_risk_stage_writes_maps_on_the_image_grid_and_caches(phantom: str, tmp_p
         assert risk.shape == image.shape
         np.testing.assert_allclose(risk.affine, image.affine, atol=1e-5)
     assert stage().cache_key() == stage().cache_key() != stage("minmax").cache_key()
-    disabled = RiskStage(False, "fets", cases, "multiclass", "WT", str(ckpt), network, SlidingWindowInferer([16] * 3), "x")
+    disabled = RiskStage(
+        False, "fets", cases, "multiclass", "WT", str(ckpt), network, load, SlidingWindowInferer([16] * 3), "x"
+    )
     assert all("risk" not in c for c in disabled.datalist())
 
 
@@ -172,3 +198,30 @@ def test_inference_datalist_from_folder_and_splits(phantom: str, tmp_path: Path)
     assert len(inference_datalist(str(folder))) >= 1
     with pytest.raises(FileNotFoundError):
         inference_datalist(str(tmp_path / "missing"))
+
+
+def test_patches_come_from_the_brain_on_cached_indices(phantom: str, tmp_path: Path) -> None:
+    case = _scenario(phantom, tmp_path).split("target_train")[0]
+    chain = config_item("train#preprocessing", patch_size=[16, 16, 16])
+    cached = Compose(chain.transforms[: chain.get_index_of_first(lambda t: isinstance(t, Randomizable))])
+    item = cached(case)  # what CacheDataset keeps: cropped to the brain, with foreground/background indices
+    raw = nib.load(case["image"][0])
+    assert all(c <= r for c, r in zip(item["image"].shape[1:], raw.shape)) and item["image"].shape[1:] != raw.shape
+    image, label = item["image"].as_tensor().flatten(), item["label"].as_tensor().flatten()
+    background = torch.as_tensor(item["label_bg_indices"])
+    assert len(background) and bool((image[background] != 0).all()), "negatives must be drawn inside the brain"
+    assert len(background) < int((label == 0).sum()), "air voxels must not be background candidates"
+    assert bool((label[torch.as_tensor(item["label_fg_indices"])] > 0).all())
+
+
+def test_checkpoint_interval_saves_every_n_epochs_and_the_last(tmp_path: Path) -> None:
+    model = torch.nn.Linear(1, 1)
+    engine = Engine(lambda engine, batch: None)
+    ResumableCheckpoints(str(tmp_path), {"model": model}, prefix="t", interval=2).attach(engine)
+    saved: list[list[str]] = []
+    engine.add_event_handler(Events.EPOCH_COMPLETED, lambda _: saved.append(sorted(p.name for p in tmp_path.iterdir())))
+    engine.run([0], max_epochs=3)
+    assert saved[0] == [] and saved[1] == ["t_checkpoint_epoch=2.pt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t_checkpoint_epoch=3.pt"], "the last epoch is always kept"
+    with pytest.raises(ValueError, match="interval"):
+        ResumableCheckpoints(str(tmp_path), {"model": model}, prefix="t", interval=0)

@@ -1,15 +1,15 @@
 """How many cases a ``CacheDataset`` may keep in memory within a budget of gigabytes.
 
-``CacheDataset`` keeps the output of the deterministic head of the transform chain (load, normalise, map
-labels, ... up to the first random transform) for its first ``cache_num`` cases; the rest are loaded on every
-epoch. :func:`cache_num_within_budget` picks ``cache_num`` so the cache stays within ``cache_gb``:
+``CacheDataset`` keeps the output of the deterministic head of the transform chain (load, map labels, crop
+to the brain, foreground / background indices, normalise) for its first ``cache_num`` cases; the rest are
+loaded every epoch. :func:`cache_num_within_budget` picks ``cache_num`` from the image headers alone, so
+a stage that is skipped reads no voxels: each case is estimated at ``bytes_per_voxel`` times its header's
+voxel count, and the leading cases that add up to at most ``cache_gb`` are cached.
 
-1. bytes per voxel of the cached item: the deterministic head is run on the first case and its arrays
-   are counted (exact for the pipeline at hand, whatever dtypes, crops or index arrays it keeps);
-2. voxels per case: from each case's image header (a few hundred bytes read per case);
-3. the first cases whose estimated bytes (voxels x bytes per voxel) add up to at most ``cache_gb`` are cached.
-
-Worked figures are in the bundle READMEs ("Memory").
+``bytes_per_voxel`` is a property of the pipeline, measured with :func:`cached_bytes` on a full-size case
+(``python scripts/benchmark.py scale`` prints it): the bundles' source pipeline keeps a float32 image and a
+uint8 label of the brain's bounding box plus one int64 index per brain voxel, 4.07 bytes per header voxel
+on a 240x240x155 FeTS phantom case (36 MB). Worked figures are in the bundle READMEs ("Memory").
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import torch
-from monai.transforms import Compose, RandomizableTrait, Transform
 
 __all__ = ["cache_num_within_budget", "cached_bytes", "header_voxels"]
 
@@ -29,7 +28,7 @@ logger = logging.getLogger(__name__)
 
 
 def cached_bytes(item: Any) -> int:
-    """Bytes of the arrays in ``item`` (tensors and numpy arrays, inside dicts / lists, counted once each)."""
+    """Bytes of the arrays in ``item`` (tensors and numpy arrays, inside dicts / lists)."""
     if isinstance(item, torch.Tensor):
         return item.numel() * item.element_size()
     if isinstance(item, np.ndarray):
@@ -48,42 +47,28 @@ def header_voxels(case: Mapping) -> int:
     return int(np.prod(nib.load(str(path)).shape[:3]))
 
 
-def cache_num_within_budget(data: Sequence[Mapping], transform: Compose, cache_gb: float) -> int:
-    """Number of leading cases of ``data`` whose cached items fit in ``cache_gb`` (for ``CacheDataset``).
+def cache_num_within_budget(data: Sequence[Mapping], cache_gb: float, bytes_per_voxel: float) -> int:
+    """Number of leading cases of ``data`` whose cached items fit in ``cache_gb`` (``CacheDataset(cache_num=...)``).
 
     Args:
         data: the dataset's datalist (dicts with an ``"image"`` path or list of paths).
-        transform: the dataset's transform chain; its head up to the first random transform is what
-            ``CacheDataset`` keeps.
         cache_gb: memory budget of this dataset's cache, GB (1e9 bytes), per process. ``0`` caches nothing.
+        bytes_per_voxel: cached bytes per voxel of a case's header grid (see the module docstring).
 
     Returns:
         ``cache_num`` in ``[0, len(data)]``.
 
     Raises:
-        ValueError: ``cache_gb`` is negative.
+        ValueError: ``cache_gb`` is negative or ``bytes_per_voxel`` is not positive.
     """
-    if cache_gb < 0:
-        raise ValueError(f"cache_gb must be >= 0, got {cache_gb}")
-    if cache_gb == 0 or len(data) == 0:
-        return 0
-    first_random = transform.get_index_of_first(
-        lambda t: isinstance(t, RandomizableTrait) or not isinstance(t, Transform)
-    )
-    first = transform(dict(data[0]), end=first_random, threading=True)
-    per_voxel = cached_bytes(first) / header_voxels(data[0])
+    if cache_gb < 0 or bytes_per_voxel <= 0:
+        raise ValueError(f"need cache_gb >= 0 and bytes_per_voxel > 0, got {cache_gb} and {bytes_per_voxel}")
     budget, total, count = cache_gb * 1e9, 0.0, 0
     for case in data:
-        total += per_voxel * header_voxels(case)
+        total += bytes_per_voxel * header_voxels(case)
         if total > budget:
             break
         count += 1
-    logger.info(
-        "cache budget %.1f GB: %d of %d cases cached (%.1f bytes per voxel, %.0f MB for the first case)",
-        cache_gb,
-        count,
-        len(data),
-        per_voxel,
-        cached_bytes(first) / 1e6,
-    )
+    logger.info("cache budget %.1f GB: %d of %d cases cached (estimated %.0f MB)", cache_gb, count, len(data),
+                min(total, budget) / 1e6)
     return count

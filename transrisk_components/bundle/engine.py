@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
+from ignite.engine import Engine, Events
 from monai.engines.utils import default_prepare_batch
 from monai.losses import DiceCELoss
 from monai.utils import CommonKeys
@@ -23,10 +24,10 @@ from transrisk_components.method.losses import RiskWeightedLoss
 
 __all__ = [
     "RiskTargets",
+    "SourceWeights",
     "TransferLoss",
     "batch_loss",
     "batch_preparer",
-    "init_target_network",
     "load_source_weights",
     "prepare_risk_batch",
     "training_loss",
@@ -62,9 +63,14 @@ def batch_preparer(risk_enabled: bool) -> Callable:
     return prepare_risk_batch if risk_enabled else default_prepare_batch
 
 
-def batch_loss(output: dict[str, Any]) -> float:
-    """The loss of one trainer iteration's output (``decollate=False``), for stats handlers."""
-    return float(output[CommonKeys.LOSS].detach())
+def batch_loss(output: dict[str, Any] | list[dict[str, Any]]) -> float:
+    """The loss of one trainer iteration's output, for stats handlers.
+
+    ``output`` is the batch's dict (``decollate=False``, the loss a 0-d tensor) or the list of per-sample dicts
+    (``decollate=True``, each holding the batch loss as a number).
+    """
+    loss = (output[0] if isinstance(output, list) else output)[CommonKeys.LOSS]
+    return float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss)
 
 
 class TransferLoss(nn.Module):
@@ -164,23 +170,42 @@ def load_source_weights(
     return network
 
 
-def init_target_network(
-    network: nn.Module,
-    init: str,
-    source_ckpt: str | Path,
-    source_classes: int,
-    target_classes: int,
-    device: str | torch.device = "cpu",
-) -> nn.Module:
-    """Initialise the target network on ``device``: ``init="source"`` (transfer) or ``"random"`` (no transfer).
+class SourceWeights:
+    """Ignite handler: initialise the target network from the source checkpoint when the trainer starts.
+
+    Loading at ``Events.STARTED`` rather than when the config is parsed keeps the trainer constructible before
+    the source stage has run (MONAI's ``check_properties`` builds it on a fresh clone). Attach it before any
+    resume loader, which then overwrites these weights with the resumed ones.
+
+    Args:
+        network: the target network (the module itself, not a DDP wrapper).
+        init: ``"source"`` (transfer; see :func:`load_source_weights`) or ``"random"`` (no-transfer baseline:
+            nothing is loaded).
+        ckpt_path: the source checkpoint.
+        source_classes: output classes of the source network.
+        target_classes: output classes of ``network``.
 
     Raises:
-        ValueError: unknown ``init``; see :func:`load_source_weights` for the transfer case.
+        ValueError: unknown ``init`` (at construction).
     """
-    if init == "source":
-        network = load_source_weights(network, source_ckpt, source_classes, target_classes)
-    elif init == "random":
-        logger.info("target network starts from random initialisation (no-transfer baseline)")
-    else:
-        raise ValueError(f"unknown target init {init!r}; choose 'source' or 'random'")
-    return network.to(device)
+
+    def __init__(
+        self, network: nn.Module, init: str, ckpt_path: str | Path, source_classes: int, target_classes: int
+    ) -> None:
+        if init not in ("source", "random"):
+            raise ValueError(f"unknown target init {init!r}; choose 'source' or 'random'")
+        self.network = network
+        self.init = init
+        self.ckpt_path = ckpt_path
+        self.source_classes = source_classes
+        self.target_classes = target_classes
+
+    def attach(self, engine: Engine) -> None:
+        """Load the source weights as ``engine`` starts."""
+        engine.add_event_handler(Events.STARTED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        if self.init == "random":
+            logger.info("target network starts from random initialisation (no-transfer baseline)")
+            return
+        load_source_weights(self.network, self.ckpt_path, self.source_classes, self.target_classes)

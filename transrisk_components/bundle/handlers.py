@@ -48,22 +48,33 @@ _EPOCH = re.compile(r"_epoch=(\d+)\.pt$")
 
 
 class ResumableCheckpoints:
-    """Ignite handler: checkpoint ``objects`` and the engine every epoch; resume from the newest on start.
+    """Ignite handler: checkpoint ``objects`` and the engine every ``interval`` epochs and at the end; resume
+    from the newest on start.
 
     Files are ``<ckpt_dir>/<prefix>_checkpoint_epoch=N.pt`` (the last one kept; ignite writes on rank 0 only). A run
-    killed mid-way restarts at the epoch after its newest checkpoint; a finished run does nothing more.
+    killed mid-way restarts at the epoch after its newest checkpoint (losing at most ``interval - 1`` epochs); a
+    finished run does nothing more, since the last epoch is always saved.
 
     Args:
         ckpt_dir: folder of the periodic checkpoints.
         objects: objects to save and restore besides the engine, e.g. ``{"model": net, "optimizer": opt}``.
         prefix: checkpoint file prefix.
+        interval: epochs between checkpoints (a full model + optimiser + trainer state each time).
         map_location: where loaded tensors go.
+
+    Raises:
+        ValueError: ``interval < 1``.
     """
 
-    def __init__(self, ckpt_dir: str, objects: dict, prefix: str, map_location: str | None = "cpu") -> None:
+    def __init__(
+        self, ckpt_dir: str, objects: dict, prefix: str, interval: int = 1, map_location: str | None = "cpu"
+    ) -> None:
+        if int(interval) < 1:
+            raise ValueError(f"checkpoint interval must be >= 1 epoch, got {interval}")
         self.ckpt_dir = Path(ckpt_dir)
         self.objects = objects
         self.prefix = prefix
+        self.interval = int(interval)
         self.map_location = map_location
 
     def latest(self) -> Path | None:
@@ -85,9 +96,16 @@ class ResumableCheckpoints:
             logger.info("resuming %s from %s", self.prefix, path)
             CheckpointLoader(load_path=str(path), load_dict=save, map_location=self.map_location).attach(engine)
         # built on every rank: ignite writes on rank 0 only, and its first rank query is a collective call
-        CheckpointSaver(
-            save_dir=str(self.ckpt_dir), save_dict=save, file_prefix=self.prefix, save_interval=1, n_saved=1
-        ).attach(engine)
+        saver = CheckpointSaver(
+            save_dir=str(self.ckpt_dir), save_dict=save, file_prefix=self.prefix, save_interval=self.interval, n_saved=1
+        )
+        saver.attach(engine)
+        engine.add_event_handler(Events.COMPLETED, self._save_last_epoch, saver)
+
+    def _save_last_epoch(self, engine: Engine, saver: CheckpointSaver) -> None:
+        """Save the final epoch unless the periodic saver just did."""
+        if engine.state.epoch % self.interval:
+            saver.interval_completed(engine)
 
 
 class LearningCurveWriter:

@@ -1,16 +1,21 @@
 """Inference inputs and outputs: the cases a run predicts, and predictions in the dataset's raw labels.
 
 Inputs (:func:`inference_datalist`): a folder of images, a datalist JSON, or a split of ``splits.json``. Images
-are NIfTI (``.nii.gz``, ``.nii``) or Analyze 7.5 / NIfTI pairs, named by their ``.hdr`` header (the ``.img``
-half sits next to it and is not listed separately).
+are NIfTI (``.nii.gz``, ``.nii``), Analyze 7.5 / NIfTI pairs named by their ``.hdr`` header (the ``.img``
+half sits next to it and is not listed separately), NRRD / MetaImage (``.nrrd``, ``.mha``, ``.mhd``), or a
+DICOM series: a sub-folder holding the slices of one series (one folder per case and modality).
 
-Outputs: predictions on the input's grid and affine.
+Readers (the inference configs' ``LoadImaged(reader=["ITKReader", NibabelAnalyzeReader])``, the last listed
+tried first): NIfTI and Analyze through nibabel -- the same reader as in training, so the affines agree --
+and everything else (NRRD, MetaImage, DICOM series) through ITK, whose LPS geometry MONAI converts to RAS.
+
+Outputs: predictions on the input's grid and affine, as NIfTI (default), Analyze 7.5, NRRD or MetaImage.
 
 A bundle's inference postprocessing ends with::
 
     AsDiscreted(keys="pred", argmax=True)                 # [C, *S] logits -> [1, *S] class map
     RawLabelsd(keys="pred", dataset=..., task=...)        # class indices -> raw label values
-    prediction_saver(keys="pred", output_dir=..., output_format="nifti" | "analyze")
+    prediction_saver(keys="pred", output_dir=..., output_format="nifti" | "analyze" | "nrrd" | "mha")
 
 :func:`prediction_saver` is MONAI's ``SaveImaged`` with ``uint8`` output, nearest-neighbour handling and,
 for ``"analyze"``, the :class:`AnalyzeWriter` defined here: MONAI's own writers cannot produce Analyze
@@ -31,23 +36,49 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import nibabel as nib
 import numpy as np
-from monai.config import DtypeLike, NdarrayOrTensor
-from monai.data import ImageWriter, NibabelWriter
+from monai.config import DtypeLike, NdarrayOrTensor, PathLike
+from monai.data import ImageWriter, ITKWriter, NibabelReader, NibabelWriter
 from monai.transforms import MapTransform, SaveImaged, Transform
 from monai.utils import convert_data_type
 
 from transrisk_components.data.registry import get_dataset, num_classes
 
-__all__ = ["AnalyzeWriter", "RawLabels", "RawLabelsd", "prediction_saver", "raw_label_values", "to_analyze_orientation"]
+__all__ = ["AnalyzeWriter", "InferenceCases", "NibabelAnalyzeReader", "is_dicom_series", "RawLabels", "RawLabelsd", "prediction_saver", "raw_label_values", "to_analyze_orientation"]
 
 #: Image file endings a folder is searched for; a ``.hdr`` stands for its ``.hdr``/``.img`` pair.
-IMAGE_EXTENSIONS: tuple[str, ...] = (".nii.gz", ".nii", ".hdr")
+IMAGE_EXTENSIONS: tuple[str, ...] = (".nii.gz", ".nii", ".hdr", ".nrrd", ".mha", ".mhd")
+
+
+def is_dicom_series(folder: Path) -> bool:
+    """Whether ``folder`` holds DICOM files (``*.dcm``, or files with the ``DICM`` marker at byte 128)."""
+    for file in sorted(p for p in folder.iterdir() if p.is_file()):
+        if file.suffix.lower() == ".dcm":
+            return True
+        with open(file, "rb") as f:
+            f.seek(128)
+            return f.read(4) == b"DICM"
+    return False
+
+
+class NibabelAnalyzeReader(NibabelReader):
+    """MONAI's ``NibabelReader`` that also accepts Analyze 7.5 / NIfTI pairs (``.hdr``, ``.img``) by suffix.
+
+    MONAI picks a reader by file suffix and gives ``.hdr`` to ITK, whose Analyze affine (LPS, identity
+    direction) differs from nibabel's (radiological LAS): reading training images with nibabel and inference
+    inputs with ITK would mirror the predictions. Listed after ``"ITKReader"`` in ``LoadImaged(reader=[...])``
+    it takes NIfTI and Analyze, leaving NRRD, MetaImage and DICOM series to ITK.
+    """
+
+    def verify_suffix(self, filename: Sequence[PathLike] | PathLike) -> bool:
+        """True for ``.nii``, ``.nii.gz``, ``.hdr`` and ``.img`` files (every one of a sequence)."""
+        names = [filename] if isinstance(filename, (str, os.PathLike)) else list(filename)
+        return bool(names) and all(str(n).lower().endswith((".nii", ".nii.gz", ".hdr", ".img")) for n in names)
 
 
 def image_stem(name: str) -> str:
@@ -71,8 +102,9 @@ def inference_datalist(source: str, split: str = "target_test", pattern: str = "
     """Cases to predict, ``[{"case_id", "image": path}]``.
 
     Args:
-        source: a folder (every ``*.nii.gz`` / ``*.nii`` / ``*.hdr`` image in it whose name matches
-            ``pattern``, sorted), a JSON list of ``{"image", ...}`` dicts, or a ``splits.json`` written by
+        source: a folder (every ``*.nii.gz`` / ``*.nii`` / ``*.hdr`` / ``*.nrrd`` / ``*.mha`` / ``*.mhd``
+            image and every DICOM-series sub-folder in it whose name matches ``pattern``, sorted; a series is
+            one case named after its folder), a JSON list of ``{"image", ...}`` dicts, or a ``splits.json`` written by
             :class:`~transrisk_components.data.scenario.Scenario`.
         split: which split of a ``splits.json`` to predict.
         pattern: shell-style file-name filter for a folder (case-sensitive), e.g. ``"*-T2.hdr"`` to predict
@@ -89,11 +121,13 @@ def inference_datalist(source: str, split: str = "target_test", pattern: str = "
         images = sorted(
             p
             for p in path.iterdir()
-            if p.is_file() and p.name.lower().endswith(IMAGE_EXTENSIONS) and fnmatch.fnmatchcase(p.name, pattern)
+            if fnmatch.fnmatchcase(p.name, pattern)
+            and ((p.is_file() and p.name.lower().endswith(IMAGE_EXTENSIONS)) or (p.is_dir() and is_dicom_series(p)))
         )
         if not images:
             raise ValueError(
-                f"no images ({', '.join('*' + e for e in IMAGE_EXTENSIONS)}) matching {pattern!r} in {path}"
+                f"no images ({', '.join('*' + e for e in IMAGE_EXTENSIONS)}) or DICOM-series folders matching "
+                f"{pattern!r} in {path}"
             )
         return [_entry(image_stem(p.name), str(p.resolve())) for p in images]
     content = json.loads(path.read_text())
@@ -107,6 +141,26 @@ def inference_datalist(source: str, split: str = "target_test", pattern: str = "
             raise ValueError(f"{path}: entry {index} has no 'image'")
         cases.append(_entry(str(case.get("case_id", f"case_{index:03d}")), case["image"]))
     return cases
+
+
+class InferenceCases(Iterable):
+    """The cases of :func:`inference_datalist`, read when iteration starts (each time), not when built.
+
+    A config builds its dataset, loader and evaluator before anything runs (MONAI's ``check_properties`` does,
+    on a fresh clone whose default input, the training run's ``splits.json``, does not exist yet). Wrapped in
+    MONAI's ``IterableDataset`` the inputs are only looked for when the evaluator runs; a missing input is then
+    the ``FileNotFoundError`` of :func:`inference_datalist`.
+
+    Args: as :func:`inference_datalist`.
+    """
+
+    def __init__(self, source: str, split: str = "target_test", pattern: str = "*") -> None:
+        self.source = source
+        self.split = split
+        self.pattern = pattern
+
+    def __iter__(self) -> Iterator[dict]:
+        return iter(inference_datalist(self.source, self.split, self.pattern))
 
 
 #: The orientation nibabel assumes for Analyze 7.5 (radiological: x runs to the patient's left).
@@ -236,16 +290,23 @@ def prediction_saver(
     output_postfix: str = "seg",
     **kwargs: Any,
 ) -> SaveImaged:
-    """``SaveImaged`` for raw-valued label maps: uint8, no resampling, NIfTI or Analyze 7.5.
+    """``SaveImaged`` for raw-valued label maps: uint8, no resampling, NIfTI, Analyze 7.5, NRRD or MetaImage.
 
     Args:
         keys: keys of the predictions, ``[1, *spatial]`` raw label maps carrying the input's metadata.
-        output_dir: destination folder; files are named ``<input name>_<postfix>.nii.gz`` / ``.hdr+.img``.
-        output_format: ``"nifti"`` (default) or ``"analyze"``.
+        output_dir: destination folder; files are named ``<input name>_<postfix>.<ext>`` (a DICOM series'
+            input name is its folder's).
+        output_format: ``"nifti"`` (default, ``.nii.gz``), ``"analyze"`` (``.hdr`` + ``.img``), ``"nrrd"`` or
+            ``"mha"`` (ITK); each keeps the input's spacing, origin and direction.
         output_postfix: appended to the input file name.
         kwargs: further ``SaveImaged`` arguments (e.g. ``separate_folder=False``), overriding the defaults.
     """
-    formats = {"nifti": {"output_ext": ".nii.gz"}, "analyze": {"output_ext": ".hdr", "writer": AnalyzeWriter}}
+    formats = {
+        "nifti": {"output_ext": ".nii.gz"},
+        "analyze": {"output_ext": ".hdr", "writer": AnalyzeWriter},
+        "nrrd": {"output_ext": ".nrrd", "writer": ITKWriter},
+        "mha": {"output_ext": ".mha", "writer": ITKWriter},
+    }
     if output_format not in formats:
         raise ValueError(f"unknown output_format {output_format!r}; valid: {sorted(formats)}")
     options: dict[str, Any] = {"output_dtype": np.uint8, "resample": False, "mode": "nearest", **formats[output_format]}

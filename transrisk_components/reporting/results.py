@@ -64,7 +64,7 @@ def write_results_csv(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
 
 def load_results_csv(path: Path) -> list[dict[str, Any]]:
     """Rows of a ``results.csv``, numbers parsed."""
-    with Path(path).open(newline="") as handle:
+    with Path(path).open(newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     for row in rows:
         for key, value in row.items():
@@ -98,7 +98,7 @@ def write_case_results_csv(cases: Sequence[Mapping[str, Any]], path: Path) -> Pa
 
 def load_case_results_csv(path: Path) -> list[dict[str, Any]]:
     """Rows of a ``results_per_case.csv``, ``seed`` as int and ``dice`` as float."""
-    with Path(path).open(newline="") as handle:
+    with Path(path).open(newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     return [{**r, "seed": int(r["seed"]), "dice": float(r["dice"])} for r in rows]
 

@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import math
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +32,8 @@ from transrisk_components.utils.distributed import barrier, is_distributed, rank
 from transrisk_components.utils.io import atomic_write, atomic_write_text, file_sha256
 from transrisk_components.method.risk import transfer_risk
 from transrisk_components.method.transferability import LEEPStatistics, pixel_transferability
-from transrisk_components.bundle.transforms import eval_transforms
 
-__all__ = ["RiskStage"]
+__all__ = ["RiskDatalist", "RiskStage"]
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +60,10 @@ class RiskStage:
         target_task: task of the target labels (sets ``Ct``).
         source_ckpt: source network weights (a state_dict).
         network: the source network architecture (weights are loaded from ``source_ckpt``).
+        transform: the whole-volume preprocessing of a case (the config's ``validate#preprocessing``):
+            ``{"image", "label", ...}`` paths -> ``image [C, *S]`` and ``label [1, *S]`` target-task classes on
+            the image grid, the image carrying its file's affine. It must not crop or resample: the maps are
+            written on the image file's grid.
         inferer: whole-volume inferer, e.g. ``SlidingWindowInferer``.
         cache_root: folder holding one sub-folder per cache key.
         normalization: risk normalisation, see :func:`transrisk_components.method.risk.transfer_risk`.
@@ -79,6 +83,7 @@ class RiskStage:
         target_task: str,
         source_ckpt: str,
         network: nn.Module,
+        transform: Callable[[dict], dict],
         inferer: Inferer,
         cache_root: str,
         normalization: str = "complement",
@@ -94,6 +99,7 @@ class RiskStage:
         self.target_task = target_task
         self.source_ckpt = Path(source_ckpt)
         self.network = network
+        self.transform = transform
         self.inferer = inferer
         self.cache_root = Path(cache_root)
         self.normalization = normalization
@@ -148,12 +154,16 @@ class RiskStage:
         self._manifest = self._compute(folder)
         return self._manifest
 
-    def datalist(self) -> list[dict]:
-        """The target training cases, each with a ``"risk"`` map path when the stage is enabled."""
+    def datalist(self) -> Sequence[dict]:
+        """The target training cases, each with a ``"risk"`` map path when the stage is enabled.
+
+        With the stage enabled this is a :class:`RiskDatalist`: its length is known at once, the maps are
+        computed (or found in the cache) on first access to an entry, so a config can build its dataset and
+        trainer before the source model exists.
+        """
         if not self.enabled:
             return [dict(c) for c in self.cases]
-        maps = self.run()["cases"]
-        return [{**c, "risk": maps[c["case_id"]]["risk"]} for c in self.cases]
+        return RiskDatalist(self)
 
     def _load_network(self) -> nn.Module:
         state = torch.load(self.source_ckpt, map_location="cpu", weights_only=True)
@@ -167,7 +177,7 @@ class RiskStage:
     def _compute(self, folder: Path) -> dict[str, Any]:
         rank, world = rank_and_world()
         network = self._load_network()
-        load = eval_transforms(self.dataset, self.target_task, with_label=True)
+        load = self.transform
         stats = LEEPStatistics(self.num_target_classes, self.num_source_classes)
         kept: list[tuple[dict, torch.Tensor, torch.Tensor, np.ndarray]] = []
         for case in self.cases[rank::world]:  # pass 1: source probabilities and LEEP counts
@@ -222,3 +232,25 @@ class RiskStage:
         for part, _ in gathered:
             merged.update(part)
         return merged, math.fsum(s for _, s in gathered)
+
+
+class RiskDatalist(Sequence):
+    """The risk stage's datalist, resolved lazily: ``len`` is the number of cases, an entry runs the stage.
+
+    Entries are ``{**case, "risk": path}``. The first access to an entry calls :meth:`RiskStage.run` (computing
+    the maps, or reading the cache); run ids call ``risk_stage.run()`` before the trainer so that this happens
+    in the main process and not inside data-loader workers.
+    """
+
+    def __init__(self, stage: RiskStage) -> None:
+        self.stage = stage
+
+    def __len__(self) -> int:
+        return len(self.stage.cases)
+
+    def __getitem__(self, index: int | slice) -> dict | list[dict]:
+        maps = self.stage.run()["cases"]
+        if isinstance(index, slice):
+            return [{**c, "risk": maps[c["case_id"]]["risk"]} for c in self.stage.cases[index]]
+        case = self.stage.cases[index]
+        return {**case, "risk": maps[case["case_id"]]["risk"]}
