@@ -200,3 +200,25 @@ def test_scenario_checks_voxels_once(data_fets_phantom, tmp_path, monkeypatch):
     monkeypatch.setattr(checks, "unexpected_values", lambda *args: reads.append(args) or np.array([]))
     scenario().prepare()  # e.g. evaluation after training: headers only
     assert reads == []
+
+
+def _truncate(path: str, keep: int | None = None) -> None:
+    data = Path(path).read_bytes()
+    Path(path).write_bytes(data[: len(data) // 2 if keep is None else keep])
+
+
+def test_truncated_files_are_named_and_the_check_goes_on(tmp_path):
+    """Old code: a truncated .nii.gz raised a bare EOFError naming no file, and later cases went unchecked."""
+    cut_image = _case(tmp_path / "cut_image", "cut_image")
+    _truncate(cut_image["image"][1])  # header readable, voxel data cut off
+    cut_label = _case(tmp_path / "cut_label", "cut_label")
+    _truncate(cut_label["label"], keep=40)  # not even a whole header
+    good = _case(tmp_path / "good", "good")
+    relabelled = _case(tmp_path / "relabelled", "relabelled", label_values=(0, 3))
+    with pytest.raises(ValueError) as info:
+        check_cases([cut_image, cut_label, good, relabelled], "fets")
+    message = str(info.value)
+    assert message.startswith("3 of 4 fets cases failed input checks")
+    assert [line.split(":")[0].strip() for line in message.splitlines()[1:]] == ["cut_image", "cut_label", "relabelled"]
+    assert "cut_image_t2.nii.gz" in message and "cut_label_seg.nii.gz" in message
+    assert message.count("truncated or corrupt") == 2

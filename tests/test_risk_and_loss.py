@@ -10,6 +10,8 @@ from transrisk_components.method.losses import RiskWeightedLoss
 from transrisk_components.method.risk import WEIGHT_SCHEMES, risk_to_weights, transfer_risk
 
 SHAPE = (2, 1, 6, 5, 4)
+#: Whole-case foreground counts of the two samples of :func:`random_batch` (cases larger than the patches).
+CASE_FG = torch.tensor([300, 500])
 
 
 def random_batch(seed: int, num_classes: int = 3) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -80,22 +82,49 @@ def test_without_background_in_dice_matches_monai():
     torch.testing.assert_close(ours(logits, labels), monai(logits, labels), rtol=1e-12, atol=1e-12)
 
 
-def test_foreground_normalisation_divides_by_foreground_count():
+def test_foreground_normalisation_divides_by_the_whole_case_foreground_count():
     logits, labels, _ = random_batch(3)
     voxels = RiskWeightedLoss(scheme="uniform", normalization="voxels", lambda_dice=0)
     foreground = RiskWeightedLoss(scheme="uniform", normalization="foreground", lambda_dice=0)
     ce = torch.nn.functional.cross_entropy(logits, labels[:, 0].long(), reduction="none").flatten(1)
-    fg = (labels > 0).flatten(1).sum(1)
-    expected = (ce.sum(1) / fg).mean()
-    torch.testing.assert_close(foreground(logits, labels), expected)
-    assert foreground(logits, labels) > voxels(logits, labels)
+    expected = (ce.sum(1) / CASE_FG).mean()
+    torch.testing.assert_close(foreground(logits, labels, None, CASE_FG), expected)
+    assert foreground(logits, labels, None, torch.tensor([10, 10])) > voxels(logits, labels)
+    with pytest.raises(ValueError, match="foreground_voxels"):
+        foreground(logits, labels)
+
+
+def test_tumour_free_patch_weighs_like_a_tumour_patch_of_its_case():
+    """Same predictions, same case: a background-only patch must not weigh ~patch-size times more.
+
+    Old code: the background patch's normaliser was its own foreground count clamped to 1, i.e. its CE was
+    the *sum* over its voxels, while the tumour patch's was divided by its foreground count.
+    """
+    shape = (2, 1, 16, 16, 16)
+    logits = torch.zeros(2, 2, *shape[2:], dtype=torch.float64)  # CE = log 2 at every voxel
+    labels = torch.zeros(shape, dtype=torch.float64)
+    labels[0, 0, :8] = 1  # patch 0 holds tumour (2048 voxels), patch 1 none
+    loss = RiskWeightedLoss(scheme="uniform", normalization="foreground", lambda_dice=0)
+    case_fg = torch.tensor([5000, 5000])  # both patches cut from one case with 5000 tumour voxels
+    per_sample = [loss(logits[i : i + 1], labels[i : i + 1], None, case_fg[i : i + 1]) for i in range(2)]
+    torch.testing.assert_close(per_sample[0], per_sample[1])
+    torch.testing.assert_close(per_sample[1], torch.tensor(16**3 * torch.log(torch.tensor(2.0)).item() / 5000, dtype=torch.float64))
+
+
+def test_case_without_foreground_falls_back_to_the_voxel_mean():
+    logits, labels, _ = random_batch(11)
+    foreground = RiskWeightedLoss(scheme="uniform", normalization="foreground", lambda_dice=0)
+    voxels = RiskWeightedLoss(scheme="uniform", normalization="voxels", lambda_dice=0)
+    torch.testing.assert_close(foreground(logits, labels, None, torch.tensor([0, 0])), voxels(logits, labels))
+    with pytest.raises(ValueError, match="one count >= 0 per sample"):
+        foreground(logits, labels, None, torch.tensor([5]))
 
 
 def test_linear_scheme_weights_ce_by_one_plus_s_risk():
     logits, labels, risk = random_batch(4)
-    loss = RiskWeightedLoss(scheme="linear", strength=3.0, lambda_dice=0)(logits, labels, risk)
+    loss = RiskWeightedLoss(scheme="linear", strength=3.0, lambda_dice=0)(logits, labels, risk, CASE_FG)
     ce = torch.nn.functional.cross_entropy(logits, labels[:, 0].long(), reduction="none")
-    per_image = ((1 + 3.0 * risk[:, 0]) * ce).flatten(1).sum(1) / (labels > 0).flatten(1).sum(1)
+    per_image = ((1 + 3.0 * risk[:, 0]) * ce).flatten(1).sum(1) / CASE_FG
     torch.testing.assert_close(loss, per_image.mean())
 
 
@@ -111,7 +140,7 @@ def test_image_without_foreground_gives_finite_loss_and_gradients():
     logits, _, risk = random_batch(6)
     logits.requires_grad_(True)
     labels = torch.zeros(SHAPE, dtype=torch.float64)
-    loss = RiskWeightedLoss(dice="weighted")(logits, labels, risk)
+    loss = RiskWeightedLoss(dice="weighted")(logits, labels, risk, torch.tensor([0, 0]))
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(logits.grad).all()
 
@@ -121,7 +150,7 @@ def test_image_without_foreground_gives_finite_loss_and_gradients():
 def test_gradients_finite(scheme, dice):
     logits, labels, risk = random_batch(7)
     logits.requires_grad_(True)
-    RiskWeightedLoss(scheme=scheme, strength=2.0, dice=dice)(logits, labels, risk).backward()
+    RiskWeightedLoss(scheme=scheme, strength=2.0, dice=dice)(logits, labels, risk, CASE_FG).backward()
     assert torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0
 
 
@@ -131,8 +160,8 @@ def test_risk_on_mispredicted_voxels_costs_more_than_on_correct_ones(scheme, dic
     logits, labels, _ = random_batch(8)
     wrong = logits.argmax(1, keepdim=True) != labels.long()
     loss = RiskWeightedLoss(scheme=scheme, strength=2.0, dice=dice)
-    risk_on_wrong = loss(logits, labels, wrong.double())
-    risk_on_right = loss(logits, labels, (~wrong).double())
+    risk_on_wrong = loss(logits, labels, wrong.double(), CASE_FG)
+    risk_on_right = loss(logits, labels, (~wrong).double(), CASE_FG)
     assert risk_on_wrong > risk_on_right
 
 

@@ -18,7 +18,7 @@ from monai.networks.nets import SegResNet, UNet
 from transrisk_components.bundle.paths import _from_argv
 from transrisk_components.bundle.config_values import as_bool
 from transrisk_components.data.registry import get_dataset
-from transrisk_components.bundle.inference import inference_datalist
+from transrisk_components.bundle.inference import InferenceCases, inference_datalist
 from transrisk_components.method.losses import RiskWeightedLoss
 from transrisk_components.bundle.stages.risk import RiskStage
 from transrisk_components.data.scenario import Scenario, resolve_dataset_dir
@@ -99,6 +99,32 @@ def test_splits_are_deterministic_disjoint_and_written(phantom: str, tmp_path: P
     assert _scenario(phantom, tmp_path / "c", seed=1).prepare() != first
 
 
+def _ranked(splits: dict[str, list[dict]]) -> list[str]:
+    return [c["case_id"] for name in ("target_train", "target_val", "target_test", "source") for c in splits[name]]
+
+
+def test_a_case_without_label_is_named_and_the_other_cases_keep_their_places(
+    phantom: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Old code: the case vanished without a word and every split reshuffled."""
+    import shutil
+
+    full = _scenario(phantom, tmp_path / "full").prepare()
+    for gone in (full["target_train"][0]["case_id"], full["source"][-1]["case_id"]):
+        copy = tmp_path / f"data_{gone}"
+        shutil.copytree(phantom, copy)
+        next(copy.rglob(f"{gone}_seg.nii.gz")).unlink()
+        with caplog.at_level("WARNING"):
+            splits = _scenario(str(copy), tmp_path / f"out_{gone}").prepare()
+        assert f"have no label file and are left out of every split: {gone}" in caplog.text
+        assert json.loads((tmp_path / f"out_{gone}" / "splits.json").read_text())["unlabelled"] == [gone]
+        assert _ranked(splits) == [i for i in _ranked(full) if i != gone]
+    targets = ("target_train", "target_val", "target_test")
+    assert [[c["case_id"] for c in full[n]] for n in targets] == [[c["case_id"] for c in splits[n]] for n in targets], (
+        "removing a source case must leave every target split as it was"
+    )
+
+
 def test_cross_site_splits_follow_the_partitions(phantom: str, tmp_path: Path) -> None:
     scenario = _scenario(
         phantom, tmp_path, partition_csv="partitioning_1.csv", source_partitions=[1, 2], target_partitions=[3],
@@ -135,11 +161,17 @@ def test_task_labels_map_raw_values() -> None:
 
 
 def test_risk_reaches_the_loss_through_the_batch() -> None:
-    batch = {"image": torch.rand(2, 1, 8, 8, 8), "label": torch.randint(0, 2, (2, 1, 8, 8, 8)), "risk": torch.rand(2, 1, 8, 8, 8)}
+    batch = {
+        "image": torch.rand(2, 1, 8, 8, 8),
+        "label": torch.randint(0, 2, (2, 1, 8, 8, 8)),
+        "risk": torch.rand(2, 1, 8, 8, 8),
+        "foreground_voxels": torch.tensor([900, 0]),
+    }
     image, targets = prepare_risk_batch(batch, "cpu")
     assert isinstance(targets, RiskTargets) and torch.equal(targets.risk, batch["risk"])
+    assert torch.equal(targets.foreground_voxels, batch["foreground_voxels"])
     logits = torch.randn(2, 2, 8, 8, 8)
-    expected = RiskWeightedLoss()(logits, batch["label"], batch["risk"])
+    expected = RiskWeightedLoss()(logits, batch["label"], batch["risk"], batch["foreground_voxels"])
     assert torch.allclose(training_loss(True)(logits, targets), expected)
     assert torch.isfinite(training_loss(False)(logits, batch["label"]))
     with pytest.raises(TypeError, match="cannot use it"):
@@ -190,6 +222,81 @@ def test_risk_stage_writes_maps_on_the_image_grid_and_caches(phantom: str, tmp_p
     assert all("risk" not in c for c in disabled.datalist())
 
 
+def _risk_stage(cases: list[dict], tmp_path: Path, **kw) -> RiskStage:
+    """A risk stage over ``cases`` with a tiny source network of fixed random weights (same in every folder)."""
+    torch.manual_seed(0)
+    network = small_network("segresnet", 4)
+    ckpt = tmp_path / "source.pt"
+    if not ckpt.is_file():
+        ckpt.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(network.state_dict(), ckpt)
+    load = config_item("validate#preprocessing", target_task="WT")
+    return RiskStage(
+        True, "fets", cases, "multiclass", "WT", str(ckpt), network, load, SlidingWindowInferer([16, 16, 16]),
+        str(tmp_path / "cache"), **kw,
+    )
+
+
+def test_risk_stage_statistics_and_maps_cover_the_brain_only(phantom: str, tmp_path: Path) -> None:
+    """Old code: LEEP over every voxel (air included) and maps nonzero in the air."""
+    cases = _scenario(phantom, tmp_path).split("target_train")
+    brain = [np.asarray(nib.load(c["image"][0]).dataobj) != 0 for c in cases]
+    assert not all(b.all() for b in brain), "the phantom needs air around the head for this test"
+    masked, full = _risk_stage(cases, tmp_path).run(), _risk_stage(cases, tmp_path, mask="all").run()
+    assert masked["num_voxels"] == sum(int(b.sum()) for b in brain)
+    assert full["num_voxels"] == sum(b.size for b in brain) > masked["num_voxels"]
+    assert masked["leep"] != full["leep"]
+    for case, inside in zip(cases, brain):
+        risk = np.asarray(nib.load(masked["cases"][case["case_id"]]["risk"]).dataobj)
+        assert np.all(risk[~inside] == 0) and np.any(risk[inside] > 0)
+    with pytest.raises(ValueError, match="unknown risk mask"):
+        _risk_stage(cases, tmp_path, mask="brain")
+
+
+def test_random_map_ablation_permutes_inside_the_mask_per_case(phantom: str, tmp_path: Path) -> None:
+    """Old code: one permutation for every case, over the whole volume (mostly air values)."""
+    cases = _scenario(phantom, tmp_path).split("target_train")
+    plain = _risk_stage(cases, tmp_path).run()["cases"]
+    shuffled = _risk_stage(cases, tmp_path, shuffle=True).run()["cases"]
+    for case in cases:
+        inside = np.asarray(nib.load(case["image"][0]).dataobj) != 0
+        original = np.asarray(nib.load(plain[case["case_id"]]["risk"]).dataobj)
+        permuted = np.asarray(nib.load(shuffled[case["case_id"]]["risk"]).dataobj)
+        assert np.all(permuted[~inside] == 0)
+        np.testing.assert_array_equal(np.sort(permuted[inside]), np.sort(original[inside]))
+        assert not np.array_equal(permuted, original)
+    again = _risk_stage(cases, tmp_path / "again", shuffle=True).run()["cases"]
+    for case in cases:
+        np.testing.assert_array_equal(
+            np.asarray(nib.load(again[case["case_id"]]["risk"]).dataobj),
+            np.asarray(nib.load(shuffled[case["case_id"]]["risk"]).dataobj),
+        )
+
+
+def test_case_seeded_permutation_differs_between_cases_of_one_volume(tmp_path: Path) -> None:
+    """Two cases with identical maps get different permutations (old code: one seed for every case)."""
+    stage = _risk_stage([], tmp_path, shuffle=True)
+    transferability = torch.linspace(0, 1, 512).view(1, 1, 8, 8, 8)
+    mask = torch.ones_like(transferability, dtype=torch.bool)
+    first, second = stage._risk_map(transferability, mask, "a"), stage._risk_map(transferability, mask, "b")
+    assert not np.array_equal(first, second)
+    np.testing.assert_array_equal(first, stage._risk_map(transferability, mask, "a"))
+
+
+def test_foreground_count_travels_from_the_risk_stage_into_every_patch(phantom: str, tmp_path: Path) -> None:
+    cases = _scenario(phantom, tmp_path).split("target_train")
+    datalist = _risk_stage(cases, tmp_path).datalist()
+    for case in datalist:
+        wt = np.asarray(nib.load(case["label"]).dataobj) > 0  # WT = every tumour label
+        assert case["foreground_voxels"] == int(wt.sum()) > 0
+    chain = config_item("train#preprocessing", target_task="WT", patch_size=[16, 16, 16], num_samples=2)
+    samples = [sample for case in datalist for sample in chain(case)]
+    batch = torch.utils.data.default_collate(samples)
+    _, targets = prepare_risk_batch(batch, "cpu")
+    expected = [c["foreground_voxels"] for c in datalist for _ in range(2)]
+    assert targets.foreground_voxels.tolist() == expected
+
+
 def test_inference_datalist_from_folder_and_splits(phantom: str, tmp_path: Path) -> None:
     _scenario(phantom, tmp_path).prepare()
     cases = inference_datalist(str(tmp_path / "splits.json"))
@@ -198,6 +305,30 @@ def test_inference_datalist_from_folder_and_splits(phantom: str, tmp_path: Path)
     assert len(inference_datalist(str(folder))) >= 1
     with pytest.raises(FileNotFoundError):
         inference_datalist(str(tmp_path / "missing"))
+
+
+def test_inference_checks_every_input_before_predicting_any(phantom: str, tmp_path: Path) -> None:
+    """Old code: no input check; one prediction was written, then a bare EOFError on the truncated file."""
+    import shutil
+
+    folder = tmp_path / "inputs"
+    folder.mkdir()
+    for image in sorted(Path(phantom).rglob("*_flair.nii.gz"))[:3]:
+        shutil.copy(image, folder / image.name)
+    truncated = sorted(folder.iterdir())[1]
+    truncated.write_bytes(truncated.read_bytes()[:2000])
+    nan = sorted(folder.iterdir())[2]
+    data = nib.load(nan)
+    values = np.asarray(data.dataobj, dtype=np.float32)
+    values[0, 0, 0] = np.nan
+    nib.save(nib.Nifti1Image(values, data.affine), nan)
+    readers = ["ITKReader", "transrisk_components.bundle.inference.NibabelAnalyzeReader"]
+    with pytest.raises(ValueError) as info:
+        list(InferenceCases(str(folder), reader=readers))
+    lines = str(info.value).splitlines()
+    assert lines[0].startswith("2 of 3 inference inputs failed input checks (nothing was predicted")
+    assert lines[1].startswith(f"  {truncated.name[:-7]}: cannot read {truncated}") and "truncated or corrupt" in lines[1]
+    assert lines[2] == f"  {nan.name[:-7]}: image {nan} has 1 NaN/Inf voxels"
 
 
 def test_patches_come_from_the_brain_on_cached_indices(phantom: str, tmp_path: Path) -> None:

@@ -1,8 +1,10 @@
 """Engine adapters: the risk map's path into the loss, and source-weight transfer into the target network.
 
-How the risk map reaches the loss: the batch dict holds ``risk [B, 1, *S]`` next to ``label``;
-:func:`prepare_risk_batch` hands the trainer ``(image, RiskTargets(label, risk))`` as its targets, and
-:class:`TransferLoss` unpacks them into ``RiskWeightedLoss(logits, label, risk)``. MONAI's
+How the risk map reaches the loss: the batch dict holds ``risk [B, 1, *S]`` next to ``label`` (and
+``foreground_voxels [B]``, the whole case's foreground count that the risk stage puts into each datalist entry
+and the crop transforms copy into every patch); :func:`prepare_risk_batch` hands the trainer
+``(image, RiskTargets(label, risk, foreground_voxels))`` as its targets, and :class:`TransferLoss` unpacks them
+into ``RiskWeightedLoss(logits, label, risk, foreground_voxels)``. MONAI's
 ``SupervisedTrainer`` passes targets to the loss untouched, so no trainer code is replaced.
 """
 
@@ -37,16 +39,19 @@ logger = logging.getLogger(__name__)
 
 
 class RiskTargets(NamedTuple):
-    """Targets of one fine-tuning batch: ``label [B, 1, *S]`` class indices and ``risk [B, 1, *S]`` in [0, 1]."""
+    """Targets of one fine-tuning batch: ``label [B, 1, *S]`` class indices, ``risk [B, 1, *S]`` in [0, 1] and
+    ``foreground_voxels [B]``, each sample's whole-case foreground count (``None`` when the batch has none)."""
 
     label: torch.Tensor
     risk: torch.Tensor
+    foreground_voxels: torch.Tensor | None = None
 
 
 def prepare_risk_batch(
     batchdata: dict[str, torch.Tensor], device: str | torch.device | None = None, non_blocking: bool = False, **kwargs: Any
 ) -> tuple[torch.Tensor, RiskTargets]:
-    """``prepare_batch`` for ``SupervisedTrainer``: ``(image [B, C, *S], RiskTargets(label, risk))`` on ``device``.
+    """``prepare_batch`` for ``SupervisedTrainer``: ``(image [B, C, *S], RiskTargets(label, risk,
+    foreground_voxels))`` on ``device``; ``foreground_voxels`` is ``None`` when the batch has no such entry.
 
     Raises:
         KeyError: the batch has no ``risk`` entry (the risk stage did not run for these cases).
@@ -55,7 +60,10 @@ def prepare_risk_batch(
         raise KeyError("batch has no 'risk' map: fine-tuning with risk.enabled needs the risk stage's datalist")
     image, label = default_prepare_batch(batchdata, device, non_blocking, **kwargs)
     risk = batchdata["risk"].to(device=device, non_blocking=non_blocking, **kwargs)
-    return image, RiskTargets(label, risk)
+    foreground = batchdata.get("foreground_voxels")
+    if foreground is not None:
+        foreground = torch.as_tensor(foreground).to(device=device, non_blocking=non_blocking)
+    return image, RiskTargets(label, risk, foreground)
 
 
 def batch_preparer(risk_enabled: bool) -> Callable:
@@ -77,7 +85,7 @@ class TransferLoss(nn.Module):
     """Adapts a segmentation loss to the trainer's targets: a label tensor, or :class:`RiskTargets`.
 
     Args:
-        loss: ``RiskWeightedLoss`` (called with ``(logits, label, risk)``) or a plain loss such as
+        loss: ``RiskWeightedLoss`` (called with ``(logits, label, risk, foreground_voxels)``) or a plain loss such as
             ``DiceCELoss`` (called with ``(logits, label)``; only valid without a risk map).
     """
 
@@ -90,7 +98,7 @@ class TransferLoss(nn.Module):
         if isinstance(targets, RiskTargets):
             if not isinstance(self.loss, RiskWeightedLoss):
                 raise TypeError(f"a risk map was given but the loss {type(self.loss).__name__} cannot use it")
-            return self.loss(logits, targets.label, targets.risk)
+            return self.loss(logits, targets.label, targets.risk, targets.foreground_voxels)
         return self.loss(logits, targets)
 
 

@@ -43,13 +43,13 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 from monai.config import DtypeLike, NdarrayOrTensor, PathLike
-from monai.data import ImageWriter, ITKWriter, NibabelReader, NibabelWriter
-from monai.transforms import MapTransform, SaveImaged, Transform
+from monai.data import ImageReader, ImageWriter, ITKWriter, NibabelReader, NibabelWriter
+from monai.transforms import LoadImage, MapTransform, SaveImaged, Transform
 from monai.utils import convert_data_type
 
 from transrisk_components.data.registry import get_dataset, num_classes
 
-__all__ = ["AnalyzeWriter", "InferenceCases", "NibabelAnalyzeReader", "is_dicom_series", "RawLabels", "RawLabelsd", "prediction_saver", "raw_label_values", "to_analyze_orientation"]
+__all__ = ["AnalyzeWriter", "InferenceCases", "check_inference_inputs", "NibabelAnalyzeReader", "is_dicom_series", "RawLabels", "RawLabelsd", "prediction_saver", "raw_label_values", "to_analyze_orientation"]
 
 #: Image file endings a folder is searched for; a ``.hdr`` stands for its ``.hdr``/``.img`` pair.
 IMAGE_EXTENSIONS: tuple[str, ...] = (".nii.gz", ".nii", ".hdr", ".nrrd", ".mha", ".mhd")
@@ -143,24 +143,73 @@ def inference_datalist(source: str, split: str = "target_test", pattern: str = "
     return cases
 
 
+def check_inference_inputs(cases: Sequence[dict], reader: Sequence[str | ImageReader] | str | ImageReader | None = None) -> None:
+    """Read every case's image to its last voxel before any prediction, and report every bad one at once.
+
+    A truncated or corrupt file, NaN/Inf voxels or an all-zero image would otherwise stop a run half-way, with
+    some predictions written and the rest not. Images are read with the pipeline's own ``reader`` (MONAI
+    ``LoadImage``), so every format it predicts (NIfTI, Analyze, NRRD, MetaImage, DICOM series) is checked.
+
+    Args:
+        cases: ``[{"case_id", "image": path}]`` as from :func:`inference_datalist`.
+        reader: the ``reader`` of the preprocessing's ``LoadImaged``.
+
+    Raises:
+        ValueError: one error listing every bad case, its file and what is wrong.
+    """
+    load = LoadImage(reader=reader, image_only=True)
+    report = []
+    for case in cases:
+        try:
+            image = np.asarray(load(case["image"]))
+        except Exception as err:  # readers raise EOFError, zlib.error, RuntimeError, ... for damaged files
+            report.append(
+                f"  {case['case_id']}: cannot read {case['image']} ({type(err).__name__}: {err}); "
+                "the file is truncated or corrupt"
+            )
+            continue
+        if np.issubdtype(image.dtype, np.floating) and not np.isfinite(image).all():
+            report.append(f"  {case['case_id']}: image {case['image']} has {int((~np.isfinite(image)).sum())} NaN/Inf voxels")
+        elif not np.any(image):
+            report.append(f"  {case['case_id']}: image {case['image']} is all zero")
+    if report:
+        raise ValueError(
+            f"{len(report)} of {len(cases)} inference inputs failed input checks (nothing was predicted; fix or "
+            "remove them, or point --input at the good ones):\n" + "\n".join(report)
+        )
+
+
 class InferenceCases(Iterable):
     """The cases of :func:`inference_datalist`, read when iteration starts (each time), not when built.
 
     A config builds its dataset, loader and evaluator before anything runs (MONAI's ``check_properties`` does,
     on a fresh clone whose default input, the training run's ``splits.json``, does not exist yet). Wrapped in
     MONAI's ``IterableDataset`` the inputs are only looked for when the evaluator runs; a missing input is then
-    the ``FileNotFoundError`` of :func:`inference_datalist`.
+    the ``FileNotFoundError`` of :func:`inference_datalist`. Every input is then checked
+    (:func:`check_inference_inputs`) before the first case is handed out, so a bad file never leaves a run
+    half-predicted.
 
-    Args: as :func:`inference_datalist`.
+    Args:
+        source, split, pattern: as :func:`inference_datalist`.
+        reader: the preprocessing's image reader(s), used by the input check.
     """
 
-    def __init__(self, source: str, split: str = "target_test", pattern: str = "*") -> None:
+    def __init__(
+        self,
+        source: str,
+        split: str = "target_test",
+        pattern: str = "*",
+        reader: Sequence[str | ImageReader] | str | ImageReader | None = None,
+    ) -> None:
         self.source = source
         self.split = split
         self.pattern = pattern
+        self.reader = reader
 
     def __iter__(self) -> Iterator[dict]:
-        return iter(inference_datalist(self.source, self.split, self.pattern))
+        cases = inference_datalist(self.source, self.split, self.pattern)
+        check_inference_inputs(cases, self.reader)
+        return iter(cases)
 
 
 #: The orientation nibabel assumes for Analyze 7.5 (radiological: x runs to the patient's left).

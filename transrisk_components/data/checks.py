@@ -110,6 +110,19 @@ class VoxelCheckCache:
             self._dirty = False
 
 
+def _read_voxels(path: str, image: nib.spatialimages.SpatialImage, problems: list[str]) -> np.ndarray | None:
+    """The voxel array of an opened file, or ``None`` with the reason appended to ``problems``.
+
+    nibabel reads only the header on ``load``; a truncated or corrupt data block (e.g. a cut-off ``.nii.gz``,
+    which raises a bare ``EOFError``) shows only here.
+    """
+    try:
+        return np.asanyarray(image.dataobj)
+    except Exception as err:  # zlib, gzip, EOF and nibabel errors alike mean "cannot read the voxels"
+        problems.append(f"cannot read the voxels of {path} ({type(err).__name__}: {err}); the file is truncated or corrupt")
+        return None
+
+
 def _check_case(case: Mapping, spec: DatasetSpec, cache: VoxelCheckCache | None) -> list[str]:
     """Every problem found in one case, as human-readable strings (empty when the case is fine).
 
@@ -133,7 +146,7 @@ def _check_case(case: Mapping, spec: DatasetSpec, cache: VoxelCheckCache | None)
         try:
             loaded[p] = nib.load(p)
         except Exception as err:  # nibabel raises several unrelated types for unreadable files
-            problems.append(f"cannot read {p}: {err}")
+            problems.append(f"cannot read {p} ({type(err).__name__}: {err}); the file is truncated or corrupt")
     if problems:
         return problems
 
@@ -151,8 +164,11 @@ def _check_case(case: Mapping, spec: DatasetSpec, cache: VoxelCheckCache | None)
     for p in images:
         if cache.has_passed(p, "image"):
             continue
-        data = np.asanyarray(loaded[p].dataobj)
-        found = []
+        found: list[str] = []
+        data = _read_voxels(p, loaded[p], found)
+        if data is None:
+            problems += found
+            continue
         if np.issubdtype(data.dtype, np.floating):
             n_bad = int(data.size - np.count_nonzero(np.isfinite(data)))
             if n_bad:
@@ -163,8 +179,11 @@ def _check_case(case: Mapping, spec: DatasetSpec, cache: VoxelCheckCache | None)
             cache.record_pass(p, "image")
         problems += found
     label_check = f"label:{spec.name}:{list(spec.label_values)}"
+    labels = None
     if label is not None and not cache.has_passed(label, label_check):
-        bad = unexpected_values(np.asanyarray(loaded[label].dataobj), spec.label_values)
+        labels = _read_voxels(label, loaded[label], problems)
+    if labels is not None:
+        bad = unexpected_values(labels, spec.label_values)
         if bad.size:
             keys = [(spec.name, int(v)) for v in bad if float(v).is_integer()]
             hints = [_LABEL_HINTS[key] for key in keys if key in _LABEL_HINTS]

@@ -1,27 +1,31 @@
 """A transfer scenario: which cases, modality and task the source and the target use, split once.
 
-The splits are deterministic (sorted case ids shuffled by ``seed``), disjoint (a subject is in at most one of
-source / target-train / target-val / target-test) and written to ``<output_dir>/splits.json`` so a run can be
-audited and repeated. Each split is a MONAI datalist: ``{"case_id", "image": [path], "label": path}`` with the
+The splits are deterministic, stable per case and disjoint (a subject is in at most one of source /
+target-train / target-val / target-test), and written to ``<output_dir>/splits.json`` so a run can be audited and
+repeated. Stable per case: every case has a rank of its own, the SHA-256 of ``"<seed>:<case_id>"``, and the
+splits take the target cases in rank order (target-train, then -val, then -test), the source the remaining
+cases in rank order. Adding or removing one case therefore never reorders the others: removing a selected case
+only pulls the next-ranked case across each boundary after it, removing a case outside the target splits
+changes nothing else. Cases without a label file are left out with a warning that names them, and listed in
+``splits.json`` under ``"unlabelled"``. Each split is a MONAI datalist: ``{"case_id", "image": [path], "label": path}`` with the
 image of the split's modality only.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from transrisk_components.data.registry import get_dataset
 from transrisk_components.data.checks import check_cases
 from transrisk_components.utils.distributed import barrier, is_rank0
 from transrisk_components.utils.io import atomic_write_text
 
-__all__ = ["Scenario", "SPLIT_NAMES", "resolve_dataset_dir"]
+__all__ = ["Scenario", "SPLIT_NAMES", "rank_order", "resolve_dataset_dir"]
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +41,11 @@ def _partition_key(partition: str | int | None) -> str | None:
         return None
     text = str(partition).strip()
     return str(int(text)) if text.isdigit() else text
+
+
+def rank_order(case_ids: Collection[str], seed: int) -> list[str]:
+    """``case_ids`` ordered by the SHA-256 of ``"<seed>:<case_id>"``: a case's place depends on itself alone."""
+    return sorted(case_ids, key=lambda case_id: (hashlib.sha256(f"{seed}:{case_id}".encode()).hexdigest(), case_id))
 
 
 def resolve_dataset_dir(dataset: str, dataset_dir: str, phantom_dir: str | None, seed: int = 0) -> str:
@@ -91,7 +100,7 @@ class Scenario:
         num_target_val: target validation cases.
         num_target_test: target test cases.
         num_source: source cases (``None``: every remaining labelled case).
-        seed: shuffling seed.
+        seed: seed of the case ranking (see the module docstring).
         phantom_dir: the bundle's phantom folder (see :func:`resolve_dataset_dir`).
         partition_csv: partition file for cross-site scenarios (a path, or a file name in ``dataset_dir``).
         source_partitions: partitions (institutions) the source cases come from; ``None`` for all.
@@ -150,6 +159,7 @@ class Scenario:
         }
         self.check_inputs = check_inputs
         self._root: str | None = None
+        self._unlabelled: set[str] = set()
         self._splits: dict[str, list[dict]] | None = None
 
     def split(self, name: str) -> list[dict]:
@@ -160,17 +170,15 @@ class Scenario:
         return self.prepare()[name]
 
     def _cases(self, role: str) -> dict[str, dict]:
-        """Labelled cases of one role's modality, by case id."""
+        """Labelled cases of one role's modality (and partitions), by case id; unlabelled ones are noted."""
         kwargs: dict[str, Any] = {}
         if self.partition_csv is not None:
             kwargs["partition_csv"] = self.partition_csv
         cases = self.spec.datalist(self._root, modalities=[self.modality[role]], **kwargs)
         wanted = self.partitions[role]
-        return {
-            c["case_id"]: c
-            for c in cases
-            if c.get("label") is not None and (wanted is None or _partition_key(c.get("partition")) in wanted)
-        }
+        cases = [c for c in cases if wanted is None or _partition_key(c.get("partition")) in wanted]
+        self._unlabelled.update(c["case_id"] for c in cases if c.get("label") is None)
+        return {c["case_id"]: c for c in cases if c.get("label") is not None}
 
     def prepare(self) -> dict[str, list[dict]]:
         """Resolve the dataset (generating the phantom on first use), split it, check the cases and write
@@ -191,8 +199,15 @@ class Scenario:
             if shared:
                 raise ValueError(f"source_partitions and target_partitions overlap: {sorted(shared)}")
         source_cases, target_cases = self._cases("source"), self._cases("target")
-        rng = np.random.default_rng(self.seed)
-        target_ids = [str(i) for i in rng.permutation(sorted(target_cases))]
+        if self._unlabelled:
+            logger.warning(
+                "%d cases in %s have no label file and are left out of every split: %s (expected for validation or "
+                "test subjects; for a training case, restore its label file)",
+                len(self._unlabelled),
+                self._root,
+                ", ".join(sorted(self._unlabelled)),
+            )
+        target_ids = rank_order(target_cases, self.seed)
         needed = sum(self.counts.values())
         if len(target_ids) < needed:
             raise ValueError(
@@ -205,7 +220,7 @@ class Scenario:
             ids[name] = target_ids[start : start + count]
             start += count
         used = {i for name in ids for i in ids[name]}
-        remaining = [str(i) for i in rng.permutation(sorted(set(source_cases) - used))]
+        remaining = rank_order(set(source_cases) - used, self.seed)
         ids["source"] = remaining if self.num_source is None else remaining[: self.num_source]
         if len(ids["source"]) < max(1, self.num_source or 1):
             raise ValueError(
@@ -243,6 +258,7 @@ class Scenario:
             "seed": self.seed,
             "partition_csv": self.partition_csv,
             "partitions": {k: None if v is None else sorted(v) for k, v in self.partitions.items()},
+            "unlabelled": sorted(self._unlabelled),
             "splits": splits,
         }
         path = self.output_dir / "splits.json"

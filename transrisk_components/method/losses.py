@@ -18,21 +18,28 @@ DICE_MODES = ("unweighted", "weighted")
 class RiskWeightedLoss(nn.Module):
     """Cross-entropy weighted per voxel by the transfer risk map, plus a soft Dice term.
 
-    For image ``b`` with voxel weights ``w = risk_to_weights(risk)``::
+    For sample ``b`` (a whole image or a patch cut from one) with voxel weights ``w = risk_to_weights(risk)``::
 
         CE_b   = sum_v w_v * CE(logits_v, y_v) / N_b
         Dice_b = mean_c [1 - (2 sum_v u_v p_vc g_vc + eps_nr) / (sum_v u_v (p_vc + g_vc) + eps_dr)]
         loss   = mean_b (lambda_ce * CE_b + lambda_dice * Dice_b)
 
-    where ``N_b`` is the image's foreground voxel count (``labels > 0``, at least 1) for
-    ``normalization="foreground"`` or its voxel count for ``"voxels"``, and ``u = w`` for ``dice="weighted"``,
-    ``u = 1`` for ``dice="unweighted"``. With ``scheme="uniform"``, ``normalization="voxels"`` and
-    ``dice="unweighted"`` this equals MONAI's ``DiceCELoss(to_onehot_y=True, softmax=True)`` on equal-size
-    images.
+    and ``u = w`` for ``dice="weighted"``, ``u = 1`` for ``dice="unweighted"``. The normaliser ``N_b``:
+
+    - ``normalization="foreground"`` (the paper's): the foreground voxel count (``label > 0``) of the **whole
+      case** the sample was cut from, passed as ``foreground_voxels``. Per case, not per patch: every patch of a
+      case shares one normaliser, so the patch sums of a case add up to the paper's whole-volume loss
+      ``sum_v w_v CE_v / N_fg`` and a tumour-free patch (half of them under ``RandCropByPosNegLabeld(pos=1,
+      neg=1)``) weighs what its voxels' CE says -- not ~10^5 times more, as a per-patch count clamped at 1 made
+      it. Per case rather than per batch because a batch of background patches has no foreground to count. A
+      case without any foreground (e.g. no enhancing tumour under the ``"ET"`` task) has no such scale: its
+      samples fall back to their voxel count (a voxel mean).
+    - ``normalization="voxels"``: the sample's voxel count (a voxel mean). With ``scheme="uniform"`` and
+      ``dice="unweighted"`` this equals MONAI's ``DiceCELoss(to_onehot_y=True, softmax=True)``.
 
     Foreground normalisation keeps the cross-entropy of a small tumour from being diluted by the background
     of a large volume (the paper's remedy against class imbalance); it makes the CE term larger than the
-    voxel-mean CE by the ratio of image size to foreground size.
+    voxel-mean CE by about the ratio of sample size to the case's foreground size.
 
     Args:
         scheme: weighting scheme, one of ``"linear"``, ``"exponential"``, ``"uniform"``
@@ -81,7 +88,11 @@ class RiskWeightedLoss(nn.Module):
         self.smooth_dr = float(smooth_dr)
 
     def forward(
-        self, logits: torch.Tensor, labels: torch.Tensor, risk: torch.Tensor | None = None
+        self,
+        logits: torch.Tensor,
+        labels: torch.Tensor,
+        risk: torch.Tensor | None = None,
+        foreground_voxels: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Compute the loss.
 
@@ -89,9 +100,14 @@ class RiskWeightedLoss(nn.Module):
             logits: ``[B, C, *spatial]`` network outputs before softmax.
             labels: ``[B, 1, *spatial]`` class indices in ``[0, C)`` (any numeric dtype).
             risk: ``[B, 1, *spatial]`` transfer risk in ``[0, 1]``; ``None`` means uniform weights.
+            foreground_voxels: ``[B]`` foreground voxel count of the whole case each sample comes from (``>= 0``);
+                required for ``normalization="foreground"``, ignored for ``"voxels"``.
 
         Returns:
             A scalar tensor.
+
+        Raises:
+            ValueError: shapes that do not fit, or ``normalization="foreground"`` without ``foreground_voxels``.
         """
         expected = (logits.shape[0], 1, *logits.shape[2:])
         if tuple(labels.shape) != expected:
@@ -102,23 +118,42 @@ class RiskWeightedLoss(nn.Module):
         if risk is not None and self.scheme != "uniform":
             weights = risk_to_weights(risk.to(logits.dtype), self.scheme, self.strength)
         labels = labels.long()
-        loss = self.lambda_ce * self._weighted_ce(logits, labels, weights)
+        loss = logits.new_zeros(())
+        if self.lambda_ce > 0:
+            normaliser = self._normaliser(logits, foreground_voxels)
+            loss = self.lambda_ce * self._weighted_ce(logits, labels, weights, normaliser)
         if self.lambda_dice > 0:
             dice_weights = weights if self.dice == "weighted" else None
             loss = loss + self.lambda_dice * self._soft_dice(logits, labels, dice_weights)
         return loss
 
-    def _weighted_ce(self, logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
-        """Batch mean of per-image weighted CE sums over ``N_b``; ``weights`` None means all ones."""
+    def _normaliser(self, logits: torch.Tensor, foreground_voxels: torch.Tensor | None) -> torch.Tensor:
+        """``N_b`` as float ``[B]`` on the logits' device (see the class docstring)."""
+        sample_voxels = float(logits[0, 0].numel())
+        dtype = torch.promote_types(logits.dtype, torch.float32)  # float16 cannot hold counts above 65504
+        if self.normalization == "voxels":
+            return torch.full((logits.shape[0],), sample_voxels, dtype=dtype, device=logits.device)
+        if foreground_voxels is None:
+            raise ValueError(
+                "normalization='foreground' needs each sample's whole-case foreground voxel count "
+                "(foreground_voxels [B]; the risk stage adds it to the datalist); use normalization='voxels' otherwise."
+            )
+        counts = torch.as_tensor(foreground_voxels, device=logits.device).reshape(-1).to(dtype)
+        if counts.numel() != logits.shape[0] or (counts < 0).any():
+            raise ValueError(
+                f"foreground_voxels must hold one count >= 0 per sample ({logits.shape[0]}), got {counts.tolist()}."
+            )
+        return torch.where(counts > 0, counts, sample_voxels)
+
+    def _weighted_ce(
+        self, logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None, normaliser: torch.Tensor
+    ) -> torch.Tensor:
+        """Batch mean of per-sample weighted CE sums over ``normaliser [B]``; ``weights`` None means all ones."""
         voxel_ce = F.cross_entropy(logits, labels[:, 0], reduction="none")  # [B, *spatial]
         if weights is not None:
             voxel_ce = weights[:, 0] * voxel_ce
-        per_image = voxel_ce.flatten(1).sum(dim=1)  # [B]
-        if self.normalization == "foreground":
-            normaliser = (labels > 0).flatten(1).sum(dim=1).clamp_min(1)
-        else:
-            normaliser = torch.full_like(per_image, labels[0].numel())
-        return (per_image / normaliser.to(per_image.dtype)).mean()
+        per_sample = voxel_ce.flatten(1).sum(dim=1)  # [B]
+        return (per_sample / normaliser).mean().to(per_sample.dtype)
 
     def _soft_dice(self, logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
         """Mean over images and classes of the voxel-weighted soft Dice loss; ``weights`` None means all ones."""
