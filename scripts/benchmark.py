@@ -290,6 +290,7 @@ def scale(
         overrides = json.dumps({**source, "num_target_train": n})
         result, rss = _child(["run_id", configs, "risk_map", overrides], work / f"risk_{n}.log")
         risk[n] = (result["seconds"], rss)
+        print(f"risk stage, N={n}: {result['seconds']:.1f} s, peak RSS {rss:.2f} GB", flush=True)
     pipeline = {}
     for budget in cache_gb:
         settings = {**common, "num_target_train": 1, "source_cache_gb": budget, "num_samples": 2}
