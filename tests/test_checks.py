@@ -1,14 +1,18 @@
-"""check_cases: every bad input gives one ValueError that lists every bad case and its problems."""
+"""check_cases: every bad input gives one ValueError that lists every bad case and its problems; voxels are
+read once per file identity when a cache file is given."""
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 
-from transrisk_components.data import check_cases, fets2021_datalist, get_dataset, iseg2019_datalist
+from transrisk_components.data import check_cases, checks, fets2021_datalist, get_dataset, iseg2019_datalist
+from transrisk_components.data.scenario import CHECK_CACHE, Scenario
 
 SHAPE = (8, 9, 10)
 
@@ -118,6 +122,84 @@ def test_every_bad_case_listed_once(tmp_path):
     lines = message.splitlines()[1:]
     assert [line.split(":")[0].strip() for line in lines] == ["zero", "relabelled", "missing"]
     assert "good" not in message
+
+
+def _case_nii(folder: Path, case_id: str) -> dict:
+    """A good case in uncompressed ``.nii`` files, whose size stays the same when their voxels change."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    t1 = _write(folder / f"{case_id}_t1.nii", rng.uniform(1, 100, SHAPE).astype(np.float32))
+    seg = _write(folder / f"{case_id}_seg.nii", rng.choice(np.array([0, 1, 2, 4], np.uint8), SHAPE))
+    return {"case_id": case_id, "image": [t1], "label": seg}
+
+
+def _rewrite_keeping_identity(path: str, data: np.ndarray) -> None:
+    """Replace the voxels of ``path`` and restore its size and modification time."""
+    stat = os.stat(path)
+    _write(Path(path), data)
+    assert os.stat(path).st_size == stat.st_size
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
+def test_voxels_checked_once_per_file_identity(tmp_path):
+    case, cache = _case_nii(tmp_path, "a"), tmp_path / "out" / "input_checks.json"
+    check_cases([case], "fets", cache_path=cache)
+    assert set(json.loads(cache.read_text())["passed"]) == {case["image"][0], case["label"]}
+    zero_t1 = np.zeros(SHAPE, np.float32)
+    relabelled = np.full(SHAPE, 3, np.uint8)
+    _rewrite_keeping_identity(case["image"][0], zero_t1)
+    _rewrite_keeping_identity(case["label"], relabelled)
+    check_cases([case], "fets", cache_path=cache)  # same identities: voxels not read again
+    with pytest.raises(ValueError, match="is all zero; label .* has values \\[3\\]"):
+        check_cases([case], "fets")  # no cache: every voxel read
+    os.utime(case["image"][0])  # a touched file is a new identity
+    with pytest.raises(ValueError) as info:
+        check_cases([case], "fets", cache_path=cache)
+    assert "a_t1.nii is all zero" in str(info.value) and "label" not in str(info.value)
+
+
+def test_cache_keeps_header_checks_and_bad_files(tmp_path):
+    cache = tmp_path / "input_checks.json"
+    good, bad = _case_nii(tmp_path / "good", "good"), _case(tmp_path / "bad", "bad", t1=np.zeros(SHAPE, np.float32))
+    with pytest.raises(ValueError, match="1 of 2"):
+        check_cases([good, bad], "fets", cache_path=cache)
+    with pytest.raises(ValueError, match="bad: image .*bad_t1.nii.gz is all zero"):
+        check_cases([good, bad], "fets", cache_path=cache)  # failures are never cached
+    _write(Path(good["label"]), np.zeros((8, 9, 11), np.uint8))
+    with pytest.raises(ValueError, match=r"good: shape \(8, 9, 11\)"):
+        check_cases([good], "fets", cache_path=cache)  # headers are checked on every run
+    Path(good["image"][0]).unlink()
+    with pytest.raises(ValueError, match="good: missing file"):
+        check_cases([good], "fets", cache_path=cache)
+
+
+def test_cache_is_per_dataset_label_values(tmp_path):
+    case, cache = _case(tmp_path, "a", label_values=(0, 10, 150, 250)), tmp_path / "input_checks.json"
+    check_cases([case], "iseg", cache_path=cache)
+    with pytest.raises(ValueError, match=r"values \[10, 150, 250\] outside \[0, 1, 2, 4\]"):
+        check_cases([case], "fets", cache_path=cache)
+
+
+def test_unreadable_cache_is_ignored(tmp_path, caplog):
+    cache = tmp_path / "input_checks.json"
+    cache.write_text("{not json")
+    case = _case(tmp_path, "a", t1=np.zeros(SHAPE, np.float32))
+    with pytest.raises(ValueError, match="is all zero"):
+        check_cases([case], "fets", cache_path=cache)
+    assert "ignoring unreadable input-check cache" in caplog.text
+
+
+def test_scenario_checks_voxels_once(data_fets_phantom, tmp_path, monkeypatch):
+    def scenario() -> Scenario:
+        root, out = str(data_fets_phantom), str(tmp_path)
+        return Scenario("fets", root, out, "t1", "flair", "multiclass", "multiclass", 2, 1, 1)
+
+    scenario().prepare()
+    assert (tmp_path / CHECK_CACHE).is_file()
+    reads = []
+    monkeypatch.setattr(checks, "unexpected_values", lambda *args: reads.append(args) or np.array([]))
+    scenario().prepare()  # e.g. evaluation after training: headers only
+    assert reads == []
 
 
 def _truncate(path: str, keep: int | None = None) -> None:

@@ -147,3 +147,15 @@ def test_cli_script(tmp_path, capsys):
     assert "MICCAI_FeTS2021_TrainingData" in capsys.readouterr().out
     assert [c["partition"] for c in fets2021_datalist(
         tmp_path / "MICCAI_FeTS2021_TrainingData", partition_csv="partitioning_1.csv")] == ["01", "01", "02"]
+
+
+def test_cli_full_size_flag(monkeypatch, tmp_path):
+    """``--full-size`` (as the issue spells it) and ``--full_size`` both reach the generator."""
+    import fire
+    import make_phantom as cli
+
+    seen = []
+    monkeypatch.setattr(cli, "make_phantom", lambda *args, **kwargs: seen.append(kwargs) or tmp_path)
+    for flag in ("--full-size", "--full_size"):
+        fire.Fire(cli.main, command=["fets", "--out", str(tmp_path), flag])
+    assert [k["full_size"] for k in seen] == [True, True] and all(k["shape"] is None for k in seen)

@@ -31,6 +31,9 @@ logger = logging.getLogger(__name__)
 
 SPLIT_NAMES: tuple[str, ...] = ("source", "target_train", "target_val", "target_test")
 
+#: File under ``output_dir`` remembering which files passed the voxel checks (see :func:`check_cases`).
+CHECK_CACHE = "input_checks.json"
+
 
 def _partition_key(partition: str | int | None) -> str | None:
     """A partition id compared by value: ``1``, ``"1"`` and ``"01"`` are one institution."""
@@ -102,7 +105,8 @@ class Scenario:
         partition_csv: partition file for cross-site scenarios (a path, or a file name in ``dataset_dir``).
         source_partitions: partitions (institutions) the source cases come from; ``None`` for all.
         target_partitions: partitions the target cases come from; ``None`` for all.
-        check_inputs: run :func:`~transrisk_components.data.checks.check_cases` on every selected case.
+        check_inputs: run :func:`~transrisk_components.data.checks.check_cases` on every selected case: headers
+            every time, voxels once per file version (remembered in ``<output_dir>/input_checks.json``).
     """
 
     def __init__(
@@ -228,7 +232,11 @@ class Scenario:
             for name in SPLIT_NAMES
         }
         if self.check_inputs:
-            check_cases([case for name in SPLIT_NAMES for case in splits[name]], self.spec)
+            check_cases(
+                [case for name in SPLIT_NAMES for case in splits[name]],
+                self.spec,
+                cache_path=self.output_dir / CHECK_CACHE,
+            )
         self._write(splits)
         self._splits = splits
         return splits

@@ -7,9 +7,13 @@ makes it.
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import torch.distributed as dist
 
-__all__ = ["barrier", "is_distributed", "is_rank0", "rank_and_world"]
+__all__ = ["barrier", "broadcast_from_rank0", "is_distributed", "is_rank0", "rank_and_world"]
+
+T = TypeVar("T")
 
 
 def is_distributed() -> bool:
@@ -31,3 +35,12 @@ def barrier() -> None:
     """Wait for every rank; a no-op without a process group."""
     if is_distributed():
         dist.barrier()
+
+
+def broadcast_from_rank0(obj: T) -> T:
+    """Rank 0's ``obj`` on every rank (a picklable object; every rank must call it); ``obj`` without a group."""
+    if not is_distributed():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
