@@ -10,7 +10,25 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from monai.bundle import ConfigWorkflow
+import torch
+from monai.bundle import ConfigParser, ConfigWorkflow, ckpt_export, verify_net_in_out
+
+#: Bundle settings small enough for tests: a tiny SegResNet, 16^3 patches, one epoch per stage, few cases.
+TINY = {
+    "network_def#init_filters": 4,
+    "network_def#blocks_down": [1, 2],
+    "network_def#blocks_up": [1],
+    "patch_size": [16, 16, 16],
+    "batch_size": 1,
+    "source_epochs": 1,
+    "max_epochs": 1,
+    "val_interval": 1,
+    "num_source": 3,
+    "num_target_train": 2,
+    "num_target_val": 1,
+    "num_target_test": 2,
+    "progress": False,
+}
 
 
 def run_bundle(
@@ -80,3 +98,34 @@ def run_headline_from_fresh_clone(repo: Path, tmp_path: Path, bundle: str) -> Pa
     subprocess.run(command, cwd=clone, env={**os.environ, "PYTHONPATH": str(clone)}, check=True, timeout=900)
     assert not (clone / "models").exists(), "outputs must land in the bundle, not the cwd"
     return clone / "bundles" / bundle
+
+
+def check_export_matches_eager(configs_dir: Path, trained: Path, out: Path) -> None:
+    """``verify_net_in_out`` on the tiny network, then the README's ``ckpt_export`` command: plain
+    ``torch.jit.load`` of the exported model gives the eager model's logits ``[1, 4, 16, 16, 16]`` to 1e-5."""
+    network = {k: v for k, v in TINY.items() if k.startswith("network_def#")}
+    meta = str(configs_dir / "metadata.json")
+    verify_net_in_out(net_id="network_def", meta_file=meta, config_file=str(configs_dir / "train.json"), n=1, any=16,
+                      **TINY, bundle_root=str(trained), dataset_dir="unused")
+    ckpt_export(
+        net_id="network_def",
+        filepath=str(out),
+        ckpt_file=str(trained / "models" / "model.pt"),
+        meta_file=meta,
+        config_file=str(configs_dir / "inference.json"),
+        key_in_ckpt="",
+        bundle_root=str(trained),
+        **network,
+    )
+    scripted = torch.jit.load(str(out))
+    parser = ConfigParser()
+    parser.read_config(str(configs_dir / "inference.json"))
+    parser.update(network)
+    eager = parser.get_parsed_content("network_def")
+    eager.load_state_dict(torch.load(trained / "models" / "model.pt", weights_only=True))
+    image = torch.randn(1, 1, 16, 16, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = eager.eval()(image)
+        scripted_out = scripted(image)
+    assert scripted_out.shape == (1, 4, 16, 16, 16)
+    torch.testing.assert_close(scripted_out, expected, atol=1e-5, rtol=1e-5)

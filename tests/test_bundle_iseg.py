@@ -17,9 +17,15 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
-from bundle_helpers import exception_messages, risk_maps, run_bundle, run_ddp_training, run_headline_from_fresh_clone
-from monai.bundle import ConfigParser, ckpt_export, verify_net_in_out
+from bundle_helpers import (
+    TINY,
+    check_export_matches_eager,
+    exception_messages,
+    risk_maps,
+    run_bundle,
+    run_ddp_training,
+    run_headline_from_fresh_clone,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "bundles" / "iseg" / "configs"
@@ -27,21 +33,6 @@ TRAIN = str(CONFIGS / "train.json")
 ISEG_VALUES = {0, 10, 150, 250}
 TISSUES = {"CSF", "GM", "WM"}
 
-TINY = {
-    "network_def#init_filters": 4,
-    "network_def#blocks_down": [1, 2],
-    "network_def#blocks_up": [1],
-    "patch_size": [16, 16, 16],
-    "batch_size": 1,
-    "source_epochs": 1,
-    "max_epochs": 1,
-    "val_interval": 1,
-    "num_source": 3,
-    "num_target_train": 2,
-    "num_target_val": 1,
-    "num_target_test": 2,
-    "progress": False,
-}
 
 
 @pytest.fixture(scope="module")
@@ -214,34 +205,7 @@ def test_inference_on_a_folder_takes_only_the_matching_analyze_images(trained: P
 
 
 def test_verify_net_in_out_and_torchscript_export(trained: Path, tmp_path: Path) -> None:
-    """The README's ``ckpt_export`` command: plain ``torch.jit.load`` gives the eager model's logits (1e-5)."""
-    network = {k: v for k, v in TINY.items() if k.startswith("network_def#")}
-    meta = str(CONFIGS / "metadata.json")
-    verify_net_in_out(net_id="network_def", meta_file=meta, config_file=TRAIN, n=1, any=16,
-                      **TINY, bundle_root=str(trained), dataset_dir="unused")
-    out = tmp_path / "model.ts"
-    ckpt_export(
-        net_id="network_def",
-        filepath=str(out),
-        ckpt_file=str(trained / "models" / "model.pt"),
-        meta_file=meta,
-        config_file=str(CONFIGS / "inference.json"),
-        key_in_ckpt="",
-        bundle_root=str(trained),
-        **network,
-    )
-    scripted = torch.jit.load(str(out))
-    parser = ConfigParser()
-    parser.read_config(str(CONFIGS / "inference.json"))
-    parser.update(network)
-    eager = parser.get_parsed_content("network_def")
-    eager.load_state_dict(torch.load(trained / "models" / "model.pt", weights_only=True))
-    image = torch.randn(1, 1, 16, 16, 16, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        expected = eager.eval()(image)
-        scripted_out = scripted(image)
-    assert scripted_out.shape == (1, 4, 16, 16, 16)
-    torch.testing.assert_close(scripted_out, expected, atol=1e-5, rtol=1e-5)
+    check_export_matches_eager(CONFIGS, trained, tmp_path / "model.ts")
 
 
 def test_risk_export_writes_maps_overlays_and_csv(trained: Path, phantom: str) -> None:

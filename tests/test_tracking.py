@@ -8,34 +8,20 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from bundle_helpers import run_bundle
+from bundle_helpers import TINY, run_bundle
 from monai.utils import path_to_sqlite_uri
 
 mlflow = pytest.importorskip("mlflow", reason="mlflow is an optional extra: pip install 'transrisk[mlflow]'")
 
 CONFIGS = Path(__file__).resolve().parents[1] / "bundles" / "fets" / "configs"
-TINY = {
-    "network_def#init_filters": 4,
-    "network_def#blocks_down": [1, 2],
-    "network_def#blocks_up": [1],
-    "patch_size": [16, 16, 16],
-    "batch_size": 1,
-    "source_epochs": 1,
-    "max_epochs": 2,
-    "val_interval": 1,
-    "num_source": 3,
-    "num_target_train": 2,
-    "num_target_val": 1,
-    "num_target_test": 2,
-    "progress": False,
-}
+TWO_EPOCHS = {**TINY, "max_epochs": 2}
 
 
 def test_training_is_tracked_in_a_local_mlflow_store(tmp_path: Path, data_fets_phantom: Path) -> None:
     # MONAI's default store for --tracking mlflow: a local SQLite file under the bundle's output_dir (MLflow 3.13+
     # refuses the plain file store), artifacts beside it
     store = path_to_sqlite_uri(str(tmp_path / "eval" / "mlruns.db"))
-    run_bundle(CONFIGS, "training", tmp_path, str(data_fets_phantom), TINY, tracking="mlflow",
+    run_bundle(CONFIGS, "training", tmp_path, str(data_fets_phantom), TWO_EPOCHS, tracking="mlflow",
                experiment_name="transrisk_test")
     client = mlflow.tracking.MlflowClient(tracking_uri=store)
     experiment = client.get_experiment_by_name("transrisk_test")

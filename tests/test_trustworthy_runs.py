@@ -1,6 +1,6 @@
 """No stage output is reused across a changed setting, resumes keep the best model, failures say what to do.
 
-Runs the FeTS bundle's run ids on a tiny phantom (see ``TINY`` in ``test_bundle_fets.py``), each test under its
+Runs the FeTS bundle's run ids on a tiny phantom (see ``TINY`` in ``bundle_helpers.py``), each test under its
 own ``bundle_root``.
 """
 
@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from bundle_helpers import exception_messages, risk_maps, run_bundle
-from test_bundle_fets import CONFIGS, TINY
+from bundle_helpers import TINY, exception_messages, risk_maps, run_bundle
+from test_bundle_fets import CONFIGS
 
 from transrisk_components.bundle.errors import real_cause
 from transrisk_components.data.registry import get_dataset
