@@ -132,7 +132,8 @@ def test_cross_task_white_to_grey_matter(tmp_path: Path, phantom: str) -> None:
     tasks = {"source_modality": "T2", "source_task": "WM", "target_task": "GM"}
     run_workflow("training", tmp_path, phantom, **tasks)
     manifest = json.loads(next((tmp_path / "outputs" / "risk_maps").glob("*/manifest.json")).read_text())
-    assert manifest["options"]["source_task"] == "WM" and manifest["options"]["target_task"] == "GM"
+    settings = manifest["fingerprint"]["settings"]
+    assert settings["source_task"] == "WM" and settings["target_task"] == "GM"
     assert np.asarray(manifest["conditional"]).shape == (2, 2)  # P(y | z): 2 target x 2 source classes
     run_workflow("evaluating", tmp_path, phantom, configs=("train.json", "evaluate.json"), **tasks)
     rows, summary = _read_metrics(tmp_path)

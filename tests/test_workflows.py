@@ -20,6 +20,7 @@ from transrisk_components.bundle.config_values import as_bool
 from transrisk_components.data.registry import get_dataset
 from transrisk_components.bundle.inference import InferenceCases, inference_datalist
 from transrisk_components.method.losses import RiskWeightedLoss
+from transrisk_components.bundle.fingerprint import StageFingerprint
 from transrisk_components.bundle.stages.risk import RiskStage
 from transrisk_components.data.scenario import Scenario, resolve_dataset_dir
 from transrisk_components.bundle.engine import (
@@ -203,10 +204,13 @@ def test_risk_stage_writes_maps_on_the_image_grid_and_caches(phantom: str, tmp_p
     ckpt = tmp_path / "source.pt"
     torch.save(network.state_dict(), ckpt)
 
-    def stage(normalization: str = "complement") -> RiskStage:
+    def stage(normalization: str = "complement", enabled: bool = True) -> RiskStage:
+        fingerprint = StageFingerprint(
+            "risk", {"normalization": normalization}, datalists=[cases], upstream={"source_ckpt": str(ckpt)}
+        )
         return RiskStage(
-            True, "fets", cases, "multiclass", "WT", str(ckpt), network, load,
-            SlidingWindowInferer([16, 16, 16]), str(tmp_path / "cache"), normalization,
+            enabled, "fets", cases, "multiclass", "WT", str(ckpt), network, load,
+            SlidingWindowInferer([16, 16, 16]), str(tmp_path / "cache"), fingerprint, normalization,
         )
 
     manifest = stage().run()
@@ -216,10 +220,7 @@ def test_risk_stage_writes_maps_on_the_image_grid_and_caches(phantom: str, tmp_p
         assert risk.shape == image.shape
         np.testing.assert_allclose(risk.affine, image.affine, atol=1e-5)
     assert stage().cache_key() == stage().cache_key() != stage("minmax").cache_key()
-    disabled = RiskStage(
-        False, "fets", cases, "multiclass", "WT", str(ckpt), network, load, SlidingWindowInferer([16] * 3), "x"
-    )
-    assert all("risk" not in c for c in disabled.datalist())
+    assert all("risk" not in c for c in stage(enabled=False).datalist())
 
 
 def _risk_stage(cases: list[dict], tmp_path: Path, **kw) -> RiskStage:
@@ -231,9 +232,10 @@ def _risk_stage(cases: list[dict], tmp_path: Path, **kw) -> RiskStage:
         ckpt.parent.mkdir(parents=True, exist_ok=True)
         torch.save(network.state_dict(), ckpt)
     load = config_item("validate#preprocessing", target_task="WT")
+    fingerprint = StageFingerprint("risk", dict(kw), datalists=[cases], upstream={"source_ckpt": str(ckpt)})
     return RiskStage(
         True, "fets", cases, "multiclass", "WT", str(ckpt), network, load, SlidingWindowInferer([16, 16, 16]),
-        str(tmp_path / "cache"), **kw,
+        str(tmp_path / "cache"), fingerprint, **kw,
     )
 
 
@@ -242,12 +244,13 @@ def test_risk_stage_statistics_and_maps_cover_the_brain_only(phantom: str, tmp_p
     cases = _scenario(phantom, tmp_path).split("target_train")
     brain = [np.asarray(nib.load(c["image"][0]).dataobj) != 0 for c in cases]
     assert not all(b.all() for b in brain), "the phantom needs air around the head for this test"
-    masked, full = _risk_stage(cases, tmp_path).run(), _risk_stage(cases, tmp_path, mask="all").run()
+    masked_stage = _risk_stage(cases, tmp_path)
+    masked, full = masked_stage.run(), _risk_stage(cases, tmp_path, mask="all").run()
     assert masked["num_voxels"] == sum(int(b.sum()) for b in brain)
     assert full["num_voxels"] == sum(b.size for b in brain) > masked["num_voxels"]
     assert masked["leep"] != full["leep"]
     for case, inside in zip(cases, brain):
-        risk = np.asarray(nib.load(masked["cases"][case["case_id"]]["risk"]).dataobj)
+        risk = np.asarray(nib.load(masked_stage.map_path(case["case_id"])).dataobj)
         assert np.all(risk[~inside] == 0) and np.any(risk[inside] > 0)
     with pytest.raises(ValueError, match="unknown risk mask"):
         _risk_stage(cases, tmp_path, mask="brain")
@@ -256,20 +259,20 @@ def test_risk_stage_statistics_and_maps_cover_the_brain_only(phantom: str, tmp_p
 def test_random_map_ablation_permutes_inside_the_mask_per_case(phantom: str, tmp_path: Path) -> None:
     """Old code: one permutation for every case, over the whole volume (mostly air values)."""
     cases = _scenario(phantom, tmp_path).split("target_train")
-    plain = _risk_stage(cases, tmp_path).run()["cases"]
-    shuffled = _risk_stage(cases, tmp_path, shuffle=True).run()["cases"]
+    plain = _risk_stage(cases, tmp_path)
+    shuffled = _risk_stage(cases, tmp_path, shuffle=True)
     for case in cases:
         inside = np.asarray(nib.load(case["image"][0]).dataobj) != 0
-        original = np.asarray(nib.load(plain[case["case_id"]]["risk"]).dataobj)
-        permuted = np.asarray(nib.load(shuffled[case["case_id"]]["risk"]).dataobj)
+        original = np.asarray(nib.load(plain.map_path(case["case_id"])).dataobj)
+        permuted = np.asarray(nib.load(shuffled.map_path(case["case_id"])).dataobj)
         assert np.all(permuted[~inside] == 0)
         np.testing.assert_array_equal(np.sort(permuted[inside]), np.sort(original[inside]))
         assert not np.array_equal(permuted, original)
-    again = _risk_stage(cases, tmp_path / "again", shuffle=True).run()["cases"]
+    again = _risk_stage(cases, tmp_path / "again", shuffle=True)
     for case in cases:
         np.testing.assert_array_equal(
-            np.asarray(nib.load(again[case["case_id"]]["risk"]).dataobj),
-            np.asarray(nib.load(shuffled[case["case_id"]]["risk"]).dataobj),
+            np.asarray(nib.load(again.map_path(case["case_id"])).dataobj),
+            np.asarray(nib.load(shuffled.map_path(case["case_id"])).dataobj),
         )
 
 

@@ -23,6 +23,7 @@ from monai.utils import CommonKeys
 from torch import nn
 
 from transrisk_components.method.losses import RiskWeightedLoss
+from transrisk_components.utils.io import load_checkpoint
 
 __all__ = [
     "RiskTargets",
@@ -145,7 +146,7 @@ def load_source_weights(
     path = Path(ckpt_path)
     if not path.is_file():
         raise FileNotFoundError(f"source checkpoint not found: {path} (run the 'pretrain' stage first)")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_checkpoint(path, "delete it and rerun the 'pretrain' stage", map_location="cpu", weights_only=True)
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
     own = network.state_dict()

@@ -1,6 +1,9 @@
 """Ignite handlers the bundles attach to their engines, and the report files they write.
 
-- :class:`ResumableCheckpoints` -- periodic checkpoints of a trainer, restored when a killed run restarts.
+- :class:`ResumableCheckpoints` -- periodic checkpoints of a trainer, restored when a killed run restarts, guarded
+  by the stage's fingerprint.
+- :class:`BestModelState` -- the best validation metric so far and the ``model.pt`` saver's record of it, saved
+  with the periodic checkpoint so that a resumed run never replaces a better ``model.pt`` with a worse one.
 - :class:`LearningCurveWriter` -- ``eval/learning_curves.csv`` and its PNG, one row per epoch.
 - :class:`RegionMetricsWriter` -- per-case region metrics of an evaluator (CSV) and their summary (JSON).
 
@@ -30,10 +33,13 @@ from monai.handlers import CheckpointLoader, CheckpointSaver, from_engine
 
 from transrisk_components.bundle.metrics import CaseScore, RegionMetrics, summarise, voxel_spacing
 from transrisk_components.reporting.figures import plot_learning_curves, read_learning_curves
+from transrisk_components.bundle.fingerprint import StageFingerprint
 from transrisk_components.utils.distributed import is_distributed, is_rank0
-from transrisk_components.utils.io import atomic_write_text
+from transrisk_components.utils.io import atomic_write_text, load_checkpoint
 
 __all__ = [
+    "BestModelState",
+    "NamedCheckpointLoader",
     "LearningCurveWriter",
     "RegionMetricsWriter",
     "ResumableCheckpoints",
@@ -53,13 +59,23 @@ class ResumableCheckpoints:
 
     Files are ``<ckpt_dir>/<prefix>_checkpoint_epoch=N.pt`` (the last one kept; ignite writes on rank 0 only). A run
     killed mid-way restarts at the epoch after its newest checkpoint (losing at most ``interval - 1`` epochs); a
-    finished run does nothing more, since the last epoch is always saved.
+    finished run does nothing more, since the last epoch is always saved; a run with a larger ``max_epochs``
+    continues a finished one.
+
+    Attach it after the trainer's ``ValidationHandler``: handlers run in the order they were attached, and an
+    epoch's checkpoint must hold the best-model record after that epoch's validation.
+
+    Before anything is restored, ``fingerprint`` (when given) checks that the stage's outputs on disk -- these
+    checkpoints and e.g. ``model.pt`` -- were made with the current settings and inputs; see
+    :meth:`StageFingerprint.prepare` (stale outputs stop the run, or are deleted with ``overwrite``).
 
     Args:
         ckpt_dir: folder of the periodic checkpoints.
-        objects: objects to save and restore besides the engine, e.g. ``{"model": net, "optimizer": opt}``.
+        objects: objects to save and restore besides the engine, e.g. ``{"model": net, "optimizer": opt,
+            "best": BestModelState(...)}``.
         prefix: checkpoint file prefix.
         interval: epochs between checkpoints (a full model + optimiser + trainer state each time).
+        fingerprint: the stage's fingerprint guarding ``ckpt_dir`` and the stage's other outputs.
         map_location: where loaded tensors go.
 
     Raises:
@@ -67,7 +83,13 @@ class ResumableCheckpoints:
     """
 
     def __init__(
-        self, ckpt_dir: str, objects: dict, prefix: str, interval: int = 1, map_location: str | None = "cpu"
+        self,
+        ckpt_dir: str,
+        objects: dict,
+        prefix: str,
+        interval: int = 1,
+        fingerprint: StageFingerprint | None = None,
+        map_location: str | None = "cpu",
     ) -> None:
         if int(interval) < 1:
             raise ValueError(f"checkpoint interval must be >= 1 epoch, got {interval}")
@@ -75,6 +97,7 @@ class ResumableCheckpoints:
         self.objects = objects
         self.prefix = prefix
         self.interval = int(interval)
+        self.fingerprint = fingerprint
         self.map_location = map_location
 
     def latest(self) -> Path | None:
@@ -87,14 +110,13 @@ class ResumableCheckpoints:
         return max(found)[1] if found else None
 
     def attach(self, engine: Any) -> None:
-        """Attach the saver and, when a checkpoint exists, a loader that restores it as ``engine`` starts."""
+        """Attach the saver, and a handler that checks the fingerprint and resumes when ``engine`` starts.
+
+        Nothing is read or written before the trainer runs, so the trainer can be built before earlier stages
+        ran (MONAI's ``check_properties`` builds it on a fresh bundle folder).
+        """
         save = {**self.objects, "trainer": engine}
-        path = self.latest()
-        if path is None:
-            logger.info("no %s checkpoint in %s: starting from epoch 1", self.prefix, self.ckpt_dir)
-        else:
-            logger.info("resuming %s from %s", self.prefix, path)
-            CheckpointLoader(load_path=str(path), load_dict=save, map_location=self.map_location).attach(engine)
+        engine.add_event_handler(Events.STARTED, self._resume, save)
         # built on every rank: ignite writes on rank 0 only, and its first rank query is a collective call
         saver = CheckpointSaver(
             save_dir=str(self.ckpt_dir), save_dict=save, file_prefix=self.prefix, save_interval=self.interval, n_saved=1
@@ -102,10 +124,74 @@ class ResumableCheckpoints:
         saver.attach(engine)
         engine.add_event_handler(Events.COMPLETED, self._save_last_epoch, saver)
 
+    def _resume(self, engine: Engine, save: dict) -> None:
+        """Check the stage's outputs against its fingerprint, then restore the newest checkpoint if any."""
+        if self.fingerprint is not None:
+            self.fingerprint.prepare()
+        path = self.latest()
+        if path is None:
+            logger.info("no %s checkpoint in %s: starting from epoch 1", self.prefix, self.ckpt_dir)
+            return
+        logger.info("resuming %s from %s", self.prefix, path)
+        load_checkpoint(path, f"delete it to restart the {self.prefix} run from epoch 1", map_location="cpu")
+        CheckpointLoader(load_path=str(path), load_dict=save, map_location=self.map_location)(engine)
+
     def _save_last_epoch(self, engine: Engine, saver: CheckpointSaver) -> None:
         """Save the final epoch unless the periodic saver just did."""
         if engine.state.epoch % self.interval:
             saver.interval_completed(engine)
+
+
+class NamedCheckpointLoader(CheckpointLoader):
+    """MONAI's ``CheckpointLoader`` whose error for an unreadable file names it and says what to do.
+
+    Args:
+        load_path: the checkpoint (read when the engine starts, not when the config is parsed).
+        remedy: what the user can do when the file is damaged.
+        kwargs: ``CheckpointLoader`` arguments (``load_dict``, ``map_location``, ...).
+    """
+
+    def __init__(self, load_path: str, remedy: str, **kwargs: Any) -> None:
+        super().__init__(load_path=load_path, **kwargs)
+        self.remedy = remedy
+
+    def __call__(self, engine: Engine) -> None:
+        load_checkpoint(self.load_path, self.remedy, map_location="cpu", weights_only=True)
+        super().__call__(engine)
+
+
+class BestModelState:
+    """The best-model record of a validation run, as one object a periodic checkpoint can save and restore.
+
+    It holds the evaluator's ``best_metric`` / ``best_metric_epoch`` (MONAI's "new best" bookkeeping) and the
+    ``CheckpointSaver``'s list of saved key-metric files with their scores. Without them a resumed run starts
+    from an empty record, and its first validation replaces ``model.pt`` even when it is worse.
+
+    Args:
+        evaluator: the validation engine (a MONAI ``Workflow``).
+        saver: the ``CheckpointSaver`` writing ``model.pt`` on the key metric.
+    """
+
+    def __init__(self, evaluator: Engine, saver: CheckpointSaver) -> None:
+        if saver._key_metric_checkpoint is None:
+            raise ValueError("BestModelState needs a CheckpointSaver with save_key_metric=True")
+        self.evaluator = evaluator
+        self.saver = saver
+
+    def state_dict(self) -> dict[str, Any]:
+        """``{"best_metric", "best_metric_epoch", "saved": [(score, file name), ...]}`` (plain Python values)."""
+        saved = self.saver._key_metric_checkpoint.state_dict()["_saved"]
+        return {
+            "best_metric": float(self.evaluator.state.best_metric),
+            "best_metric_epoch": int(self.evaluator.state.best_metric_epoch),
+            "saved": [(float(score), str(name)) for score, name in saved],
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        self.evaluator.state.best_metric = state["best_metric"]
+        self.evaluator.state.best_metric_epoch = state["best_metric_epoch"]
+        self.saver.load_state_dict({"_saved": [tuple(item) for item in state["saved"]]})
 
 
 class LearningCurveWriter:

@@ -58,14 +58,15 @@ def export_risk_maps(stage: RiskStage, output_dir: str) -> Path:
     rows = []
     for case in stage.cases:
         record = manifest["cases"][case["case_id"]]
-        image, label, risk = _volume(case["image"][0]), _volume(case["label"]), _volume(record["risk"])
+        risk_path = stage.cache_root / manifest["key"] / record["risk"]
+        image, label, risk = _volume(case["image"][0]), _volume(case["label"]), _volume(str(risk_path))
         if not image.shape == label.shape == risk.shape:
             raise ValueError(
                 f"{case['case_id']}: image {case['image'][0]} {image.shape}, label {case['label']} {label.shape} "
-                f"and risk map {record['risk']} {risk.shape} must share one shape"
+                f"and risk map {risk_path} {risk.shape} must share one shape"
             )
         map_path = out / f"{case['case_id']}_risk.nii.gz"
-        atomic_write(map_path, lambda tmp, src=record["risk"]: shutil.copyfile(src, tmp), suffix=".nii.gz")
+        atomic_write(map_path, lambda tmp, src=risk_path: shutil.copyfile(src, tmp), suffix=".nii.gz")
         plot_risk_overlay(image, label, risk, out / f"{case['case_id']}_risk.png", title=case["case_id"])
         foreground = label > 0
         rows.append([case["case_id"], _mean(risk[foreground]), _mean(risk[~foreground]), record["leep"]])

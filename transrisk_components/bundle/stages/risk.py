@@ -17,8 +17,12 @@ took 1.3-1.7 s per case, recomputing them 1.5-3.0 s per case -- keeping is faste
 ``Cs * 2 + 1`` bytes per voxel per case (~80 MB for one 240x240x155 FeTS case, ~100 GB for FeTS2022's 1,251),
 so recomputing is the default and only choice. The stage runs once per (source model, target set).
 
-Cache: ``<cache_root>/<key>/`` where ``key`` hashes the source checkpoint's bytes, the datalist and the options.
-Maps and ``manifest.json`` are written atomically, the manifest last; a folder with a manifest is reused.
+Cache: ``<cache_root>/<key>/`` where ``key`` is the stage's fingerprint key
+(:class:`~transrisk_components.bundle.fingerprint.StageFingerprint`: the settings listed under
+``fingerprint#risk`` in the bundle config -- inferer, risk options, amp --, the size and mtime of every image
+and label file, the source checkpoint's SHA-256 and the package version). Maps and ``manifest.json`` are
+written atomically, the manifest last; a folder with a complete manifest is reused. The manifest names the maps
+relative to its folder, so a moved cache still reads.
 """
 
 from __future__ import annotations
@@ -40,9 +44,10 @@ from torch import nn
 
 from transrisk_components.data.registry import get_dataset, num_classes
 from transrisk_components.utils.distributed import barrier, is_distributed, rank_and_world
-from transrisk_components.utils.io import atomic_write, atomic_write_text, file_sha256
+from transrisk_components.utils.io import atomic_write, atomic_write_text, load_checkpoint, remove_partial_writes
 from transrisk_components.method.risk import transfer_risk
 from transrisk_components.method.transferability import LEEPStatistics, pixel_transferability
+from transrisk_components.bundle.fingerprint import StageFingerprint
 
 __all__ = ["RiskDatalist", "RiskStage"]
 
@@ -80,6 +85,7 @@ class RiskStage:
             written on the image file's grid.
         inferer: whole-volume inferer, e.g. ``SlidingWindowInferer``.
         cache_root: folder holding one sub-folder per cache key.
+        fingerprint: what determines the maps (its ``key()`` names the cache folder).
         normalization: risk normalisation, see :func:`transrisk_components.method.risk.transfer_risk`
             (``"minmax"`` spans the masked voxels only).
         mask: voxels the LEEP statistics, the reported LEEP and the maps cover: ``"nonzero"`` (default) the
@@ -105,6 +111,7 @@ class RiskStage:
         transform: Callable[[dict], dict],
         inferer: Inferer,
         cache_root: str,
+        fingerprint: StageFingerprint,
         normalization: str = "complement",
         mask: str = "nonzero",
         shuffle: bool = False,
@@ -122,6 +129,7 @@ class RiskStage:
         self.transform = transform
         self.inferer = inferer
         self.cache_root = Path(cache_root)
+        self.fingerprint = fingerprint
         if mask not in RISK_MASKS:
             raise ValueError(f"unknown risk mask {mask!r}; choose one of {RISK_MASKS}")
         self.normalization = normalization
@@ -136,32 +144,20 @@ class RiskStage:
         self._manifest: dict[str, Any] | None = None
 
     def cache_key(self) -> str:
-        """SHA-256 (first 16 hex digits) of the source checkpoint bytes, the datalist and the options."""
+        """The fingerprint key of the maps (16 hex digits), the name of their cache folder."""
         if not self.source_ckpt.is_file():
             raise FileNotFoundError(f"source checkpoint not found: {self.source_ckpt} (run the 'pretrain' stage first)")
-        record = {
-            "source_ckpt_sha256": file_sha256(self.source_ckpt),
-            "datalist": [{k: c[k] for k in ("case_id", "image", "label")} for c in self.cases],
-            "options": self.options(),
-        }
-        return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
+        return self.fingerprint.key()
 
-    def options(self) -> dict[str, Any]:
-        """The options that change the maps."""
-        return {
-            "dataset": self.dataset,
-            "source_task": self.source_task,
-            "target_task": self.target_task,
-            "normalization": self.normalization,
-            "mask": self.mask,
-            "shuffle_seed": self.seed if self.shuffle else None,
-            "inferer": {name: repr(getattr(self.inferer, name, None)) for name in ("roi_size", "overlap", "mode")},
-        }
+    def map_path(self, case_id: str) -> str:
+        """The path of a case's cached risk map (runs the stage first if needed)."""
+        return str(self.cache_root / self.run()["key"] / self.run()["cases"][case_id]["risk"])
 
     def run(self) -> dict[str, Any]:
         """Compute the maps unless a cache for the same key exists; return the manifest.
 
-        Manifest: ``{"key", "options", "leep", "num_voxels", "cases": {case_id: {"risk": path, "leep": float}}}``.
+        Manifest: ``{"key", "fingerprint", "leep", "num_voxels", "cases": {case_id: {"risk": file name, "leep": float}}}``
+        (map files relative to the manifest's folder).
         """
         if self._manifest is not None:
             return self._manifest
@@ -170,10 +166,13 @@ class RiskStage:
         manifest_path = folder / MANIFEST
         if manifest_path.is_file():
             manifest = json.loads(manifest_path.read_text())
-            if all(Path(c["risk"]).is_file() for c in manifest["cases"].values()):
-                logger.info("risk maps reused from %s (cache key unchanged)", folder)
+            if all((folder / c["risk"]).is_file() for c in manifest["cases"].values()):
+                logger.info("risk maps reused from %s (fingerprint unchanged)", folder)
                 self._manifest = manifest
                 return manifest
+        if rank_and_world()[0] == 0:
+            remove_partial_writes(folder)  # left by a killed run; this run holds the bundle's lock
+        barrier()
         logger.info("computing risk maps of %d target cases in %s", len(self.cases), folder)
         self._manifest = self._compute(folder)
         return self._manifest
@@ -192,7 +191,9 @@ class RiskStage:
         return RiskDatalist(self)
 
     def _load_network(self) -> nn.Module:
-        state = torch.load(self.source_ckpt, map_location="cpu", weights_only=True)
+        state = load_checkpoint(
+            self.source_ckpt, "delete it and rerun the 'pretrain' stage", map_location="cpu", weights_only=True
+        )
         try:
             self.network.load_state_dict(state)
         except RuntimeError as err:
@@ -260,12 +261,12 @@ class RiskStage:
                 )
             path = folder / f"{case['case_id']}_risk.nii.gz"
             atomic_write(path, lambda tmp, r=risk, a=affine: nib.save(nib.Nifti1Image(r, a), tmp), suffix=".nii.gz")
-            cases[case["case_id"]] = {"risk": str(path), "leep": float(log_t.mean()), "foreground_voxels": foreground}
+            cases[case["case_id"]] = {"risk": path.name, "leep": float(log_t.mean()), "foreground_voxels": foreground}
         cases, log_t_sum = self._gather(cases, log_t_sum)
         manifest = {
             "key": folder.name,
             "source_ckpt": str(self.source_ckpt),
-            "options": self.options(),
+            "fingerprint": self.fingerprint.current(),
             "leep": log_t_sum / max(stats.num_voxels, 1),
             "num_voxels": stats.num_voxels,
             "conditional": conditional.tolist(),
@@ -311,13 +312,12 @@ class RiskDatalist(Sequence):
         return len(self.stage.cases)
 
     def __getitem__(self, index: int | slice) -> dict | list[dict]:
-        maps = self.stage.run()["cases"]
         if isinstance(index, slice):
-            return [_with_map(c, maps) for c in self.stage.cases[index]]
-        return _with_map(self.stage.cases[index], maps)
+            return [_with_map(c, self.stage) for c in self.stage.cases[index]]
+        return _with_map(self.stage.cases[index], self.stage)
 
 
-def _with_map(case: dict, maps: dict[str, dict[str, Any]]) -> dict:
-    """``case`` with its ``"risk"`` path and ``"foreground_voxels"`` from the manifest's ``maps``."""
-    entry = maps[case["case_id"]]
-    return {**case, "risk": entry["risk"], "foreground_voxels": entry["foreground_voxels"]}
+def _with_map(case: dict, stage: RiskStage) -> dict:
+    """``case`` with its ``"risk"`` path and ``"foreground_voxels"`` from the stage's manifest."""
+    entry = stage.run()["cases"][case["case_id"]]
+    return {**case, "risk": stage.map_path(case["case_id"]), "foreground_voxels": entry["foreground_voxels"]}

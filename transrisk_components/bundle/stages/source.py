@@ -7,7 +7,9 @@ segmentation bundle's weights can therefore be the source: point ``source_ckpt``
 ``source#network_def`` at its network, and the stage is skipped.
 
 The config builds the trainer when it is parsed; with ``CacheDataset(runtime_cache=True)`` nothing is loaded
-until the trainer runs, so a skipped stage costs next to nothing.
+until the trainer runs, so a skipped stage costs next to nothing. The checkpoint is reused only when its
+recorded fingerprint (settings, input files, package version) equals the current one; see
+:mod:`transrisk_components.bundle.fingerprint`.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from monai.engines import Trainer
 from torch import nn
 
 from transrisk_components.utils.distributed import barrier, is_rank0
-from transrisk_components.utils.io import atomic_torch_save
+from transrisk_components.utils.io import atomic_torch_save, load_checkpoint
+from transrisk_components.bundle.fingerprint import StageFingerprint
 
 __all__ = ["SourceStage"]
 
@@ -30,21 +33,43 @@ class SourceStage:
     """Run ``trainer`` once and save ``network``'s weights (a ``state_dict``) to ``ckpt_path``.
 
     Args:
-        ckpt_path: where the source weights are saved; when the file exists the stage is skipped.
+        ckpt_path: where the source weights are saved; the stage is skipped when the file exists and
+            ``fingerprint`` matches the one recorded with it.
         trainer: the source trainer (``source#trainer``), training ``network`` (possibly through a DDP wrapper).
         network: the source network itself (``source#network_def``; ``Cs`` output channels), whose
             ``state_dict`` is saved.
+        fingerprint: what determines the source model; its ``outputs`` are ``ckpt_path`` and the trainer's
+            periodic checkpoints. ``None`` for weights from outside (another bundle's ``model.pt``): they must
+            exist and are used as they are (later stages still record their SHA-256).
     """
 
-    def __init__(self, ckpt_path: str, trainer: Trainer, network: nn.Module) -> None:
+    def __init__(self, ckpt_path: str, trainer: Trainer, network: nn.Module, fingerprint: StageFingerprint | None) -> None:
         self.ckpt_path = Path(ckpt_path)
         self.trainer = trainer
         self.network = network
+        self.fingerprint = fingerprint
 
     def run(self) -> Path:
-        """Train and save the source network unless ``ckpt_path`` exists; return ``ckpt_path``."""
+        """Train and save the source network unless a matching ``ckpt_path`` exists; return ``ckpt_path``.
+
+        Raises:
+            StaleOutputError: ``ckpt_path`` or the periodic checkpoints were made with another fingerprint.
+            ValueError: the matching ``ckpt_path`` is unreadable (names the file and the remedy).
+        """
+        if self.fingerprint is None:
+            if not self.ckpt_path.is_file():
+                raise FileNotFoundError(f"source checkpoint {self.ckpt_path} (given from outside: no fingerprint) does not exist")
+            logger.info("source checkpoint %s given from outside: source stage skipped", self.ckpt_path)
+            return self.ckpt_path
+        self.fingerprint.prepare()
         if self.ckpt_path.is_file():
-            logger.info("source checkpoint %s found: source stage skipped", self.ckpt_path)
+            load_checkpoint(
+                self.ckpt_path,
+                "delete it and rerun: the source stage rebuilds it from its finished run's checkpoint or retrains",
+                map_location="cpu",
+                weights_only=True,
+            )
+            logger.info("source checkpoint %s matches its fingerprint: source stage skipped", self.ckpt_path)
             return self.ckpt_path
         logger.info(
             "no source checkpoint at %s: training the source network on %d cases (%d epochs)",
