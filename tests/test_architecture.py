@@ -27,7 +27,7 @@ def _module_name(path: Path) -> str:
 def _imports(path: Path) -> set[str]:
     """Every module of the package and every top-level third-party package ``path`` imports."""
     found: set[str] = set()
-    tree = ast.parse(path.read_text(), filename=str(path))
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)

@@ -12,6 +12,7 @@ from transrisk_components.data.registry import get_dataset
 pytest.importorskip("jsonschema", reason="monai.bundle verify_metadata needs jsonschema (setup.cfg test extras)")
 
 from monai.bundle import verify_metadata  # noqa: E402
+from monai.bundle.utils import DEPRECATED_ID_MAPPING  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:No hash value provided")
 
@@ -33,7 +34,11 @@ OFFLINE_SCHEMA = "docs/meta_schema.json"
 @pytest.mark.parametrize("bundle", sorted(DEFAULTS))
 def test_verify_metadata_offline(bundle: str, monkeypatch: pytest.MonkeyPatch) -> None:
     root = BUNDLES / bundle
-    assert _metadata(bundle)["schema"] == ZOO_SCHEMA, f"{bundle}: metadata.json must name the official schema URL"
+    metadata = _metadata(bundle)
+    assert metadata["schema"] == ZOO_SCHEMA, f"{bundle}: metadata.json must name the official schema URL"
+    # MONAI renames deprecated ids on load: optional_packages_version would replace required_packages_version
+    assert not set(DEPRECATED_ID_MAPPING) & set(metadata), f"{bundle}: deprecated metadata ids"
+    assert {"itk", "nibabel", "pytorch-ignite", "tensorboard"} <= set(metadata["required_packages_version"])
     schema = root / OFFLINE_SCHEMA
     assert schema.is_file(), f"{bundle}: the offline schema copy must ship inside the bundle"
 

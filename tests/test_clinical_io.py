@@ -8,6 +8,8 @@ The model is a randomly initialised tiny network: geometry and label values do n
 
 from __future__ import annotations
 
+import locale
+from collections.abc import Iterator
 from pathlib import Path
 
 import itk
@@ -24,6 +26,14 @@ CONFIGS = REPO / "bundles" / "fets" / "configs"
 NETWORK = {"network_def#init_filters": 4, "network_def#blocks_down": [1, 2], "network_def#blocks_up": [1]}
 SETTINGS = {**NETWORK, "patch_size": [16, 16, 16]}
 FETS_VALUES = {0, 1, 2, 4}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def keep_locale() -> Iterator[None]:
+    """ITK's DICOM reader resets the process locale to C; later tests in the session must not inherit that."""
+    saved = locale.setlocale(locale.LC_ALL)
+    yield
+    locale.setlocale(locale.LC_ALL, saved)
 
 
 def write_dicom_series(image: itk.Image, folder: Path) -> None:
