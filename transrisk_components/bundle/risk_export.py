@@ -1,8 +1,9 @@
 """Export of the risk stage's maps for people: per case the map (NIfTI), a PNG overlay, and one CSV row.
 
 CSV columns: ``case_id, mean_risk_foreground, mean_risk_background, leep`` -- the mean risk inside the labelled
-foreground (raw label > 0: the tumour for FeTS, brain tissue for iSeg) and outside it, and the case's LEEP (mean
-log transferability under the target set's ``P(y | z)``).
+foreground (raw label > 0: the tumour for FeTS, brain tissue for iSeg) and outside it within the stage's mask
+(the head for ``mask="nonzero"``: the air, where maps are 0, is left out), and the case's LEEP (mean log
+transferability under the target set's ``P(y | z)``, over the mask).
 """
 
 from __future__ import annotations
@@ -69,7 +70,8 @@ def export_risk_maps(stage: RiskStage, output_dir: str) -> Path:
         atomic_write(map_path, lambda tmp, src=risk_path: shutil.copyfile(src, tmp), suffix=".nii.gz")
         plot_risk_overlay(image, label, risk, out / f"{case['case_id']}_risk.png", title=case["case_id"])
         foreground = label > 0
-        rows.append([case["case_id"], _mean(risk[foreground]), _mean(risk[~foreground]), record["leep"]])
+        background = ~foreground & (image != 0) if stage.mask == "nonzero" else ~foreground
+        rows.append([case["case_id"], _mean(risk[foreground]), _mean(risk[background]), record["leep"]])
     text = io.StringIO()
     writer = csv.writer(text)
     writer.writerow(CSV_COLUMNS)
