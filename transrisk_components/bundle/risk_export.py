@@ -3,7 +3,8 @@
 CSV columns: ``case_id, mean_risk_foreground, mean_risk_background, leep`` -- the mean risk inside the labelled
 foreground (raw label > 0: the tumour for FeTS, brain tissue for iSeg) and outside it within the stage's mask
 (the head for ``mask="nonzero"``: the air, where maps are 0, is left out), and the case's LEEP (mean log
-transferability under the target set's ``P(y | z)``, over the mask).
+transferability under the target set's ``P(y | z)``, over the mask). A mean over no voxels is written as ``nan``:
+e.g. the background inside the head of an iSeg case whose every head voxel is labelled tissue.
 """
 
 from __future__ import annotations
