@@ -30,7 +30,7 @@ from typing import Any
 
 from transrisk_components.utils.io import atomic_write_text
 
-__all__ = ["Cell", "DEFAULT_RISK", "METHODS", "Method", "PLAIN", "PROFILES", "Profile", "SCENARIOS", "GridScenario", "choose_default", "export_risk_overlays", "grid", "run_cell"]
+__all__ = ["Cell", "DEFAULT_RISK", "HEADLINE_METHODS", "METHODS", "Method", "PLAIN", "PROFILES", "Profile", "SCENARIOS", "GridScenario", "choose_default", "export_risk_overlays", "grid", "prepare_phantoms", "run_cell"]
 
 logger = logging.getLogger(__name__)
 
@@ -85,9 +85,18 @@ _DICE_CE = {"_target_": "DiceCELoss", "to_onehot_y": True, "softmax": True}
 SCENARIOS: dict[str, GridScenario] = {
     s.name: s
     for s in [
+        # The enhancing rim is invisible on T1 and bright on T1ce: a target class the source cannot see.
+        GridScenario("fets_t1_to_t1ce", "fets", "cross-modality", {"source_modality": "t1", "target_modality": "t1ce"}),
         GridScenario("fets_t1_to_flair", "fets", "cross-modality", {"source_modality": "t1", "target_modality": "flair"}),
         GridScenario("fets_t1ce_to_t2", "fets", "cross-modality", {"source_modality": "t1ce", "target_modality": "t2"}),
         GridScenario("iseg_t1_to_t2", "iseg", "cross-modality", {"source_modality": "T1", "target_modality": "T2"}),
+        # nnU-Net-style binary tasks of the authors' group: same modality, another tumour label.
+        GridScenario(
+            "fets_ed_to_et",
+            "fets",
+            "cross-task",
+            {"source_modality": "t1ce", "target_modality": "t1ce", "source_task": "ED", "target_task": "ET"},
+        ),
         GridScenario(
             "fets_wt_to_tc",
             "fets",
@@ -105,9 +114,9 @@ SCENARIOS: dict[str, GridScenario] = {
                 f"fets_fewshot_{n}",
                 "fets",
                 "few-shot",
-                {"source_modality": "t1", "target_modality": "flair", "num_target_train": n},
+                {"source_modality": "t1", "target_modality": "t1ce", "num_target_train": n},
             )
-            for n in (1, 2, 4)
+            for n in (2, 4, 8)
         ],
         GridScenario(
             "fets_cross_site",
@@ -163,28 +172,43 @@ METHODS: dict[str, Method] = {
 
 @dataclass(frozen=True)
 class Profile:
-    """Which part of the grid to run and with how much training."""
+    """Which part of the grid to run, with how much training, on which built-in phantom.
+
+    ``phantoms`` gives, per bundle, the generator options of the phantom the grid runs on when no real dataset
+    folder is given (see :func:`transrisk_components.data.phantom.make_phantom`); ``None`` uses the bundle's own
+    default phantom.
+    """
 
     scenarios: Sequence[str]
     methods: Sequence[str]
     seeds: Sequence[int]
     overrides: Mapping[str, Any] = field(default_factory=dict)
+    phantoms: Mapping[str, Mapping[str, Any]] | None = None
 
+
+HEADLINE_METHODS = ("from scratch", PLAIN, DEFAULT_RISK)
+
+#: The evidence testbed: enough phantom subjects for 16 test and 4 validation cases per scenario (24 per
+#: institution for the cross-site scenario), and a bounded source set so that a source model costs the same in
+#: every scenario.
+TESTBED_PHANTOMS = {"fets": {"subjects": 72, "institutions": 3}, "iseg": {"subjects": 30, "labelled": 30}}
+TESTBED_SPLITS = {"num_target_train": 4, "num_target_val": 4, "num_target_test": 16, "num_source": 16}
 
 PROFILES: dict[str, Profile] = {
-    "quick": Profile(  # about 50 minutes on 2 CPU cores: shorter training than the bundles' defaults
-        scenarios=("fets_t1_to_flair", "fets_wt_to_tc", "iseg_t1_to_t2"),
-        methods=(
-            "from scratch",
-            PLAIN,
-            DEFAULT_RISK,
-            "ablation: uniform map, foreground norm.",
-            "risk map, foreground norm. (paper)",
-        ),
-        seeds=(0, 1, 2),
-        overrides={"source_epochs": 20, "max_epochs": 40, "val_interval": 10},
+    "quick": Profile(  # under an hour on 2 CPU cores: short training, 32^3 patches, the headline methods only
+        scenarios=("fets_t1_to_t1ce", "fets_ed_to_et", "fets_cross_site", "fets_fewshot_2", "iseg_t1_to_t2"),
+        methods=HEADLINE_METHODS,
+        seeds=(0, 1, 2, 3, 4),
+        overrides={**TESTBED_SPLITS, "source_epochs": 10, "max_epochs": 40, "val_interval": 10, "patch_size": [32, 32, 32]},
+        phantoms=TESTBED_PHANTOMS,
     ),
-    "full": Profile(scenarios=tuple(SCENARIOS), methods=tuple(METHODS), seeds=(0, 1, 2)),
+    "full": Profile(  # every scenario and method at the bundles' own training length; meant for a GPU
+        scenarios=tuple(SCENARIOS),
+        methods=tuple(METHODS),
+        seeds=(0, 1, 2, 3, 4),
+        overrides={"num_target_val": 4, "num_target_test": 16},
+        phantoms=TESTBED_PHANTOMS,
+    ),
     "tiny": Profile(  # the test suite's grid (on a 32^3 phantom given as --fets_dir): 1 epoch, a tiny network
         scenarios=("fets_t1_to_flair",),
         methods=(PLAIN, DEFAULT_RISK),
@@ -204,6 +228,35 @@ def grid(profile: Profile) -> list[Cell]:
     return [
         Cell(SCENARIOS[s], METHODS[m], seed) for s in profile.scenarios for seed in profile.seeds for m in profile.methods
     ]
+
+
+def prepare_phantoms(profile: Profile, root: Path, dataset_dirs: Mapping[str, str | None]) -> dict[str, str | None]:
+    """Generate the profile's phantoms under ``<root>/data/<bundle>`` for the bundles without a real dataset folder.
+
+    A phantom already there is reused only when its generator options are the profile's (the options are kept in
+    ``<root>/data/<bundle>/options.json`` with the dataset root's name); otherwise it is generated again. Real dataset folders pass through.
+
+    Returns:
+        ``dataset_dirs`` with the phantom roots filled in (``None`` still means the bundle's default phantom).
+    """
+    from transrisk_components.data.phantom import make_phantom
+
+    resolved = dict(dataset_dirs)
+    bundles = {SCENARIOS[s].bundle for s in profile.scenarios}
+    for bundle in sorted(bundles):
+        if resolved.get(bundle) or not profile.phantoms or bundle not in profile.phantoms:
+            continue
+        options = dict(profile.phantoms[bundle])
+        folder = root / "data" / bundle
+        record_path = folder / "options.json"
+        record = json.loads(record_path.read_text()) if record_path.is_file() else {}
+        if record.get("options") != options or not (folder / record.get("root", "?")).is_dir():
+            logger.warning("generating the %s testbed phantom in %s: %s", bundle, folder, options)
+            made = Path(make_phantom(bundle, folder, **options))
+            record = {"options": options, "root": made.name}
+            atomic_write_text(record_path, json.dumps(record, sort_keys=True) + "\n")
+        resolved[bundle] = str(folder / record["root"])
+    return resolved
 
 
 def bundle_config(bundle: str, name: str) -> str:

@@ -27,7 +27,18 @@ import fire
 import torch
 from tqdm import tqdm
 
-from experiments import DEFAULT_RISK, METHODS, PLAIN, PROFILES, REPO_ROOT, choose_default, export_risk_overlays, grid, run_cell
+from experiments import (
+    DEFAULT_RISK,
+    METHODS,
+    PLAIN,
+    PROFILES,
+    REPO_ROOT,
+    choose_default,
+    export_risk_overlays,
+    grid,
+    prepare_phantoms,
+    run_cell,
+)
 from transrisk_components.reporting.results import (
     case_rows,
     load_case_results_csv,
@@ -90,16 +101,16 @@ def run(
         profile: ``quick`` (phantoms, CPU, a subset), ``full`` (every scenario and method) or ``tiny`` (tests).
         work_dir: training outputs; default ``outputs/reproduce/<profile>``.
         report_dir: reports; default ``docs/results/<profile>``.
-        fets_dir: a real FeTS2021 root (``MICCAI_FeTS2021_TrainingData``); default: the bundle's phantom.
-        iseg_dir: a real iSeg-2019 root (``iSeg-2019-Training``); default: the bundle's phantom.
+        fets_dir: a real FeTS2021 root (``MICCAI_FeTS2021_TrainingData``); default: the profile's testbed phantom.
+        iseg_dir: a real iSeg-2019 root (``iSeg-2019-Training``); default: the profile's testbed phantom.
     """
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; choose one of {sorted(PROFILES)}")
     logging.basicConfig(level=logging.WARNING)
     work = Path(work_dir or REPO_ROOT / "outputs" / "reproduce" / profile).resolve()
     reports = Path(report_dir or REPO_ROOT / "docs" / "results" / profile).resolve()
-    dataset_dirs = {"fets": fets_dir, "iseg": iseg_dir}
     cells = grid(PROFILES[profile])
+    dataset_dirs = prepare_phantoms(PROFILES[profile], work, {"fets": fets_dir, "iseg": iseg_dir})
     reused = sum((cell.folder(work) / "result.json").is_file() for cell in cells)
     start = time.perf_counter()
     with tqdm(cells, desc=f"reproduce {profile}", unit="cell") as bar:

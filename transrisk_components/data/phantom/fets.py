@@ -90,10 +90,10 @@ def _tumour(grid: Grid, tissues: Tissues, rng: np.random.Generator) -> np.ndarra
         candidates = np.flatnonzero(tissues.mask)
     centre = np.array(np.unravel_index(candidates[rng.integers(candidates.size)], grid.shape), float)
     step = max(grid.spacing)
-    rim = rng.uniform(12.0, 22.0)
-    core = max(0.55 * rim, step)
-    rim = max(rim, core + step)
-    edema = max(rng.uniform(1.3, 1.8) * rim, rim + 1.5 * step)
+    rim = rng.uniform(18.0, 30.0)  # large gliomas, so that ET and TC are learnable at 3 mm in a few epochs
+    core = max(0.5 * rim, step)
+    rim = max(rim, core + 2 * step)
+    edema = max(rng.uniform(1.3, 1.6) * rim, rim + 1.5 * step)
     axes = rng.uniform(0.8, 1.2, size=3)
     ijk = np.ogrid[tuple(slice(0, n) for n in grid.shape)]
     dist = np.sqrt(sum(((ijk[a] - centre[a]) * grid.spacing[a] / axes[a]) ** 2 for a in range(3)))
