@@ -29,10 +29,12 @@ from tqdm import tqdm
 
 from experiments import (
     DEFAULT_RISK,
+    FEW_SHOT_CURVE,
     METHODS,
     PLAIN,
     PROFILES,
     REPO_ROOT,
+    SCRATCH,
     choose_default,
     export_risk_overlays,
     grid,
@@ -44,9 +46,11 @@ from transrisk_components.reporting.results import (
     load_case_results_csv,
     load_results_csv,
     markdown_table,
+    plot_few_shot_curve,
     plot_method_comparison,
     plot_paired_differences,
     read_results,
+    region_table,
     write_case_results_csv,
     write_results_csv,
 )
@@ -57,12 +61,19 @@ def _write_reports(rows: list[dict], cases: list[dict], report_dir: Path) -> Non
     write_results_csv(rows, report_dir / "results.csv")
     write_case_results_csv(cases, report_dir / "results_per_case.csv")
     table = markdown_table(rows, cases, list(METHODS), baseline=PLAIN, highlight=DEFAULT_RISK)
+    table += (
+        "\nPer region (negative transfer shows as plain fine-tuning - from scratch below 0):\n\n"
+        + region_table(cases, [(PLAIN, SCRATCH), (DEFAULT_RISK, PLAIN)])
+    )
     best = choose_default(rows)
     if best is not None:
         table += f"\nBest risk-weighted variant on validation Dice: {best}.\n"
     atomic_write_text(report_dir / "table.md", table)
-    plot_method_comparison(rows, list(METHODS), report_dir / "figures" / "dice_by_method.png")
-    plot_paired_differences(cases, list(METHODS), PLAIN, report_dir / "figures" / "paired_differences.png")
+    figures = report_dir / "figures"
+    plot_method_comparison(cases, list(METHODS), figures / "dice_by_method.png")
+    plot_paired_differences(cases, list(METHODS), PLAIN, figures / "paired_differences.png")
+    if sum(any(c["scenario"] == s for c in cases) for s in FEW_SHOT_CURVE.values()) >= 2:
+        plot_few_shot_curve(cases, FEW_SHOT_CURVE, list(METHODS), figures / "few_shot_curve.png")
 
 
 def _copy_cell_figures(work_dir: Path, report_dir: Path, seed: int) -> None:

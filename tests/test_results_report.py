@@ -11,9 +11,12 @@ from transrisk_components.reporting.results import (
     load_case_results_csv,
     load_results_csv,
     markdown_table,
+    mean_dice_with_ci,
     paired_case_statistics,
+    plot_few_shot_curve,
     plot_method_comparison,
     plot_paired_differences,
+    region_table,
     summarise_results,
     write_case_results_csv,
     write_results_csv,
@@ -83,11 +86,23 @@ def test_default_chosen_on_validation_not_test():
     assert choose_default(data) == "sweep: linear s=2.0"
 
 
+def test_region_table_and_mean_dice_ci():
+    cases = case_rows(rows())
+    table = region_table(cases, [(DEFAULT_RISK, PLAIN)])
+    assert f"| {DEFAULT_RISK} - {PLAIN} | a | ET | +2.0 [+1." in table and "| gain (CI above 0) |" in table
+    assert f"| {DEFAULT_RISK} - {PLAIN} | b | WT | +0.0 [-" in table
+    mean, low, high = mean_dice_with_ci(cases)[("a", PLAIN)]
+    assert mean == pytest.approx(0.675) and low < mean < high  # 12 (seed, case) values between 0.55 and 0.80
+    assert 0.6 < low and high < 0.75
+
+
 def test_comparison_figures_written(tmp_path):
-    png = plot_method_comparison(rows(), list(METHODS), tmp_path / "fig.png")
+    png = plot_method_comparison(case_rows(rows()), list(METHODS), tmp_path / "fig.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     forest = plot_paired_differences(case_rows(rows()), list(METHODS), PLAIN, tmp_path / "paired.png")
     assert forest.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and forest.stat().st_size > 10_000
+    curve = plot_few_shot_curve(case_rows(rows()), {2: "a", 4: "b", 8: "missing"}, list(METHODS), tmp_path / "c.png")
+    assert curve.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and curve.stat().st_size > 10_000
 
 
 def test_grid_orders_cells_so_each_source_model_is_trained_once():

@@ -31,9 +31,12 @@ __all__ = [
     "load_case_results_csv",
     "load_results_csv",
     "paired_case_statistics",
-    "plot_paired_differences",
     "markdown_table",
+    "mean_dice_with_ci",
+    "plot_few_shot_curve",
     "plot_method_comparison",
+    "plot_paired_differences",
+    "region_table",
     "read_results",
     "summarise_results",
     "write_case_results_csv",
@@ -265,25 +268,107 @@ def markdown_table(
     return "\n".join(lines) + "\n"
 
 
-def plot_method_comparison(rows: Sequence[Mapping[str, Any]], methods: Sequence[str], out_png: Path) -> Path:
-    """Grouped bars: test Dice per scenario (groups) and method (bars, in ``methods`` order), error bars one
-    sample std over seeds."""
-    scenarios = list(dict.fromkeys(r["scenario"] for r in rows))
-    methods = _present(rows, methods)
-    stats = summarise_results(rows)
-    width = 0.8 / len(methods)
+def region_table(
+    cases: Sequence[Mapping[str, Any]], comparisons: Sequence[tuple[str, str]], seed: int = 0
+) -> str:
+    """Per-region paired differences: for each ``(method, baseline)`` pair, ``Dice(method) - Dice(baseline)`` per
+    scenario and region over (seed, case) pairs, with its 95% bootstrap CI and verdict.
+
+    Negative transfer shows here as ``plain fine-tuning`` vs ``from scratch`` with the CI below 0 in some region.
+    """
+    scenarios = list(dict.fromkeys(c["scenario"] for c in cases))
+    lines = [
+        "| comparison | scenario | region | difference (points) [95% CI] p | verdict |",
+        "|---|---|---|---|---|",
+    ]
+    for method, baseline in comparisons:
+        for scenario in scenarios:
+            regions = list(dict.fromkeys(c["region"] for c in cases if c["scenario"] == scenario))
+            for region in regions:
+                stat = paired_case_statistics(
+                    [c for c in cases if c["scenario"] == scenario], baseline, region=region, seed=seed
+                ).get((scenario, method))
+                if stat is not None and not math.isnan(stat.mean):
+                    lines.append(f"| {method} - {baseline} | {scenario} | {region} | {_fmt_paired(stat)} | "
+                                 f"{stat.verdict()} |")
+    return "\n".join(lines) + "\n"
+
+
+def mean_dice_with_ci(
+    cases: Sequence[Mapping[str, Any]], seed: int = 0
+) -> dict[tuple[str, str], tuple[float, float, float]]:
+    """``(scenario, method) -> (mean, low, high)`` test Dice over (seed, case) values (regions averaged per case),
+    with a 95% percentile-bootstrap CI of the mean."""
+    per_case: dict[tuple[str, str, int, str], list[float]] = {}
+    for c in cases:
+        per_case.setdefault((c["scenario"], c["method"], int(c["seed"]), c["case_id"]), []).append(float(c["dice"]))
+    groups: dict[tuple[str, str], list[float]] = {}
+    for (scenario, method, _, _), values in sorted(per_case.items()):
+        groups.setdefault((scenario, method), []).append(float(np.mean(values)))
+    result = {}
+    for key, values in groups.items():
+        array = np.asarray(values)
+        if array.size < 2 or np.all(array == array[0]):
+            result[key] = (float(array.mean()), float(array.mean()), float(array.mean()))
+            continue
+        ci = stats.bootstrap((array,), np.mean, confidence_level=0.95, n_resamples=9999, method="percentile",
+                             rng=seed).confidence_interval
+        result[key] = (float(array.mean()), float(ci.low), float(ci.high))
+    return result
+
+
+def plot_method_comparison(cases: Sequence[Mapping[str, Any]], methods: Sequence[str], out_png: Path) -> Path:
+    """Grouped bars: test Dice per scenario (groups) and method (bars, in ``methods`` order), error bars the 95%
+    bootstrap CI of the mean over (seed, case) values (see :func:`mean_dice_with_ci`)."""
+    summary = mean_dice_with_ci(cases)
+    scenarios = list(dict.fromkeys(s for s, _ in summary))
+    methods = [m for m in methods if any((s, m) in summary for s in scenarios)]
+    width = 0.8 / max(1, len(methods))
     x = np.arange(len(scenarios))
     figure, ax = plt.subplots(figsize=(max(6.0, 1.8 * len(scenarios) * max(1.0, len(methods) / 3)), 4.5))
     for i, method in enumerate(methods):
-        means = [100 * stats.get((s, method), (math.nan,))[0] for s in scenarios]
-        stds = [100 * stats.get((s, method), (math.nan, math.nan))[1] for s in scenarios]
-        ax.bar(x + (i - (len(methods) - 1) / 2) * width, np.nan_to_num(means), width, yerr=np.nan_to_num(stds),
-               capsize=3, label=method)
+        mean, low, high = (np.array([100 * summary.get((s, method), (math.nan,) * 3)[k] for s in scenarios])
+                           for k in range(3))
+        ax.bar(x + (i - (len(methods) - 1) / 2) * width, np.nan_to_num(mean), width,
+               yerr=np.nan_to_num(np.stack([mean - low, high - mean])), capsize=3, label=method)
     ax.set_xticks(x, scenarios, rotation=15)
     ax.set_ylabel("test Dice (%)")
     ax.set_ylim(0, 100)
     ax.legend(fontsize=8, ncol=2)
-    ax.set_title("Target test Dice by scenario and method (mean ± std over seeds)")
+    ax.set_title("Target test Dice by scenario and method (mean, 95% bootstrap CI over seed x case)")
+    figure.tight_layout()
+    atomic_write(out_png, lambda tmp: figure.savefig(tmp, format="png", dpi=120), suffix=".png")
+    plt.close(figure)
+    return Path(out_png)
+
+
+def plot_few_shot_curve(
+    cases: Sequence[Mapping[str, Any]], points: Mapping[int, str], methods: Sequence[str], out_png: Path
+) -> Path:
+    """Test Dice against the number of target training cases, one line per method with 95% CI bands.
+
+    Args:
+        cases: per-case test Dice rows (:func:`case_rows`).
+        points: number of target training cases -> the scenario run with that many (same source and target).
+        methods: methods to draw, in legend order.
+        out_png: the PNG to write.
+    """
+    summary = mean_dice_with_ci(cases)
+    sizes = sorted(n for n, scenario in points.items() if any(s == scenario for s, _ in summary))
+    figure, ax = plt.subplots(figsize=(5.5, 4.0))
+    for method in methods:
+        values = [summary.get((points[n], method)) for n in sizes]
+        if not any(values):
+            continue
+        xs = [n for n, v in zip(sizes, values) if v]
+        mean, low, high = (np.array([100 * v[k] for v in values if v]) for k in range(3))
+        ax.plot(xs, mean, marker="o", label=method)
+        ax.fill_between(xs, low, high, alpha=0.2)
+    ax.set_xticks(sizes)
+    ax.set_xlabel("target training cases")
+    ax.set_ylabel("test Dice (%)")
+    ax.set_title("Few-shot curve (mean, 95% bootstrap CI over seed x case)")
+    ax.legend(fontsize=8)
     figure.tight_layout()
     atomic_write(out_png, lambda tmp: figure.savefig(tmp, format="png", dpi=120), suffix=".png")
     plt.close(figure)
