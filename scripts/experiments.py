@@ -119,6 +119,13 @@ SCENARIOS: dict[str, GridScenario] = {
             )
             for n in (2, 8)  # 4 target training cases: fets_t1_to_t1ce
         ],
+        # Testbed check, not a transfer setting: is the phantom's tumour learnable at the quick budget?
+        GridScenario(
+            "fets_t1ce_learnability",
+            "fets",
+            "testbed check",
+            {"source_modality": "t1ce", "target_modality": "t1ce", "num_target_train": 16},
+        ),
         GridScenario(
             "fets_cross_site",
             "fets",
@@ -205,8 +212,16 @@ PROFILES: dict[str, Profile] = {
         overrides={**TESTBED_SPLITS, "source_epochs": 10, "max_epochs": 40, "val_interval": 10, "patch_size": [32, 32, 32]},
         phantoms=TESTBED_PHANTOMS,
     ),
+    "testbed": Profile(  # from scratch on 16 T1ce cases, quick settings: the tumour regions must reach Dice >= 0.5
+        scenarios=("fets_t1ce_learnability",),
+        methods=(SCRATCH,),
+        seeds=(0, 1, 2),
+        overrides={**TESTBED_SPLITS, "num_source": 2, "source_epochs": 1, "max_epochs": 20, "val_interval": 10,
+                   "patch_size": [32, 32, 32]},
+        phantoms=TESTBED_PHANTOMS,
+    ),
     "full": Profile(  # every scenario and method at the bundles' own training length; meant for a GPU
-        scenarios=tuple(SCENARIOS),
+        scenarios=tuple(name for name, s in SCENARIOS.items() if s.kind != "testbed check"),
         methods=tuple(METHODS),
         seeds=(0, 1, 2, 3, 4),
         overrides={"num_target_val": 4, "num_target_test": 16},
