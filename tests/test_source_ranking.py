@@ -355,3 +355,20 @@ def test_rank_sources_run_id_writes_the_csv_and_png(
     assert [float(r["leep"]) for r in rows] == sorted((float(r["leep"]) for r in rows), reverse=True)
     assert {r["input_modality"] for r in rows} >= {modalities[0]}
     assert (tmp_path / "eval" / "source_ranking.png").stat().st_size > 1000
+
+
+def test_dead_class_action_runs_in_the_bundle(tmp_path: Path, data_fets_phantom: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """``--risk#dead_classes reinit`` on the tiny FeTS bundle: the risk stage's summary names the action, and the
+    fine-tuning log says what was done (a 1-epoch source may leave any set of classes dead, even none)."""
+    configs = REPO / "bundles" / "fets" / "configs"
+    tiny = {"network_def#init_filters": 4, "network_def#blocks_down": [1, 2], "network_def#blocks_up": [1],
+            "patch_size": [16, 16, 16], "batch_size": 1, "source_epochs": 1, "max_epochs": 1, "val_interval": 1,
+            "num_source": 2, "num_target_train": 2, "num_target_val": 1, "num_target_test": 1, "progress": False}
+    with caplog.at_level(logging.INFO):
+        run_bundle(configs, "training", tmp_path, str(data_fets_phantom), tiny, **{"risk#dead_classes": "reinit"})
+    summary = json.loads((tmp_path / "eval" / "risk_stage_summary.json").read_text())
+    assert summary["dead_class_action"] == "reinit" and set(summary["classes"]) == set(CLASSES)
+    assert "risk#dead_classes reinit" in caplog.text
+    recorded = json.loads((tmp_path / "models" / "finetune.fingerprint.json").read_text())
+    assert recorded["settings"]["dead_classes"]["action"] == "reinit"
+    assert recorded["settings"]["dead_classes"]["classes"] == [summary["classes"][c]["index"] for c in summary["dead_classes"]]
