@@ -35,6 +35,7 @@ from transrisk_components.utils.io import atomic_write  # noqa: E402
 __all__ = [
     "axial_slice",
     "plot_learning_curves",
+    "plot_ranking_study",
     "plot_region_dice",
     "plot_risk_overlay",
     "plot_source_ranking",
@@ -259,5 +260,28 @@ def plot_source_ranking(
     right.set_ylabel("mean transferability T_y")
     right.set_title("per target class (dashed: floor P(y))")
     right.legend(fontsize=7, loc="upper right")
+    figure.tight_layout()
+    return _save(figure, out_png)
+
+
+def plot_ranking_study(
+    table: Mapping[str, Mapping[str, Mapping[str, float]]], out_png: str | os.PathLike
+) -> Path:
+    """LEEP of each candidate source against the test Dice of the model fine-tuned from it, one panel per target
+    scenario.
+
+    Args:
+        table: scenario -> candidate -> ``{"leep", "test_dice", ...}`` (means over seeds).
+        out_png: the PNG path (written atomically).
+    """
+    scenarios = sorted(table)
+    figure, axes = plt.subplots(1, max(len(scenarios), 1), figsize=(4 * max(len(scenarios), 1), 3.5), squeeze=False)
+    for axis, scenario in zip(axes[0], scenarios):
+        for name, values in sorted(table[scenario].items()):
+            axis.scatter(values["leep"], values["test_dice"])
+            axis.annotate(name, (values["leep"], values["test_dice"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        axis.set_title(scenario, fontsize=9)
+        axis.set_xlabel("LEEP of the source")
+        axis.set_ylabel("fine-tuned test Dice")
     figure.tight_layout()
     return _save(figure, out_png)
