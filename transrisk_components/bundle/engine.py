@@ -10,8 +10,9 @@ into ``RiskWeightedLoss(logits, label, risk, foreground_voxels)``. MONAI's
 
 from __future__ import annotations
 
+import copy
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -32,7 +33,9 @@ __all__ = [
     "batch_loss",
     "batch_preparer",
     "load_source_weights",
+    "output_layer",
     "prepare_risk_batch",
+    "reinit_output_channels",
     "training_loss",
 ]
 
@@ -179,6 +182,57 @@ def load_source_weights(
     return network
 
 
+def output_layer(network: nn.Module, num_classes: int) -> tuple[str, nn.Module]:
+    """The network's output layer: the last convolution (transposed too) or linear layer with ``num_classes``
+    outputs, and its name.
+
+    Raises:
+        ValueError: no such layer.
+    """
+    found: tuple[str, nn.Module] | None = None
+    for name, module in network.named_modules():
+        if isinstance(module, nn.modules.conv._ConvNd) and module.out_channels == num_classes:
+            found = (name, module)
+        elif isinstance(module, nn.Linear) and module.out_features == num_classes:
+            found = (name, module)
+    if found is None:
+        raise ValueError(f"{type(network).__name__} has no convolution or linear layer with {num_classes} outputs")
+    return found
+
+
+@torch.no_grad()
+def reinit_output_channels(network: nn.Module, channels: Sequence[int], num_classes: int) -> str:
+    """Re-initialise the output channels ``channels`` of ``network``'s output layer, keeping every other weight.
+
+    The new values come from the layer's own ``reset_parameters`` (PyTorch's default initialisation, drawn from
+    the global torch generator, so the run's seed fixes them).
+
+    Args:
+        network: the target network (its output layer has ``num_classes`` outputs, see :func:`output_layer`).
+        channels: output channels (target class indices) to re-initialise.
+        num_classes: the network's number of output classes.
+
+    Returns:
+        The output layer's name.
+    """
+    name, layer = output_layer(network, num_classes)
+    if not channels:
+        return name
+    bad = [c for c in channels if not 0 <= c < num_classes]
+    if bad:
+        raise ValueError(f"output channels {bad} outside [0, {num_classes})")
+    fresh = copy.deepcopy(layer)
+    fresh.reset_parameters()
+    index = torch.as_tensor(list(channels), dtype=torch.long, device=layer.weight.device)
+    out_dim = 1 if isinstance(layer, nn.modules.conv._ConvTransposeNd) else 0
+    if out_dim == 1 and layer.groups != 1:
+        raise ValueError(f"output layer {name} is a grouped transposed convolution: its channels cannot be re-initialised")
+    layer.weight.index_copy_(out_dim, index, fresh.weight.index_select(out_dim, index))
+    if layer.bias is not None:
+        layer.bias.index_copy_(0, index, fresh.bias.index_select(0, index))
+    return name
+
+
 class SourceWeights:
     """Ignite handler: initialise the target network from the source checkpoint when the trainer starts.
 
@@ -193,21 +247,40 @@ class SourceWeights:
         ckpt_path: the source checkpoint.
         source_classes: output classes of the source network.
         target_classes: output classes of ``network``.
+        dead_classes: what to do about target classes the source gives no information about (``risk#dead_classes``):
+            ``"warn"`` (default: nothing here, the risk stage warns), ``"reinit"`` (re-initialise those classes'
+            output channels after loading the source weights), ``"scratch"`` (random initialisation, as
+            ``init="random"``, when no foreground class transfers; the source weights otherwise).
+        risk_stage: the :class:`~transrisk_components.bundle.stages.risk.RiskStage` that tells the dead classes
+            (``dead_class_indices()``, ``foreground_transfers()``); needed unless ``dead_classes="warn"``.
 
     Raises:
-        ValueError: unknown ``init`` (at construction).
+        ValueError: unknown ``init`` or ``dead_classes``, or an action without a risk stage (at construction).
     """
 
     def __init__(
-        self, network: nn.Module, init: str, ckpt_path: str | Path, source_classes: int, target_classes: int
+        self,
+        network: nn.Module,
+        init: str,
+        ckpt_path: str | Path,
+        source_classes: int,
+        target_classes: int,
+        dead_classes: str = "warn",
+        risk_stage: Any = None,
     ) -> None:
         if init not in ("source", "random"):
             raise ValueError(f"unknown target init {init!r}; choose 'source' or 'random'")
+        if dead_classes not in ("warn", "reinit", "scratch"):
+            raise ValueError(f"unknown risk#dead_classes {dead_classes!r}; choose 'warn', 'reinit' or 'scratch'")
+        if dead_classes != "warn" and risk_stage is None:
+            raise ValueError(f"risk#dead_classes {dead_classes!r} needs the risk stage to tell the dead classes")
         self.network = network
         self.init = init
         self.ckpt_path = ckpt_path
         self.source_classes = source_classes
         self.target_classes = target_classes
+        self.dead_classes = dead_classes
+        self.risk_stage = risk_stage
 
     def attach(self, engine: Engine) -> None:
         """Load the source weights as ``engine`` starts."""
@@ -217,4 +290,25 @@ class SourceWeights:
         if self.init == "random":
             logger.info("target network starts from random initialisation (no-transfer baseline)")
             return
+        if self.dead_classes == "scratch" and not self.risk_stage.foreground_transfers():
+            logger.warning(
+                "risk#dead_classes scratch: no foreground class gets information from the source (dead: %s): the "
+                "target network starts from random initialisation instead of %s",
+                ", ".join(self.risk_stage.dead_class_names()),
+                self.ckpt_path,
+            )
+            return
         load_source_weights(self.network, self.ckpt_path, self.source_classes, self.target_classes)
+        if self.dead_classes == "reinit":
+            channels = self.risk_stage.dead_class_indices()
+            if channels:
+                layer = reinit_output_channels(self.network, channels, self.target_classes)
+                logger.warning(
+                    "risk#dead_classes reinit: output channels %s (%s) of layer %s re-initialised: the source gives "
+                    "no information about them",
+                    channels,
+                    ", ".join(self.risk_stage.dead_class_names()),
+                    layer,
+                )
+            else:
+                logger.info("risk#dead_classes reinit: no dead class, every source weight kept")

@@ -162,12 +162,31 @@ class Scenario:
         self._unlabelled: set[str] = set()
         self._splits: dict[str, list[dict]] | None = None
 
-    def split(self, name: str) -> list[dict]:
+    def split(self, name: str, modality: str | None = None) -> list[dict]:
         """One split (``"source"``, ``"target_train"``, ``"target_val"``, ``"target_test"``), preparing the
-        scenario on first use (see :meth:`prepare`)."""
+        scenario on first use (see :meth:`prepare`).
+
+        Args:
+            name: the split.
+            modality: the same cases with the image of another modality (e.g. the T2 image of the target training
+                cases, for a source model trained on T2); ``None`` keeps the split's own modality.
+
+        Raises:
+            ValueError: unknown split or modality, or a case of the split has no image of ``modality`` (names it).
+        """
         if name not in SPLIT_NAMES:
             raise ValueError(f"unknown split {name!r}; choose one of {list(SPLIT_NAMES)}")
-        return self.prepare()[name]
+        cases = self.prepare()[name]
+        if modality is None:
+            return cases
+        if modality not in self.spec.modalities:
+            raise ValueError(f"modality {modality!r} is not a {self.dataset} modality; choose one of {list(self.spec.modalities)}")
+        kwargs: dict[str, Any] = {} if self.partition_csv is None else {"partition_csv": self.partition_csv}
+        images = {c["case_id"]: list(c["image"]) for c in self.spec.datalist(self._root, modalities=[modality], **kwargs)}
+        missing = [c["case_id"] for c in cases if c["case_id"] not in images]
+        if missing:
+            raise ValueError(f"cases {missing} of split {name!r} have no {modality} image in {self._root}")
+        return [{**c, "image": images[c["case_id"]]} for c in cases]
 
     def _cases(self, role: str) -> dict[str, dict]:
         """Labelled cases of one role's modality (and partitions), by case id; unlabelled ones are noted."""

@@ -26,7 +26,14 @@ import torch
 import torch.distributed as dist
 
 
-__all__ = ["LEEPStatistics", "class_information", "leep", "pixel_transferability", "prior_floor_leep"]
+__all__ = [
+    "LEEPStatistics",
+    "class_information",
+    "dead_classes",
+    "leep",
+    "pixel_transferability",
+    "prior_floor_leep",
+]
 
 _PROB_SUM_TOLERANCE = 1e-3  # loose enough for float16 softmax (AMP), tight enough to catch logits
 
@@ -295,3 +302,27 @@ def class_information(class_transferability: torch.Tensor, prior: torch.Tensor) 
     """
     headroom = (1.0 - prior).clamp_min(torch.finfo(torch.float64).tiny)
     return ((class_transferability - prior) / headroom).clamp(0.0, 1.0)
+
+
+def dead_classes(class_transferability: torch.Tensor, prior: torch.Tensor, margin: float = 0.05) -> list[int]:
+    """Target classes the source gives (next to) no information about: :func:`class_information` below ``margin``.
+
+    A class's information ``(T_y - P(y)) / (1 - P(y))`` is the share of the headroom above the prior floor
+    ``P(y)`` that the source's predictions reach: 0 for a source that knows nothing about ``y``, 1 for a source
+    that predicts ``y`` with certainty. ``margin=0.05`` calls a class dead when the source reaches less than 5% of
+    that headroom. Classes absent from the counted voxels (``P(y) = 0``, ``T_y`` NaN) are never dead: there is
+    no evidence either way.
+
+    Args:
+        class_transferability: ``[Ct]`` from :meth:`LEEPStatistics.class_transferability`.
+        prior: ``[Ct]`` from :meth:`LEEPStatistics.class_prior`.
+        margin: information threshold in ``[0, 1]``.
+
+    Returns:
+        The dead classes' indices, ascending.
+    """
+    if not 0.0 <= margin <= 1.0:
+        raise ValueError(f"margin must be in [0, 1], got {margin}")
+    present = (prior > 0) & torch.isfinite(class_transferability)
+    information = class_information(torch.nan_to_num(class_transferability, nan=0.0), prior)
+    return [int(i) for i in torch.nonzero(present & (information < margin)).flatten().tolist()]

@@ -32,7 +32,15 @@ from matplotlib.lines import Line2D  # noqa: E402
 
 from transrisk_components.utils.io import atomic_write  # noqa: E402
 
-__all__ = ["axial_slice", "plot_learning_curves", "plot_region_dice", "plot_risk_overlay", "read_learning_curves"]
+__all__ = [
+    "axial_slice",
+    "plot_learning_curves",
+    "plot_ranking_study",
+    "plot_region_dice",
+    "plot_risk_overlay",
+    "plot_source_ranking",
+    "read_learning_curves",
+]
 
 LEARNING_CURVE_COLUMNS: tuple[str, ...] = ("epoch", "train_loss", "val_dice")
 
@@ -208,4 +216,72 @@ def plot_region_dice(
     if title:
         ax.set_title(title)
     ax.grid(axis="y", alpha=0.3)
+    return _save(figure, out_png)
+
+
+def plot_source_ranking(
+    rows: Sequence[Mapping[str, Any]], class_names: Sequence[str], out_png: str | os.PathLike
+) -> Path:
+    """Two panels: pooled LEEP per candidate source (best first) with its prior floor, and per target class the
+    mean transferability ``T_y`` of each candidate next to the floor ``P(y)``.
+
+    Args:
+        rows: ranked candidates, each ``{"name", "leep", "leep_floor", "classes": {class: {"transferability",
+            "prior"}}}`` (see :func:`transrisk_components.bundle.ranking.rank_sources`).
+        class_names: target classes, index order.
+        out_png: the PNG path (written atomically).
+    """
+    names = [str(r["name"]) for r in rows]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(6 + 1.2 * len(class_names), 3.6 + 0.15 * len(rows)))
+    positions = np.arange(len(rows))
+    floors = [float(r["leep_floor"]) for r in rows]
+    gains = [float(r["leep"]) - f for r, f in zip(rows, floors)]
+    left.barh(positions, gains, left=floors, color="tab:blue", label="LEEP")  # a bar spans floor -> LEEP
+    for position, floor in zip(positions, floors):
+        left.plot([floor] * 2, [position - 0.4, position + 0.4], color="black", linestyle="--")
+    ends = floors + [float(r["leep"]) for r in rows]
+    pad = 0.08 * ((max(ends) - min(ends)) or 1.0)
+    left.set_xlim(min(ends) - pad, max(ends) + pad)  # the floor lines off the frame
+    left.set_yticks(positions, names)
+    left.invert_yaxis()  # best on top
+    left.set_xlabel("pooled LEEP, bar from the prior floor (higher is better)")
+    left.set_title("candidate sources")
+    left.legend(handles=[Line2D([], [], color="tab:blue", lw=6, label="LEEP"),
+                         Line2D([], [], color="black", linestyle="--", label="prior floor")], fontsize=8, loc="lower right")
+    width = 0.8 / max(len(rows), 1)
+    for offset, row in enumerate(rows):
+        values = [_float_or_nan(row["classes"][c]["transferability"]) for c in class_names]
+        right.bar(np.arange(len(class_names)) + (offset - (len(rows) - 1) / 2) * width, values, width, label=str(row["name"]))
+    class_floors = [float(np.mean([r["classes"][c]["prior"] for r in rows])) for c in class_names]
+    for index, floor in enumerate(class_floors):
+        right.plot([index - 0.45, index + 0.45], [floor, floor], color="black", linestyle="--")
+    right.set_xticks(np.arange(len(class_names)), [str(c) for c in class_names], rotation=20)
+    right.set_ylim(0, 1)
+    right.set_ylabel("mean transferability T_y")
+    right.set_title("per target class (dashed: floor P(y))")
+    right.legend(fontsize=7, loc="upper right")
+    figure.tight_layout()
+    return _save(figure, out_png)
+
+
+def plot_ranking_study(
+    table: Mapping[str, Mapping[str, Mapping[str, float]]], out_png: str | os.PathLike
+) -> Path:
+    """LEEP of each candidate source against the test Dice of the model fine-tuned from it, one panel per target
+    scenario.
+
+    Args:
+        table: scenario -> candidate -> ``{"leep", "test_dice", ...}`` (means over seeds).
+        out_png: the PNG path (written atomically).
+    """
+    scenarios = sorted(table)
+    figure, axes = plt.subplots(1, max(len(scenarios), 1), figsize=(4 * max(len(scenarios), 1), 3.5), squeeze=False)
+    for axis, scenario in zip(axes[0], scenarios):
+        for name, values in sorted(table[scenario].items()):
+            axis.scatter(values["leep"], values["test_dice"])
+            axis.annotate(name, (values["leep"], values["test_dice"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        axis.set_title(scenario, fontsize=9)
+        axis.set_xlabel("LEEP of the source")
+        axis.set_ylabel("fine-tuned test Dice")
+    figure.tight_layout()
     return _save(figure, out_png)

@@ -26,6 +26,15 @@ Cache: ``<cache_root>/<key>/`` where ``key`` is the stage's fingerprint key
 and label file, the source checkpoint's SHA-256 and the package version). Maps and ``manifest.json`` are
 written atomically, the manifest last; a folder with a complete manifest is reused. The manifest names the maps
 relative to its folder, so a moved cache still reads.
+
+Classes that will not transfer: the manifest also holds, per target class, the mean transferability ``T_y``, its
+prior floor ``P(y)`` (what a source that knows nothing scores) and the information ``(T_y - P(y)) / (1 - P(y))``
+(:func:`~transrisk_components.method.transferability.class_information`). A class whose information is below
+``dead_class_margin`` (default 0.05: the source reaches less than 5% of the headroom above the floor) is *dead*:
+the stage logs a WARNING naming it every time it runs (computed or reused), and writes the classes, the dead ones
+and the chosen action to ``summary_path`` (``eval/risk_summary.json`` in the bundles). The action itself
+(``dead_classes``: ``"warn"``, ``"reinit"``, ``"scratch"``) is carried out when the target network is initialised
+from the source, by :class:`~transrisk_components.bundle.engine.SourceWeights`.
 """
 
 from __future__ import annotations
@@ -49,10 +58,15 @@ from transrisk_components.data.registry import get_dataset, num_classes
 from transrisk_components.utils.distributed import barrier, is_distributed, rank_and_world
 from transrisk_components.utils.io import atomic_write, atomic_write_text, load_checkpoint, remove_partial_writes
 from transrisk_components.method.risk import transfer_risk
-from transrisk_components.method.transferability import LEEPStatistics, pixel_transferability
+from transrisk_components.method.transferability import (
+    LEEPStatistics,
+    class_information,
+    dead_classes,
+    pixel_transferability,
+)
 from transrisk_components.bundle.fingerprint import StageFingerprint
 
-__all__ = ["RiskDatalist", "RiskStage"]
+__all__ = ["DEAD_CLASS_ACTIONS", "RISK_MASKS", "RiskDatalist", "RiskStage", "class_table", "image_mask"]
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +74,57 @@ MANIFEST = "manifest.json"
 
 #: Voxel masks of the LEEP statistics and maps (see :class:`RiskStage`).
 RISK_MASKS = ("nonzero", "all")
+
+#: What fine-tuning does about target classes the source gives no information about (see :class:`RiskStage`).
+DEAD_CLASS_ACTIONS = ("warn", "reinit", "scratch")
+
+
+def image_mask(image: torch.Tensor, rule: str, case_id: str = "?", path: Any = "?") -> torch.Tensor:
+    """The voxels LEEP statistics cover: ``[1, 1, *S]`` bool from ``image [1, C, *S]``.
+
+    ``rule="nonzero"``: voxels where any channel is nonzero (the head: the air ``NormalizeIntensityd(nonzero=True)``
+    leaves at 0); ``"all"``: every voxel.
+
+    Raises:
+        ValueError: unknown rule, or no nonzero voxel (names the case and the image file).
+    """
+    if rule not in RISK_MASKS:
+        raise ValueError(f"unknown risk mask {rule!r}; choose one of {RISK_MASKS}")
+    if rule == "all":
+        return torch.ones((image.shape[0], 1, *image.shape[2:]), dtype=torch.bool, device=image.device)
+    mask = (image != 0).any(dim=1, keepdim=True)
+    if not mask.any():
+        raise ValueError(f"{case_id}: image {path} has no nonzero voxel to compute LEEP over")
+    return mask
+
+
+def class_table(stats: LEEPStatistics, class_names: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Per target class: ``{"index", "transferability" (T_y), "prior" (P(y), the floor), "information"}``.
+
+    A class absent from the counted voxels has ``transferability`` and ``information`` ``None`` (JSON null).
+    """
+    transferability, prior = stats.class_transferability(), stats.class_prior()
+    information = class_information(torch.nan_to_num(transferability, nan=0.0), prior)
+    table = {}
+    for index, name in enumerate(class_names):
+        present = bool(prior[index] > 0)
+        table[str(name)] = {
+            "index": index,
+            "transferability": float(transferability[index]) if present else None,
+            "prior": float(prior[index]),
+            "information": float(information[index]) if present else None,
+        }
+    return table
+
+
+def _dead_in_table(table: dict[str, dict[str, Any]], margin: float) -> list[str]:
+    """Names of the dead classes of a :func:`class_table` at ``margin`` (index order)."""
+    ordered = sorted(table.items(), key=lambda item: item[1]["index"])
+    transferability = torch.tensor(
+        [math.nan if v["transferability"] is None else v["transferability"] for _, v in ordered], dtype=torch.float64
+    )
+    prior = torch.tensor([v["prior"] for _, v in ordered], dtype=torch.float64)
+    return [ordered[i][0] for i in dead_classes(transferability, prior, margin)]
 
 
 def _image_affine(image: torch.Tensor) -> np.ndarray:
@@ -100,6 +165,16 @@ class RiskStage:
         seed: seed of the permutations when ``shuffle`` is set.
         device: device of the source model.
         amp: autocast on CUDA.
+        dead_classes: what fine-tuning does about target classes the source gives no information about
+            (:data:`DEAD_CLASS_ACTIONS`): ``"warn"`` (default) only warns; ``"reinit"`` re-initialises their
+            output channels after the source weights are loaded; ``"scratch"`` starts from random weights when no
+            foreground class transfers. Carried out by :class:`~transrisk_components.bundle.engine.SourceWeights`;
+            the stage validates it, names it in its warning and writes it to the summary.
+        dead_class_margin: a class is dead when its information ``(T_y - P(y)) / (1 - P(y))`` is below this
+            (see :func:`~transrisk_components.method.transferability.dead_classes`). Not part of the cache key:
+            the maps do not depend on it.
+        summary_path: JSON file (rank 0 writes it on every run) with the LEEP, the per-class table (``T_y``,
+            floor ``P(y)``, information), the dead classes and the action; ``None`` writes nothing.
     """
 
     def __init__(
@@ -121,6 +196,9 @@ class RiskStage:
         seed: int = 0,
         device: str | torch.device = "cpu",
         amp: bool = False,
+        dead_classes: str = "warn",
+        dead_class_margin: float = 0.05,
+        summary_path: str | None = None,
     ) -> None:
         self.enabled = enabled
         self.dataset = dataset
@@ -135,6 +213,13 @@ class RiskStage:
         self.fingerprint = fingerprint
         if mask not in RISK_MASKS:
             raise ValueError(f"unknown risk mask {mask!r}; choose one of {RISK_MASKS}")
+        if dead_classes not in DEAD_CLASS_ACTIONS:
+            raise ValueError(f"unknown risk#dead_classes {dead_classes!r}; choose one of {DEAD_CLASS_ACTIONS}")
+        if not 0.0 <= float(dead_class_margin) <= 1.0:
+            raise ValueError(f"risk#dead_class_margin must be in [0, 1], got {dead_class_margin}")
+        self.dead_class_action = dead_classes
+        self.dead_class_margin = float(dead_class_margin)
+        self.summary_path = None if summary_path is None else Path(summary_path)
         self.normalization = normalization
         self.mask = mask
         self.shuffle = shuffle
@@ -144,6 +229,7 @@ class RiskStage:
         spec = get_dataset(dataset)
         self.num_source_classes = num_classes(spec, source_task)
         self.num_target_classes = num_classes(spec, target_task)
+        self.target_class_names = tuple(spec.tasks[target_task])
         self._manifest: dict[str, Any] | None = None
 
     def cache_key(self) -> str:
@@ -159,26 +245,81 @@ class RiskStage:
     def run(self) -> dict[str, Any]:
         """Compute the maps unless a cache for the same key exists; return the manifest.
 
-        Manifest: ``{"key", "fingerprint", "leep", "num_voxels", "cases": {case_id: {"risk": file name, "leep": float}}}``
-        (map files relative to the manifest's folder).
+        Manifest: ``{"key", "fingerprint", "leep", "num_voxels", "classes": {name: {"index", "transferability",
+        "prior", "information"}}, "cases": {case_id: {"risk": file name, "leep": float}}}`` (map files relative to
+        the manifest's folder). Dead classes are warned about (and the summary written) once per stage object.
         """
-        if self._manifest is not None:
-            return self._manifest
+        if self._manifest is None:
+            self._manifest = self._run()
+            self._report_classes(self._manifest)
+        return self._manifest
+
+    def _run(self) -> dict[str, Any]:
         folder = self.cache_root / self.cache_key()
         barrier()  # every rank decides on the same cache state
         manifest_path = folder / MANIFEST
         if manifest_path.is_file():
             manifest = json.loads(manifest_path.read_text())
-            if all((folder / c["risk"]).is_file() for c in manifest["cases"].values()):
+            complete = "classes" in manifest  # a cache of an older version lacks the per-class table: recompute
+            if complete and all((folder / c["risk"]).is_file() for c in manifest["cases"].values()):
                 logger.info("risk maps reused from %s (fingerprint unchanged)", folder)
-                self._manifest = manifest
                 return manifest
         if rank_and_world()[0] == 0:
             remove_partial_writes(folder)  # left by a killed run; this run holds the bundle's lock
         barrier()
         logger.info("computing risk maps of %d target cases in %s", len(self.cases), folder)
-        self._manifest = self._compute(folder)
-        return self._manifest
+        return self._compute(folder)
+
+    def dead_class_names(self) -> list[str]:
+        """Target classes the source gives no information about, at ``dead_class_margin`` (runs the stage)."""
+        return _dead_in_table(self.run()["classes"], self.dead_class_margin)
+
+    def dead_class_indices(self) -> list[int]:
+        """Indices (output channels of the target network) of :meth:`dead_class_names` (runs the stage)."""
+        table = self.run()["classes"]
+        return [table[name]["index"] for name in self.dead_class_names()]
+
+    def foreground_transfers(self) -> bool:
+        """Whether at least one present foreground class (index > 0) is not dead (runs the stage)."""
+        table, dead = self.run()["classes"], set(self.dead_class_names())
+        return any(v["index"] > 0 and v["prior"] > 0 and name not in dead for name, v in table.items())
+
+    def _report_classes(self, manifest: dict[str, Any]) -> None:
+        """Log a WARNING per dead class and write the summary (rank 0)."""
+        table = manifest["classes"]
+        dead = _dead_in_table(table, self.dead_class_margin)
+        for name in dead:
+            entry = table[name]
+            logger.warning(
+                "the source gives no information about class %s (T_%s = %.4f, prior floor = %.4f, information %.3f "
+                "< margin %.3f): consider re-initialising the head for it (--risk#dead_classes reinit) or training "
+                "from scratch (--risk#dead_classes scratch, or --target_init random)",
+                name,
+                name,
+                entry["transferability"],
+                entry["prior"],
+                entry["information"],
+                self.dead_class_margin,
+            )
+        if not dead:
+            logger.info(
+                "every target class gets information from the source (information >= %.3f): %s",
+                self.dead_class_margin,
+                ", ".join(f"{n} {v['information']:.3f}" for n, v in table.items() if v["information"] is not None),
+            )
+        if self.summary_path is not None and rank_and_world()[0] == 0:
+            summary = {
+                "source_ckpt": str(self.source_ckpt),
+                "cache": str(self.cache_root / manifest["key"]),
+                "leep": manifest["leep"],
+                "num_voxels": manifest["num_voxels"],
+                "mask": self.mask,
+                "classes": table,
+                "dead_class_margin": self.dead_class_margin,
+                "dead_classes": dead,
+                "dead_class_action": self.dead_class_action,
+            }
+            atomic_write_text(self.summary_path, json.dumps(summary, indent=2) + "\n")
 
     def datalist(self) -> Sequence[dict]:
         """The target training cases; when the stage is enabled each also holds its ``"risk"`` map path and its
@@ -213,12 +354,8 @@ class RiskStage:
         item = self.transform(case)
         image = item["image"].as_tensor().unsqueeze(0).to(self.device)  # [1, C, *S]
         label = item["label"].as_tensor().unsqueeze(0).to(self.device, torch.uint8)  # [1, 1, *S]
-        if self.mask == "nonzero":  # the air NormalizeIntensityd(nonzero=True) left at 0 (and, rarely, a voxel at the mean)
-            mask = (image != 0).any(dim=1, keepdim=True)
-            if not mask.any():
-                raise ValueError(f"{case['case_id']}: image {case['image']} has no nonzero voxel to compute LEEP over")
-        else:
-            mask = torch.ones_like(label, dtype=torch.bool)
+        # "nonzero": the air NormalizeIntensityd(nonzero=True) left at 0 (and, rarely, a voxel at the mean)
+        mask = image_mask(image, self.mask, case["case_id"], case["image"])
         with torch.autocast(self.device.type, enabled=self.amp):
             logits = self.inferer(image, network)  # [1, Cs, *S]
         return torch.softmax(logits.float(), dim=1), label, mask, _image_affine(item["image"])
@@ -273,6 +410,7 @@ class RiskStage:
             "leep": log_t_sum / max(stats.num_voxels, 1),
             "num_voxels": stats.num_voxels,
             "conditional": conditional.tolist(),
+            "classes": class_table(stats, self.target_class_names),
             "cases": cases,
         }
         if rank == 0:
