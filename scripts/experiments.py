@@ -30,7 +30,7 @@ from typing import Any
 
 from transrisk_components.utils.io import atomic_write_text
 
-__all__ = ["Cell", "DEFAULT_RISK", "FEW_SHOT_CURVE", "HEADLINE_METHODS", "METHODS", "Method", "PLAIN", "PROFILES", "Profile", "SCENARIOS", "SCRATCH", "GridScenario", "choose_default", "export_risk_overlays", "grid", "prepare_phantoms", "run_cell"]
+__all__ = ["Cell", "DEFAULT_RISK", "FEW_SHOT_CURVE", "HEADLINE_METHODS", "METHODS", "Method", "PLAIN", "PROFILES", "Profile", "RANKING", "RankingStudy", "SCENARIOS", "SCRATCH", "GridScenario", "choose_default", "export_risk_overlays", "grid", "prepare_phantoms", "run_cell", "run_ranking_study", "source_checkpoint"]
 
 logger = logging.getLogger(__name__)
 
@@ -42,12 +42,17 @@ DEFAULT_RISK = "risk-weighted (default)"
 
 @dataclass(frozen=True)
 class GridScenario:
-    """A transfer setting: which bundle, and the config overrides that pick source and target."""
+    """A transfer setting: which bundle, and the config overrides that pick source and target.
+
+    ``source_from`` names another scenario whose source model this one reuses (same source modality, task and
+    source cases); the source stage's fingerprint still checks that they match.
+    """
 
     name: str
     bundle: str
     kind: str
     overrides: Mapping[str, Any]
+    source_from: str | None = None
 
 
 @dataclass(frozen=True)
@@ -282,6 +287,11 @@ def bundle_config(bundle: str, name: str) -> str:
     return str(REPO_ROOT / "bundles" / bundle / "configs" / f"{name}.json")
 
 
+def source_checkpoint(cell: Cell, root: Path) -> Path:
+    """``<root>/sources/<scenario, or the one it takes its source from>/seed<k>/source.pt``."""
+    return root / "sources" / (cell.scenario.source_from or cell.scenario.name) / f"seed{cell.seed}" / "source.pt"
+
+
 def cell_overrides(cell: Cell, root: Path, profile: Profile, dataset_dirs: Mapping[str, str | None]) -> dict[str, Any]:
     """Every config override of one cell: outputs under ``root``, scenario, method, seed, profile settings."""
     folder = cell.folder(root)
@@ -291,7 +301,7 @@ def cell_overrides(cell: Cell, root: Path, profile: Profile, dataset_dirs: Mappi
         "ckpt_dir": str(folder / "models"),
         "output_dir": str(folder / "eval"),
         "log_dir": str(folder / "runs"),
-        "source_ckpt": str(root / "sources" / shared / "source.pt"),
+        "source_ckpt": str(source_checkpoint(cell, root)),
         "risk_dir": str(root / "risk_maps" / shared),
         "progress": False,
         **profile.overrides,
@@ -384,3 +394,87 @@ def choose_default(rows: Sequence[Mapping[str, Any]]) -> str | None:
         if values:
             scores[method] = sum(values) / len(values)
     return max(scores, key=scores.get) if scores else None
+
+
+@dataclass(frozen=True)
+class RankingStudy:
+    """Does the LEEP ranking of candidate source models predict which fine-tunes best? (FeTS phantom)
+
+    For every target modality (multiclass task) and seed, one source model per candidate modality is trained on the
+    same source cases (shared between the targets), fine-tuned plainly on the target, and ranked by
+    ``rank_sources`` over the target training cases. The source's own validation Dice (on the target-val cases'
+    images of the source's modality) is the simple ranker it is compared with.
+    """
+
+    targets: Sequence[str]
+    candidates: Sequence[str]
+    seeds: Sequence[int]
+    profile: str = "quick"
+
+    def scenario(self, source: str, target: str) -> GridScenario:
+        """``fets_<source>_to_<target>``, taking its source model from ``fets_<source>_to_<first target>``."""
+        first = f"fets_{source}_to_{self.targets[0]}"
+        overrides = {"source_modality": source, "target_modality": target}
+        return GridScenario(f"fets_{source}_to_{target}", "fets", "ranking", overrides,
+                            None if target == self.targets[0] else first)
+
+
+RANKING = RankingStudy(targets=("t1ce", "flair"), candidates=("t1", "t1ce", "t2", "flair"), seeds=(0, 1, 2))
+
+
+def _leep_by_candidate(csv_path: Path) -> dict[str, float]:
+    with csv_path.open(newline="") as handle:
+        return {row["name"]: float(row["leep"]) for row in csv.DictReader(handle)}
+
+
+def run_ranking_study(study: RankingStudy, root: Path, dataset_dirs: Mapping[str, str | None], progress: Any = None) -> list[dict[str, Any]]:
+    """Train, fine-tune, rank and score every (target, candidate, seed); return the rows ``ranking_study.py`` reads.
+
+    Outputs: the grid's usual ``sources/`` and ``cells/`` folders under ``root`` (cells already finished, e.g. by the
+    ``quick`` profile in the same folder, are reused), ``ranking/<target>/seed<k>/source_ranking.csv`` and
+    ``ranking/source_val/<source>/seed<k>/metrics_summary.json``.
+
+    Args:
+        progress: called with a one-line message after each step (e.g. ``tqdm.write``); ``None`` logs it.
+    """
+    report = progress or logger.warning
+    profile = PROFILES[study.profile]
+    plain = METHODS[PLAIN]
+    rows = []
+    for seed in study.seeds:
+        for target in study.targets:
+            cells = {source: Cell(study.scenario(source, target), plain, seed) for source in study.candidates}
+            for source, cell in cells.items():
+                result = run_cell(cell, root, profile, dataset_dirs)
+                report(f"ranking seed {seed}: {source} -> {target} fine-tuned, test Dice {result['test_dice']:.3f}")
+            ranking_dir = root / "ranking" / target / f"seed{seed}"
+            if not (ranking_dir / "source_ranking.csv").is_file():
+                candidates = [{"name": source, "ckpt": str(source_checkpoint(cell, root)), "modality": source}
+                              for source, cell in cells.items()]
+                candidates_file = ranking_dir / "candidates.json"
+                atomic_write_text(candidates_file, json.dumps(candidates, indent=2) + "\n")
+                own = cells[target] if target in cells else next(iter(cells.values()))
+                configs = [bundle_config("fets", "train"), bundle_config("fets", "rank_sources")]
+                _run_workflow(configs, "rank_sources", {**cell_overrides(own, root, profile, dataset_dirs),
+                                                         "candidates_file": str(candidates_file),
+                                                         "source_ranking_dir": str(ranking_dir)})
+            leep = _leep_by_candidate(ranking_dir / "source_ranking.csv")
+            report(f"ranking seed {seed}: target {target} LEEP " + ", ".join(f"{k} {v:.4f}" for k, v in leep.items()))
+            for source, cell in cells.items():
+                rows.append({"scenario": f"fets_to_{target}", "candidate": source, "seed": seed, "leep": leep[source],
+                             "source_val_dice": _source_val_dice(cell, root, profile, dataset_dirs),
+                             "test_dice": json.loads((cell.folder(root) / "result.json").read_text())["test_dice"]})
+    return rows
+
+
+def _source_val_dice(cell: Cell, root: Path, profile: Profile, dataset_dirs: Mapping[str, str | None]) -> float:
+    """Mean Dice of the cell's source model on its own modality, over the target-val cases (evaluated once)."""
+    source = cell.scenario.overrides["source_modality"]
+    out = root / "ranking" / "source_val" / source / f"seed{cell.seed}"
+    if not (out / "metrics_summary.json").is_file():
+        configs = [bundle_config("fets", "train"), bundle_config("fets", "evaluate")]
+        _run_workflow(configs, "evaluating", {**cell_overrides(cell, root, profile, dataset_dirs),
+                                              "target_modality": source, "output_dir": str(out),
+                                              "validate#dataset#data": "$@scenario.split('target_val')",
+                                              "validate#handlers#0#load_path": str(source_checkpoint(cell, root))})
+    return _mean_over_regions(json.loads((out / "metrics_summary.json").read_text()), "dice")

@@ -6,6 +6,7 @@ Usage (from the repository root)::
     python scripts/reproduce.py run --profile full --fets_dir /data/MICCAI_FeTS2021_TrainingData \\
         --iseg_dir /data/iSeg-2019-Training                # everything; meant for a GPU and real data
     python scripts/reproduce.py table docs/results/quick/results.csv   # re-make table.md and the figures
+    python scripts/reproduce.py ranking   # source-ranking study; last line: ranking: kendall tau = <t> over <k> candidates
 
 Training outputs go to ``--work_dir`` (default ``outputs/reproduce/<profile>``, git-ignored); the reports
 (``results.csv``, ``results_per_case.csv``, ``table.md``, ``figures/``, ``machine.md``) go to ``--report_dir`` (default
@@ -33,6 +34,7 @@ from experiments import (
     METHODS,
     PLAIN,
     PROFILES,
+    RANKING,
     REPO_ROOT,
     SCRATCH,
     choose_default,
@@ -40,7 +42,10 @@ from experiments import (
     grid,
     prepare_phantoms,
     run_cell,
+    run_ranking_study,
 )
+from ranking_study import COLUMNS as RANKING_COLUMNS
+from ranking_study import summarise as summarise_ranking
 from transrisk_components.reporting.results import (
     case_rows,
     load_case_results_csv,
@@ -91,8 +96,8 @@ def _machine_notes(profile: str, seconds: float, cells: int, reused: int) -> str
     return (
         f"# How these results were made\n\n"
         f"- command: `{command}` (from the repository root)\n"
-        f"- profile: {profile}, {cells} cells ({reused} of them finished by an earlier, interrupted invocation); "
-        f"this invocation ran {seconds / 60:.1f} minutes\n"
+        f"- profile: {profile}, {cells} cells ({reused} of them finished by an earlier invocation or another "
+        f"profile in the same work folder); this invocation ran {seconds / 60:.1f} minutes\n"
         f"- machine: {platform.platform()}, {os.cpu_count()} CPU cores, "
         f"{'CUDA ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'}\n"
         f"- python {platform.python_version()}, torch {torch.__version__}\n"
@@ -149,5 +154,34 @@ def table(results_csv: str, report_dir: str | None = None) -> None:
     _write_reports(rows, cases, Path(report_dir) if report_dir else Path(results_csv).parent)
 
 
+def ranking(work_dir: str | None = None, report_dir: str | None = None) -> None:
+    """Run (or continue) the source-ranking study on the FeTS testbed phantom and write its report.
+
+    Uses the ``quick`` profile's training settings; with the same ``--work_dir`` as a ``quick`` run, its finished
+    cells (e.g. T1 -> T1ce plain fine-tuning) are reused. The last line printed is
+    ``ranking: kendall tau = <t> over <k> candidates``.
+
+    Args:
+        work_dir: training outputs; default ``outputs/reproduce/quick``.
+        report_dir: reports; default ``docs/results/ranking``.
+    """
+    logging.basicConfig(level=logging.WARNING)
+    work = Path(work_dir or REPO_ROOT / "outputs" / "reproduce" / RANKING.profile).resolve()
+    reports = Path(report_dir or REPO_ROOT / "docs" / "results" / "ranking").resolve()
+    profile = PROFILES[RANKING.profile]
+    dataset_dirs = prepare_phantoms(profile, work, {"fets": None, "iseg": None})
+    cells = len(RANKING.targets) * len(RANKING.candidates) * len(RANKING.seeds)
+    reused = sum((work / "cells" / RANKING.scenario(s, t).name / "plain_fine_tuning" / f"seed{k}" / "result.json").is_file()
+                 for s in RANKING.candidates for t in RANKING.targets for k in RANKING.seeds)
+    start = time.perf_counter()
+    rows = run_ranking_study(RANKING, work, dataset_dirs, progress=tqdm.write)
+    results = reports / "results.csv"
+    atomic_write_text(results, ",".join(RANKING_COLUMNS) + "\n" + "".join(
+        ",".join(str(row[c]) for c in RANKING_COLUMNS) + "\n" for row in rows))
+    atomic_write_text(reports / "machine.md", _machine_notes("ranking (quick settings)", time.perf_counter() - start,
+                                                             cells, reused))
+    summarise_ranking(str(results), str(reports))
+
+
 if __name__ == "__main__":
-    fire.Fire({"run": run, "table": table})
+    fire.Fire({"run": run, "table": table, "ranking": ranking})

@@ -54,3 +54,20 @@ def test_a_killed_grid_continues_with_the_missing_cells_only(tiny_grid):
     load_reproduce_script().run(profile="tiny", work_dir=str(work), report_dir=str(reports), fets_dir=str(phantom))
     assert missing.is_file(), "the missing cell ran again"
     assert {p: p.stat().st_mtime_ns for p in results[1:]} == stamps, "finished cells are kept"
+
+
+def test_ranking_study_on_the_tiny_grid(tiny_grid, monkeypatch):
+    """Two candidate sources, one target, one seed: fine-tuned Dice, LEEP from rank_sources, source-val Dice."""
+    import experiments
+
+    phantom, work, _ = tiny_grid
+    study = experiments.RankingStudy(targets=("flair", "t2"), candidates=("t1", "flair"), seeds=(0,), profile="tiny")
+    rows = experiments.run_ranking_study(study, work, {"fets": str(phantom)})
+    assert sorted((r["scenario"], r["candidate"]) for r in rows) == [
+        ("fets_to_flair", "flair"), ("fets_to_flair", "t1"), ("fets_to_t2", "flair"), ("fets_to_t2", "t1")]
+    for row in rows:
+        assert row["leep"] < 0 and 0 <= row["source_val_dice"] <= 1 and 0 <= row["test_dice"] <= 1
+    # the T1 source of the T1 -> FLAIR cell of the tiny grid is reused for T1 -> T2, not trained again
+    assert len(list(work.glob("sources/fets_t1_to_t2/*"))) == 0
+    ranking = (work / "ranking" / "t2" / "seed0" / "source_ranking.csv").read_text()
+    assert ranking.startswith("rank,name") and ranking.count("\n") == 3
