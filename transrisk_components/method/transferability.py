@@ -289,6 +289,7 @@ class LocationLEEPStatistics:
         self._location = index  # [*S] long in [0, L)
         self.num_locations = math.prod(cells)
         self._counts = torch.zeros(self.num_locations, self.num_target_classes, self.num_source_classes, dtype=torch.float64)
+        self._num_voxels = torch.zeros((), dtype=torch.float64)
         self._log_t_sums = torch.zeros(self.num_locations, dtype=torch.float64)
         self._log_t_voxels = torch.zeros(self.num_locations, dtype=torch.float64)
 
@@ -329,6 +330,12 @@ class LocationLEEPStatistics:
         counts = self._counts.to(probs.device).view(-1, self.num_source_classes)  # [L * Ct, Cs]
         counts.index_add_(0, rows, probs.to(torch.float64))
         self._counts = counts.view(self.num_locations, self.num_target_classes, self.num_source_classes)
+        self._num_voxels = self._num_voxels.to(probs.device) + rows.numel()
+
+    @property
+    def num_voxels(self) -> int:
+        """Number of voxels :meth:`update` counted so far (summed over ranks after :meth:`all_reduce`)."""
+        return int(self._num_voxels.item())
 
     def conditional(self) -> torch.Tensor:
         """``P_l(y | z)``, float64 ``[L, Ct, Cs]``: each source class column ``z`` of a location sums to 1 over
@@ -391,7 +398,7 @@ class LocationLEEPStatistics:
     def all_reduce(self) -> None:
         """Sum the joint counts over ``torch.distributed`` ranks (no-op without); once, after the last
         :meth:`update`."""
-        (self._counts,) = _sum_over_ranks([self._counts])
+        self._counts, self._num_voxels = _sum_over_ranks([self._counts, self._num_voxels])
 
     def all_reduce_leep(self) -> None:
         """Sum the ``log T`` sums and voxel counts over ranks (no-op without); once, after the last
