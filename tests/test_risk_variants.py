@@ -71,7 +71,7 @@ def test_location_map_is_one_map_per_location_shared_by_every_case(cases: list[d
     stage = location_stage(cases, tmp_path)
     manifest = stage.run()
     assert manifest["map"] == "location" and manifest["num_locations"] == 4**3 and manifest["leep"] <= 0
-    assert "conditional" not in manifest
+    assert np.asarray(manifest["conditional"]).shape == (2, 4) and set(manifest["classes"]) == {"background", "WT"}
     maps = [np.asarray(nib.load(stage.map_path(c["case_id"])).dataobj) for c in cases]
     brains = [np.asarray(nib.load(c["image"][0]).dataobj) != 0 for c in cases]
     for risk, brain in zip(maps, brains):

@@ -307,6 +307,7 @@ def test_location_statistics_match_brute_force_per_location(patch):
     assert torch.equal(stats.location_index(), location)
     for case in range(3):  # one case at a time, as the risk stage feeds them
         stats.update(probs[case : case + 1], labels[case : case + 1], mask[case : case + 1])
+    assert stats.num_voxels == int(mask.sum())
     conditional = stats.conditional()
     for loc, cond in ref_cond.items():
         present = cond.sum(dim=0) > 0  # source columns that received mass
