@@ -30,7 +30,7 @@ from typing import Any
 
 from transrisk_components.utils.io import atomic_write_text
 
-__all__ = ["Cell", "DEFAULT_RISK", "FEW_SHOT_CURVE", "HEADLINE_METHODS", "METHODS", "Method", "PLAIN", "PROFILES", "Profile", "RANKING", "RankingStudy", "SCENARIOS", "SCRATCH", "GridScenario", "choose_default", "export_risk_overlays", "grid", "prepare_phantoms", "run_cell", "run_ranking_study", "source_checkpoint"]
+__all__ = ["Cell", "DEFAULT_RISK", "FEW_SHOT_CURVE", "HEADLINE_METHODS", "LOCATION_LEEP", "METHODS", "Method", "NEGLOG_POWER10", "PLAIN", "PROFILES", "Profile", "RANKING", "RISK_DICE", "RISK_SAMPLING", "RankingStudy", "SCENARIOS", "SCRATCH", "STUDY_VARIANTS", "SWEEP_STRENGTHS", "GridScenario", "choose_default", "export_risk_overlays", "grid", "prepare_phantoms", "run_cell", "run_ranking_study", "source_checkpoint"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +38,12 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 PLAIN = "plain fine-tuning"
 SCRATCH = "from scratch"
 DEFAULT_RISK = "risk-weighted (default)"
+NEGLOG_POWER10 = "-log T min-max, 10^r, CE over foreground + Dice"
+LOCATION_LEEP = "location-wise LEEP, exp(-LEEP)"
+RISK_DICE = "risk-weighted Dice"
+RISK_SAMPLING = "risk-guided sampling"
+#: Strengths of the sweep, for the linear and the exponential scheme.
+SWEEP_STRENGTHS = (0.0, 1.0, 2.0, 4.0, 8.0)
 
 
 @dataclass(frozen=True)
@@ -57,11 +63,16 @@ class GridScenario:
 
 @dataclass(frozen=True)
 class Method:
-    """A fine-tuning method: config overrides on top of the bundle's ``train.json``."""
+    """A fine-tuning method: config overrides on top of the bundle's ``train.json``.
+
+    ``bundles`` names the bundles the method applies to (``None``: all); :func:`grid` leaves out the other cells
+    (the location-wise map needs co-registered cases, which iSeg's are not).
+    """
 
     name: str
     overrides: Mapping[str, Any]
     group: str = "main"  # main, variant (other risk-map settings), sweep, ablation, alternative
+    bundles: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -159,8 +170,30 @@ METHODS: dict[str, Method] = {
         ),
         Method("ablation: random map", {"risk#shuffle": True}, "ablation"),
         Method("risk map, foreground norm. (paper)", {"risk#loss_normalization": "foreground"}, "variant"),
-        *[Method(f"sweep: linear s={s}", {"risk#scheme": "linear", "risk#strength": s}, "sweep") for s in (0.5, 2.0, 4.0)],
-        *[Method(f"sweep: exponential s={s}", {"risk#scheme": "exponential", "risk#strength": s}, "sweep") for s in (1.0, 2.0)],
+        Method(
+            NEGLOG_POWER10,
+            {
+                "risk#normalization": "neglog_minmax",
+                "risk#scheme": "power10",
+                "risk#strength": 1.0,
+                "risk#ce_voxels": "foreground",
+                "risk#loss_normalization": "foreground",
+            },
+            "variant",
+        ),
+        Method(
+            LOCATION_LEEP,
+            {"risk#map": "location", "risk#normalization": "complement", "risk#scheme": "inverse", "risk#strength": 1.0},
+            "variant",
+            bundles=("fets",),
+        ),
+        Method(RISK_DICE, {"risk#dice": "weighted"}, "variant"),
+        Method(RISK_SAMPLING, {"risk#sampling": "risk"}, "variant"),
+        *[
+            Method(f"sweep: {scheme} s={s}", {"risk#scheme": scheme, "risk#strength": s}, "sweep")
+            for scheme in ("linear", "exponential")
+            for s in SWEEP_STRENGTHS
+        ],
         Method(
             "L2-SP",
             _loss_override(
@@ -243,13 +276,41 @@ PROFILES: dict[str, Profile] = {
 }
 
 
+#: The risk-map variants the study compares with the default: every ``variant`` and the strength sweep, less the
+#: sweep points that repeat another candidate (linear s=1.0 is the default; exponential s=0.0 is linear s=0.0,
+#: weights 1 everywhere).
+STUDY_VARIANTS = tuple(
+    m for m in METHODS
+    if METHODS[m].group in ("variant", "sweep") and m not in ("sweep: linear s=1.0", "sweep: exponential s=0.0")
+)
+
+# The variant study, on validation cases only (``choose_default`` states the selection rule; the test cases are
+# reported but do not enter the choice): the headline methods and every risk-map variant on three FeTS scenarios
+# (cross-modality with a class invisible to the source, cross-task, and 2-shot), 2 seeds, the quick profile's
+# training settings and testbed phantom. Size: 3 scenarios x 2 seeds = 6 source models (~50 s each on 2 CPU
+# cores) and 6 x 16 = 96 fine-tuning cells (~60 s each with their evaluations; the 2-shot ones about half), plus
+# 3 risk-map caches per source (seconds each): about 1 h 40 min on 2 CPU cores.
+PROFILES["study"] = Profile(
+    scenarios=("fets_t1_to_t1ce", "fets_ed_to_et", "fets_fewshot_2"),
+    methods=(*HEADLINE_METHODS, *STUDY_VARIANTS),
+    seeds=(0, 1),
+    overrides=PROFILES["quick"].overrides,
+    phantoms=PROFILES["quick"].phantoms,
+)
+
+
 def grid(profile: Profile) -> list[Cell]:
-    """The cells of ``profile`` in run order (scenario, seed, method), so a source model is trained once."""
+    """The cells of ``profile`` in run order (scenario, seed, method), so a source model is trained once; a method
+    is left out of the scenarios whose bundle it does not apply to (:attr:`Method.bundles`)."""
     unknown = [s for s in profile.scenarios if s not in SCENARIOS] + [m for m in profile.methods if m not in METHODS]
     if unknown:
         raise ValueError(f"unknown scenarios/methods {unknown}; known: {sorted(SCENARIOS)} / {sorted(METHODS)}")
     return [
-        Cell(SCENARIOS[s], METHODS[m], seed) for s in profile.scenarios for seed in profile.seeds for m in profile.methods
+        Cell(SCENARIOS[s], METHODS[m], seed)
+        for s in profile.scenarios
+        for seed in profile.seeds
+        for m in profile.methods
+        if METHODS[m].bundles is None or SCENARIOS[s].bundle in METHODS[m].bundles
     ]
 
 
@@ -385,15 +446,37 @@ def export_risk_overlays(cell: Cell, root: Path, profile: Profile, dataset_dirs:
     return out
 
 
+#: Two candidates whose scores differ by less than this (mean validation Dice, 0-1) are tied.
+SELECTION_TIE = 0.005
+
+
 def choose_default(rows: Sequence[Mapping[str, Any]]) -> str | None:
-    """The risk-map variant (default, variants, sweep) with the best mean validation Dice over all scenarios."""
+    """The risk-map variant the selection rule picks, from validation Dice only (test Dice is never read).
+
+    The rule, fixed before the study ran: the candidates are the default and every ``variant`` and ``sweep``
+    method with results; each scores the mean over scenarios of its mean validation Dice over seeds, counting
+    only the scenarios in which every candidate has results (the location-wise map runs on FeTS only, so on a grid
+    with iSeg scenarios every candidate is scored on the FeTS ones). The best score wins; candidates within
+    :data:`SELECTION_TIE` of it are a tie, broken in favour of the simpler one, the earlier in :data:`METHODS`
+    (the default first, then the variants, then the sweep).
+    """
     candidates = [m for m in METHODS if m == DEFAULT_RISK or METHODS[m].group in ("variant", "sweep")]
-    scores = {}
-    for method in candidates:
-        values = [float(r["val_dice"]) for r in rows if r["method"] == method and not math.isnan(float(r["val_dice"]))]
-        if values:
-            scores[method] = sum(values) / len(values)
-    return max(scores, key=scores.get) if scores else None
+    per_scenario: dict[str, dict[str, list[float]]] = {}
+    for row in rows:
+        value = float(row["val_dice"])
+        if row["method"] in candidates and not math.isnan(value):
+            per_scenario.setdefault(row["method"], {}).setdefault(row["scenario"], []).append(value)
+    if not per_scenario:
+        return None
+    common = set.intersection(*(set(scenarios) for scenarios in per_scenario.values()))
+    if not common:
+        return None
+    scores = {
+        method: sum(sum(by[s]) / len(by[s]) for s in common) / len(common)
+        for method, by in per_scenario.items()
+    }
+    best = max(scores.values())
+    return next(m for m in candidates if m in scores and scores[m] >= best - SELECTION_TIE)
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 Usage (from the repository root)::
 
     python scripts/reproduce.py run --profile quick      # built-in phantoms, CPU, writes docs/results/quick/
+    python scripts/reproduce.py run --profile study      # every risk-map variant, chosen on validation (~1 h 40 min)
     python scripts/reproduce.py run --profile full --fets_dir /data/MICCAI_FeTS2021_TrainingData \\
         --iseg_dir /data/iSeg-2019-Training                # everything; meant for a GPU and real data
     python scripts/reproduce.py table docs/results/quick/results.csv   # re-make table.md and the figures
@@ -114,7 +115,9 @@ def run(
     """Run (or continue) the grid of ``profile`` and write its reports.
 
     Args:
-        profile: ``quick`` (phantoms, CPU, a subset), ``full`` (every scenario and method) or ``tiny`` (tests).
+        profile: ``quick`` (phantoms, CPU, a subset), ``study`` (the risk-map variants on three FeTS phantom
+            scenarios; the selection rule is :func:`experiments.choose_default`), ``full`` (every scenario and
+            method) or ``tiny`` (tests); see ``PROFILES`` in ``experiments.py`` for the rest.
         work_dir: training outputs; default ``outputs/reproduce/<profile>``.
         report_dir: reports; default ``docs/results/<profile>``.
         fets_dir: a real FeTS2021 root (``MICCAI_FeTS2021_TrainingData``); default: the profile's testbed phantom.

@@ -23,7 +23,7 @@ def random_batch(seed: int, num_classes: int = 3) -> tuple[torch.Tensor, torch.T
     return logits, labels, risk
 
 
-@pytest.mark.parametrize("normalization", ["complement", "minmax"])
+@pytest.mark.parametrize("normalization", ["complement", "minmax", "neglog_minmax"])
 def test_risk_in_unit_interval_and_non_increasing_in_transferability(normalization):
     t = torch.rand(SHAPE, generator=torch.Generator().manual_seed(0))
     risk = transfer_risk(t, normalization)
@@ -31,13 +31,44 @@ def test_risk_in_unit_interval_and_non_increasing_in_transferability(normalizati
     for b in range(SHAPE[0]):
         order = torch.argsort(t[b].flatten())
         assert torch.all(torch.diff(risk[b].flatten()[order]) <= 1e-7)
-    if normalization == "minmax":
+    if normalization != "complement":
         assert torch.allclose(risk.flatten(1).max(1).values, torch.ones(2))
         assert torch.allclose(risk.flatten(1).min(1).values, torch.zeros(2))
 
 
-def test_minmax_on_constant_image_is_zero():
-    assert torch.all(transfer_risk(torch.full(SHAPE, 0.3), "minmax") == 0)
+@pytest.mark.parametrize("normalization", ["minmax", "neglog_minmax"])
+def test_minmax_on_constant_image_is_zero(normalization):
+    assert torch.all(transfer_risk(torch.full(SHAPE, 0.3), normalization) == 0)
+
+
+def test_neglog_minmax_is_minus_log_t_rescaled_per_image():
+    t = torch.tensor([0.5, 0.25, 1.0, 0.125], dtype=torch.float64).view(1, 1, 4, 1, 1)
+    expected = torch.tensor([1 / 3, 2 / 3, 0.0, 1.0], dtype=torch.float64).view(1, 1, 4, 1, 1)  # -log2 T = 1, 2, 0, 3
+    torch.testing.assert_close(transfer_risk(t, "neglog_minmax"), expected)
+    # per image: a second image with other values does not change the first one's risk
+    both = torch.cat([t, torch.tensor([0.9, 0.8, 0.7, 0.6], dtype=torch.float64).view(1, 1, 4, 1, 1)])
+    torch.testing.assert_close(transfer_risk(both, "neglog_minmax")[:1], expected)
+
+
+def test_neglog_minmax_floors_t_so_one_hopeless_voxel_does_not_squash_the_rest():
+    t = torch.tensor([0.0, 1e-30, 1e-3, 1.0], dtype=torch.float64).view(1, 1, 4, 1, 1)
+    risk = transfer_risk(t, "neglog_minmax").flatten()
+    torch.testing.assert_close(risk, torch.tensor([1.0, 1.0, 0.5, 0.0], dtype=torch.float64))  # log floor 1e-6
+
+
+def test_power10_weights_span_one_to_ten_at_strength_one():
+    risk = torch.tensor([0.0, 0.5, 1.0]).view(1, 1, 3, 1, 1)
+    torch.testing.assert_close(risk_to_weights(risk, "power10", 1.0).flatten(), torch.tensor([1.0, 10**0.5, 10.0]))
+    torch.testing.assert_close(risk_to_weights(risk, "power10", 2.0).flatten(), torch.tensor([1.0, 10.0, 100.0]))
+
+
+def test_inverse_weights_of_complement_risk_are_exp_minus_leep():
+    leep = torch.tensor([0.0, -0.5, -2.0, -4.0], dtype=torch.float64).view(1, 1, 4, 1, 1)  # log T of a location
+    risk = transfer_risk(leep.exp(), "complement")
+    torch.testing.assert_close(risk_to_weights(risk, "inverse", 1.0), (-leep).exp())
+    torch.testing.assert_close(risk_to_weights(risk, "inverse", 2.0), (-2 * leep).exp())
+    capped = risk_to_weights(torch.ones(1, 1, 2, 1, 1), "inverse", 1.0)  # T = 0: capped, not infinite
+    torch.testing.assert_close(capped, torch.full_like(capped, 100.0))
 
 
 @pytest.mark.parametrize(
@@ -58,6 +89,8 @@ def test_unknown_options_raise():
         risk_to_weights(torch.rand(SHAPE), "linear", -1.0)
     with pytest.raises(ValueError, match="normalization"):
         RiskWeightedLoss(normalization="batch")
+    with pytest.raises(ValueError, match="ce_voxels"):
+        RiskWeightedLoss(ce_voxels="tumour")
 
 
 @pytest.mark.parametrize("scheme", WEIGHT_SCHEMES)
@@ -145,7 +178,7 @@ def test_image_without_foreground_gives_finite_loss_and_gradients():
     assert torch.isfinite(loss) and torch.isfinite(logits.grad).all()
 
 
-@pytest.mark.parametrize("scheme", ["linear", "exponential"])
+@pytest.mark.parametrize("scheme", ["linear", "exponential", "power10", "inverse"])
 @pytest.mark.parametrize("dice", ["unweighted", "weighted"])
 def test_gradients_finite(scheme, dice):
     logits, labels, risk = random_batch(7)
@@ -154,7 +187,7 @@ def test_gradients_finite(scheme, dice):
     assert torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("scheme", ["linear", "exponential"])
+@pytest.mark.parametrize("scheme", ["linear", "exponential", "power10", "inverse"])
 @pytest.mark.parametrize("dice", ["unweighted", "weighted"])
 def test_risk_on_mispredicted_voxels_costs_more_than_on_correct_ones(scheme, dice):
     logits, labels, _ = random_batch(8)
@@ -183,3 +216,20 @@ def test_weighted_dice_matches_formula():
     denominator = (weights * (probs + target)).sum((2, 3, 4))
     expected = (1 - (2 * intersection + 1e-5) / (denominator + 1e-5)).mean()
     torch.testing.assert_close(loss, expected)
+
+
+def test_foreground_ce_sums_over_label_voxels_only_over_the_case_foreground():
+    logits, labels, risk = random_batch(12)
+    loss = RiskWeightedLoss(scheme="power10", strength=1.0, ce_voxels="foreground", lambda_dice=0)
+    ce = torch.nn.functional.cross_entropy(logits, labels[:, 0].long(), reduction="none")
+    weighted = 10 ** risk[:, 0] * ce * (labels[:, 0] > 0)
+    expected = (weighted.flatten(1).sum(1) / CASE_FG).mean()
+    torch.testing.assert_close(loss(logits, labels, risk, CASE_FG), expected)
+    # background logits do not enter the CE term at all ...
+    moved = logits.clone()
+    background = (labels == 0).expand_as(logits)
+    moved[background] += torch.randn(int(background.sum()), generator=torch.Generator().manual_seed(0), dtype=moved.dtype)
+    torch.testing.assert_close(loss(moved, labels, risk, CASE_FG), expected)
+    # ... but they do with ce_voxels="all"
+    every_voxel = RiskWeightedLoss(scheme="power10", strength=1.0, lambda_dice=0)
+    assert every_voxel(moved, labels, risk, CASE_FG) != every_voxel(logits, labels, risk, CASE_FG)

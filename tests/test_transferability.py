@@ -13,6 +13,7 @@ import torch.multiprocessing as mp
 
 from transrisk_components.method.transferability import (
     LEEPStatistics,
+    LocationLEEPStatistics,
     class_information,
     leep,
     pixel_transferability,
@@ -272,3 +273,92 @@ def test_empty_mask_raises():
 def test_joint_before_update_raises():
     with pytest.raises(ValueError, match="no voxels"):
         LEEPStatistics(NUM_TARGET, NUM_SOURCE).conditional()
+
+
+def location_brute_force(probs: torch.Tensor, labels: torch.Tensor, patch: int, mask: torch.Tensor | None = None):
+    """Per location (cube of ``patch`` voxels, over every case of the batch): conditional, ``T`` per voxel (NaN
+    outside the mask) and ``LEEP_l`` (NaN without voxels), by :func:`brute_force` on the location's voxels."""
+    spatial = labels.shape[2:]
+    grids = torch.meshgrid(*[torch.arange(n) // patch for n in spatial], indexing="ij")
+    cells = [math.ceil(n / patch) for n in spatial]
+    location = (grids[0] * cells[1] + grids[1]) * cells[2] + grids[2]  # [*S], row-major
+    t_map = torch.full(labels.shape, math.nan, dtype=torch.float64)
+    conditionals, leeps = {}, {}
+    for loc in range(math.prod(cells)):
+        select = (location == loc).expand(labels.shape[0], *spatial).unsqueeze(1)  # [B, 1, *S]
+        if mask is not None:
+            select = select & mask
+        if not select.any():
+            leeps[loc] = math.nan
+            continue
+        part_p = probs.movedim(1, -1)[select[:, 0]].T.reshape(1, NUM_SOURCE, -1)  # [1, Cs, n]
+        part_y = labels[select].reshape(1, 1, -1)
+        _, conditionals[loc], part_t, leeps[loc] = brute_force(part_p, part_y)
+        t_map[select] = part_t.reshape(-1)
+    return location, conditionals, t_map, leeps
+
+
+@pytest.mark.parametrize("patch", [2, 3])
+def test_location_statistics_match_brute_force_per_location(patch):
+    probs, labels = random_case(20, batch=3, shape=(6, 5, 4))
+    mask = torch.rand(labels.shape, generator=torch.Generator().manual_seed(1)) > 0.2
+    location, ref_cond, ref_t, ref_leep = location_brute_force(probs, labels, patch, mask)
+    stats = LocationLEEPStatistics(NUM_TARGET, NUM_SOURCE, spatial_shape=(6, 5, 4), patch=patch)
+    assert torch.equal(stats.location_index(), location)
+    for case in range(3):  # one case at a time, as the risk stage feeds them
+        stats.update(probs[case : case + 1], labels[case : case + 1], mask[case : case + 1])
+    assert stats.num_voxels == int(mask.sum())
+    conditional = stats.conditional()
+    for loc, cond in ref_cond.items():
+        present = cond.sum(dim=0) > 0  # source columns that received mass
+        torch.testing.assert_close(conditional[loc][:, present], cond[:, present], rtol=1e-10, atol=1e-12)
+    t_map = stats.transferability(probs, labels)
+    torch.testing.assert_close(t_map[mask], ref_t[mask], rtol=1e-10, atol=1e-12)
+    for case in range(3):
+        stats.update_leep(t_map[case : case + 1], mask[case : case + 1])
+    leeps = stats.location_leep()
+    expected = torch.tensor([ref_leep[loc] for loc in range(stats.num_locations)], dtype=torch.float64)
+    torch.testing.assert_close(leeps, expected, rtol=1e-10, atol=1e-12, equal_nan=True)
+    torch.testing.assert_close(stats.leep_map(), expected[location], equal_nan=True)
+
+
+def test_one_location_spanning_the_grid_is_the_pooled_statistics():
+    probs, labels = random_case(21, batch=2, shape=(5, 4, 3))
+    stats = LocationLEEPStatistics(NUM_TARGET, NUM_SOURCE, spatial_shape=(5, 4, 3), patch=8)
+    stats.update(probs, labels)
+    pooled = LEEPStatistics(NUM_TARGET, NUM_SOURCE)
+    pooled.update(probs, labels)
+    assert stats.num_locations == 1
+    torch.testing.assert_close(stats.conditional()[0], pooled.conditional())
+    t_map = stats.transferability(probs, labels)
+    torch.testing.assert_close(t_map, pixel_transferability(probs, labels, pooled.conditional()))
+    stats.update_leep(t_map)
+    assert stats.location_leep().item() == pytest.approx(leep(probs, labels), rel=1e-12)
+
+
+def test_location_map_sees_a_mapping_that_flips_across_the_grid():
+    """Source class 0 means target class 1 on the left half and target class 0 on the right: pooled over the grid
+    the source tells nothing (T = 1/2), per location it tells everything (T = 1, LEEP_l = 0)."""
+    shape = (8, 4, 4)
+    source_class = torch.randint(0, 2, (2, 1, *shape), generator=torch.Generator().manual_seed(3))
+    probs = torch.cat([source_class == 0, source_class == 1], dim=1).double()  # one-hot [2, 2, *S]
+    left = (torch.arange(8) < 4).view(1, 1, 8, 1, 1)
+    labels = torch.where(left, 1 - source_class, source_class)
+    pooled = LEEPStatistics(2, 2)
+    pooled.update(probs, labels)
+    assert pixel_transferability(probs, labels, pooled.conditional()).max() < 0.6
+    stats = LocationLEEPStatistics(2, 2, spatial_shape=shape, patch=4)
+    stats.update(probs, labels)
+    t_map = stats.transferability(probs, labels)
+    torch.testing.assert_close(t_map, torch.ones_like(t_map, dtype=torch.float64))
+    stats.update_leep(t_map)
+    torch.testing.assert_close(stats.location_leep(), torch.zeros(stats.num_locations, dtype=torch.float64))
+
+
+def test_location_statistics_refuse_another_grid():
+    stats = LocationLEEPStatistics(NUM_TARGET, NUM_SOURCE, spatial_shape=(5, 4, 3), patch=2)
+    probs, labels = random_case(22, batch=1, shape=(5, 4, 4))
+    with pytest.raises(ValueError, match="not co-registered"):
+        stats.update(probs, labels)
+    with pytest.raises(ValueError, match="patch >= 1"):
+        LocationLEEPStatistics(NUM_TARGET, NUM_SOURCE, spatial_shape=(5, 4, 3), patch=0)

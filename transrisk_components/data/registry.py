@@ -45,6 +45,10 @@ class DatasetSpec:
         make_phantom: ``(out_dir, subjects, seed, shape=None, full_size=False, ...) -> root`` that
             ``datalist`` accepts.
         default_phantom_subjects: number of subjects in the bundles' default phantom.
+        co_registered: every case lies on one common grid in one anatomical space (FeTS: the SRI24 atlas,
+            240x240x155 at 1 mm), so that a voxel index means the same place in every case -- what the
+            location-wise risk map (``risk#map location``) needs. iSeg-2019 subjects share an array shape but each
+            infant is in its own space.
     """
 
     name: str
@@ -57,6 +61,7 @@ class DatasetSpec:
     raw_labels: Callable
     make_phantom: Callable[..., Path]
     default_phantom_subjects: int
+    co_registered: bool
 
 
 DATASETS: dict[str, DatasetSpec] = {
@@ -71,6 +76,7 @@ DATASETS: dict[str, DatasetSpec] = {
         raw_labels=fets.fets_raw_labels,
         make_phantom=_lazy("transrisk_components.data.phantom.fets", "make_fets_phantom"),
         default_phantom_subjects=24,
+        co_registered=True,
     ),
     "iseg": DatasetSpec(
         name="iseg",
@@ -83,6 +89,7 @@ DATASETS: dict[str, DatasetSpec] = {
         raw_labels=iseg.iseg_raw_labels,
         make_phantom=_lazy("transrisk_components.data.phantom.iseg", "make_iseg_phantom"),
         default_phantom_subjects=10,
+        co_registered=False,
     ),
 }
 

@@ -13,6 +13,7 @@ __all__ = ["RiskWeightedLoss"]
 
 NORMALIZATIONS = ("foreground", "voxels")
 DICE_MODES = ("unweighted", "weighted")
+CE_VOXELS = ("all", "foreground")
 
 
 class RiskWeightedLoss(nn.Module):
@@ -20,11 +21,15 @@ class RiskWeightedLoss(nn.Module):
 
     For sample ``b`` (a whole image or a patch cut from one) with voxel weights ``w = risk_to_weights(risk)``::
 
-        CE_b   = sum_v w_v * CE(logits_v, y_v) / N_b
+        CE_b   = sum_{v in V_b} w_v * CE(logits_v, y_v) / N_b
         Dice_b = mean_c [1 - (2 sum_v u_v p_vc g_vc + eps_nr) / (sum_v u_v (p_vc + g_vc) + eps_dr)]
         loss   = mean_b (lambda_ce * CE_b + lambda_dice * Dice_b)
 
-    and ``u = w`` for ``dice="weighted"``, ``u = 1`` for ``dice="unweighted"``. The normaliser ``N_b``:
+    and ``u = w`` for ``dice="weighted"``, ``u = 1`` for ``dice="unweighted"``. ``V_b`` is every voxel of the sample
+    (``ce_voxels="all"``) or only its foreground voxels, ``label > 0`` (``ce_voxels="foreground"``: background is
+    then learnt from the Dice term alone; with ``normalization="foreground"`` the CE term is the mean CE over the
+    case's tumour voxels -- "CE over foreground voxels + Dice", a choice seen in a public re-implementation).
+    The normaliser ``N_b``:
 
     - ``normalization="foreground"`` (the paper's): the foreground voxel count (``label > 0``) of the **whole
       case** the sample was cut from, passed as ``foreground_voxels``. Per case, not per patch: every patch of a
@@ -47,6 +52,7 @@ class RiskWeightedLoss(nn.Module):
         strength: weighting strength ``s >= 0``.
         normalization: ``"foreground"`` (default) or ``"voxels"``.
         dice: ``"unweighted"`` (default) or ``"weighted"`` soft Dice.
+        ce_voxels: ``"all"`` (default) or ``"foreground"``: the voxels the cross-entropy sums over.
         include_background: whether the Dice term includes channel 0.
         lambda_ce: weight of the cross-entropy term, ``>= 0``.
         lambda_dice: weight of the Dice term, ``>= 0``.
@@ -60,6 +66,7 @@ class RiskWeightedLoss(nn.Module):
         strength: float = 1.0,
         normalization: str = "foreground",
         dice: str = "unweighted",
+        ce_voxels: str = "all",
         include_background: bool = True,
         lambda_ce: float = 1.0,
         lambda_dice: float = 1.0,
@@ -73,6 +80,8 @@ class RiskWeightedLoss(nn.Module):
             raise ValueError(f"unknown normalization {normalization!r}; choose one of {NORMALIZATIONS}.")
         if dice not in DICE_MODES:
             raise ValueError(f"unknown dice mode {dice!r}; choose one of {DICE_MODES}.")
+        if ce_voxels not in CE_VOXELS:
+            raise ValueError(f"unknown ce_voxels {ce_voxels!r}; choose one of {CE_VOXELS}.")
         if strength < 0 or lambda_ce < 0 or lambda_dice < 0:
             raise ValueError(
                 f"strength, lambda_ce and lambda_dice must be >= 0, got {strength}, {lambda_ce}, {lambda_dice}."
@@ -81,6 +90,7 @@ class RiskWeightedLoss(nn.Module):
         self.strength = float(strength)
         self.normalization = normalization
         self.dice = dice
+        self.ce_voxels = ce_voxels
         self.include_background = include_background
         self.lambda_ce = float(lambda_ce)
         self.lambda_dice = float(lambda_dice)
@@ -148,10 +158,13 @@ class RiskWeightedLoss(nn.Module):
     def _weighted_ce(
         self, logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None, normaliser: torch.Tensor
     ) -> torch.Tensor:
-        """Batch mean of per-sample weighted CE sums over ``normaliser [B]``; ``weights`` None means all ones."""
+        """Batch mean of per-sample weighted CE sums (over ``V_b``) over ``normaliser [B]``; ``weights`` None means
+        all ones."""
         voxel_ce = F.cross_entropy(logits, labels[:, 0], reduction="none")  # [B, *spatial]
         if weights is not None:
             voxel_ce = weights[:, 0] * voxel_ce
+        if self.ce_voxels == "foreground":
+            voxel_ce = voxel_ce * (labels[:, 0] > 0)
         per_sample = voxel_ce.flatten(1).sum(dim=1)  # [B]
         return (per_sample / normaliser).mean().to(per_sample.dtype)
 

@@ -15,11 +15,20 @@ Notation (LEEP, Nguyen et al., ICML 2020, with voxels as samples):
   ``T_y = sum_z P(y, z)^2 / (P(y) P(z)) = sum_z P(z | y) P(y | z)``, and ``T_y >= P(y)`` (Cauchy-Schwarz), with
   equality exactly when ``P(y | z) = P(y)`` for every source class: the source says nothing about ``y``.
 
+Location-wise statistics (:class:`LocationLEEPStatistics`), for cases co-registered to one grid (an atlas): the
+grid is cut into non-overlapping cubes of ``patch`` voxels, the *locations* ``l``; the joint ``P_l(y, z)`` is
+accumulated per location over the voxels of every case that fall into it, each voxel's transferability uses its
+location's conditional, ``T(v) = sum_z P_l(v)(y_v | z) p_source(z | v)``, and ``LEEP_l`` is the mean of ``log T`` over
+the location's voxels of every case -- the pixel-wise transferability of the authors' earlier work, with small
+patches instead of single voxels so that a handful of cases gives enough samples per location.
+
 Tensors are channel-first: source probabilities ``[B, Cs, *spatial]``, labels and masks ``[B, 1, *spatial]``.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -28,6 +37,7 @@ import torch.distributed as dist
 
 __all__ = [
     "LEEPStatistics",
+    "LocationLEEPStatistics",
     "class_information",
     "dead_classes",
     "leep",
@@ -95,6 +105,19 @@ def _check_mask(mask: torch.Tensor, target_labels: torch.Tensor) -> torch.Tensor
     if not mask.any():
         raise ValueError("mask selects no voxels: LEEP statistics need at least one voxel.")
     return mask
+
+
+def _sum_over_ranks(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Each tensor summed over all ``torch.distributed`` ranks (the same tensors when not distributed)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return tensors
+    home = tensors[0].device
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else home
+    packed = torch.cat([t.reshape(-1) for t in tensors]).to(device)
+    dist.all_reduce(packed, op=dist.ReduceOp.SUM)
+    packed = packed.to(home)
+    sizes = [t.numel() for t in tensors]
+    return [part.reshape(t.shape).clone() for part, t in zip(packed.split(sizes), tensors)]
 
 
 class LEEPStatistics:
@@ -195,16 +218,7 @@ class LEEPStatistics:
 
         Call it exactly once, after every rank's last :meth:`update`.
         """
-        if not (dist.is_available() and dist.is_initialized()):
-            return
-        device = self._counts.device
-        if dist.get_backend() == "nccl":
-            device = torch.device("cuda", torch.cuda.current_device())
-        packed = torch.cat([self._counts.reshape(-1), self._num_voxels.reshape(1)]).to(device)
-        dist.all_reduce(packed, op=dist.ReduceOp.SUM)
-        packed = packed.to(self._counts.device)
-        self._counts = packed[:-1].reshape(self._counts.shape).clone()
-        self._num_voxels = packed[-1].clone()
+        self._counts, self._num_voxels = _sum_over_ranks([self._counts, self._num_voxels])
 
     def state_dict(self) -> dict[str, Any]:
         """The accumulated counts (on the CPU) and class counts, for checkpointing or caching."""
@@ -225,6 +239,171 @@ class LEEPStatistics:
             )
         self._counts = state["counts"].to(torch.float64).clone()
         self._num_voxels = torch.tensor(float(state["num_voxels"]), dtype=torch.float64)
+
+
+class LocationLEEPStatistics:
+    """Location-wise LEEP over cases that share one grid: ``P_l(y | z)`` and ``LEEP_l`` per patch location ``l``.
+
+    Two passes over the same cases (see the module notes): :meth:`update` accumulates the joint per location;
+    then, with the conditionals fixed, :meth:`transferability` gives each voxel's ``T`` and :meth:`update_leep`
+    accumulates ``log T`` per location, from which :meth:`leep_map` reads ``LEEP_l`` back onto the grid. Counts
+    are float64; under ``torch.distributed`` call :meth:`all_reduce` once after the last :meth:`update` and
+    :meth:`all_reduce_leep` once after the last :meth:`update_leep`.
+
+    Args:
+        num_target_classes: ``Ct``.
+        num_source_classes: ``Cs``.
+        spatial_shape: the common grid ``S`` of every case (e.g. ``(240, 240, 155)``).
+        patch: edge of the cubic locations in voxels (``>= 1``); the last location along an axis is cut short when
+            ``patch`` does not divide the grid.
+
+    Example::
+
+        stats = LocationLEEPStatistics(4, 2, spatial_shape=(240, 240, 155), patch=8)
+        for probs, labels, mask in cases:       # probs [1, Cs, *S], labels / mask [1, 1, *S]
+            stats.update(probs, labels, mask)
+        for probs, labels, mask in cases:
+            stats.update_leep(stats.transferability(probs, labels), mask)
+        leep_per_voxel = stats.leep_map()       # [*S], LEEP_l of each voxel's location
+    """
+
+    def __init__(
+        self, num_target_classes: int, num_source_classes: int, spatial_shape: Sequence[int], patch: int
+    ) -> None:
+        if num_target_classes < 1 or num_source_classes < 1:
+            raise ValueError(
+                f"class counts must be positive, got num_target_classes={num_target_classes}, "
+                f"num_source_classes={num_source_classes}."
+            )
+        if int(patch) < 1 or not spatial_shape or any(int(n) < 1 for n in spatial_shape):
+            raise ValueError(f"need patch >= 1 and a non-empty grid, got patch={patch}, spatial_shape={spatial_shape}.")
+        self.num_target_classes = int(num_target_classes)
+        self.num_source_classes = int(num_source_classes)
+        self.spatial_shape = tuple(int(n) for n in spatial_shape)
+        self.patch = int(patch)
+        cells = [math.ceil(n / self.patch) for n in self.spatial_shape]
+        index = torch.zeros((), dtype=torch.long)
+        for axis, n in enumerate(self.spatial_shape):  # row-major location index of every voxel
+            along = torch.arange(n) // self.patch
+            index = index.unsqueeze(-1) * cells[axis] + along.view(*([1] * axis), n)
+        self._location = index  # [*S] long in [0, L)
+        self.num_locations = math.prod(cells)
+        self._counts = torch.zeros(self.num_locations, self.num_target_classes, self.num_source_classes, dtype=torch.float64)
+        self._num_voxels = torch.zeros((), dtype=torch.float64)
+        self._log_t_sums = torch.zeros(self.num_locations, dtype=torch.float64)
+        self._log_t_voxels = torch.zeros(self.num_locations, dtype=torch.float64)
+
+    def location_index(self) -> torch.Tensor:
+        """``[*S]`` long: the location ``l`` of every voxel of the grid, in ``[0, num_locations)``."""
+        return self._location
+
+    def _check_grid(self, target_labels: torch.Tensor) -> None:
+        if tuple(target_labels.shape[2:]) != self.spatial_shape:
+            raise ValueError(
+                f"location-wise LEEP needs every case on the grid {self.spatial_shape}, got spatial shape "
+                f"{tuple(target_labels.shape[2:])}: the cases are not co-registered."
+            )
+
+    def _flat_locations(self, batch: int, device: torch.device) -> torch.Tensor:
+        """``[B * prod(S)]`` location of every voxel of a batch, in the row-major order of ``reshape(-1)``."""
+        return self._location.to(device).reshape(1, -1).expand(batch, -1).reshape(-1)
+
+    @torch.no_grad()
+    def update(
+        self, source_probs: torch.Tensor, target_labels: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> None:
+        """Add the voxels of a batch to the joint of their locations (pass 1).
+
+        Args:
+            source_probs: ``[B, Cs, *S]`` source softmax on the common grid.
+            target_labels: ``[B, 1, *S]`` integer target class indices in ``[0, Ct)``.
+            mask: optional ``[B, 1, *S]`` bool; only voxels where it is true are counted.
+        """
+        _check_probs_and_labels(source_probs, target_labels, self.num_source_classes)
+        self._check_grid(target_labels)
+        labels = _labels_as_indices(target_labels, self.num_target_classes).reshape(-1)  # [N]
+        probs = source_probs.movedim(1, -1).reshape(-1, self.num_source_classes)  # [N, Cs]
+        rows = self._flat_locations(source_probs.shape[0], probs.device) * self.num_target_classes + labels  # [N]
+        if mask is not None:
+            keep = _check_mask(mask, target_labels).reshape(-1)
+            probs, rows = probs[keep], rows[keep]
+        counts = self._counts.to(probs.device).view(-1, self.num_source_classes)  # [L * Ct, Cs]
+        counts.index_add_(0, rows, probs.to(torch.float64))
+        self._counts = counts.view(self.num_locations, self.num_target_classes, self.num_source_classes)
+        self._num_voxels = self._num_voxels.to(probs.device) + rows.numel()
+
+    @property
+    def num_voxels(self) -> int:
+        """Number of voxels :meth:`update` counted so far (summed over ranks after :meth:`all_reduce`)."""
+        return int(self._num_voxels.item())
+
+    def conditional(self) -> torch.Tensor:
+        """``P_l(y | z)``, float64 ``[L, Ct, Cs]``: each source class column ``z`` of a location sums to 1 over
+        ``y`` where the location received its mass, and is 0 where it received none (a location outside every
+        mask is all zeros)."""
+        marginal_z = self._counts.sum(dim=1, keepdim=True)  # [L, 1, Cs]
+        tiny = torch.finfo(torch.float64).tiny
+        return torch.where(marginal_z > 0, self._counts / marginal_z.clamp_min(tiny), 0.0)
+
+    @torch.no_grad()
+    def transferability(self, source_probs: torch.Tensor, target_labels: torch.Tensor) -> torch.Tensor:
+        """Per-voxel ``T(v) = sum_z P_l(v)(y_v | z) p_source(z | v)`` with the conditional of ``v``'s location.
+
+        Args:
+            source_probs: ``[B, Cs, *S]`` source softmax on the common grid.
+            target_labels: ``[B, 1, *S]`` integer target class indices in ``[0, Ct)``.
+
+        Returns:
+            ``[B, 1, *S]`` in ``[0, 1]``, in the dtype of ``source_probs``.
+        """
+        _check_probs_and_labels(source_probs, target_labels, self.num_source_classes)
+        self._check_grid(target_labels)
+        labels = _labels_as_indices(target_labels, self.num_target_classes).reshape(-1)  # [N]
+        probs = source_probs.movedim(1, -1).reshape(-1, self.num_source_classes)  # [N, Cs]
+        rows = self._flat_locations(source_probs.shape[0], probs.device) * self.num_target_classes + labels
+        conditional = self.conditional().to(device=probs.device, dtype=probs.dtype).view(-1, self.num_source_classes)
+        values = torch.zeros(probs.shape[0], dtype=probs.dtype, device=probs.device)  # [N], in chunks: [n, Cs] rows
+        for start in range(0, probs.shape[0], 1 << 20):
+            part = slice(start, start + (1 << 20))
+            values[part] = (conditional[rows[part]] * probs[part]).sum(dim=1)
+        return values.view(target_labels.shape).clamp_(0.0, 1.0)
+
+    @torch.no_grad()
+    def update_leep(self, transferability: torch.Tensor, mask: torch.Tensor | None = None) -> None:
+        """Add ``log T`` of a batch's voxels to the sums of their locations (pass 2).
+
+        Args:
+            transferability: ``[B, 1, *S]`` from :meth:`transferability`.
+            mask: optional ``[B, 1, *S]`` bool; only voxels where it is true are counted.
+        """
+        self._check_grid(transferability)
+        log_t = transferability.to(torch.float64).clamp_min(torch.finfo(torch.float64).tiny).log().reshape(-1)
+        locations = self._flat_locations(transferability.shape[0], log_t.device)
+        if mask is not None:
+            keep = _check_mask(mask, transferability).reshape(-1)
+            log_t, locations = log_t[keep], locations[keep]
+        self._log_t_sums = self._log_t_sums.to(log_t.device).index_add_(0, locations, log_t)
+        self._log_t_voxels = self._log_t_voxels.to(log_t.device).index_add_(0, locations, torch.ones_like(log_t))
+
+    def location_leep(self) -> torch.Tensor:
+        """``LEEP_l``, float64 ``[L]``: the mean ``log T`` (``<= 0``) of each location's voxels over every case
+        passed to :meth:`update_leep`; NaN for a location without voxels."""
+        voxels = self._log_t_voxels
+        return torch.where(voxels > 0, self._log_t_sums / voxels.clamp_min(1.0), torch.nan)
+
+    def leep_map(self) -> torch.Tensor:
+        """``[*S]`` float64: ``LEEP_l`` of each voxel's location (NaN where the location had no voxels)."""
+        return self.location_leep().cpu()[self._location]
+
+    def all_reduce(self) -> None:
+        """Sum the joint counts over ``torch.distributed`` ranks (no-op without); once, after the last
+        :meth:`update`."""
+        self._counts, self._num_voxels = _sum_over_ranks([self._counts, self._num_voxels])
+
+    def all_reduce_leep(self) -> None:
+        """Sum the ``log T`` sums and voxel counts over ranks (no-op without); once, after the last
+        :meth:`update_leep`."""
+        self._log_t_sums, self._log_t_voxels = _sum_over_ranks([self._log_t_sums, self._log_t_voxels])
 
 
 def pixel_transferability(

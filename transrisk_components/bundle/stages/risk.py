@@ -5,6 +5,13 @@ the LEEP joint ``P(y, z)`` inside each case's mask (summed over ranks under DDP)
 again, turns its probabilities into per-voxel transferability ``T`` and risk, and writes
 ``<case_id>_risk.nii.gz`` on the image grid with the image's affine (0 outside the mask).
 
+With ``map_type="location"`` the statistics are location-wise
+(:class:`~transrisk_components.method.transferability.LocationLEEPStatistics`): pass 1 accumulates ``P_l(y, z)``
+per patch location ``l`` of the common grid over all cases, pass 2 accumulates ``LEEP_l``, and pass 3 (no source
+inference) writes each case's map from its location's transferability ``exp(LEEP_l)``. Only for datasets whose
+cases are co-registered (:attr:`~transrisk_components.data.registry.DatasetSpec.co_registered`) and whose image
+files all have one shape and affine; anything else is refused before the source model runs.
+
 The mask (``mask="nonzero"``, default) is the head: the voxels where the image is nonzero, the ones
 ``NormalizeIntensityd(nonzero=True)`` normalises. Without it the air around the head, trivially background,
 dominates ``P(y | z)`` and the reported LEEP.
@@ -60,6 +67,7 @@ from transrisk_components.utils.io import atomic_write, atomic_write_text, load_
 from transrisk_components.method.risk import transfer_risk
 from transrisk_components.method.transferability import (
     LEEPStatistics,
+    LocationLEEPStatistics,
     class_information,
     dead_classes,
     pixel_transferability,
@@ -74,6 +82,8 @@ MANIFEST = "manifest.json"
 
 #: Voxel masks of the LEEP statistics and maps (see :class:`RiskStage`).
 RISK_MASKS = ("nonzero", "all")
+#: Where the conditional ``P(y | z)`` is pooled (see :class:`RiskStage`).
+RISK_MAPS = ("pooled", "location")
 
 #: What fine-tuning does about target classes the source gives no information about (see :class:`RiskStage`).
 DEAD_CLASS_ACTIONS = ("warn", "reinit", "scratch")
@@ -155,10 +165,17 @@ class RiskStage:
         cache_root: folder holding one sub-folder per cache key.
         fingerprint: what determines the maps (its ``key()`` names the cache folder).
         normalization: risk normalisation, see :func:`transrisk_components.method.risk.transfer_risk`
-            (``"minmax"`` spans the masked voxels only).
+            (``"minmax"`` and ``"neglog_minmax"`` span the masked voxels only).
         mask: voxels the LEEP statistics, the reported LEEP and the maps cover: ``"nonzero"`` (default) the
             voxels where any image channel is nonzero -- the brain, the voxels ``NormalizeIntensityd(nonzero=True)``
             normalises -- or ``"all"`` (air included). Maps are 0 outside the mask.
+        map_type: ``"pooled"`` (default): one ``P(y | z)`` over every voxel of every case, each voxel's ``T`` from
+            its own source prediction -- the paper's map, different in every case. ``"location"``: ``P_l(y | z)``
+            and ``LEEP_l`` per location (cube of ``location_patch`` voxels) of the common grid, pooled over all
+            cases; a voxel's transferability is its location's ``exp(LEEP_l)`` (the geometric mean of ``T`` there),
+            so all cases share one map (up to their masks). With ``normalization="complement"`` and the loss
+            scheme ``"inverse"`` at strength 1 the weight is ``exp(-LEEP_l)``. Needs co-registered cases.
+        location_patch: edge in voxels of the locations of ``map_type="location"``.
         shuffle: ablation: permute each map's values inside its mask at random, keeping the values but not where
             they are -- the "random map" control of the experiments. Each case has its own permutation, seeded
             by a hash of ``seed`` and its case id.
@@ -192,6 +209,8 @@ class RiskStage:
         fingerprint: StageFingerprint,
         normalization: str = "complement",
         mask: str = "nonzero",
+        map_type: str = "pooled",
+        location_patch: int = 8,
         shuffle: bool = False,
         seed: int = 0,
         device: str | torch.device = "cpu",
@@ -213,6 +232,17 @@ class RiskStage:
         self.fingerprint = fingerprint
         if mask not in RISK_MASKS:
             raise ValueError(f"unknown risk mask {mask!r}; choose one of {RISK_MASKS}")
+        if map_type not in RISK_MAPS:
+            raise ValueError(f"unknown risk map {map_type!r}; choose one of {RISK_MAPS}")
+        if int(location_patch) < 1:
+            raise ValueError(f"risk location_patch must be >= 1 voxel, got {location_patch}")
+        spec = get_dataset(dataset)
+        if map_type == "location" and not spec.co_registered:
+            raise ValueError(
+                f"risk map 'location' pools statistics per voxel location over all cases, which needs cases "
+                f"co-registered to one grid; {dataset} cases are not (each subject is in its own space): "
+                "use risk map 'pooled'"
+            )
         if dead_classes not in DEAD_CLASS_ACTIONS:
             raise ValueError(f"unknown risk#dead_classes {dead_classes!r}; choose one of {DEAD_CLASS_ACTIONS}")
         if not 0.0 <= float(dead_class_margin) <= 1.0:
@@ -222,11 +252,12 @@ class RiskStage:
         self.summary_path = None if summary_path is None else Path(summary_path)
         self.normalization = normalization
         self.mask = mask
+        self.map_type = map_type
+        self.location_patch = int(location_patch)
         self.shuffle = shuffle
         self.seed = seed
         self.device = torch.device(device)
         self.amp = amp and self.device.type == "cuda"
-        spec = get_dataset(dataset)
         self.num_source_classes = num_classes(spec, source_task)
         self.num_target_classes = num_classes(spec, target_task)
         self.target_class_names = tuple(spec.tasks[target_task])
@@ -245,9 +276,12 @@ class RiskStage:
     def run(self) -> dict[str, Any]:
         """Compute the maps unless a cache for the same key exists; return the manifest.
 
-        Manifest: ``{"key", "fingerprint", "leep", "num_voxels", "classes": {name: {"index", "transferability",
-        "prior", "information"}}, "cases": {case_id: {"risk": file name, "leep": float}}}`` (map files relative to
-        the manifest's folder). Dead classes are warned about (and the summary written) once per stage object.
+        Manifest: ``{"key", "fingerprint", "map", "leep", "num_voxels", "conditional", "classes": {name: {"index",
+        "transferability", "prior", "information"}}, "cases": {case_id: {"risk": file name, "leep": float,
+        "foreground_voxels": int}}}`` (map files relative to the manifest's folder), plus ``"location_patch"`` and
+        ``"num_locations"`` for the location-wise map. ``conditional`` (``[Ct, Cs]``) and ``classes`` come from the
+        pooled statistics whatever the map; ``leep`` is the mean ``log T`` of the map's own statistics over every
+        masked voxel. Dead classes are warned about (and the summary written) once per stage object.
         """
         if self._manifest is None:
             self._manifest = self._run()
@@ -344,6 +378,16 @@ class RiskStage:
             raise ValueError(f"source checkpoint {self.source_ckpt} does not fit the source network: {err}") from err
         return self.network.to(self.device).eval()
 
+    def _load_case(self, case: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, np.ndarray]:
+        """One case through the whole-volume transform: ``image [1, C, *S]`` float, ``label [1, 1, *S]`` uint8
+        target classes, ``mask [1, 1, *S]`` bool statistics mask, all on ``self.device``, and the 4x4 affine."""
+        item = self.transform(case)
+        image = item["image"].as_tensor().unsqueeze(0).to(self.device)  # [1, C, *S]
+        label = item["label"].as_tensor().unsqueeze(0).to(self.device, torch.uint8)  # [1, 1, *S]
+        # "nonzero": the air NormalizeIntensityd(nonzero=True) left at 0 (and, rarely, a voxel at the mean)
+        mask = image_mask(image, self.mask, case["case_id"], case["image"])
+        return image, label, mask, _image_affine(item["image"])
+
     def _source_pass(self, network: nn.Module, case: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, np.ndarray]:
         """Load one case and run the source model over it.
 
@@ -351,14 +395,10 @@ class RiskStage:
             ``probs [1, Cs, *S]`` float32 source softmax, ``label [1, 1, *S]`` uint8 target classes,
             ``mask [1, 1, *S]`` bool statistics mask, all on ``self.device``, and the image's 4x4 affine.
         """
-        item = self.transform(case)
-        image = item["image"].as_tensor().unsqueeze(0).to(self.device)  # [1, C, *S]
-        label = item["label"].as_tensor().unsqueeze(0).to(self.device, torch.uint8)  # [1, 1, *S]
-        # "nonzero": the air NormalizeIntensityd(nonzero=True) left at 0 (and, rarely, a voxel at the mean)
-        mask = image_mask(image, self.mask, case["case_id"], case["image"])
+        image, label, mask, affine = self._load_case(case)
         with torch.autocast(self.device.type, enabled=self.amp):
             logits = self.inferer(image, network)  # [1, Cs, *S]
-        return torch.softmax(logits.float(), dim=1), label, mask, _image_affine(item["image"])
+        return torch.softmax(logits.float(), dim=1), label, mask, affine
 
     def _risk_map(self, transferability: torch.Tensor, mask: torch.Tensor, case_id: str) -> np.ndarray:
         """``[*S]`` float32 risk inside ``mask``, 0 outside; for ``shuffle`` its masked values permuted per case."""
@@ -371,11 +411,60 @@ class RiskStage:
         risk[mask[0, 0].cpu()] = inside.float()
         return risk.numpy()
 
-    @torch.no_grad()
-    def _compute(self, folder: Path) -> dict[str, Any]:
-        rank, world = rank_and_world()
-        network = self._load_network()
-        mine = self.cases[rank::world]
+    def _write_map(
+        self, folder: Path, case: dict, transferability: torch.Tensor, mask: torch.Tensor, affine: np.ndarray
+    ) -> str:
+        """Write ``<case_id>_risk.nii.gz`` from ``transferability [1, 1, *S]`` inside ``mask``; its file name."""
+        risk = self._risk_map(transferability, mask, case["case_id"])
+        path = folder / f"{case['case_id']}_risk.nii.gz"
+        atomic_write(path, lambda tmp, r=risk, a=affine: nib.save(nib.Nifti1Image(r, a), tmp), suffix=".nii.gz")
+        return path.name
+
+    def _foreground(self, label: torch.Tensor, case_id: str) -> int:
+        """The whole case's foreground voxel count under the target task (warns when there is none)."""
+        foreground = int(torch.count_nonzero(label))
+        if foreground == 0:
+            logger.warning(
+                "%s has no foreground under target task %r: a foreground-normalised loss uses its voxel count",
+                case_id,
+                self.target_task,
+            )
+        return foreground
+
+    def _check_common_grid(self) -> tuple[int, ...]:
+        """The image grid shared by every case (read from the file headers, before any inference).
+
+        Raises:
+            ValueError: a case whose image shape or affine differs from the first case's; the message names both
+                cases and files.
+        """
+        reference: tuple[str, str, tuple[int, ...], np.ndarray] | None = None
+        for case in self.cases:
+            for path in case["image"] if isinstance(case["image"], (list, tuple)) else [case["image"]]:
+                header = nib.load(path)
+                shape, affine = tuple(int(n) for n in header.shape[:3]), np.asarray(header.affine, dtype=np.float64)
+                if reference is None:
+                    reference = (case["case_id"], str(path), shape, affine)
+                elif shape != reference[2] or not np.allclose(affine, reference[3], atol=1e-4):
+                    raise ValueError(
+                        f"risk map 'location' needs every case on one grid, but {case['case_id']} ({path}) has shape "
+                        f"{shape} and affine {affine.round(3).tolist()} where {reference[0]} ({reference[1]}) has "
+                        f"{reference[2]} and {reference[3].round(3).tolist()}: the cases are not co-registered; "
+                        "use risk map 'pooled'"
+                    )
+        if reference is None:
+            raise ValueError("risk map 'location' needs at least one target training case")
+        return reference[2]
+
+    def _pooled_maps(
+        self, network: nn.Module, mine: list[dict], folder: Path
+    ) -> tuple[dict, float, LEEPStatistics, dict]:
+        """The paper's map: pass 1 pooled LEEP counts, pass 2 ``T`` per voxel -> risk -> NIfTI.
+
+        Returns:
+            per-case records, this rank's sum of ``log T`` over the masked voxels, the pooled statistics (all
+            ranks), and the manifest's extra entries (none).
+        """
         stats = LEEPStatistics(self.num_target_classes, self.num_source_classes)
         for case in mine:  # pass 1: LEEP counts inside the mask
             probs, label, mask, _ = self._source_pass(network, case)
@@ -391,35 +480,81 @@ class RiskStage:
             del probs
             log_t = torch.log(transferability[mask].double().clamp_min(1e-12))  # [n]
             log_t_sum += float(log_t.sum())
-            risk = self._risk_map(transferability, mask, case["case_id"])
-            foreground = int(torch.count_nonzero(label))
-            if foreground == 0:
-                logger.warning(
-                    "%s has no foreground under target task %r: a foreground-normalised loss uses its voxel count",
-                    case["case_id"],
-                    self.target_task,
-                )
-            path = folder / f"{case['case_id']}_risk.nii.gz"
-            atomic_write(path, lambda tmp, r=risk, a=affine: nib.save(nib.Nifti1Image(r, a), tmp), suffix=".nii.gz")
-            cases[case["case_id"]] = {"risk": path.name, "leep": float(log_t.mean()), "foreground_voxels": foreground}
+            cases[case["case_id"]] = {
+                "risk": self._write_map(folder, case, transferability, mask, affine),
+                "leep": float(log_t.mean()),
+                "foreground_voxels": self._foreground(label, case["case_id"]),
+            }
+        return cases, log_t_sum, stats, {}
+
+    def _location_maps(
+        self, network: nn.Module, mine: list[dict], folder: Path
+    ) -> tuple[dict, float, LEEPStatistics, dict]:
+        """The location-wise map: pass 1 ``P_l(y, z)`` (and the pooled counts, for the class table), pass 2
+        ``LEEP_l``, pass 3 ``exp(LEEP_l)`` -> risk -> NIfTI.
+
+        Returns: as :meth:`_pooled_maps`; the extra entries are the patch size and the number of locations.
+        """
+        grid = self._check_common_grid()
+        stats = LocationLEEPStatistics(self.num_target_classes, self.num_source_classes, grid, self.location_patch)
+        pooled = LEEPStatistics(self.num_target_classes, self.num_source_classes)
+        for case in mine:  # pass 1: per-location (and pooled) LEEP counts inside the mask
+            probs, label, mask, _ = self._source_pass(network, case)
+            stats.update(probs, label, mask)
+            pooled.update(probs, label, mask)
+            del probs, label, mask
+        stats.all_reduce()
+        pooled.all_reduce()
+        cases: dict[str, dict[str, Any]] = {}
+        log_t_sum = 0.0
+        for case in mine:  # pass 2: T with each voxel's location conditional -> log T per location
+            probs, label, mask, _ = self._source_pass(network, case)
+            transferability = stats.transferability(probs, label)  # [1, 1, *S]
+            del probs
+            stats.update_leep(transferability, mask)
+            log_t = torch.log(transferability[mask].double().clamp_min(1e-12))  # [n]
+            log_t_sum += float(log_t.sum())
+            cases[case["case_id"]] = {
+                "leep": float(log_t.mean()),
+                "foreground_voxels": self._foreground(label, case["case_id"]),
+            }
+        stats.all_reduce_leep()
+        location_t = stats.leep_map().nan_to_num(0.0).exp().to(torch.float32)[None, None]  # [1, 1, *S], 1 off every mask
+        for case in mine:  # pass 3: no inference, the case's mask only
+            _, _, mask, affine = self._load_case(case)
+            cases[case["case_id"]]["risk"] = self._write_map(folder, case, location_t.to(mask.device), mask, affine)
+        extra = {"location_patch": self.location_patch, "num_locations": stats.num_locations}
+        return cases, log_t_sum, pooled, extra
+
+    @torch.no_grad()
+    def _compute(self, folder: Path) -> dict[str, Any]:
+        rank, world = rank_and_world()
+        network = self._load_network()
+        mine = self.cases[rank::world]
+        maps = self._location_maps if self.map_type == "location" else self._pooled_maps
+        cases, log_t_sum, pooled, extra = maps(network, mine, folder)
         cases, log_t_sum = self._gather(cases, log_t_sum)
+        num_voxels = pooled.num_voxels
         manifest = {
             "key": folder.name,
             "source_ckpt": str(self.source_ckpt),
             "fingerprint": self.fingerprint.current(),
-            "leep": log_t_sum / max(stats.num_voxels, 1),
-            "num_voxels": stats.num_voxels,
-            "conditional": conditional.tolist(),
-            "classes": class_table(stats, self.target_class_names),
+            "map": self.map_type,
+            "leep": log_t_sum / max(num_voxels, 1),
+            "num_voxels": num_voxels,
+            "conditional": pooled.conditional().tolist(),
+            "classes": class_table(pooled, self.target_class_names),
+            **extra,
             "cases": cases,
         }
         if rank == 0:
             atomic_write_text(folder / MANIFEST, json.dumps(manifest, indent=2))
             logger.info(
-                "risk maps written to %s (LEEP %.4f over %d voxels, mask %r)",
+                "risk maps written to %s (%s map, LEEP %.4f over %d voxels, mask %r)",
                 folder,
+                self.map_type,
                 manifest["leep"],
-                stats.num_voxels,
+                num_voxels,
                 self.mask,
             )
         barrier()
