@@ -127,7 +127,7 @@ def test_constant_source_scores_the_prior_floor(cases: list[dict], checkpoints: 
     assert row["leep_floor"] == pytest.approx(prior_floor_leep(prior))
     for name in CLASSES:
         assert row["classes"][name]["transferability"] == pytest.approx(row["classes"][name]["prior"], abs=1e-6)
-    assert row["dead_classes"] == CLASSES
+    assert row["dead_classes"] == CLASSES[1:]  # every foreground class; background is never reported
 
 
 def test_the_targets_own_model_ranks_first_and_order_does_not_matter(
@@ -298,6 +298,8 @@ def test_dead_classes_method_ignores_absent_classes() -> None:
     t = torch.tensor([0.9, 0.02, float("nan"), 0.5], dtype=torch.float64)
     p = torch.tensor([0.8, 0.0199, 0.0, 0.1801], dtype=torch.float64)
     assert dead_classes(t, p, 0.05) == [1]
+    # background at its floor is not reported; a foreground class at its floor is
+    assert dead_classes(torch.tensor([0.8, 0.2], dtype=torch.float64), torch.tensor([0.8, 0.2], dtype=torch.float64)) == [1]
 
 
 @pytest.mark.parametrize("bundle", ["fets", "iseg"])

@@ -490,7 +490,9 @@ def dead_classes(class_transferability: torch.Tensor, prior: torch.Tensor, margi
     ``P(y)`` that the source's predictions reach: 0 for a source that knows nothing about ``y``, 1 for a source
     that predicts ``y`` with certainty. ``margin=0.05`` calls a class dead when the source reaches less than 5% of
     that headroom. Classes absent from the counted voxels (``P(y) = 0``, ``T_y`` NaN) are never dead: there is
-    no evidence either way.
+    no evidence either way. Class 0 (background) is never reported: where it fills most voxels its ``T_y`` sits
+    next to its floor for every source (measured on the FeTS testbed: information 0.004-0.02 for all four
+    modality sources, whose fine-tuned Dice ranged from 0.13 to 0.66), so the rule would name it every time.
 
     Args:
         class_transferability: ``[Ct]`` from :meth:`LEEPStatistics.class_transferability`.
@@ -503,5 +505,6 @@ def dead_classes(class_transferability: torch.Tensor, prior: torch.Tensor, margi
     if not 0.0 <= margin <= 1.0:
         raise ValueError(f"margin must be in [0, 1], got {margin}")
     present = (prior > 0) & torch.isfinite(class_transferability)
+    present[0] = False
     information = class_information(torch.nan_to_num(class_transferability, nan=0.0), prior)
     return [int(i) for i in torch.nonzero(present & (information < margin)).flatten().tolist()]
