@@ -30,7 +30,7 @@ from typing import Any
 
 from transrisk_components.utils.io import atomic_write_text
 
-__all__ = ["Cell", "DEFAULT_RISK", "FEW_SHOT_CURVE", "HEADLINE_METHODS", "LOCATION_LEEP", "METHODS", "Method", "NEGLOG_POWER10", "PLAIN", "PROFILES", "Profile", "RANKING", "RISK_DICE", "RISK_SAMPLING", "RankingStudy", "SCENARIOS", "SCRATCH", "STUDY_VARIANTS", "SWEEP_STRENGTHS", "GridScenario", "choose_default", "export_risk_overlays", "grid", "prepare_phantoms", "run_cell", "run_ranking_study", "source_checkpoint"]
+__all__ = ["Cell", "DEAD_CLASSES_REINIT", "DEFAULT_RISK", "FEW_SHOT_CURVE", "HEADLINE_METHODS", "LOCATION_LEEP", "METHODS", "Method", "NEGLOG_POWER10", "PLAIN", "PROFILES", "Profile", "RANKING", "RISK_DICE", "RISK_SAMPLING", "RankingStudy", "SCENARIOS", "SCRATCH", "STUDY_VARIANTS", "SWEEP_STRENGTHS", "GridScenario", "choose_default", "export_risk_overlays", "grid", "prepare_phantoms", "run_cell", "run_ranking_study", "source_checkpoint"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +38,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 PLAIN = "plain fine-tuning"
 SCRATCH = "from scratch"
 DEFAULT_RISK = "risk-weighted (default)"
+DEAD_CLASSES_REINIT = "risk-weighted, dead classes re-initialised"
 NEGLOG_POWER10 = "-log T min-max, 10^r, CE over foreground + Dice"
 LOCATION_LEEP = "location-wise LEEP, exp(-LEEP)"
 RISK_DICE = "risk-weighted Dice"
@@ -71,7 +72,7 @@ class Method:
 
     name: str
     overrides: Mapping[str, Any]
-    group: str = "main"  # main, variant (other risk-map settings), sweep, ablation, alternative
+    group: str = "main"  # main, safe (dead-class action), variant (other risk-map settings), sweep, ablation, alternative
     bundles: tuple[str, ...] | None = None
 
 
@@ -163,6 +164,7 @@ METHODS: dict[str, Method] = {
         Method(SCRATCH, {"target_init": "random", "risk#enabled": False}),
         Method(PLAIN, {"risk#enabled": False}),
         Method(DEFAULT_RISK, {}),
+        Method(DEAD_CLASSES_REINIT, {"risk#dead_classes": "reinit"}, "safe"),
         Method(
             "ablation: uniform map, foreground norm.",
             {"risk#scheme": "uniform", "risk#loss_normalization": "foreground"},
@@ -290,6 +292,17 @@ STUDY_VARIANTS = tuple(
 # training settings and testbed phantom. Size: 3 scenarios x 2 seeds = 6 source models (~50 s each on 2 CPU
 # cores) and 6 x 16 = 96 fine-tuning cells (~60 s each with their evaluations; the 2-shot ones about half), plus
 # 3 risk-map caches per source (seconds each): about 1 h 40 min on 2 CPU cores.
+# Safe transfer (issue #14): the dead-class action next to the headline methods, where the T1 source cannot see
+# the enhancing rim (T1 -> T1ce, with 4 and with 2 target training cases); the headline cells are the quick
+# profile's, so with the same work folder only the action's cells run.
+PROFILES["safe"] = Profile(
+    scenarios=("fets_t1_to_t1ce", "fets_fewshot_2"),
+    methods=(*HEADLINE_METHODS, DEAD_CLASSES_REINIT),
+    seeds=PROFILES["quick"].seeds,
+    overrides=PROFILES["quick"].overrides,
+    phantoms=PROFILES["quick"].phantoms,
+)
+
 PROFILES["study"] = Profile(
     scenarios=("fets_t1_to_t1ce", "fets_ed_to_et", "fets_fewshot_2"),
     methods=(*HEADLINE_METHODS, *STUDY_VARIANTS),

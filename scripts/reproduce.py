@@ -55,7 +55,6 @@ from transrisk_components.reporting.results import (
     plot_few_shot_curve,
     plot_method_comparison,
     plot_paired_differences,
-    read_results,
     region_table,
     write_case_results_csv,
     write_results_csv,
@@ -82,23 +81,27 @@ def _write_reports(rows: list[dict], cases: list[dict], report_dir: Path) -> Non
         plot_few_shot_curve(cases, FEW_SHOT_CURVE, list(METHODS), figures / "few_shot_curve.png")
 
 
-def _copy_cell_figures(work_dir: Path, report_dir: Path, seed: int) -> None:
-    """Copy one seed's risk overlays and learning curves of each scenario into the report."""
+def _copy_cell_figures(cells: list, work_dir: Path, report_dir: Path) -> None:
+    """Copy the risk overlays and learning curves of ``cells`` (one seed's) into the report."""
     figures = report_dir / "figures"
-    for png in sorted(work_dir.glob(f"cells/*/*/seed{seed}/eval/**/*.png")):
-        scenario, method = png.relative_to(work_dir / "cells").parts[:2]
-        target = figures / scenario / f"{method}_{png.name}"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(png, target)
+    for cell in cells:
+        for png in sorted(cell.folder(work_dir).glob("eval/**/*.png")):
+            target = figures / cell.scenario.name / f"{cell.folder(work_dir).parent.name}_{png.name}"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(png, target)
 
 
-def _machine_notes(profile: str, seconds: float, cells: int, reused: int) -> str:
+def _machine_notes(profile: str, seconds: float, cells: int, reused: int, training: float | None = None) -> str:
     command = "python scripts/reproduce.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    training_note = (
+        f"; the cells' training run ids took {training / 60:.1f} minutes in all (source models included, "
+        "evaluations not)" if training is not None else ""
+    )
     return (
         f"# How these results were made\n\n"
         f"- command: `{command}` (from the repository root)\n"
         f"- profile: {profile}, {cells} cells ({reused} of them finished by an earlier invocation or another "
-        f"profile in the same work folder); this invocation ran {seconds / 60:.1f} minutes\n"
+        f"profile in the same work folder); this invocation ran {seconds / 60:.1f} minutes{training_note}\n"
         f"- machine: {platform.platform()}, {os.cpu_count()} CPU cores, "
         f"{'CUDA ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'}\n"
         f"- python {platform.python_version()}, torch {torch.__version__}\n"
@@ -132,21 +135,24 @@ def run(
     dataset_dirs = prepare_phantoms(PROFILES[profile], work, {"fets": fets_dir, "iseg": iseg_dir})
     reused = sum((cell.folder(work) / "result.json").is_file() for cell in cells)
     start = time.perf_counter()
+    rows = []
     with tqdm(cells, desc=f"reproduce {profile}", unit="cell") as bar:
         for cell in bar:
             bar.set_postfix_str(f"{cell.scenario.name} | {cell.method.name} | seed {cell.seed}")
             row = run_cell(cell, work, PROFILES[profile], dataset_dirs)
+            rows.append(row)
             bar.write(f"{cell.scenario.name:18s} {cell.method.name:40s} seed {cell.seed}: "
                       f"val Dice {row['val_dice']:.3f}, test Dice {row['test_dice']:.3f}")
     first_seed = PROFILES[profile].seeds[0]
     for cell in cells:
         if cell.method.name == DEFAULT_RISK and cell.seed == first_seed:
             export_risk_overlays(cell, work, PROFILES[profile], dataset_dirs)
-    rows = read_results(work)
+    rows.sort(key=lambda r: (r["scenario"], r["group"], r["method"], r["seed"]))
     _write_reports(rows, case_rows(rows), reports)
-    _copy_cell_figures(work, reports, first_seed)
+    _copy_cell_figures([cell for cell in cells if cell.seed == first_seed], work, reports)
     seconds = time.perf_counter() - start
-    atomic_write_text(reports / "machine.md", _machine_notes(profile, seconds, len(cells), reused))
+    training = sum(float(r["train_seconds"]) for r in rows)
+    atomic_write_text(reports / "machine.md", _machine_notes(profile, seconds, len(cells), reused, training))
     print(f"reports in {reports}")
 
 
