@@ -37,7 +37,6 @@ __all__ = [
     "plot_method_comparison",
     "plot_paired_differences",
     "region_table",
-    "read_results",
     "summarise_results",
     "write_case_results_csv",
     "write_results_csv",
@@ -45,12 +44,6 @@ __all__ = [
 
 #: Columns of ``results_per_case.csv``: one test Dice per (scenario, method, seed, case, region).
 CASE_COLUMNS: tuple[str, ...] = ("scenario", "method", "seed", "case_id", "region", "dice")
-
-
-def read_results(root: Path) -> list[dict[str, Any]]:
-    """Every finished cell's row under ``root/cells``, in a stable order."""
-    rows = [json.loads(p.read_text()) for p in sorted((root / "cells").glob("*/*/seed*/result.json"))]
-    return sorted(rows, key=lambda r: (r["scenario"], r["group"], r["method"], r["seed"]))
 
 
 def write_results_csv(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
