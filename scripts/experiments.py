@@ -286,12 +286,6 @@ STUDY_VARIANTS = tuple(
     if METHODS[m].group in ("variant", "sweep") and m not in ("sweep: linear s=1.0", "sweep: exponential s=0.0")
 )
 
-# The variant study, on validation cases only (``choose_default`` states the selection rule; the test cases are
-# reported but do not enter the choice): the headline methods and every risk-map variant on three FeTS scenarios
-# (cross-modality with a class invisible to the source, cross-task, and 2-shot), 2 seeds, the quick profile's
-# training settings and testbed phantom. Size: 3 scenarios x 2 seeds = 6 source models (~50 s each on 2 CPU
-# cores) and 6 x 16 = 96 fine-tuning cells (~60 s each with their evaluations; the 2-shot ones about half), plus
-# 3 risk-map caches per source (seconds each): about 1 h 40 min on 2 CPU cores.
 # Safe transfer (issue #14): the dead-class action next to the headline methods, where the T1 source cannot see
 # the enhancing rim (T1 -> T1ce, with 4 and with 2 target training cases); the headline cells are the quick
 # profile's, so with the same work folder only the action's cells run.
@@ -303,9 +297,25 @@ PROFILES["safe"] = Profile(
     phantoms=PROFILES["quick"].phantoms,
 )
 
+# Control for the map's spatial pattern: the random-map ablation permutes each case's risk map inside the head, so
+# the loss weights keep their distribution (and the mean weight, hence the loss scale) but lose their placement.
+PROFILES["control"] = Profile(
+    scenarios=("fets_t1_to_t1ce",),
+    methods=(*HEADLINE_METHODS, "ablation: random map"),
+    seeds=PROFILES["quick"].seeds,
+    overrides=PROFILES["quick"].overrides,
+    phantoms=PROFILES["quick"].phantoms,
+)
+
+# The variant study, on validation cases only (``choose_default`` states the selection rule; the test cases are
+# reported but do not enter the choice): the headline methods and every risk-map variant on three FeTS scenarios
+# (cross-modality with a class invisible to the source, cross-task, and 2-shot), 2 seeds, the quick profile's
+# training settings and testbed phantom. Size: 3 scenarios x 2 seeds = 6 source models (~50 s each on 2 CPU
+# cores) and 6 x 17 = 102 fine-tuning cells (~60 s each with their evaluations; the 2-shot ones about half), plus
+# 3 risk-map caches per source (seconds each): about 1 h 45 min on 2 CPU cores (the headline cells of seeds 0 and 1 are the quick profile's when run in its work folder).
 PROFILES["study"] = Profile(
     scenarios=("fets_t1_to_t1ce", "fets_ed_to_et", "fets_fewshot_2"),
-    methods=(*HEADLINE_METHODS, *STUDY_VARIANTS),
+    methods=(*HEADLINE_METHODS, "ablation: random map", *STUDY_VARIANTS),
     seeds=(0, 1),
     overrides=PROFILES["quick"].overrides,
     phantoms=PROFILES["quick"].phantoms,
