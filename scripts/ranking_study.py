@@ -133,5 +133,10 @@ def summarise(results: str, report_dir: str = str(REPO_ROOT / "docs" / "results"
     return overall["leep"]
 
 
+def _summarise_command(results: str, report_dir: str = str(REPO_ROOT / "docs" / "results" / "ranking"), seed: int = RANDOM_SEED) -> None:
+    """``summarise`` for the command line: nothing printed after its last line."""
+    summarise(results, report_dir, seed)
+
+
 if __name__ == "__main__":
-    fire.Fire({"summarise": summarise})
+    fire.Fire({"summarise": _summarise_command})

@@ -163,6 +163,11 @@ def table(results_csv: str, report_dir: str | None = None) -> None:
     _write_reports(rows, cases, Path(report_dir) if report_dir else Path(results_csv).parent)
 
 
+def _shown(path: Path) -> str:
+    """``path`` relative to the repository root when it lies inside it (as the committed reports quote it)."""
+    return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)
+
+
 def ranking(work_dir: str | None = None, report_dir: str | None = None) -> None:
     """Run (or continue) the source-ranking study on the FeTS testbed phantom and write its report.
 
@@ -189,7 +194,7 @@ def ranking(work_dir: str | None = None, report_dir: str | None = None) -> None:
         ",".join(str(row[c]) for c in RANKING_COLUMNS) + "\n" for row in rows))
     atomic_write_text(reports / "machine.md", _machine_notes("ranking (quick settings)", time.perf_counter() - start,
                                                              cells, reused))
-    summarise_ranking(str(results), str(reports))
+    summarise_ranking(_shown(results), _shown(reports))
 
 
 if __name__ == "__main__":

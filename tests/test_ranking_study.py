@@ -45,3 +45,16 @@ def test_missing_column_names_the_file(tmp_path: Path) -> None:
     bad.write_text("scenario,candidate\nx,y\n")
     with pytest.raises(ValueError, match=r"bad.csv: missing columns"):
         load_script().read_results(bad)
+
+
+def test_command_line_prints_the_tau_line_last(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    results = tmp_path / "results.csv"
+    results.write_text("scenario,candidate,seed,leep,source_val_dice,test_dice\n"
+                       + "".join(f"s,{n},0,{-1 + 0.1 * i},0.5,{0.2 + 0.1 * i}\n" for i, n in enumerate("abcd")))
+    out = subprocess.run([sys.executable, str(REPO / "scripts" / "ranking_study.py"), "summarise", "--results",
+                          str(results), "--report_dir", str(tmp_path / "report")],
+                         capture_output=True, text=True, check=True, cwd=REPO).stdout
+    assert out.strip().splitlines()[-1] == "ranking: kendall tau = 1.000 over 4 candidates"
