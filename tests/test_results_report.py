@@ -119,3 +119,19 @@ def test_unknown_grid_entries_raise():
 
     with pytest.raises(ValueError, match="unknown"):
         grid(Profile(scenarios=("nope",), methods=(PLAIN,), seeds=(0,)))
+
+
+def test_a_gain_across_cases_but_not_across_seeds_is_not_called_a_gain():
+    """Five seeds whose mean differences disagree (+30 ... -10 points), 16 cases each: the pair CI excludes 0, the
+    seed-clustered CI does not, and the verdict says so."""
+    cases = []
+    for seed, shift in enumerate([0.30, 0.10, 0.05, -0.05, -0.10]):
+        for k in range(16):
+            base = 0.5 + 0.01 * (k % 4)
+            for method, dice in ((PLAIN, base), (DEFAULT_RISK, base + shift + 0.002 * (k % 3))):
+                cases.append({"scenario": "s", "method": method, "seed": seed, "case_id": f"c{k}", "region": "ET",
+                              "dice": dice})
+    stat = paired_case_statistics(cases, PLAIN)[("s", DEFAULT_RISK)]
+    assert stat.low > 0 and stat.seed_low < 0 < stat.seed_high and stat.n_seeds == 5
+    assert stat.verdict().startswith("gain across cases, not across training runs (seed-clustered CI [")
+    assert stat.half_width == pytest.approx((stat.seed_high - stat.seed_low) / 2)

@@ -103,8 +103,11 @@ def load_case_results_csv(path: Path) -> list[dict[str, Any]]:
 class PairedStatistics:
     """A method's paired test-Dice difference to the baseline over (seed, case) pairs, in Dice units [-1, 1].
 
-    ``low``/``high`` bound the 95% percentile-bootstrap CI of the mean; ``p_value`` is the two-sided Wilcoxon
-    signed-rank test (1.0 when every difference is 0).
+    ``low``/``high`` bound the 95% percentile-bootstrap CI of the mean over the pairs, as if every pair were
+    independent; ``seed_low``/``seed_high`` bound the seed-clustered one (whole seeds resampled with replacement,
+    each with all its cases), which also counts the run-to-run variation of training: the pairs of one seed share
+    one trained model, so with few seeds it is the wider, honest interval. ``p_value`` is the two-sided Wilcoxon
+    signed-rank test over the pairs (1.0 when every difference is 0).
     """
 
     mean: float
@@ -112,31 +115,60 @@ class PairedStatistics:
     high: float
     p_value: float
     n_pairs: int
+    seed_low: float = math.nan
+    seed_high: float = math.nan
+    n_seeds: int = 0
 
     @property
     def half_width(self) -> float:
-        """Half the CI's width."""
-        return (self.high - self.low) / 2
+        """Half the width of the wider of the two CIs."""
+        widths = [w for w in (self.high - self.low, self.seed_high - self.seed_low) if not math.isnan(w)]
+        return max(widths) / 2
 
     def verdict(self) -> str:
-        """``"gain"`` / ``"loss"`` when the CI excludes 0, else ``"no detectable difference"``."""
-        if self.low > 0:
+        """``"gain"`` / ``"loss"`` only when both CIs exclude 0; a pair CI alone is "across cases only"."""
+        if self.low > 0 and not self.seed_low <= 0:
             return "gain (CI above 0)"
-        if self.high < 0:
+        if self.high < 0 and not self.seed_high >= 0:
             return "loss (CI below 0)"
+        if self.low > 0 or self.high < 0:
+            direction = "gain" if self.low > 0 else "loss"
+            return (f"{direction} across cases, not across training runs (seed-clustered CI "
+                    f"[{100 * self.seed_low:+.1f}, {100 * self.seed_high:+.1f}] contains 0)")
         return f"no detectable difference (CI half-width {100 * self.half_width:.1f} points)"
 
 
-def _paired_statistics(differences: np.ndarray, seed: int) -> PairedStatistics:
+def _bootstrap_ci(values: np.ndarray, seed: int) -> tuple[float, float]:
+    ci = stats.bootstrap(
+        (values,), np.mean, confidence_level=0.95, n_resamples=9999, method="percentile", rng=seed
+    ).confidence_interval
+    return float(ci.low), float(ci.high)
+
+
+def _seed_clustered_ci(differences: np.ndarray, seeds: np.ndarray, seed: int) -> tuple[float, float]:
+    """95% percentile CI of the mean difference with whole seeds resampled (each seed keeps all its cases)."""
+    groups = [differences[seeds == s] for s in np.unique(seeds)]
+    if len(groups) < 2:
+        return math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    sums, counts = np.array([g.sum() for g in groups]), np.array([g.size for g in groups])
+    picks = rng.integers(0, len(groups), size=(9999, len(groups)))
+    means = sums[picks].sum(axis=1) / counts[picks].sum(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def _paired_statistics(differences: np.ndarray, seeds: np.ndarray, seed: int) -> PairedStatistics:
+    n_seeds = int(np.unique(seeds).size)
     if differences.size < 2 or np.all(differences == differences[0]):
         value = float(differences.mean()) if differences.size else math.nan
         p_value = 1.0 if differences.size and value == 0 else math.nan
-        return PairedStatistics(value, value, value, p_value, int(differences.size))
-    ci = stats.bootstrap(
-        (differences,), np.mean, confidence_level=0.95, n_resamples=9999, method="percentile", rng=seed
-    ).confidence_interval
+        return PairedStatistics(value, value, value, p_value, int(differences.size), value, value, n_seeds)
+    low, high = _bootstrap_ci(differences, seed)
+    seed_low, seed_high = _seed_clustered_ci(differences, seeds, seed)
     p_value = float(stats.wilcoxon(differences).pvalue) if np.any(differences != 0) else 1.0
-    return PairedStatistics(float(differences.mean()), float(ci.low), float(ci.high), p_value, int(differences.size))
+    return PairedStatistics(float(differences.mean()), low, high, p_value, int(differences.size), seed_low, seed_high,
+                            n_seeds)
 
 
 def paired_case_statistics(
@@ -155,12 +187,15 @@ def paired_case_statistics(
         if region is None or c["region"] == region:
             per_case.setdefault((c["scenario"], c["method"], int(c["seed"]), c["case_id"]), []).append(float(c["dice"]))
     dice = {key: float(np.mean(values)) for key, values in per_case.items()}
-    differences: dict[tuple[str, str], list[float]] = {}
+    differences: dict[tuple[str, str], list[tuple[int, float]]] = {}
     for (scenario, method, run_seed, case_id), value in sorted(dice.items()):
         base = dice.get((scenario, baseline, run_seed, case_id))
         if method != baseline and base is not None:
-            differences.setdefault((scenario, method), []).append(value - base)
-    return {key: _paired_statistics(np.asarray(values), seed) for key, values in differences.items()}
+            differences.setdefault((scenario, method), []).append((run_seed, value - base))
+    return {
+        key: _paired_statistics(np.array([d for _, d in pairs]), np.array([s for s, _ in pairs]), seed)
+        for key, pairs in differences.items()
+    }
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float, int]:
@@ -196,7 +231,10 @@ def _present(rows: Sequence[Mapping[str, Any]], methods: Sequence[str]) -> list[
 def _fmt_paired(stat: PairedStatistics | None) -> str:
     if stat is None or math.isnan(stat.mean):
         return "--"
-    return f"{100 * stat.mean:+.1f} [{100 * stat.low:+.1f}, {100 * stat.high:+.1f}] p={stat.p_value:.2g}"
+    text = f"{100 * stat.mean:+.1f} [{100 * stat.low:+.1f}, {100 * stat.high:+.1f}]"
+    if not math.isnan(stat.seed_low):
+        text += f" seeds [{100 * stat.seed_low:+.1f}, {100 * stat.seed_high:+.1f}]"
+    return text + f" p={stat.p_value:.2g}"
 
 
 def markdown_table(
@@ -232,7 +270,9 @@ def markdown_table(
     lines += [
         "",
         f"Paired difference to {baseline} (test Dice, percentage points) over (seed, test case) pairs: mean "
-        "[95% percentile-bootstrap CI], two-sided Wilcoxon signed-rank p.",
+        "[95% percentile-bootstrap CI over the pairs] seeds [95% CI with whole seeds resampled: also counts the "
+        "run-to-run variation of training], two-sided Wilcoxon signed-rank p over the pairs. A verdict says gain or "
+        "loss only when both CIs exclude 0.",
         "",
         "| method | " + " | ".join(scenarios) + " |",
         "|---|" + "---|" * len(scenarios),
@@ -304,9 +344,7 @@ def mean_dice_with_ci(
         if array.size < 2 or np.all(array == array[0]):
             result[key] = (float(array.mean()), float(array.mean()), float(array.mean()))
             continue
-        ci = stats.bootstrap((array,), np.mean, confidence_level=0.95, n_resamples=9999, method="percentile",
-                             rng=seed).confidence_interval
-        result[key] = (float(array.mean()), float(ci.low), float(ci.high))
+        result[key] = (float(array.mean()), *_bootstrap_ci(array, seed))
     return result
 
 
@@ -371,7 +409,8 @@ def plot_few_shot_curve(
 def plot_paired_differences(
     cases: Sequence[Mapping[str, Any]], methods: Sequence[str], baseline: str, out_png: Path
 ) -> Path:
-    """Forest plot: each method's paired test-Dice difference to ``baseline`` with its 95% CI, per scenario."""
+    """Forest plot: each method's paired test-Dice difference to ``baseline`` with its two 95% CIs (over pairs, and
+    seed-clustered), per scenario; green / red only when both exclude 0."""
     paired = paired_case_statistics(cases, baseline)
     scenarios = list(dict.fromkeys(s for s, _ in paired))
     methods = [m for m in methods if any((s, m) in paired for s in scenarios)]
@@ -382,7 +421,11 @@ def plot_paired_differences(
             stat = paired.get((scenario, method))
             if stat is None or math.isnan(stat.mean):
                 continue
-            colour = "#1a9850" if stat.low > 0 else "#d73027" if stat.high < 0 else "#4d4d4d"
+            verdict = stat.verdict()
+            colour = "#1a9850" if verdict.startswith("gain (") else "#d73027" if verdict.startswith("loss (") else "#4d4d4d"
+            if not math.isnan(stat.seed_low):
+                ax.errorbar(100 * stat.mean, y, xerr=[[100 * (stat.mean - stat.seed_low)], [100 * (stat.seed_high - stat.mean)]],
+                            fmt="none", color=colour, alpha=0.35, linewidth=6)
             ax.errorbar(100 * stat.mean, y, xerr=[[100 * (stat.mean - stat.low)], [100 * (stat.high - stat.mean)]],
                         fmt="o", color=colour, capsize=3)
         ax.axvline(0, color="black", linewidth=0.8)
@@ -390,7 +433,8 @@ def plot_paired_differences(
         ax.set_xlabel(f"Dice difference to {baseline} (points)")
     axes[0][0].set_yticks(range(len(methods)), methods, fontsize=8)
     axes[0][0].invert_yaxis()
-    figure.suptitle("Paired test-Dice difference over (seed, case) pairs, 95% bootstrap CI")
+    figure.suptitle("Paired test-Dice difference: 95% bootstrap CI over (seed, case) pairs (thin), "
+                    "with whole seeds resampled (wide, pale)")
     figure.tight_layout()
     atomic_write(out_png, lambda tmp: figure.savefig(tmp, format="png", dpi=120), suffix=".png")
     plt.close(figure)
