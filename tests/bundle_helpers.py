@@ -86,18 +86,31 @@ def run_ddp_training(
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
 
-def run_headline_from_fresh_clone(repo: Path, tmp_path: Path, bundle: str) -> Path:
+def run_headline_from_fresh_clone(repo: Path, tmp_path: Path, bundle: str) -> tuple[Path, str]:
     """``git clone`` ``repo`` and run ``python -m monai.bundle run training`` on the bundle as the README says.
 
-    Returns the clone's bundle folder; asserts that nothing was written to the clone's root.
+    Returns the clone's bundle folder and the run's log (stdout and stderr); asserts that nothing was written to
+    the clone's root.
     """
     clone = tmp_path / "transrisk"
     subprocess.run(["git", "clone", "--quiet", str(repo), str(clone)], check=True)
     config = f"bundles/{bundle}/configs/train.json"
     command = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", config]
-    subprocess.run(command, cwd=clone, env={**os.environ, "PYTHONPATH": str(clone)}, check=True, timeout=900)
+    done = subprocess.run(command, cwd=clone, env={**os.environ, "PYTHONPATH": str(clone)}, timeout=900,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert done.returncode == 0, done.stdout[-5000:]
     assert not (clone / "models").exists(), "outputs must land in the bundle, not the cwd"
-    return clone / "bundles" / bundle
+    return clone / "bundles" / bundle, done.stdout
+
+
+def check_dead_class_report(bundle: Path, log: str) -> None:
+    """The risk stage's per-class table is in ``eval/risk_stage_summary.json`` (printed for the test log), and
+    every class it calls dead has its warning in the run's log."""
+    summary = json.loads((bundle / "eval" / "risk_stage_summary.json").read_text())
+    print("risk stage classes:", json.dumps(summary["classes"]), "dead:", summary["dead_classes"])
+    assert set(summary["dead_classes"]) <= set(summary["classes"]) and "background" not in summary["dead_classes"]
+    for name in summary["dead_classes"]:
+        assert f"the source gives no information about class {name} " in log
 
 
 def check_export_matches_eager(configs_dir: Path, trained: Path, out: Path) -> None:

@@ -24,6 +24,7 @@ from bundle_helpers import (
     risk_maps,
     run_bundle,
     run_ddp_training,
+    check_dead_class_report,
     run_headline_from_fresh_clone,
 )
 
@@ -232,6 +233,7 @@ def test_ddp_training_with_two_gloo_processes(tmp_path: Path, phantom: str) -> N
 
 @pytest.mark.slow
 def test_headline_command_from_a_fresh_clone(tmp_path: Path) -> None:
-    bundle = run_headline_from_fresh_clone(REPO, tmp_path, "iseg")
+    bundle, log = run_headline_from_fresh_clone(REPO, tmp_path, "iseg")
+    check_dead_class_report(bundle, log)
     assert (bundle / "models" / "model.pt").is_file()
     assert (bundle / "data" / "phantom" / "iSeg-2019-Training").is_dir()
