@@ -297,11 +297,12 @@ PROFILES["safe"] = Profile(
     phantoms=PROFILES["quick"].phantoms,
 )
 
-# Control for the map's spatial pattern: the random-map ablation permutes each case's risk map inside the head, so
-# the loss weights keep their distribution (and the mean weight, hence the loss scale) but lose their placement.
+# Controls on T1 -> T1ce: the random-map ablation permutes each case's risk map inside the head, so the loss
+# weights keep their distribution (and the mean weight, hence the loss scale) but lose their placement; and the
+# paper's foreground normalisation (per case) in place of the bundles' voxel mean.
 PROFILES["control"] = Profile(
     scenarios=("fets_t1_to_t1ce",),
-    methods=(*HEADLINE_METHODS, "ablation: random map"),
+    methods=(*HEADLINE_METHODS, "ablation: random map", "risk map, foreground norm. (paper)"),
     seeds=PROFILES["quick"].seeds,
     overrides=PROFILES["quick"].overrides,
     phantoms=PROFILES["quick"].phantoms,
