@@ -215,6 +215,14 @@ def summarise_results(rows: Iterable[Mapping[str, Any]], metric: str = "test_dic
     return {key: _mean_std(values) for key, values in groups.items()}
 
 
+def _finite(value: Any) -> bool:
+    """A number that is not NaN (a region the scenario's task does not have is NaN or missing)."""
+    try:
+        return not math.isnan(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
 def _fmt(stat: tuple[float, float, int] | None, signed: bool = False) -> str:
     if stat is None or math.isnan(stat[0]):
         return "--"
@@ -267,21 +275,35 @@ def markdown_table(
         "|---|" + "---|" * len(scenarios),
     ]
     lines += [f"| {m} | " + " | ".join(_fmt(dice.get((s, m))) for s in scenarios) + " |" for m in methods]
-    lines += [
-        "",
-        f"Paired difference to {baseline} (test Dice, percentage points) over (seed, test case) pairs: mean "
-        "[95% percentile-bootstrap CI over the pairs] seeds [95% CI with whole seeds resampled: also counts the "
-        "run-to-run variation of training], two-sided Wilcoxon signed-rank p over the pairs. A verdict says gain or "
-        "loss only when both CIs exclude 0.",
-        "",
-        "| method | " + " | ".join(scenarios) + " |",
-        "|---|" + "---|" * len(scenarios),
-    ]
-    lines += [
-        f"| {m} | " + " | ".join(_fmt_paired(paired.get((s, m))) for s in scenarios) + " |"
-        for m in methods
-        if m != baseline
-    ]
+    regions = [k.removeprefix("test_dice_") for k in dict.fromkeys(k for r in rows for k in r) if k.startswith("test_dice_")]
+    lines += ["", "Test Dice (%) per region, mean ± sample std over seeds.", "",
+              "| method | scenario | " + " | ".join(regions) + " |", "|---|---|" + "---|" * len(regions)]
+    for s in scenarios:
+        for m in methods:
+            per_region = [
+                summarise_results([r for r in rows if _finite(r.get(f"test_dice_{g}"))], f"test_dice_{g}").get((s, m))
+                for g in regions
+            ]
+            if any(stat is not None for stat in per_region):
+                lines.append(f"| {m} | {s} | " + " | ".join(_fmt(stat) for stat in per_region) + " |")
+    if paired:
+        lines += [
+            "",
+            f"Paired difference to {baseline} (test Dice, percentage points) over (seed, test case) pairs: mean "
+            "[95% percentile-bootstrap CI over the pairs] seeds [95% CI with whole seeds resampled: also counts the "
+            "run-to-run variation of training], two-sided Wilcoxon signed-rank p over the pairs. A verdict says gain "
+            "or loss only when both CIs exclude 0.",
+            "",
+            "| method | " + " | ".join(scenarios) + " |",
+            "|---|" + "---|" * len(scenarios),
+        ]
+        lines += [
+            f"| {m} | " + " | ".join(_fmt_paired(paired.get((s, m))) for s in scenarios) + " |"
+            for m in methods
+            if m != baseline
+        ]
+    else:
+        lines += ["", f"(No paired differences: {baseline} is not in these results.)"]
     verdicts = [
         f"- {s}: {_fmt_paired(paired[(s, highlight)])} points over {paired[(s, highlight)].n_pairs} pairs: "
         f"{paired[(s, highlight)].verdict()}."
