@@ -353,26 +353,30 @@ def mean_dice_with_ci(
     cases: Sequence[Mapping[str, Any]], seed: int = 0
 ) -> dict[tuple[str, str], tuple[float, float, float]]:
     """``(scenario, method) -> (mean, low, high)`` test Dice over (seed, case) values (regions averaged per case),
-    with a 95% percentile-bootstrap CI of the mean."""
+    with a 95% seed-clustered bootstrap CI of the mean (whole seeds resampled, as in :class:`PairedStatistics`;
+    with a single seed, the cases are resampled)."""
     per_case: dict[tuple[str, str, int, str], list[float]] = {}
     for c in cases:
         per_case.setdefault((c["scenario"], c["method"], int(c["seed"]), c["case_id"]), []).append(float(c["dice"]))
-    groups: dict[tuple[str, str], list[float]] = {}
-    for (scenario, method, _, _), values in sorted(per_case.items()):
-        groups.setdefault((scenario, method), []).append(float(np.mean(values)))
+    groups: dict[tuple[str, str], list[tuple[int, float]]] = {}
+    for (scenario, method, run_seed, _), values in sorted(per_case.items()):
+        groups.setdefault((scenario, method), []).append((run_seed, float(np.mean(values))))
     result = {}
-    for key, values in groups.items():
-        array = np.asarray(values)
+    for key, pairs in groups.items():
+        array, seeds = np.array([v for _, v in pairs]), np.array([s for s, _ in pairs])
+        mean = float(array.mean())
         if array.size < 2 or np.all(array == array[0]):
-            result[key] = (float(array.mean()), float(array.mean()), float(array.mean()))
-            continue
-        result[key] = (float(array.mean()), *_bootstrap_ci(array, seed))
+            result[key] = (mean, mean, mean)
+        elif np.unique(seeds).size >= 2:
+            result[key] = (mean, *_seed_clustered_ci(array, seeds, seed))
+        else:
+            result[key] = (mean, *_bootstrap_ci(array, seed))
     return result
 
 
 def plot_method_comparison(cases: Sequence[Mapping[str, Any]], methods: Sequence[str], out_png: Path) -> Path:
     """Grouped bars: test Dice per scenario (groups) and method (bars, in ``methods`` order), error bars the 95%
-    bootstrap CI of the mean over (seed, case) values (see :func:`mean_dice_with_ci`)."""
+    seed-clustered bootstrap CI of the mean (see :func:`mean_dice_with_ci`)."""
     summary = mean_dice_with_ci(cases)
     scenarios = list(dict.fromkeys(s for s, _ in summary))
     methods = [m for m in methods if any((s, m) in summary for s in scenarios)]
@@ -388,7 +392,8 @@ def plot_method_comparison(cases: Sequence[Mapping[str, Any]], methods: Sequence
     ax.set_ylabel("test Dice (%)")
     ax.set_ylim(0, 100)
     ax.legend(fontsize=8, ncol=2)
-    ax.set_title("Target test Dice by scenario and method (mean, 95% bootstrap CI over seed x case)")
+    ax.set_title("Target test Dice by scenario and method\n(mean over seeds x test cases, 95% CI with seeds resampled)",
+                 fontsize=10)
     figure.tight_layout()
     atomic_write(out_png, lambda tmp: figure.savefig(tmp, format="png", dpi=120), suffix=".png")
     plt.close(figure)
@@ -420,7 +425,7 @@ def plot_few_shot_curve(
     ax.set_xticks(sizes)
     ax.set_xlabel("target training cases")
     ax.set_ylabel("test Dice (%)")
-    ax.set_title("Few-shot curve (mean, 95% bootstrap CI over seed x case)")
+    ax.set_title("Few-shot curve\n(mean over seeds x test cases, 95% CI with seeds resampled)", fontsize=10)
     ax.legend(fontsize=8)
     figure.tight_layout()
     atomic_write(out_png, lambda tmp: figure.savefig(tmp, format="png", dpi=120), suffix=".png")
