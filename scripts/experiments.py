@@ -195,8 +195,8 @@ TESTBED_PHANTOMS = {"fets": {"subjects": 72, "institutions": 3}, "iseg": {"subje
 TESTBED_SPLITS = {"num_target_train": 4, "num_target_val": 4, "num_target_test": 16, "num_source": 16}
 
 PROFILES: dict[str, Profile] = {
-    "quick": Profile(  # under an hour on 2 CPU cores: short training, 32^3 patches, the headline methods only
-        scenarios=("fets_t1_to_t1ce", "fets_ed_to_et", "fets_cross_site", "fets_fewshot_2", "iseg_t1_to_t2"),
+    "quick": Profile(  # short training, 32^3 patches, the headline methods, the three FeTS scenarios of the study
+        scenarios=("fets_t1_to_t1ce", "fets_ed_to_et", "fets_fewshot_2"),
         methods=HEADLINE_METHODS,
         seeds=(0, 1, 2, 3, 4),
         overrides={**TESTBED_SPLITS, "source_epochs": 10, "max_epochs": 40, "val_interval": 10, "patch_size": [32, 32, 32]},
