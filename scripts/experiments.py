@@ -30,7 +30,7 @@ from typing import Any
 
 from transrisk_components.utils.io import atomic_write_text
 
-__all__ = ["Cell", "DEAD_CLASSES_REINIT", "DEFAULT_RISK", "FEW_SHOT_CURVE", "HEADLINE_METHODS", "LOCATION_LEEP", "METHODS", "Method", "NEGLOG_POWER10", "PLAIN", "PROFILES", "Profile", "RANKING", "RISK_DICE", "RISK_SAMPLING", "RankingStudy", "SCENARIOS", "SCRATCH", "STUDY_VARIANTS", "SWEEP_STRENGTHS", "GridScenario", "choose_default", "export_risk_overlays", "grid", "prepare_phantoms", "run_cell", "run_ranking_study", "source_checkpoint"]
+__all__ = ["Cell", "DEAD_CLASSES_REINIT", "DEFAULT_RISK", "FEW_SHOT_CURVE", "HEADLINE_METHODS", "LOCATION_LEEP", "METHODS", "Method", "NEGLOG_POWER10", "PLAIN", "PROFILES", "Profile", "RANKING", "RISK_DICE", "RISK_SAMPLING", "RankingStudy", "SCENARIOS", "SCRATCH", "STUDY_VARIANTS", "SWEEP_STRENGTHS", "GridScenario", "choose_default", "export_risk_overlays", "grid", "prepare_phantoms", "run_cell", "run_ranking_study", "selection_scores", "source_checkpoint"]
 
 logger = logging.getLogger(__name__)
 
@@ -474,15 +474,13 @@ def export_risk_overlays(cell: Cell, root: Path, profile: Profile, dataset_dirs:
 SELECTION_TIE = 0.005
 
 
-def choose_default(rows: Sequence[Mapping[str, Any]]) -> str | None:
-    """The risk-map variant the selection rule picks, from validation Dice only (test Dice is never read).
+def selection_scores(rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """Each candidate's score under the selection rule (see :func:`choose_default`), in :data:`METHODS` order.
 
-    The rule, fixed before the study ran: the candidates are the default and every ``variant`` and ``sweep``
-    method with results; each scores the mean over scenarios of its mean validation Dice over seeds, counting
-    only the scenarios in which every candidate has results (the location-wise map runs on FeTS only, so on a grid
-    with iSeg scenarios every candidate is scored on the FeTS ones). The best score wins; candidates within
-    :data:`SELECTION_TIE` of it are a tie, broken in favour of the simpler one, the earlier in :data:`METHODS`
-    (the default first, then the variants, then the sweep).
+    The candidates are the default and every ``variant`` and ``sweep`` method with results; each scores the mean
+    over scenarios of its mean validation Dice over seeds, counting only the scenarios in which every candidate has
+    results (the location-wise map runs on FeTS only, so on a grid with iSeg scenarios every candidate is scored on
+    the FeTS ones). Test Dice is never read.
     """
     candidates = [m for m in METHODS if m == DEFAULT_RISK or METHODS[m].group in ("variant", "sweep")]
     per_scenario: dict[str, dict[str, list[float]]] = {}
@@ -491,16 +489,27 @@ def choose_default(rows: Sequence[Mapping[str, Any]]) -> str | None:
         if row["method"] in candidates and not math.isnan(value):
             per_scenario.setdefault(row["method"], {}).setdefault(row["scenario"], []).append(value)
     if not per_scenario:
-        return None
+        return {}
     common = set.intersection(*(set(scenarios) for scenarios in per_scenario.values()))
-    if not common:
-        return None
-    scores = {
-        method: sum(sum(by[s]) / len(by[s]) for s in common) / len(common)
-        for method, by in per_scenario.items()
+    return {
+        method: sum(sum(per_scenario[method][s]) / len(per_scenario[method][s]) for s in common) / len(common)
+        for method in candidates
+        if method in per_scenario and common
     }
+
+
+def choose_default(rows: Sequence[Mapping[str, Any]]) -> str | None:
+    """The risk-map variant the selection rule picks, from validation Dice only (test Dice is never read).
+
+    The rule, fixed before the study ran: the best :func:`selection_scores` wins; candidates within
+    :data:`SELECTION_TIE` of it are a tie, broken in favour of the simpler one, the earlier in :data:`METHODS`
+    (the default first, then the variants, then the sweep).
+    """
+    scores = selection_scores(rows)
+    if not scores:
+        return None
     best = max(scores.values())
-    return next(m for m in candidates if m in scores and scores[m] >= best - SELECTION_TIE)
+    return next(m for m in scores if scores[m] >= best - SELECTION_TIE)
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from experiments import (
     SWEEP_STRENGTHS,
     Profile,
     choose_default,
+    selection_scores,
     grid,
 )
 
@@ -73,6 +74,7 @@ def test_selection_scores_every_candidate_on_the_scenarios_all_of_them_ran() -> 
     where it wins, although the default's mean over all its scenarios is higher."""
     rows = [_row("fets", DEFAULT_RISK, 0, 0.60), _row("iseg", DEFAULT_RISK, 0, 0.90), _row("fets", LOCATION_LEEP, 0, 0.65)]
     assert choose_default(rows) == LOCATION_LEEP
+    assert selection_scores(rows) == {DEFAULT_RISK: pytest.approx(0.60), LOCATION_LEEP: pytest.approx(0.65)}
 
 
 def test_selection_breaks_ties_for_the_simpler_candidate_and_never_reads_test_dice() -> None:
