@@ -20,8 +20,8 @@ from experiments import (
     SWEEP_STRENGTHS,
     Profile,
     choose_default,
-    selection_scores,
     grid,
+    selection_scores,
 )
 
 REPO = Path(__file__).resolve().parents[1]
