@@ -12,8 +12,11 @@ Layout of an experiment folder::
     cells/<scenario>/<method>/seed<k>/           the cell's checkpoints, splits, metrics and result.json
     results.csv, table.md, figures/              written by :mod:`transrisk_components.reporting.results`
 
-A cell whose ``result.json`` exists is done and skipped, so a killed grid continues where it stopped; a cell
-killed mid-training resumes from its last epoch checkpoint.
+A cell whose ``result.json`` exists is done and skipped -- after checking that the fine-tuning fingerprint it
+records (the bundle's ``fingerprint#finetune``: settings, split cases, input files, source checkpoint) is the one
+the cell resolves to now; a cell made with other settings (e.g. before a bundle default changed) stops the grid
+with the differences. A killed grid continues where it stopped; a cell killed mid-training resumes from its last
+epoch checkpoint.
 """
 
 from __future__ import annotations
@@ -28,9 +31,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from transrisk_components.bundle.fingerprint import StageFingerprint, StaleOutputError
 from transrisk_components.utils.io import atomic_write_text
 
-__all__ = ["Cell", "DEAD_CLASSES_REINIT", "DEFAULT_RISK", "FEW_SHOT_CURVE", "HEADLINE_METHODS", "LOCATION_LEEP", "METHODS", "Method", "NEGLOG_POWER10", "PLAIN", "PROFILES", "Profile", "RANKING", "RISK_DICE", "RISK_SAMPLING", "RankingStudy", "SCENARIOS", "SCRATCH", "STUDY_VARIANTS", "SWEEP_STRENGTHS", "GridScenario", "choose_default", "export_risk_overlays", "grid", "prepare_phantoms", "run_cell", "run_ranking_study", "selection_scores", "source_checkpoint"]
+__all__ = ["Cell", "DEAD_CLASSES_REINIT", "DEFAULT_RISK", "FEW_SHOT_CURVE", "HEADLINE_METHODS", "LOCATION_LEEP", "METHODS", "Method", "NEGLOG_POWER10", "PLAIN", "PROFILES", "Profile", "RANKING", "RISK_DICE", "RISK_SAMPLING", "RankingStudy", "SCENARIOS", "SCRATCH", "STUDY_VARIANTS", "SWEEP_STRENGTHS", "GridScenario", "choose_default", "export_risk_overlays", "finetune_fingerprint", "grid", "prepare_phantoms", "run_cell", "run_ranking_study", "selection_scores", "source_checkpoint"]
 
 logger = logging.getLogger(__name__)
 
@@ -133,6 +137,7 @@ SCENARIOS: dict[str, GridScenario] = {
                 "fets",
                 "few-shot",
                 {"source_modality": "t1", "target_modality": "t1ce", "num_target_train": n},
+                source_from="fets_t1_to_t1ce",
             )
             for n in (2, 8)  # 4 target training cases: fets_t1_to_t1ce
         ],
@@ -245,8 +250,9 @@ TESTBED_PHANTOMS = {"fets": {"subjects": 72, "institutions": 3}, "iseg": {"subje
 TESTBED_SPLITS = {"num_target_train": 4, "num_target_val": 4, "num_target_test": 16, "num_source": 16}
 
 PROFILES: dict[str, Profile] = {
-    "quick": Profile(  # short training, 32^3 patches, the headline methods, the three FeTS scenarios of the study
-        scenarios=("fets_t1_to_t1ce", "fets_ed_to_et", "fets_fewshot_2"),
+    "quick": Profile(  # short training, 32^3 patches, the headline methods, one scenario of each kind
+        scenarios=("fets_t1_to_t1ce", "fets_ed_to_et", "fets_fewshot_2", "fets_fewshot_8", "fets_cross_site",
+                   "iseg_t1_to_t2"),
         methods=HEADLINE_METHODS,
         seeds=(0, 1, 2, 3, 4),
         overrides={**TESTBED_SPLITS, "source_epochs": 10, "max_epochs": 40, "val_interval": 10, "patch_size": [32, 32, 32]},
@@ -279,11 +285,12 @@ PROFILES: dict[str, Profile] = {
 
 
 #: The risk-map variants the study compares with the default: every ``variant`` and the strength sweep, less the
-#: sweep points that repeat another candidate (linear s=1.0 is the default; exponential s=0.0 is linear s=0.0,
-#: weights 1 everywhere).
+#: sweep points that repeat another candidate (exponential s=2.0 is the default; exponential s=0.0 is linear
+#: s=0.0, weights 1 everywhere). The committed study (``docs/results/study``) ran when the default was linear
+#: s=1.0, which it lists as the default.
 STUDY_VARIANTS = tuple(
     m for m in METHODS
-    if METHODS[m].group in ("variant", "sweep") and m not in ("sweep: linear s=1.0", "sweep: exponential s=0.0")
+    if METHODS[m].group in ("variant", "sweep") and m not in ("sweep: exponential s=2.0", "sweep: exponential s=0.0")
 )
 
 # Safe transfer (issue #14): the dead-class action next to the headline methods, where the T1 source cannot see
@@ -398,13 +405,49 @@ def cell_overrides(cell: Cell, root: Path, profile: Profile, dataset_dirs: Mappi
     return overrides
 
 
-def _run_workflow(config_files: list[str], run_id: str, overrides: Mapping[str, Any]) -> None:
+def _workflow(config_files: list[str], run_id: str, overrides: Mapping[str, Any]) -> Any:
     from monai.bundle import ConfigWorkflow
 
-    workflow = ConfigWorkflow(config_file=config_files, run_id=run_id, workflow_type=None, **overrides)
+    return ConfigWorkflow(config_file=config_files, run_id=run_id, workflow_type=None, **overrides)
+
+
+def _run_workflow(config_files: list[str], run_id: str, overrides: Mapping[str, Any]) -> None:
+    workflow = _workflow(config_files, run_id, overrides)
     workflow.initialize()
     workflow.run()
     workflow.finalize()
+
+
+def finetune_fingerprint(cell: Cell, root: Path, profile: Profile, dataset_dirs: Mapping[str, str | None]) -> StageFingerprint:
+    """The bundle's fine-tuning stage fingerprint (``fingerprint#finetune``) as the cell would resolve it now.
+
+    Resolving it builds the scenario's splits and the risk stage's cache key (the source checkpoint must exist);
+    nothing is trained.
+    """
+    overrides = {
+        **cell_overrides(cell, root, profile, dataset_dirs),
+        "bundle_root": str(REPO_ROOT / "bundles" / cell.scenario.bundle),  # as a running workflow derives it
+    }
+    parser = _workflow([bundle_config(cell.scenario.bundle, "train")], "training", overrides).parser
+    return parser.get_parsed_content("fingerprint#finetune")
+
+
+def _check_reuse(cell: Cell, row: Mapping[str, Any], current: StageFingerprint, result_path: Path) -> None:
+    """Refuse a finished cell's ``result.json`` unless the fine-tuning fingerprint it records is the current one.
+
+    Raises:
+        StaleOutputError: the cell was trained with other settings or inputs (e.g. a bundle default changed since),
+            naming the differences and the remedy.
+    """
+    differences = current.differences(row.get("finetune_fingerprint"))
+    if differences:
+        lines = "\n  ".join(differences[:12])
+        raise StaleOutputError(
+            f"grid cell {cell.scenario.name} | {cell.method.name} | seed {cell.seed}: {result_path} was made with "
+            f"other fine-tuning settings or inputs than the current ones, so it is not reused. Differences "
+            f"(recorded -> now):\n  {lines}\nDelete {result_path.parent} to run the cell again, or use another "
+            f"work folder."
+        )
 
 
 def _mean_over_regions(summary: Mapping[str, Any], metric: str) -> float:
@@ -423,11 +466,17 @@ def _per_case_dice(path: Path) -> dict[str, dict[str, float]]:
 
 
 def run_cell(cell: Cell, root: Path, profile: Profile, dataset_dirs: Mapping[str, str | None]) -> dict[str, Any]:
-    """Train, then evaluate on target-val and target-test; write and return the cell's ``result.json`` row."""
+    """Train, then evaluate on target-val and target-test; write and return the cell's ``result.json`` row.
+
+    The row records the fine-tuning fingerprint of its model (``models/finetune.fingerprint.json``); a finished
+    cell is reused only while it matches (see the module docstring).
+    """
     folder = cell.folder(root)
     result_path = folder / "result.json"
     if result_path.is_file():
-        return json.loads(result_path.read_text())
+        row = json.loads(result_path.read_text())
+        _check_reuse(cell, row, finetune_fingerprint(cell, root, profile, dataset_dirs), result_path)
+        return row
     overrides = cell_overrides(cell, root, profile, dataset_dirs)
     train = bundle_config(cell.scenario.bundle, "train")
     evaluate = [train, bundle_config(cell.scenario.bundle, "evaluate")]
@@ -452,6 +501,7 @@ def run_cell(cell: Cell, root: Path, profile: Profile, dataset_dirs: Mapping[str
         **{f"test_dice_{region}": stats["dice"]["mean"] for region, stats in test_summary["regions"].items()},
         "train_seconds": round(seconds, 1),
         "test_cases": _per_case_dice(folder / "eval" / "metrics_per_case.csv"),
+        "finetune_fingerprint": json.loads((folder / "models" / "finetune.fingerprint.json").read_text()),
     }
     atomic_write_text(result_path, json.dumps(row, indent=2) + "\n")
     return row

@@ -45,6 +45,15 @@ def test_variants_and_sweep_are_listed() -> None:
     assert METHODS[LOCATION_LEEP].overrides["risk#map"] == "location"
 
 
+@pytest.mark.parametrize("bundle", ["fets", "iseg"])
+def test_the_bundles_default_is_the_sweep_point_the_study_leaves_out(bundle: str) -> None:
+    parser = ConfigParser()
+    parser.read_config(str(REPO / "bundles" / bundle / "configs" / "train.json"))
+    default = {key: parser[key] for key in ("risk#scheme", "risk#strength")}
+    assert default == METHODS["sweep: exponential s=2.0"].overrides
+    assert "sweep: exponential s=2.0" not in STUDY_VARIANTS
+
+
 def test_location_map_is_left_out_of_datasets_that_are_not_co_registered() -> None:
     cells = grid(Profile(scenarios=("iseg_t1_to_t2", "fets_t1_to_t1ce"), methods=(PLAIN, LOCATION_LEEP), seeds=(0,)))
     assert [(c.scenario.name, c.method.name) for c in cells] == [
@@ -57,7 +66,7 @@ def test_study_profile_compares_every_variant_on_fets_with_the_quick_settings() 
     assert {SCENARIOS[s].bundle for s in study.scenarios} == {"fets"} and 2 <= len(study.scenarios) <= 3
     assert set(HEADLINE_METHODS) <= set(study.methods)
     candidates = {m for m in METHODS if METHODS[m].group in ("variant", "sweep")}
-    assert candidates - set(STUDY_VARIANTS) == {"sweep: linear s=1.0", "sweep: exponential s=0.0"}  # repeats
+    assert candidates - set(STUDY_VARIANTS) == {"sweep: exponential s=2.0", "sweep: exponential s=0.0"}  # repeats
     assert study.overrides == quick.overrides and study.phantoms == quick.phantoms
     # the 2 h budget on 2 CPU cores: ~50 s per source model, ~60 s per fine-tuning cell
     minutes = (len(study.scenarios) * len(study.seeds) * 50 + len(grid(study)) * 60) / 60

@@ -56,6 +56,28 @@ def test_a_killed_grid_continues_with_the_missing_cells_only(tiny_grid):
     assert {p: p.stat().st_mtime_ns for p in results[1:]} == stamps, "finished cells are kept"
 
 
+def test_a_finished_cell_is_reused_only_with_its_fine_tuning_fingerprint(tiny_grid):
+    """A changed risk setting (as when a bundle default changes) stops the grid at the risk-map cell with the
+    difference; the plain fine-tuning cell, which no risk setting affects, is still reused."""
+    import dataclasses
+
+    import experiments
+
+    from transrisk_components.bundle.fingerprint import StaleOutputError
+
+    phantom, work, _ = tiny_grid
+    tiny = experiments.PROFILES["tiny"]
+    changed = dataclasses.replace(tiny, overrides={**tiny.overrides, "risk#strength": 3.0})
+    cells = {c.method.name: c for c in experiments.grid(changed) if c.seed == 0}
+    dirs = {"fets": str(phantom)}
+    stamp = (cells[experiments.PLAIN].folder(work) / "result.json").stat().st_mtime_ns
+    row = experiments.run_cell(cells[experiments.PLAIN], work, changed, dirs)
+    assert row["method"] == experiments.PLAIN and row["finetune_fingerprint"]["settings"]["risk"]["strength"] is None
+    assert (cells[experiments.PLAIN].folder(work) / "result.json").stat().st_mtime_ns == stamp
+    with pytest.raises(StaleOutputError, match=r"settings\.risk\.strength: 2\.0 -> 3\.0"):
+        experiments.run_cell(cells[experiments.DEFAULT_RISK], work, changed, dirs)
+
+
 def test_ranking_study_on_the_tiny_grid(tiny_grid, monkeypatch):
     """Two candidate sources, one target, one seed: fine-tuned Dice, LEEP from rank_sources, source-val Dice."""
     import experiments

@@ -47,10 +47,11 @@ CASE_COLUMNS: tuple[str, ...] = ("scenario", "method", "seed", "case_id", "regio
 
 
 def write_results_csv(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
-    """One CSV row per cell (columns: the union of the rows' scalar keys, first-seen order; the per-case
-    ``test_cases`` go to :func:`write_case_results_csv`)."""
-    columns = [k for k in dict.fromkeys(key for row in rows for key in row) if k != "test_cases"]
-    rows = [{k: v for k, v in row.items() if k != "test_cases"} for row in rows]
+    """One CSV row per cell (columns: the union of the rows' scalar keys, first-seen order; mappings such as the
+    per-case ``test_cases``, which go to :func:`write_case_results_csv`, and the fine-tuning fingerprint are left
+    out)."""
+    rows = [{k: v for k, v in row.items() if not isinstance(v, Mapping)} for row in rows]
+    columns = list(dict.fromkeys(key for row in rows for key in row))
     buffer = io.StringIO(newline="")
     writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
