@@ -243,10 +243,11 @@ HEADLINE_METHODS = (SCRATCH, PLAIN, DEFAULT_RISK)
 #: The few-shot curve: number of target training cases -> scenario (T1 source, T1ce multiclass target).
 FEW_SHOT_CURVE = {2: "fets_fewshot_2", 4: "fets_t1_to_t1ce", 8: "fets_fewshot_8"}
 
-#: The evidence testbed: enough phantom subjects for 16 test and 4 validation cases per scenario (24 per
+#: The evidence testbed: enough phantom subjects for 16 test, 4 validation, 16 source and up to 8 training cases
+#: per scenario (a cross-modality source shares the target's subjects, so they must not overlap; 24 per
 #: institution for the cross-site scenario), and a bounded source set so that a source model costs the same in
 #: every scenario.
-TESTBED_PHANTOMS = {"fets": {"subjects": 72, "institutions": 3}, "iseg": {"subjects": 30, "labelled": 30}}
+TESTBED_PHANTOMS = {"fets": {"subjects": 72, "institutions": 3}, "iseg": {"subjects": 40, "labelled": 40}}
 TESTBED_SPLITS = {"num_target_train": 4, "num_target_val": 4, "num_target_test": 16, "num_source": 16}
 
 PROFILES: dict[str, Profile] = {

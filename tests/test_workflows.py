@@ -101,7 +101,19 @@ def test_splits_are_deterministic_disjoint_and_written(phantom: str, tmp_path: P
 
 
 def _ranked(splits: dict[str, list[dict]]) -> list[str]:
-    return [c["case_id"] for name in ("target_train", "target_val", "target_test", "source") for c in splits[name]]
+    """Case ids in rank order (with every remaining case as source, the source comes last)."""
+    return [c["case_id"] for name in ("target_test", "target_val", "target_train", "source") for c in splits[name]]
+
+
+def test_a_few_shot_curve_shares_test_validation_and_source_cases(phantom: str, tmp_path: Path) -> None:
+    """Only the training set depends on its size, and the smaller training sets are part of the larger ones."""
+    curve = {n: _scenario(phantom, tmp_path / str(n), num_target_train=n, num_source=3).prepare() for n in (1, 2, 3)}
+    for name in ("target_test", "target_val", "source"):
+        assert curve[1][name] == curve[2][name] == curve[3][name], name
+    train = {n: [c["case_id"] for c in splits["target_train"]] for n, splits in curve.items()}
+    assert len(train[3]) == 3 and train[1] == train[2][:1] and train[2] == train[3][:2]
+    with pytest.raises(ValueError, match="too few labelled target cases .* for 5 target training cases: 3 are left"):
+        _scenario(phantom, tmp_path / "5", num_target_train=5, num_source=3).prepare()
 
 
 def test_a_case_without_label_is_named_and_the_other_cases_keep_their_places(

@@ -3,9 +3,13 @@
 The splits are deterministic, stable per case and disjoint (a subject is in at most one of source /
 target-train / target-val / target-test), and written to ``<output_dir>/splits.json`` so a run can be audited and
 repeated. Stable per case: every case has a rank of its own, the SHA-256 of ``"<seed>:<case_id>"``, and the
-splits take the target cases in rank order (target-train, then -val, then -test), the source the remaining
-cases in rank order. Adding or removing one case therefore never reorders the others: removing a selected case
-only pulls the next-ranked case across each boundary after it, removing a case outside the target splits
+splits take cases in rank order: target-test, then target-val from the target cases; then the source from the
+remaining labelled source cases; then target-train from the target cases neither of those took. Test,
+validation and source cases therefore do not depend on the number of target training cases, and the training
+sets of a few-shot curve are nested (the 2 cases of ``num_target_train=2`` are among the 4 of ``=4``), so the
+points of the curve share their test cases and their source model. (With ``num_source=None`` the source takes
+every case the target splits left, after them.) Adding or removing one case never reorders the others: removing
+a selected case only pulls the next-ranked case across each boundary after it, removing an unselected case
 changes nothing else. Cases without a label file are left out with a warning that names them, and listed in
 ``splits.json`` under ``"unlabelled"``. Each split is a MONAI datalist: ``{"case_id", "image": [path], "label": path}`` with the
 image of the split's modality only.
@@ -233,19 +237,7 @@ class Scenario:
                 f"too few labelled target cases in {self._root}: need {needed} "
                 f"({', '.join(f'{k} {v}' for k, v in self.counts.items())}), found {len(target_ids)}"
             )
-        ids: dict[str, list[str]] = {}
-        start = 0
-        for name, count in self.counts.items():
-            ids[name] = target_ids[start : start + count]
-            start += count
-        used = {i for name in ids for i in ids[name]}
-        remaining = rank_order(set(source_cases) - used, self.seed)
-        ids["source"] = remaining if self.num_source is None else remaining[: self.num_source]
-        if len(ids["source"]) < max(1, self.num_source or 1):
-            raise ValueError(
-                f"too few labelled source cases in {self._root}: need {self.num_source or 1}, "
-                f"found {len(ids['source'])} after taking {needed} target cases"
-            )
+        ids = self._split_ids(target_ids, set(source_cases))
         splits = {
             name: [self._entry(source_cases[i] if name == "source" else target_cases[i]) for i in ids[name]]
             for name in SPLIT_NAMES
@@ -259,6 +251,38 @@ class Scenario:
         self._write(splits)
         self._splits = splits
         return splits
+
+    def _split_ids(self, target_ids: list[str], source_ids: set[str]) -> dict[str, list[str]]:
+        """Case ids per split, in the order of the module docstring: test, val, source, train.
+
+        Args:
+            target_ids: labelled target cases in rank order (at least ``sum(self.counts.values())`` of them).
+            source_ids: labelled source cases.
+
+        Raises:
+            ValueError: too few cases are left for the source or for target-train.
+        """
+        n_test, n_val = self.counts["target_test"], self.counts["target_val"]
+        ids = {"target_test": target_ids[:n_test], "target_val": target_ids[n_test : n_test + n_val]}
+        held_out = set(ids["target_test"]) | set(ids["target_val"])
+        if self.num_source is not None:
+            ids["source"] = rank_order(source_ids - held_out, self.seed)[: self.num_source]
+        taken = held_out | set(ids.get("source", []))
+        ids["target_train"] = [i for i in target_ids if i not in taken][: self.counts["target_train"]]
+        if len(ids["target_train"]) < self.counts["target_train"]:
+            raise ValueError(
+                f"too few labelled target cases in {self._root} for {self.counts['target_train']} target training "
+                f"cases: {len(ids['target_train'])} are left after {n_test} test, {n_val} validation and "
+                f"{self.num_source} source cases"
+            )
+        if self.num_source is None:
+            ids["source"] = rank_order(source_ids - held_out - set(ids["target_train"]), self.seed)
+        if len(ids["source"]) < max(1, self.num_source or 1):
+            raise ValueError(
+                f"too few labelled source cases in {self._root}: need {self.num_source or 1}, "
+                f"found {len(ids['source'])} after taking {n_test} test and {n_val} validation cases"
+            )
+        return ids
 
     @staticmethod
     def _entry(case: dict) -> dict:
