@@ -443,7 +443,7 @@ def _check_reuse(cell: Cell, row: Mapping[str, Any], current: StageFingerprint, 
     """
     differences = current.differences(row.get("finetune_fingerprint"))
     if differences:
-        lines = "\n  ".join(differences[:12])
+        lines = current.listed_differences(differences)
         raise StaleOutputError(
             f"grid cell {cell.scenario.name} | {cell.method.name} | seed {cell.seed}: {result_path} was made with "
             f"other fine-tuning settings or inputs than the current ones, so it is not reused. Differences "

@@ -240,11 +240,15 @@ class StageFingerprint:
         barrier()
         return False
 
-    def _message(self, present: list[Path], differences: list[str]) -> str:
+    def listed_differences(self, differences: list[str]) -> str:
+        """The first differences (see :meth:`differences`), one indented line each, and how many more there are."""
         listed = differences[:_MAX_LISTED]
         if len(differences) > len(listed):
-            listed.append(f"... and {len(differences) - len(listed)} more (see {self.record})")
-        lines = "\n  ".join(listed)
+            listed.append(f"... and {len(differences) - len(listed)} more (see {self.record or 'the recorded fingerprint'})")
+        return "\n  ".join(listed)
+
+    def _message(self, present: list[Path], differences: list[str]) -> str:
+        lines = self.listed_differences(differences)
         return (
             f"the {self.stage} stage's outputs ({', '.join(map(str, present))}) were made with other settings or "
             f"inputs than this run's, so they are not reused. Differences (recorded -> now):\n  {lines}\n"
