@@ -17,6 +17,11 @@ records (the bundle's ``fingerprint#finetune``: settings, split cases, input fil
 the cell resolves to now; a cell made with other settings (e.g. before a bundle default changed) stops the grid
 with the differences. A killed grid continues where it stopped; a cell killed mid-training resumes from its last
 epoch checkpoint.
+
+Each cell is its own bundle root (``bundle_root`` is the cell folder), so the bundle's run lock guards the cell's
+outputs. :func:`run_grid_in_parallel` runs independent cells side by side (a GPU machine's cores): first one cell
+per source model, so that each source is trained once, then one worker per scenario and seed, so that a risk-map
+cache is only ever written by one process.
 """
 
 from __future__ import annotations
@@ -25,16 +30,19 @@ import csv
 import json
 import logging
 import math
+import os
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+import multiprocessing
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from transrisk_components.bundle.fingerprint import StageFingerprint, StaleOutputError
 from transrisk_components.utils.io import atomic_write_text
 
-__all__ = ["Cell", "DEAD_CLASSES_REINIT", "DEFAULT_RISK", "FEW_SHOT_CURVE", "HEADLINE_METHODS", "LOCATION_LEEP", "METHODS", "Method", "NEGLOG_POWER10", "PLAIN", "PROFILES", "Profile", "RANKING", "RISK_DICE", "RISK_SAMPLING", "RankingStudy", "SCENARIOS", "SCRATCH", "STUDY_VARIANTS", "SWEEP_STRENGTHS", "GridScenario", "choose_default", "export_risk_overlays", "finetune_fingerprint", "grid", "prepare_phantoms", "run_cell", "run_ranking_study", "selection_scores", "source_checkpoint"]
+__all__ = ["Cell", "DEAD_CLASSES_REINIT", "DEFAULT_RISK", "DEFAULT_SWEEP_POINT", "FEW_SHOT_CURVE", "HEADLINE_METHODS", "LOCATION_LEEP", "METHODS", "Method", "NEGLOG_POWER10", "PLAIN", "PROFILES", "Profile", "RANKING", "RISK_DICE", "RISK_SAMPLING", "RankingStudy", "SCENARIOS", "SCRATCH", "STUDY_VARIANTS", "SWEEP_STRENGTHS", "VOXEL_MEAN_NORM", "GridScenario", "choose_default", "export_risk_overlays", "finetune_fingerprint", "grid", "parallel_schedule", "prepare_phantoms", "run_cell", "run_grid_in_parallel", "run_ranking_study", "selection_scores", "source_checkpoint"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +55,7 @@ NEGLOG_POWER10 = "-log T min-max, 10^r, CE over foreground + Dice"
 LOCATION_LEEP = "location-wise LEEP, exp(-LEEP)"
 RISK_DICE = "risk-weighted Dice"
 RISK_SAMPLING = "risk-guided sampling"
+VOXEL_MEAN_NORM = "risk map, voxel-mean norm."
 #: Strengths of the sweep, for the linear and the exponential scheme.
 SWEEP_STRENGTHS = (0.0, 1.0, 2.0, 4.0, 8.0)
 
@@ -176,7 +185,8 @@ METHODS: dict[str, Method] = {
             "ablation",
         ),
         Method("ablation: random map", {"risk#shuffle": True}, "ablation"),
-        Method("risk map, foreground norm. (paper)", {"risk#loss_normalization": "foreground"}, "variant"),
+        # The bundles' default until 0.4.0: the weighted CE divided by the patch's voxel count.
+        Method(VOXEL_MEAN_NORM, {"risk#loss_normalization": "voxels"}, "variant"),
         Method(
             NEGLOG_POWER10,
             {
@@ -285,14 +295,20 @@ PROFILES: dict[str, Profile] = {
 }
 
 
+#: The sweep point that is the bundles' default (``risk#scheme``, ``risk#strength``).
+DEFAULT_SWEEP_POINT = "sweep: linear s=8.0"
 #: The risk-map variants the study compares with the default: every ``variant`` and the strength sweep, less the
-#: sweep points that repeat another candidate (exponential s=2.0 is the default; exponential s=0.0 is linear
-#: s=0.0, weights 1 everywhere). The committed study (``docs/results/study``) ran when the default was linear
-#: s=1.0, which it lists as the default.
+#: sweep points that repeat another candidate (the default's; exponential s=0.0 is linear s=0.0, weights 1
+#: everywhere). The committed study (``docs/results/study``) ran when the default was exponential s=2.0 (with the
+#: per-case foreground normalisation), which it lists as the default; it picked linear s=8.0.
 STUDY_VARIANTS = tuple(
     m for m in METHODS
-    if METHODS[m].group in ("variant", "sweep") and m not in ("sweep: exponential s=2.0", "sweep: exponential s=0.0")
+    if METHODS[m].group in ("variant", "sweep") and m not in (DEFAULT_SWEEP_POINT, "sweep: exponential s=0.0")
 )
+
+# The quick profile at 15 seeds, for CIs about sqrt(3) times tighter: 270 cells, meant for a GPU machine with
+# --workers (about 5 minutes on one H200 with 15 workers; some 2 h 15 min on 2 CPU cores).
+PROFILES["power"] = replace(PROFILES["quick"], seeds=tuple(range(15)))
 
 # Safe transfer (issue #14): the dead-class action next to the headline methods, where the T1 source cannot see
 # the enhancing rim (T1 -> T1ce, with 4 and with 2 target training cases); the headline cells are the quick
@@ -307,11 +323,12 @@ PROFILES["safe"] = Profile(
 
 # Controls on the quick profile's scenarios: the random-map ablation permutes each case's risk map inside the head,
 # so the loss weights keep their distribution (and the mean weight, hence the loss scale) but lose their placement;
-# and the paper's foreground normalisation (per case) in place of the bundles' voxel mean. In the quick profile's
-# work folder only these two methods' cells run (60 cells, about 30 minutes on 2 CPU cores).
+# and the voxel-mean CE normalisation (the default until bundle version 0.4.0) in place of the paper's per-case
+# foreground size. In the quick profile's work folder only these two methods' cells run (60 cells, about
+# 30 minutes on 2 CPU cores).
 PROFILES["control"] = Profile(
     scenarios=PROFILES["quick"].scenarios,
-    methods=(*HEADLINE_METHODS, "ablation: random map", "risk map, foreground norm. (paper)"),
+    methods=(*HEADLINE_METHODS, "ablation: random map", VOXEL_MEAN_NORM),
     seeds=PROFILES["quick"].seeds,
     overrides=PROFILES["quick"].overrides,
     phantoms=PROFILES["quick"].phantoms,
@@ -319,14 +336,14 @@ PROFILES["control"] = Profile(
 
 # The variant study, on validation cases only (``choose_default`` states the selection rule; the test cases are
 # reported but do not enter the choice): the headline methods and every risk-map variant on three FeTS scenarios
-# (cross-modality with a class invisible to the source, cross-task, and 2-shot), 2 seeds, the quick profile's
-# training settings and testbed phantom. Size: 3 scenarios x 2 seeds = 6 source models (~50 s each on 2 CPU
-# cores) and 6 x 17 = 102 fine-tuning cells (~60 s each with their evaluations; the 2-shot ones about half), plus
-# 3 risk-map caches per source (seconds each): about 1 h 45 min on 2 CPU cores (the headline cells of seeds 0 and 1 are the quick profile's when run in its work folder).
+# (cross-modality with a class invisible to the source, cross-task, and 2-shot), 5 seeds, the quick profile's
+# training settings and testbed phantom. Size: 10 source models (the 2-shot scenario borrows T1 -> T1ce's) and
+# 15 x 17 = 255 fine-tuning cells: about 4 h 30 min on 2 CPU cores (~50 s per source, ~60 s per cell with its
+# evaluations), so it is meant for a GPU machine with ``--workers`` (see docs/results/study/machine.md).
 PROFILES["study"] = Profile(
     scenarios=("fets_t1_to_t1ce", "fets_ed_to_et", "fets_fewshot_2"),
     methods=(*HEADLINE_METHODS, "ablation: random map", *STUDY_VARIANTS),
-    seeds=(0, 1),
+    seeds=(0, 1, 2, 3, 4),
     overrides=PROFILES["quick"].overrides,
     phantoms=PROFILES["quick"].phantoms,
 )
@@ -391,6 +408,7 @@ def cell_overrides(cell: Cell, root: Path, profile: Profile, dataset_dirs: Mappi
     folder = cell.folder(root)
     shared = f"{cell.scenario.name}/seed{cell.seed}"
     overrides: dict[str, Any] = {
+        "bundle_root": str(folder),  # the run lock and the clean-up of killed writes cover this cell alone
         "seed": cell.seed,
         "ckpt_dir": str(folder / "models"),
         "output_dir": str(folder / "eval"),
@@ -426,10 +444,7 @@ def finetune_fingerprint(cell: Cell, root: Path, profile: Profile, dataset_dirs:
     Resolving it builds the scenario's splits and the risk stage's cache key (the source checkpoint must exist);
     nothing is trained.
     """
-    overrides = {
-        **cell_overrides(cell, root, profile, dataset_dirs),
-        "bundle_root": str(REPO_ROOT / "bundles" / cell.scenario.bundle),  # as a running workflow derives it
-    }
+    overrides = cell_overrides(cell, root, profile, dataset_dirs)
     parser = _workflow([bundle_config(cell.scenario.bundle, "train")], "training", overrides).parser
     return parser.get_parsed_content("fingerprint#finetune")
 
@@ -507,6 +522,80 @@ def run_cell(cell: Cell, root: Path, profile: Profile, dataset_dirs: Mapping[str
     }
     atomic_write_text(result_path, json.dumps(row, indent=2) + "\n")
     return row
+
+
+def parallel_schedule(cells: Sequence[Cell]) -> tuple[list[list[Cell]], list[list[Cell]]]:
+    """Split a grid into two waves of cell groups that can run side by side.
+
+    Wave 1 holds one cell per source model (scenario the source comes from, seed): the first cell of the source's
+    own scenario (of a borrowing scenario if the grid lacks it) that fine-tunes from the source, so it trains the
+    source once. Wave 2 holds the other cells, one group per scenario and seed, in grid order; a group runs in one
+    process, so the risk-map cache of that scenario and seed has one writer. Every cell appears exactly once.
+    """
+    first: dict[tuple[str, int], Cell] = {}
+    for cell in sorted(cells, key=lambda c: c.scenario.source_from is not None):  # the source's own scenario first
+        if cell.method.overrides.get("target_init") == "random":
+            continue
+        first.setdefault((cell.scenario.source_from or cell.scenario.name, cell.seed), cell)
+    wave1 = [[cell] for cell in cells if cell in first.values()]
+    groups: dict[tuple[str, int], list[Cell]] = {}
+    for cell in cells:
+        if cell not in first.values():
+            groups.setdefault((cell.scenario.name, cell.seed), []).append(cell)
+    return wave1, list(groups.values())
+
+
+def _run_cell_group(
+    cells: Sequence[Cell], root: Path, profile: Profile, dataset_dirs: Mapping[str, str | None], threads: int
+) -> list[dict[str, Any]]:
+    """Worker process body: run ``cells`` one after the other with ``threads`` CPU threads."""
+    import torch
+
+    logging.basicConfig(level=logging.WARNING)
+    torch.set_num_threads(threads)
+    return [run_cell(cell, root, profile, dataset_dirs) for cell in cells]
+
+
+def run_grid_in_parallel(
+    cells: Sequence[Cell],
+    root: Path,
+    profile: Profile,
+    dataset_dirs: Mapping[str, str | None],
+    workers: int,
+    on_row: Callable[[dict[str, Any]], None] = lambda row: None,
+) -> list[dict[str, Any]]:
+    """Run the grid's cells in ``workers`` processes (:func:`parallel_schedule`'s two waves); return their rows.
+
+    Each worker gets ``cpu_count // workers`` threads and, on a CUDA machine, shares the GPU. ``on_row`` is called
+    in this process for every finished cell (progress). A failing group stops the grid: the groups not started are
+    cancelled, the running ones finish, and the error is raised naming the group.
+    """
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    rows: list[dict[str, Any]] = []
+    context = multiprocessing.get_context("spawn")  # CUDA cannot be re-initialised in a forked child
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        for wave in parallel_schedule(cells):
+            pending: dict[Future, list[Cell]] = {
+                pool.submit(_run_cell_group, group, root, profile, dataset_dirs, threads): group for group in wave
+            }
+            while pending:
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    group = pending.pop(future)
+                    try:
+                        finished = future.result()
+                    except Exception as error:
+                        for other in pending:
+                            other.cancel()
+                        first = group[0]
+                        raise RuntimeError(
+                            f"grid cells of {first.scenario.name}, seed {first.seed} "
+                            f"({', '.join(c.method.name for c in group)}) failed: {error}"
+                        ) from error
+                    for row in finished:
+                        on_row(row)
+                    rows.extend(finished)
+    return rows
 
 
 def export_risk_overlays(cell: Cell, root: Path, profile: Profile, dataset_dirs: Mapping[str, str | None]) -> Path:

@@ -39,11 +39,13 @@ from experiments import (
     RANKING,
     REPO_ROOT,
     SCRATCH,
+    VOXEL_MEAN_NORM,
     choose_default,
     export_risk_overlays,
     grid,
     prepare_phantoms,
     run_cell,
+    run_grid_in_parallel,
     run_ranking_study,
     selection_scores,
 )
@@ -62,6 +64,7 @@ from transrisk_components.reporting.results import (
     write_results_csv,
 )
 from transrisk_components.utils.io import atomic_write_text
+from transrisk_components.utils.lock import FolderLock
 
 
 #: Per-region paired comparisons of the reports: (method, baseline).
@@ -70,7 +73,7 @@ REGION_COMPARISONS = [
     (DEFAULT_RISK, PLAIN),
     (DEFAULT_RISK, SCRATCH),
     (DEFAULT_RISK, "ablation: random map"),
-    ("risk map, foreground norm. (paper)", PLAIN),
+    (VOXEL_MEAN_NORM, PLAIN),
     (DEAD_CLASSES_REINIT, DEFAULT_RISK),
 ]
 
@@ -110,12 +113,16 @@ def _copy_cell_figures(cells: list, work_dir: Path, report_dir: Path) -> None:
             shutil.copyfile(png, target)
 
 
-def _machine_notes(profile: str, seconds: float, cells: int, reused: int, training: float | None = None) -> str:
+def _machine_notes(
+    profile: str, seconds: float, cells: int, reused: int, training: float | None = None, workers: int = 1
+) -> str:
     command = "python scripts/reproduce.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     training_note = (
         f"; the cells' training run ids took {training / 60:.1f} minutes in all (source models included, "
         "evaluations not)" if training is not None else ""
     )
+    if workers > 1:
+        training_note += f", summed over {workers} worker processes running side by side"
     return (
         f"# How these results were made\n\n"
         f"- command: `{command}` (from the repository root)\n"
@@ -133,6 +140,7 @@ def run(
     report_dir: str | None = None,
     fets_dir: str | None = None,
     iseg_dir: str | None = None,
+    workers: int = 1,
 ) -> None:
     """Run (or continue) the grid of ``profile`` and write its reports.
 
@@ -144,24 +152,44 @@ def run(
         report_dir: reports; default ``docs/results/<profile>``.
         fets_dir: a real FeTS2021 root (``MICCAI_FeTS2021_TrainingData``); default: the profile's testbed phantom.
         iseg_dir: a real iSeg-2019 root (``iSeg-2019-Training``); default: the profile's testbed phantom.
+        workers: cells run side by side in this many processes (``run_grid_in_parallel``; for a machine with many
+            cores and a GPU); 1 runs them one after the other in this process.
     """
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; choose one of {sorted(PROFILES)}")
     logging.basicConfig(level=logging.WARNING)
     work = Path(work_dir or REPO_ROOT / "outputs" / "reproduce" / profile).resolve()
     reports = Path(report_dir or REPO_ROOT / "docs" / "results" / profile).resolve()
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    lock = FolderLock(work)  # one grid per work folder: its cells share source models and risk-map caches
+    lock.acquire()
+    try:
+        _run_grid(profile, work, reports, {"fets": fets_dir, "iseg": iseg_dir}, workers)
+    finally:
+        lock.release()
+
+
+def _run_grid(profile: str, work: Path, reports: Path, dataset_dirs: dict[str, str | None], workers: int) -> None:
     cells = grid(PROFILES[profile])
-    dataset_dirs = prepare_phantoms(PROFILES[profile], work, {"fets": fets_dir, "iseg": iseg_dir})
+    dataset_dirs = prepare_phantoms(PROFILES[profile], work, dataset_dirs)
     reused = sum((cell.folder(work) / "result.json").is_file() for cell in cells)
     start = time.perf_counter()
-    rows = []
-    with tqdm(cells, desc=f"reproduce {profile}", unit="cell") as bar:
-        for cell in bar:
-            bar.set_postfix_str(f"{cell.scenario.name} | {cell.method.name} | seed {cell.seed}")
-            row = run_cell(cell, work, PROFILES[profile], dataset_dirs)
-            rows.append(row)
-            bar.write(f"{cell.scenario.name:18s} {cell.method.name:40s} seed {cell.seed}: "
+    with tqdm(total=len(cells), desc=f"reproduce {profile}", unit="cell") as bar:
+
+        def show(row: dict) -> None:
+            bar.update()
+            bar.write(f"{row['scenario']:18s} {row['method']:40s} seed {row['seed']}: "
                       f"val Dice {row['val_dice']:.3f}, test Dice {row['test_dice']:.3f}")
+
+        if workers > 1:
+            rows = run_grid_in_parallel(cells, work, PROFILES[profile], dataset_dirs, workers, on_row=show)
+        else:
+            rows = []
+            for cell in cells:
+                bar.set_postfix_str(f"{cell.scenario.name} | {cell.method.name} | seed {cell.seed}")
+                rows.append(run_cell(cell, work, PROFILES[profile], dataset_dirs))
+                show(rows[-1])
     first_seed = PROFILES[profile].seeds[0]
     for cell in cells:
         if cell.method.name == DEFAULT_RISK and cell.seed == first_seed:
@@ -171,7 +199,7 @@ def run(
     _copy_cell_figures([cell for cell in cells if cell.seed == first_seed], work, reports)
     seconds = time.perf_counter() - start
     training = sum(float(r["train_seconds"]) for r in rows)
-    atomic_write_text(reports / "machine.md", _machine_notes(profile, seconds, len(cells), reused, training))
+    atomic_write_text(reports / "machine.md", _machine_notes(profile, seconds, len(cells), reused, training, workers))
     print(f"reports in {reports}")
 
 

@@ -10,6 +10,7 @@ from monai.bundle import ConfigParser
 
 from experiments import (
     DEFAULT_RISK,
+    DEFAULT_SWEEP_POINT,
     HEADLINE_METHODS,
     LOCATION_LEEP,
     METHODS,
@@ -18,9 +19,11 @@ from experiments import (
     SCENARIOS,
     STUDY_VARIANTS,
     SWEEP_STRENGTHS,
+    VOXEL_MEAN_NORM,
     Profile,
     choose_default,
     grid,
+    parallel_schedule,
     selection_scores,
 )
 
@@ -46,12 +49,15 @@ def test_variants_and_sweep_are_listed() -> None:
 
 
 @pytest.mark.parametrize("bundle", ["fets", "iseg"])
-def test_the_bundles_default_is_the_sweep_point_the_study_leaves_out(bundle: str) -> None:
+def test_the_bundles_default_is_the_rules_pick_and_the_study_leaves_it_out(bundle: str) -> None:
     parser = ConfigParser()
     parser.read_config(str(REPO / "bundles" / bundle / "configs" / "train.json"))
     default = {key: parser[key] for key in ("risk#scheme", "risk#strength")}
-    assert default == METHODS["sweep: exponential s=2.0"].overrides
-    assert "sweep: exponential s=2.0" not in STUDY_VARIANTS
+    assert default == METHODS[DEFAULT_SWEEP_POINT].overrides == {"risk#scheme": "linear", "risk#strength": 8.0}
+    assert DEFAULT_SWEEP_POINT not in STUDY_VARIANTS and "sweep: exponential s=2.0" in STUDY_VARIANTS
+    # the control run's pick (the paper's per-case foreground size); the voxel mean, the old default, is a variant
+    assert parser["risk#loss_normalization"] == "foreground"
+    assert METHODS[VOXEL_MEAN_NORM].overrides == {"risk#loss_normalization": "voxels"} and VOXEL_MEAN_NORM in STUDY_VARIANTS
 
 
 def test_location_map_is_left_out_of_datasets_that_are_not_co_registered() -> None:
@@ -66,11 +72,9 @@ def test_study_profile_compares_every_variant_on_fets_with_the_quick_settings() 
     assert {SCENARIOS[s].bundle for s in study.scenarios} == {"fets"} and 2 <= len(study.scenarios) <= 3
     assert set(HEADLINE_METHODS) <= set(study.methods)
     candidates = {m for m in METHODS if METHODS[m].group in ("variant", "sweep")}
-    assert candidates - set(STUDY_VARIANTS) == {"sweep: exponential s=2.0", "sweep: exponential s=0.0"}  # repeats
+    assert candidates - set(STUDY_VARIANTS) == {DEFAULT_SWEEP_POINT, "sweep: exponential s=0.0"}  # repeats
     assert study.overrides == quick.overrides and study.phantoms == quick.phantoms
-    # the 2 h budget on 2 CPU cores: ~50 s per source model, ~60 s per fine-tuning cell
-    minutes = (len(study.scenarios) * len(study.seeds) * 50 + len(grid(study)) * 60) / 60
-    assert minutes <= 110
+    assert len(study.seeds) >= 5 and len(grid(study)) == len(study.scenarios) * len(study.seeds) * len(study.methods)
 
 
 def _row(scenario: str, method: str, seed: int, val: float, test: float = 0.5) -> dict:
@@ -93,3 +97,18 @@ def test_selection_breaks_ties_for_the_simpler_candidate_and_never_reads_test_di
     rows += [_row(s, "risk-weighted Dice", k, 0.720) for s in ("a", "b") for k in (0, 1)]
     assert choose_default(rows) == "risk-weighted Dice"
     assert choose_default([_row("a", PLAIN, 0, 0.9)]) is None  # plain fine-tuning is no candidate
+
+
+def test_the_parallel_schedule_trains_each_source_once_and_gives_each_risk_cache_one_writer() -> None:
+    cells = grid(PROFILES["study"])
+    wave1, wave2 = parallel_schedule(cells)
+    # one cell per source model: T1 -> T1ce's (borrowed by the 2-shot scenario) and ED -> ET's, per seed
+    assert sorted((g[0].scenario.name, g[0].seed) for g in wave1) == sorted(
+        (s, k) for s in ("fets_t1_to_t1ce", "fets_ed_to_et") for k in PROFILES["study"].seeds
+    )
+    assert all(len(g) == 1 and g[0].method.name == PLAIN for g in wave1)
+    # then one group per scenario and seed (the risk-map cache's folder)
+    assert all(len({(c.scenario.name, c.seed) for c in g}) == 1 for g in wave2)
+    assert len(wave2) == len(PROFILES["study"].scenarios) * len(PROFILES["study"].seeds)
+    scheduled = [c for g in wave1 + wave2 for c in g]
+    assert len(scheduled) == len(cells) and all(c in scheduled for c in cells)

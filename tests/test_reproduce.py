@@ -74,7 +74,7 @@ def test_a_finished_cell_is_reused_only_with_its_fine_tuning_fingerprint(tiny_gr
     row = experiments.run_cell(cells[experiments.PLAIN], work, changed, dirs)
     assert row["method"] == experiments.PLAIN and row["finetune_fingerprint"]["settings"]["risk"]["strength"] is None
     assert (cells[experiments.PLAIN].folder(work) / "result.json").stat().st_mtime_ns == stamp
-    with pytest.raises(StaleOutputError, match=r"settings\.risk\.strength: 2\.0 -> 3\.0"):
+    with pytest.raises(StaleOutputError, match=r"settings\.risk\.strength: 8\.0 -> 3\.0"):
         experiments.run_cell(cells[experiments.DEFAULT_RISK], work, changed, dirs)
 
 
@@ -93,3 +93,16 @@ def test_ranking_study_on_the_tiny_grid(tiny_grid, monkeypatch):
     assert len(list(work.glob("sources/fets_t1_to_t2/*"))) == 0
     ranking = (work / "ranking" / "t2" / "seed0" / "source_ranking.csv").read_text()
     assert ranking.startswith("rank,name") and ranking.count("\n") == 3
+
+
+def test_the_tiny_grid_in_two_worker_processes_gives_the_same_cells(tiny_grid, tmp_path):
+    """``--workers 2``: the cells run in spawned processes (sources first), and the reports cover every cell."""
+    phantom, _, serial_reports = tiny_grid
+    work, reports = tmp_path / "work", tmp_path / "reports"
+    load_reproduce_script().run(profile="tiny", work_dir=str(work), report_dir=str(reports), fets_dir=str(phantom),
+                                workers=2)
+    with (reports / "results.csv").open() as handle, (serial_reports / "results.csv").open() as serial:
+        assert sorted((r["method"], r["seed"]) for r in csv.DictReader(handle)) == sorted(
+            (r["method"], r["seed"]) for r in csv.DictReader(serial))
+    assert len(list(work.glob("sources/*/seed*/source.pt"))) == 2, "one source model per scenario and seed"
+    assert "2 worker processes" in (reports / "machine.md").read_text()
