@@ -307,7 +307,8 @@ STUDY_VARIANTS = tuple(
 )
 
 # The quick profile at 15 seeds, for CIs about sqrt(3) times tighter: 270 cells, meant for a GPU machine with
-# --workers (about 5 minutes on one H200 with 15 workers; some 2 h 15 min on 2 CPU cores).
+# --workers (4.7 minutes on one H200 with 15 workers, docs/results/power/machine.md; about 2 h 15 min on 2 CPU
+# cores, going by quick's 44 minutes for 90 cells).
 PROFILES["power"] = replace(PROFILES["quick"], seeds=tuple(range(15)))
 
 # Safe transfer (issue #14): the dead-class action next to the headline methods, where the T1 source cannot see
@@ -338,8 +339,8 @@ PROFILES["control"] = Profile(
 # reported but do not enter the choice): the headline methods and every risk-map variant on three FeTS scenarios
 # (cross-modality with a class invisible to the source, cross-task, and 2-shot), 5 seeds, the quick profile's
 # training settings and testbed phantom. Size: 10 source models (the 2-shot scenario borrows T1 -> T1ce's) and
-# 15 x 17 = 255 fine-tuning cells: about 4 h 30 min on 2 CPU cores (~50 s per source, ~60 s per cell with its
-# evaluations), so it is meant for a GPU machine with ``--workers`` (see docs/results/study/machine.md).
+# 15 x 17 = 255 fine-tuning cells: 4.1 minutes on one H200 with ``--workers 15`` (docs/results/study/machine.md);
+# about 2 h 50 min on 2 CPU cores, going by the 2-seed run's 69 minutes for 102 cells.
 PROFILES["study"] = Profile(
     scenarios=("fets_t1_to_t1ce", "fets_ed_to_et", "fets_fewshot_2"),
     methods=(*HEADLINE_METHODS, "ablation: random map", *STUDY_VARIANTS),

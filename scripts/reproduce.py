@@ -3,7 +3,9 @@
 Usage (from the repository root)::
 
     python scripts/reproduce.py run --profile quick      # built-in phantoms, CPU, writes docs/results/quick/
-    python scripts/reproduce.py run --profile study      # every risk-map variant, chosen on validation (~1 h 40 min)
+    python scripts/reproduce.py run --profile study --workers 15   # every risk-map variant, chosen on validation
+                                                         # (4 min on one H200; about 2 h 50 min on 2 CPU cores)
+    python scripts/reproduce.py run --profile power --workers 15   # quick at 15 seeds (5 min on one H200)
     python scripts/reproduce.py run --profile full --fets_dir /data/MICCAI_FeTS2021_TrainingData \\
         --iseg_dir /data/iSeg-2019-Training                # everything; meant for a GPU and real data
     python scripts/reproduce.py table docs/results/quick/results.csv   # re-make table.md and the figures
@@ -146,8 +148,9 @@ def run(
 
     Args:
         profile: ``quick`` (phantoms, CPU, a subset), ``study`` (the risk-map variants on three FeTS phantom
-            scenarios; the selection rule is :func:`experiments.choose_default`), ``full`` (every scenario and
-            method) or ``tiny`` (tests); see ``PROFILES`` in ``experiments.py`` for the rest.
+            scenarios; the selection rule is :func:`experiments.choose_default`), ``power`` (quick at 15 seeds),
+            ``full`` (every scenario and method) or ``tiny`` (tests); see ``PROFILES`` in ``experiments.py`` for
+            the rest.
         work_dir: training outputs; default ``outputs/reproduce/<profile>``.
         report_dir: reports; default ``docs/results/<profile>``.
         fets_dir: a real FeTS2021 root (``MICCAI_FeTS2021_TrainingData``); default: the profile's testbed phantom.
@@ -162,7 +165,8 @@ def run(
     reports = Path(report_dir or REPO_ROOT / "docs" / "results" / profile).resolve()
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
-    lock = FolderLock(work)  # one grid per work folder: its cells share source models and risk-map caches
+    # one grid per work folder: its cells share source models and risk-map caches
+    lock = FolderLock(work, remedy="pass another --work_dir")
     lock.acquire()
     try:
         _run_grid(profile, work, reports, {"fets": fets_dir, "iseg": iseg_dir}, workers)
@@ -171,6 +175,7 @@ def run(
 
 
 def _run_grid(profile: str, work: Path, reports: Path, dataset_dirs: dict[str, str | None], workers: int) -> None:
+    """The body of :func:`run`, under the work folder's lock: cells, risk overlays, reports, ``machine.md``."""
     cells = grid(PROFILES[profile])
     dataset_dirs = prepare_phantoms(PROFILES[profile], work, dataset_dirs)
     reused = sum((cell.folder(work) / "result.json").is_file() for cell in cells)

@@ -17,9 +17,9 @@ Risk normalisation (:func:`transfer_risk`), all non-increasing in ``T`` and in `
 
 Weighting schemes (:func:`risk_to_weights`), all non-decreasing in risk for ``strength >= 0``:
 
-- ``"linear"`` (these functions' default): ``w = 1 + strength * risk`` -- weights in ``[1, 1 + strength]``;
-- ``"exponential"`` (the bundles' default, at strength 2: the variant study's choice on validation cases, see
-  the README): ``w = exp(strength * risk)`` -- weights in ``[1, e^strength]``, sharper emphasis;
+- ``"linear"`` (these functions' default; the bundles' default at strength 8, the variant study's choice on
+  validation cases, see the README): ``w = 1 + strength * risk`` -- weights in ``[1, 1 + strength]``;
+- ``"exponential"``: ``w = exp(strength * risk)`` -- weights in ``[1, e^strength]``, sharper emphasis;
 - ``"power10"``: ``w = 10^(strength * risk)`` -- weights in ``[1, 10^strength]`` (range 1-10 at strength 1, the
   choice seen in a public re-implementation, paired with ``"neglog_minmax"``);
 - ``"inverse"``: ``w = (1 - risk)^(-strength)`` with ``1 - risk`` floored at ``0.01`` (weights in

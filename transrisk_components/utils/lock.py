@@ -36,10 +36,12 @@ class FolderLock:
 
     Args:
         folder: the output folder (the bundle root).
+        remedy: what else the user can do, for the error message (default: another ``--bundle_root``).
     """
 
-    def __init__(self, folder: str | os.PathLike) -> None:
+    def __init__(self, folder: str | os.PathLike, remedy: str = "pass another --bundle_root") -> None:
         self.path = Path(folder).resolve() / LOCK_NAME
+        self.remedy = remedy
 
     def acquire(self) -> Path:
         """Take the lock (no-op when this process holds it already, or on ranks other than 0); return its path.
@@ -58,8 +60,8 @@ class FolderLock:
             holder = handle.read().strip() or "an unknown process"
             handle.close()
             raise FolderBusyError(
-                f"{self.path.parent} is in use by another run ({holder}). Wait for it to finish, stop it, or pass "
-                f"another --bundle_root. (The lock is released when that process ends, even if killed; "
+                f"{self.path.parent} is in use by another run ({holder}). Wait for it to finish, stop it, or "
+                f"{self.remedy}. (The lock is released when that process ends, even if killed; "
                 f"{self.path} itself need not be deleted.)"
             ) from None
         holder = {
