@@ -30,11 +30,11 @@ import csv
 import json
 import logging
 import math
+import multiprocessing
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-import multiprocessing
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
