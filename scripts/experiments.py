@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from transrisk_components.bundle.fingerprint import StageFingerprint, StaleOutputError
-from transrisk_components.utils.io import atomic_write_text
+from transrisk_components.utils.io import atomic_write_text, file_sha256
 
 __all__ = ["Cell", "DEAD_CLASSES_REINIT", "DEFAULT_RISK", "DEFAULT_SWEEP_POINT", "FEW_SHOT_CURVE", "HEADLINE_METHODS", "LOCATION_LEEP", "METHODS", "Method", "NEGLOG_POWER10", "PLAIN", "PROFILES", "Profile", "RANKING", "RISK_DICE", "RISK_SAMPLING", "RankingStudy", "SCENARIOS", "SCRATCH", "STUDY_VARIANTS", "SWEEP_STRENGTHS", "VOXEL_MEAN_NORM", "GridScenario", "choose_default", "export_risk_overlays", "finetune_fingerprint", "grid", "parallel_schedule", "prepare_phantoms", "run_cell", "run_grid_in_parallel", "run_ranking_study", "selection_scores", "source_checkpoint"]
 
@@ -706,16 +706,20 @@ def run_ranking_study(study: RankingStudy, root: Path, dataset_dirs: Mapping[str
                 result = run_cell(cell, root, profile, dataset_dirs)
                 report(f"ranking seed {seed}: {source} -> {target} fine-tuned, test Dice {result['test_dice']:.3f}")
             ranking_dir = root / "ranking" / target / f"seed{seed}"
-            if not (ranking_dir / "source_ranking.csv").is_file():
+            own = cells[target] if target in cells else next(iter(cells.values()))
+            made_from = _ranking_inputs(cells, own, root)
+            inputs_file = ranking_dir / "inputs.json"
+            reusable = inputs_file.is_file() and json.loads(inputs_file.read_text()) == made_from
+            if not (reusable and (ranking_dir / "source_ranking.csv").is_file()):
                 candidates = [{"name": source, "ckpt": str(source_checkpoint(cell, root)), "modality": source}
                               for source, cell in cells.items()]
                 candidates_file = ranking_dir / "candidates.json"
                 atomic_write_text(candidates_file, json.dumps(candidates, indent=2) + "\n")
-                own = cells[target] if target in cells else next(iter(cells.values()))
                 configs = [bundle_config("fets", "train"), bundle_config("fets", "rank_sources")]
                 _run_workflow(configs, "rank_sources", {**cell_overrides(own, root, profile, dataset_dirs),
                                                          "candidates_file": str(candidates_file),
                                                          "source_ranking_dir": str(ranking_dir)})
+                atomic_write_text(inputs_file, json.dumps(made_from, indent=2, sort_keys=True) + "\n")
             leep = _leep_by_candidate(ranking_dir / "source_ranking.csv")
             report(f"ranking seed {seed}: target {target} LEEP " + ", ".join(f"{k} {v:.4f}" for k, v in leep.items()))
             for source, cell in cells.items():
@@ -723,6 +727,17 @@ def run_ranking_study(study: RankingStudy, root: Path, dataset_dirs: Mapping[str
                              "source_val_dice": _source_val_dice(cell, root, profile, dataset_dirs),
                              "test_dice": json.loads((cell.folder(root) / "result.json").read_text())["test_dice"]})
     return rows
+
+
+def _ranking_inputs(cells: Mapping[str, Cell], own: Cell, root: Path) -> dict[str, Any]:
+    """What a target's source ranking is made from: each candidate source's checkpoint (SHA-256) and the target's
+    training cases and dataset (from the fine-tuning fingerprint of ``own``, a finished cell of that target).
+    A ranking on disk is reused only while this matches."""
+    settings = json.loads((own.folder(root) / "result.json").read_text())["finetune_fingerprint"]["settings"]
+    return {
+        "sources": {source: file_sha256(source_checkpoint(cell, root)) for source, cell in cells.items()},
+        "target": {key: settings[key] for key in ("dataset_dir", "modality", "task", "train_cases")},
+    }
 
 
 def _source_val_dice(cell: Cell, root: Path, profile: Profile, dataset_dirs: Mapping[str, str | None]) -> float:

@@ -91,8 +91,17 @@ def test_ranking_study_on_the_tiny_grid(tiny_grid, monkeypatch):
         assert row["leep"] < 0 and 0 <= row["source_val_dice"] <= 1 and 0 <= row["test_dice"] <= 1
     # the T1 source of the T1 -> FLAIR cell of the tiny grid is reused for T1 -> T2, not trained again
     assert len(list(work.glob("sources/fets_t1_to_t2/*"))) == 0
-    ranking = (work / "ranking" / "t2" / "seed0" / "source_ranking.csv").read_text()
+    csv_path = work / "ranking" / "t2" / "seed0" / "source_ranking.csv"
+    ranking = csv_path.read_text()
     assert ranking.startswith("rank,name") and ranking.count("\n") == 3
+    # a ranking is reused only while its sources and target cases are the ones it was made from
+    stamp = csv_path.stat().st_mtime_ns
+    experiments.run_ranking_study(study, work, {"fets": str(phantom)})
+    assert csv_path.stat().st_mtime_ns == stamp
+    inputs = csv_path.with_name("inputs.json")
+    inputs.write_text(inputs.read_text().replace('"t1": "', '"t1": "0'))  # as if the T1 source had changed since
+    experiments.run_ranking_study(study, work, {"fets": str(phantom)})
+    assert csv_path.stat().st_mtime_ns != stamp and '"t1": "0' not in inputs.read_text()
 
 
 def test_the_tiny_grid_in_two_worker_processes_gives_the_same_cells(tiny_grid, tmp_path):
