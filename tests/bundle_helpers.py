@@ -6,7 +6,8 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -142,3 +143,20 @@ def check_export_matches_eager(configs_dir: Path, trained: Path, out: Path) -> N
         scripted_out = scripted(image)
     assert scripted_out.shape == (1, 4, 16, 16, 16)
     torch.testing.assert_close(scripted_out, expected, atol=1e-5, rtol=1e-5)
+
+
+@contextmanager
+def folder_locked_by_another_process(folder: Path) -> Iterator[subprocess.Popen]:
+    """A live process holding ``FolderLock(folder)`` for the block (killed at its end); yields that process."""
+    repo = Path(__file__).resolve().parents[1]
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from transrisk_components.utils.lock import FolderLock; "
+         "FolderLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(120)", str(folder)],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(repo)},
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        yield holder
+    finally:
+        holder.kill()
+        holder.wait()

@@ -118,22 +118,11 @@ def test_the_tiny_grid_in_two_worker_processes_gives_the_same_cells(tiny_grid, t
 
 
 def test_a_second_grid_on_a_busy_work_folder_stops_before_any_cell(tmp_path):
-    import os
-    import subprocess
-    import sys
+    from bundle_helpers import folder_locked_by_another_process
 
     from transrisk_components.utils.lock import FolderBusyError
 
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from transrisk_components.utils.lock import FolderLock; "
-         "FolderLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(120)", str(tmp_path)],
-        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with folder_locked_by_another_process(tmp_path):
         with pytest.raises(FolderBusyError, match="another --work_dir"):
             load_reproduce_script().run(profile="tiny", work_dir=str(tmp_path), report_dir=str(tmp_path / "r"))
-    finally:
-        holder.kill()
-        holder.wait()
     assert not (tmp_path / "cells").exists()

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from bundle_helpers import TINY, exception_messages, risk_maps, run_bundle
+from bundle_helpers import TINY, exception_messages, folder_locked_by_another_process, risk_maps, run_bundle
 from test_bundle_fets import CONFIGS
 
 from transrisk_components.bundle.errors import real_cause
@@ -133,21 +133,12 @@ def test_a_corrupt_checkpoint_is_named_with_its_remedy(tmp_path: Path, phantom: 
 
 
 def test_a_second_run_on_a_busy_folder_names_the_holder(tmp_path: Path, phantom: str) -> None:
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from transrisk_components.utils.lock import FolderLock; "
-         "FolderLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(120)", str(tmp_path)],
-        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with folder_locked_by_another_process(tmp_path) as holder:
         with pytest.raises(RuntimeError) as error:
             run("pretrain", tmp_path, phantom)
         cause = real_cause(error.value)
         assert isinstance(cause, FolderBusyError)
         assert f'"pid": {holder.pid}' in str(cause) and '"host"' in str(cause) and '"started"' in str(cause)
-    finally:
-        holder.kill()
-        holder.wait()
     FolderLock(tmp_path).acquire()  # the killed holder's lock is stale: taken without any cleanup
     FolderLock(tmp_path).release()
 
