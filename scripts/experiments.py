@@ -42,7 +42,7 @@ from typing import Any
 from transrisk_components.bundle.fingerprint import StageFingerprint, StaleOutputError
 from transrisk_components.utils.io import atomic_write_text, file_sha256
 
-__all__ = ["Cell", "DEAD_CLASSES_REINIT", "DEFAULT_RISK", "DEFAULT_SWEEP_POINT", "FEW_SHOT_CURVE", "HEADLINE_METHODS", "LOCATION_LEEP", "METHODS", "Method", "NEGLOG_POWER10", "PLAIN", "PROFILES", "Profile", "RANKING", "RISK_DICE", "RISK_SAMPLING", "RankingStudy", "SCENARIOS", "SCRATCH", "STUDY_VARIANTS", "SWEEP_STRENGTHS", "VOXEL_MEAN_NORM", "GridScenario", "choose_default", "export_risk_overlays", "finetune_fingerprint", "grid", "parallel_schedule", "prepare_phantoms", "run_cell", "run_grid_in_parallel", "run_ranking_study", "selection_scores", "source_checkpoint"]
+__all__ = ["Cell", "DEAD_CLASSES_REINIT", "DEFAULT_RISK", "DEFAULT_SWEEP_POINT", "FEW_SHOT_CURVE", "HEADLINE_METHODS", "LINEAR_STRENGTHS_ABOVE_SWEEP", "LOCATION_LEEP", "METHODS", "Method", "NEGLOG_POWER10", "PLAIN", "PROFILES", "Profile", "RANKING", "RISK_DICE", "RISK_SAMPLING", "RankingStudy", "SCENARIOS", "SCRATCH", "STUDY_VARIANTS", "SWEEP_STRENGTHS", "VOXEL_MEAN_NORM", "GridScenario", "choose_default", "export_risk_overlays", "finetune_fingerprint", "grid", "parallel_schedule", "prepare_phantoms", "run_cell", "run_grid_in_parallel", "run_ranking_study", "selection_scores", "source_checkpoint"]
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +58,8 @@ RISK_SAMPLING = "risk-guided sampling"
 VOXEL_MEAN_NORM = "risk map, voxel-mean norm."
 #: Strengths of the sweep, for the linear and the exponential scheme.
 SWEEP_STRENGTHS = (0.0, 1.0, 2.0, 4.0, 8.0)
+#: Linear strengths above the sweep's top, added when the study picked that top (linear s=8.0) as the default.
+LINEAR_STRENGTHS_ABOVE_SWEEP = (16.0, 32.0)
 
 
 @dataclass(frozen=True)
@@ -211,6 +213,10 @@ METHODS: dict[str, Method] = {
             for scheme in ("linear", "exponential")
             for s in SWEEP_STRENGTHS
         ],
+        *[
+            Method(f"sweep: linear s={s}", {"risk#scheme": "linear", "risk#strength": s}, "sweep")
+            for s in LINEAR_STRENGTHS_ABOVE_SWEEP
+        ],
         Method(
             "L2-SP",
             _loss_override(
@@ -300,7 +306,8 @@ DEFAULT_SWEEP_POINT = "sweep: linear s=8.0"
 #: The risk-map variants the study compares with the default: every ``variant`` and the strength sweep, less the
 #: sweep points that repeat another candidate (the default's; exponential s=0.0 is linear s=0.0, weights 1
 #: everywhere). The committed study (``docs/results/study``) ran when the default was exponential s=2.0 (with the
-#: per-case foreground normalisation), which it lists as the default; it picked linear s=8.0.
+#: per-case foreground normalisation), which it lists as the default, and before the linear strengths above 8 were
+#: added; it picked linear s=8.0. The ``refine`` profile tried those strengths afterwards.
 STUDY_VARIANTS = tuple(
     m for m in METHODS
     if METHODS[m].group in ("variant", "sweep") and m not in (DEFAULT_SWEEP_POINT, "sweep: exponential s=0.0")
@@ -338,15 +345,26 @@ PROFILES["control"] = Profile(
 # The variant study, on validation cases only (``choose_default`` states the selection rule; the test cases are
 # reported but do not enter the choice): the headline methods and every risk-map variant on three FeTS scenarios
 # (cross-modality with a class invisible to the source, cross-task, and 2-shot), 5 seeds, the quick profile's
-# training settings and testbed phantom. Size: 10 source models (the 2-shot scenario borrows T1 -> T1ce's) and
-# 15 x 17 = 255 fine-tuning cells: 4.1 minutes on one H200 with ``--workers 15`` (docs/results/study/machine.md);
-# about 2 h 50 min on 2 CPU cores, going by the 2-seed run's 69 minutes for 102 cells.
+# training settings and testbed phantom. Size when committed: 10 source models (the 2-shot scenario borrows
+# T1 -> T1ce's) and 15 x 17 = 255 fine-tuning cells, 4.1 minutes on one H200 with ``--workers 15``
+# (docs/results/study/machine.md); about 2 h 50 min on 2 CPU cores, going by the 2-seed run's 69 minutes for
+# 102 cells. The two linear strengths added since make it 285 cells.
 PROFILES["study"] = Profile(
     scenarios=("fets_t1_to_t1ce", "fets_ed_to_et", "fets_fewshot_2"),
     methods=(*HEADLINE_METHODS, "ablation: random map", *STUDY_VARIANTS),
     seeds=(0, 1, 2, 3, 4),
     overrides=PROFILES["quick"].overrides,
     phantoms=PROFILES["quick"].phantoms,
+)
+
+# A second round of the selection rule, at the 0.4.0 default (linear s=8.0, per-case foreground normalisation), on
+# the study's scenarios and seeds: the linear strengths above the first sweep's top, and the two variants that stack
+# on the default (risk-weighted Dice and risk-guided sampling now act on top of linear s=8.0). The headline cells are
+# the quick profile's, so in quick's work folder only the 60 new cells run.
+PROFILES["refine"] = replace(
+    PROFILES["study"],
+    methods=(*HEADLINE_METHODS, RISK_DICE, RISK_SAMPLING,
+             *(f"sweep: linear s={s}" for s in LINEAR_STRENGTHS_ABOVE_SWEEP)),
 )
 
 

@@ -12,10 +12,13 @@ from experiments import (
     DEFAULT_RISK,
     DEFAULT_SWEEP_POINT,
     HEADLINE_METHODS,
+    LINEAR_STRENGTHS_ABOVE_SWEEP,
     LOCATION_LEEP,
     METHODS,
     PLAIN,
     PROFILES,
+    RISK_DICE,
+    RISK_SAMPLING,
     SCENARIOS,
     STUDY_VARIANTS,
     SWEEP_STRENGTHS,
@@ -76,6 +79,17 @@ def test_study_profile_compares_every_variant_on_fets_with_the_quick_settings() 
     assert study.overrides == quick.overrides and study.phantoms == quick.phantoms
     assert len(study.seeds) >= 5 and len(grid(study)) == len(study.scenarios) * len(study.seeds) * len(study.methods)
 
+
+
+def test_refine_profile_tries_the_strengths_above_the_default_and_reuses_the_quick_cells() -> None:
+    refine, study, quick = PROFILES["refine"], PROFILES["study"], PROFILES["quick"]
+    above = [f"sweep: linear s={s}" for s in LINEAR_STRENGTHS_ABOVE_SWEEP]
+    assert min(LINEAR_STRENGTHS_ABOVE_SWEEP) > max(SWEEP_STRENGTHS) and set(above) <= set(STUDY_VARIANTS)
+    assert set(refine.methods) == {*HEADLINE_METHODS, RISK_DICE, RISK_SAMPLING, *above}
+    # same scenarios, seeds and settings: the headline cells are the quick profile's (same fingerprints)
+    assert (refine.scenarios, refine.seeds) == (study.scenarios, study.seeds)
+    assert set(refine.scenarios) <= set(quick.scenarios) and refine.seeds == quick.seeds
+    assert refine.overrides == quick.overrides and refine.phantoms == quick.phantoms
 
 def _row(scenario: str, method: str, seed: int, val: float, test: float = 0.5) -> dict:
     return {"scenario": scenario, "method": method, "group": METHODS[method].group, "seed": seed,
