@@ -15,11 +15,13 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
 from bundle_helpers import TINY, exception_messages, folder_locked_by_another_process, risk_maps, run_bundle
 from test_bundle_fets import CONFIGS
 
 from transrisk_components.bundle.errors import real_cause
 from transrisk_components.data.registry import get_dataset
+from transrisk_components.utils.distributed import shutdown_process_group
 from transrisk_components.utils.io import atomic_write_text, remove_partial_writes
 from transrisk_components.utils.lock import FolderBusyError, FolderLock
 
@@ -189,3 +191,17 @@ def test_source_weights_from_outside_are_used_only_when_declared(tmp_path: Path,
     workflow = run("pretrain", tmp_path / "second", phantom, source_ckpt=str(external), **{"fingerprint#source": None})
     assert workflow.parser.get_parsed_content("source#trainer").state.iteration == 0, "nothing may be trained"
     assert external.read_bytes() == (tmp_path / "first" / "models" / "source.pt").read_bytes()
+
+
+def test_shutdown_process_group_waits_for_every_rank_and_ends_the_group(tmp_path: Path) -> None:
+    """One gloo process here (the bundle DDP tests run two; ``scripts/ddp_exit_check.py`` counts exit aborts)."""
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        network = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(4, 2))
+        network(torch.randn(2, 4)).sum().backward()
+        shutdown_process_group()
+        assert not dist.is_initialized()
+        shutdown_process_group()  # without a group: nothing to do
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
