@@ -357,10 +357,11 @@ PROFILES["study"] = Profile(
     phantoms=PROFILES["quick"].phantoms,
 )
 
-# A second round of the selection rule, at the 0.4.0 default (linear s=8.0, per-case foreground normalisation), on
-# the study's scenarios and seeds: the linear strengths above the first sweep's top, and the two variants that stack
-# on the default (risk-weighted Dice and risk-guided sampling now act on top of linear s=8.0). The headline cells are
-# the quick profile's, so in quick's work folder only the 60 new cells run.
+# Another round of the selection rule (its fourth application, see the README), at the 0.4.0 default (linear
+# s=8.0, per-case foreground normalisation), on the study's scenarios and seeds: the linear strengths above the
+# first sweep's top, and the two variants that stack on the default (risk-weighted Dice and risk-guided sampling
+# now act on top of linear s=8.0). The headline cells are the quick profile's, so in quick's work folder only the
+# 60 new cells run (docs/results/refine: the default stays).
 PROFILES["refine"] = replace(
     PROFILES["study"],
     methods=(*HEADLINE_METHODS, RISK_DICE, RISK_SAMPLING,

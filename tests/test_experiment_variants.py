@@ -80,7 +80,6 @@ def test_study_profile_compares_every_variant_on_fets_with_the_quick_settings() 
     assert len(study.seeds) >= 5 and len(grid(study)) == len(study.scenarios) * len(study.seeds) * len(study.methods)
 
 
-
 def test_refine_profile_tries_the_strengths_above_the_default_and_reuses_the_quick_cells() -> None:
     refine, study, quick = PROFILES["refine"], PROFILES["study"], PROFILES["quick"]
     above = [f"sweep: linear s={s}" for s in LINEAR_STRENGTHS_ABOVE_SWEEP]
@@ -90,6 +89,7 @@ def test_refine_profile_tries_the_strengths_above_the_default_and_reuses_the_qui
     assert (refine.scenarios, refine.seeds) == (study.scenarios, study.seeds)
     assert set(refine.scenarios) <= set(quick.scenarios) and refine.seeds == quick.seeds
     assert refine.overrides == quick.overrides and refine.phantoms == quick.phantoms
+
 
 def _row(scenario: str, method: str, seed: int, val: float, test: float = 0.5) -> dict:
     return {"scenario": scenario, "method": method, "group": METHODS[method].group, "seed": seed,

@@ -53,7 +53,7 @@ def shutdown_process_group() -> None:
     is queued, and gloo's worker thread releases them only after the caller has moved on. A gradient all-reduce of
     ``DistributedDataParallel`` carries the autograd engine's Python context: released on that thread once the
     interpreter has begun to shut down, it aborts the process ("terminate called without an active exception",
-    SIGABRT) although the run succeeded. ``scripts/ddp_exit_check.py`` counts such aborts for both endings.
+    SIGABRT) although the run succeeded. ``scripts/ddp_exit_check.py`` counts such aborts for this and two other endings.
     """
     if not is_distributed():
         return
