@@ -62,7 +62,7 @@ def count_aborts(ending: str, launches: int, port: int = 29631) -> int:
 
 
 def main(launches: int = 40) -> None:
-    """Count the aborts of both endings over ``launches`` launches each and print them on the last line."""
+    """Count the aborts of every ending over ``launches`` launches each and print them on the last line."""
     counts = {ending: count_aborts(ending, launches) for ending in ENDINGS}
     print("ddp exit aborts: " + ", ".join(f"{ending} {counts[ending]}/{launches}" for ending in ENDINGS))
 
