@@ -53,7 +53,10 @@ def shutdown_process_group() -> None:
     is queued, and gloo's worker thread releases them only after the caller has moved on. A gradient all-reduce of
     ``DistributedDataParallel`` carries the autograd engine's Python context: released on that thread once the
     interpreter has begun to shut down, it aborts the process ("terminate called without an active exception",
-    SIGABRT) although the run succeeded. ``scripts/ddp_exit_check.py`` counts such aborts for this and two other endings.
+    SIGABRT) although the run succeeded. The wait, with the GIL released, also gives those threads the chance to
+    release such works in time. This makes the abort rare but cannot rule it out (``scripts/ddp_exit_check.py``
+    counts aborts for this and two other endings). Keep DDP modules alive until the process exits: one freed after
+    this call can hang, joining gloo's threads while holding the GIL that one of them waits for.
     """
     if not is_distributed():
         return
