@@ -368,6 +368,16 @@ PROFILES["refine"] = replace(
              *(f"sweep: linear s={s}" for s in LINEAR_STRENGTHS_ABOVE_SWEEP)),
 )
 
+# Does longer fine-tuning shrink the run-to-run spread? The quick profile's scenarios, seeds, source models and
+# phantoms, with plain fine-tuning and the default only, fine-tuned 4 times as long (160 epochs, validation every
+# 20). Its cells share folder names with quick's, so it needs a work folder of its own; copying a quick work
+# folder's ``data``, ``sources`` and ``risk_maps`` there reuses them after their fingerprints are checked.
+PROFILES["long"] = replace(
+    PROFILES["quick"],
+    methods=(PLAIN, DEFAULT_RISK),
+    overrides={**PROFILES["quick"].overrides, "max_epochs": 160, "val_interval": 20},
+)
+
 
 def grid(profile: Profile) -> list[Cell]:
     """The cells of ``profile`` in run order (scenario, seed, method), so a source model is trained once; a method
