@@ -17,6 +17,7 @@ from transrisk_components.reporting.results import (
     plot_method_comparison,
     plot_paired_differences,
     region_table,
+    stalled_runs,
     summarise_results,
     write_case_results_csv,
     write_results_csv,
@@ -76,6 +77,17 @@ def test_table_states_where_risk_map_does_not_win():
     assert "| plain fine-tuning | 67.5 ± 5.0 | 67.5 ± 5.0 |" in table
     assert "- a: +2.0 [+1." in table and "over 12 pairs: gain (CI above 0)." in table
     assert "- b: +0.0 [-" in table and "over 12 pairs: no detectable difference (CI half-width" in table
+
+
+def test_a_run_that_never_predicts_one_region_counts_as_stalled():
+    def run(method: str, seed: int, et: float, wt: float | str) -> dict:
+        return {"scenario": "a", "method": method, "seed": seed, "test_dice_ET": et, "test_dice_WT": wt}
+
+    data = [run(PLAIN, 0, 0.0, 0.45), run(PLAIN, 1, 0.6, 0.7), run(PLAIN, 2, 0.049, 0.5),
+            run(DEFAULT_RISK, 0, 0.05, 0.4), run(DEFAULT_RISK, 1, 0.6, ""), run(DEFAULT_RISK, 2, 0.7, "nan")]
+    assert stalled_runs(data) == {("a", PLAIN): (2, 3), ("a", DEFAULT_RISK): (0, 3)}
+    table = markdown_table(rows(), case_rows(rows()), list(METHODS), baseline=PLAIN, highlight=DEFAULT_RISK)
+    assert "Runs that did not learn a region" in table and "| plain fine-tuning | 0/3 | 0/3 |" in table
 
 
 def test_default_chosen_on_validation_not_test():

@@ -37,10 +37,14 @@ __all__ = [
     "plot_method_comparison",
     "plot_paired_differences",
     "region_table",
+    "stalled_runs",
     "summarise_results",
     "write_case_results_csv",
     "write_results_csv",
 ]
+
+#: A run "did not learn" a region when its mean test Dice on that region stays below this (Dice units).
+STALLED_DICE = 0.05
 
 #: Columns of ``results_per_case.csv``: one test Dice per (scenario, method, seed, case, region).
 CASE_COLUMNS: tuple[str, ...] = ("scenario", "method", "seed", "case_id", "region", "dice")
@@ -237,6 +241,10 @@ def _present(rows: Sequence[Mapping[str, Any]], methods: Sequence[str]) -> list[
     return [m for m in methods if any(r["method"] == m for r in rows)]
 
 
+def _fmt_count(count: tuple[int, int] | None) -> str:
+    return "--" if count is None else f"{count[0]}/{count[1]}"
+
+
 def _fmt_paired(stat: PairedStatistics | None) -> str:
     if stat is None or math.isnan(stat.mean):
         return "--"
@@ -246,6 +254,21 @@ def _fmt_paired(stat: PairedStatistics | None) -> str:
     return text + f" p={stat.p_value:.2g}"
 
 
+def stalled_runs(rows: Iterable[Mapping[str, Any]], threshold: float = STALLED_DICE) -> dict[tuple[str, str], tuple[int, int]]:
+    """``(scenario, method) -> (runs that did not learn some region, runs)``.
+
+    A run (one seed) did not learn a region when its mean test Dice over the test cases on that region is below
+    ``threshold``: the network never predicts it. Such runs, not case-to-case variation, make most of the
+    seed-to-seed spread at short training budgets.
+    """
+    counts: dict[tuple[str, str], tuple[int, int]] = {}
+    for row in rows:
+        regions = [float(v) for k, v in row.items() if k.startswith("test_dice_") and _finite(v)]
+        stalled, runs = counts.get((row["scenario"], row["method"]), (0, 0))
+        counts[(row["scenario"], row["method"])] = (stalled + any(v < threshold for v in regions), runs + 1)
+    return counts
+
+
 def markdown_table(
     rows: Sequence[Mapping[str, Any]],
     cases: Sequence[Mapping[str, Any]],
@@ -253,7 +276,8 @@ def markdown_table(
     baseline: str,
     highlight: str,
 ) -> str:
-    """Paper-style tables: test Dice (%) per method, the paired difference to ``baseline`` with its CI, a verdict
+    """Paper-style tables: test Dice (%) per method (mean and per region), the runs that did not learn a region
+    (:func:`stalled_runs`), the paired difference to ``baseline`` with its CI, a verdict
     per scenario for ``highlight``, and validation Dice.
 
     Args:
@@ -287,6 +311,11 @@ def markdown_table(
             ]
             if any(stat is not None for stat in per_region):
                 lines.append(f"| {m} | {s} | " + " | ".join(_fmt(stat) for stat in per_region) + " |")
+    stalled = stalled_runs(rows)
+    lines += ["", f"Runs that did not learn a region (mean test Dice below {100 * STALLED_DICE:.0f}% on at least one "
+              "region), out of the runs.", "", "| method | " + " | ".join(scenarios) + " |",
+              "|---|" + "---|" * len(scenarios)]
+    lines += [f"| {m} | " + " | ".join(_fmt_count(stalled.get((s, m))) for s in scenarios) + " |" for m in methods]
     if paired:
         lines += [
             "",
