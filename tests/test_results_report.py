@@ -8,6 +8,7 @@ import pytest
 from experiments import DEFAULT_RISK, METHODS, PLAIN, PROFILES, choose_default, grid
 from transrisk_components.reporting.results import (
     case_rows,
+    cases_of_learned_runs,
     load_case_results_csv,
     load_results_csv,
     markdown_table,
@@ -86,8 +87,16 @@ def test_a_run_that_never_predicts_one_region_counts_as_stalled():
     data = [run(PLAIN, 0, 0.0, 0.45), run(PLAIN, 1, 0.6, 0.7), run(PLAIN, 2, 0.049, 0.5),
             run(DEFAULT_RISK, 0, 0.05, 0.4), run(DEFAULT_RISK, 1, 0.6, ""), run(DEFAULT_RISK, 2, 0.7, "nan")]
     assert stalled_runs(data) == {("a", PLAIN): (2, 3), ("a", DEFAULT_RISK): (0, 3)}
+    cases = [{"scenario": "a", "method": r["method"], "seed": r["seed"], "case_id": "c", "region": "ET", "dice": 0.5}
+             for r in data]
+    kept = cases_of_learned_runs(data, cases)
+    assert [(c["method"], c["seed"]) for c in kept] == [(PLAIN, 1), (DEFAULT_RISK, 0), (DEFAULT_RISK, 1),
+                                                       (DEFAULT_RISK, 2)]
+    learned = paired_case_statistics(kept, PLAIN)[("a", DEFAULT_RISK)]
+    assert (learned.n_pairs, learned.n_seeds) == (1, 1)  # only seed 1, where neither run stalled
     table = markdown_table(rows(), case_rows(rows()), list(METHODS), baseline=PLAIN, highlight=DEFAULT_RISK)
     assert "Runs that did not learn a region" in table and "| plain fine-tuning | 0/3 | 0/3 |" in table
+    assert "on the seeds where neither run stalled" in table and "p=0.00049 n=3 |" in table
 
 
 def test_default_chosen_on_validation_not_test():
