@@ -377,6 +377,9 @@ PROFILES["long"] = replace(
     methods=(PLAIN, DEFAULT_RISK),
     overrides={**PROFILES["quick"].overrides, "max_epochs": 160, "val_interval": 20},
 )
+# The long profile's three FeTS scenarios of the study at 10 seeds; in the long profile's work folder only seeds
+# 5 to 9 run (30 cells).
+PROFILES["long10"] = replace(PROFILES["long"], scenarios=PROFILES["study"].scenarios, seeds=tuple(range(10)))
 
 
 def grid(profile: Profile) -> list[Cell]:

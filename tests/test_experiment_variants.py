@@ -91,6 +91,15 @@ def test_refine_profile_tries_the_strengths_above_the_default_and_reuses_the_qui
     assert refine.overrides == quick.overrides and refine.phantoms == quick.phantoms
 
 
+def test_long_profiles_fine_tune_four_times_as_long_on_quicks_sources() -> None:
+    long, long10, quick = PROFILES["long"], PROFILES["long10"], PROFILES["quick"]
+    assert long.methods == long10.methods == (PLAIN, DEFAULT_RISK)
+    assert long.overrides == long10.overrides == {**quick.overrides, "max_epochs": 160, "val_interval": 20}
+    # the source models' settings are quick's, so the same seeds train the same sources
+    assert (long.scenarios, long.seeds, long.phantoms) == (quick.scenarios, quick.seeds, quick.phantoms)
+    assert set(long10.scenarios) <= set(long.scenarios) and set(long.seeds) < set(long10.seeds)
+
+
 def _row(scenario: str, method: str, seed: int, val: float, test: float = 0.5) -> dict:
     return {"scenario": scenario, "method": method, "group": METHODS[method].group, "seed": seed,
             "val_dice": val, "test_dice": test}
