@@ -61,6 +61,7 @@ from transrisk_components.reporting.results import (
     plot_few_shot_curve,
     plot_method_comparison,
     plot_paired_differences,
+    plot_runs_against_baseline,
     region_table,
     write_case_results_csv,
     write_results_csv,
@@ -101,6 +102,8 @@ def _write_reports(rows: list[dict], cases: list[dict], report_dir: Path) -> Non
     figures = report_dir / "figures"
     plot_method_comparison(cases, list(METHODS), figures / "dice_by_method.png")
     plot_paired_differences(cases, list(METHODS), PLAIN, figures / "paired_differences.png")
+    if any(r["method"] == DEFAULT_RISK for r in rows) and any(r["method"] == PLAIN for r in rows):
+        plot_runs_against_baseline(rows, DEFAULT_RISK, PLAIN, figures / "runs_default_vs_plain.png")
     if sum(any(c["scenario"] == s for c in cases) for s in FEW_SHOT_CURVE.values()) >= 2:
         plot_few_shot_curve(cases, FEW_SHOT_CURVE, list(METHODS), figures / "few_shot_curve.png")
 

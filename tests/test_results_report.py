@@ -17,6 +17,7 @@ from transrisk_components.reporting.results import (
     plot_few_shot_curve,
     plot_method_comparison,
     plot_paired_differences,
+    plot_runs_against_baseline,
     region_table,
     stalled_runs,
     summarise_results,
@@ -124,6 +125,8 @@ def test_comparison_figures_written(tmp_path):
     assert forest.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and forest.stat().st_size > 10_000
     curve = plot_few_shot_curve(case_rows(rows()), {2: "a", 4: "b", 8: "missing"}, list(METHODS), tmp_path / "c.png")
     assert curve.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and curve.stat().st_size > 10_000
+    seeds = plot_runs_against_baseline(rows(), DEFAULT_RISK, PLAIN, tmp_path / "seeds.png")
+    assert seeds.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and seeds.stat().st_size > 10_000
 
 
 def test_grid_orders_cells_so_each_source_model_is_trained_once():

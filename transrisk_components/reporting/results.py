@@ -37,6 +37,7 @@ __all__ = [
     "plot_few_shot_curve",
     "plot_method_comparison",
     "plot_paired_differences",
+    "plot_runs_against_baseline",
     "region_table",
     "stalled_runs",
     "summarise_results",
@@ -528,6 +529,40 @@ def plot_paired_differences(
     axes[0][0].invert_yaxis()
     figure.suptitle("Paired test-Dice difference: 95% bootstrap CI over (seed, case) pairs (thin), "
                     "with whole seeds resampled (wide, pale)")
+    figure.tight_layout()
+    atomic_write(out_png, lambda tmp: figure.savefig(tmp, format="png", dpi=120), suffix=".png")
+    plt.close(figure)
+    return Path(out_png)
+
+
+def plot_runs_against_baseline(
+    rows: Sequence[Mapping[str, Any]], method: str, baseline: str, out_png: Path, threshold: float = STALLED_DICE
+) -> Path:
+    """One point per seed and scenario: the ``baseline`` run's test Dice (x) against ``method``'s (y), both mean
+    over regions. Points above the diagonal are seeds where ``method`` did better; hollow markers are seeds where
+    either run did not learn a region (:func:`stalled_runs`)."""
+    runs = {(r["scenario"], r["method"], int(r["seed"])): r for r in rows}
+    scenarios = list(dict.fromkeys(r["scenario"] for r in rows))
+    figure, ax = plt.subplots(figsize=(6.5, 6))
+    for index, scenario in enumerate(scenarios):
+        seeds = sorted(k for s, m, k in runs if s == scenario and m == method and (s, baseline, k) in runs)
+        if not seeds:
+            continue
+        pairs = [(runs[(scenario, baseline, k)], runs[(scenario, method, k)]) for k in seeds]
+        stalled = np.array([_stalled(b, threshold) or _stalled(m, threshold) for b, m in pairs])
+        x = 100 * np.array([float(b["test_dice"]) for b, _ in pairs])
+        y = 100 * np.array([float(m["test_dice"]) for _, m in pairs])
+        colour = plt.cm.tab10(index % 10)
+        ax.scatter(x[~stalled], y[~stalled], color=colour, label=scenario, s=28)
+        ax.scatter(x[stalled], y[stalled], facecolors="none", edgecolors=colour, s=40)
+    ax.plot([0, 100], [0, 100], color="black", linewidth=0.8)
+    ax.set_xlim(-2, 100)
+    ax.set_ylim(-2, 100)
+    ax.set_xlabel(f"{baseline}: test Dice (%)")
+    ax.set_ylabel(f"{method}: test Dice (%)")
+    ax.set_title(f"One point per seed (hollow: either run did not learn a region, Dice < {100 * threshold:.0f}%)",
+                 fontsize=9)
+    ax.legend(fontsize=8, loc="lower right")
     figure.tight_layout()
     atomic_write(out_png, lambda tmp: figure.savefig(tmp, format="png", dpi=120), suffix=".png")
     plt.close(figure)
