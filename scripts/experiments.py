@@ -370,8 +370,10 @@ PROFILES["refine"] = replace(
 
 # Does longer fine-tuning shrink the run-to-run spread? The quick profile's scenarios, seeds, source models and
 # phantoms, with plain fine-tuning and the default only, fine-tuned 4 times as long (160 epochs, validation every
-# 20). Its cells share folder names with quick's, so it needs a work folder of its own; copying a quick work
-# folder's ``data``, ``sources`` and ``risk_maps`` there reuses them after their fingerprints are checked.
+# 20). Its cells share folder names with quick's, so it needs a work folder of its own. Copying a quick work
+# folder's ``data`` there skips generating the phantom (its options are checked); the source models are trained
+# again, since their fingerprint records the dataset folder, and the same seeds and thread count give the same
+# weights (docs/results/long).
 PROFILES["long"] = replace(
     PROFILES["quick"],
     methods=(PLAIN, DEFAULT_RISK),

@@ -269,8 +269,8 @@ def stalled_runs(rows: Iterable[Mapping[str, Any]], threshold: float = STALLED_D
     """``(scenario, method) -> (runs that did not learn some region, runs)``.
 
     A run (one seed) did not learn a region when its mean test Dice over the test cases on that region is below
-    ``threshold``: the network never predicts it. Such runs, not case-to-case variation, make most of the
-    seed-to-seed spread at short training budgets.
+    ``threshold``: the network (almost) never predicts it. On the phantom testbed a few such runs make most of the
+    seed-to-seed spread (README, "Where the default's gain comes from").
     """
     counts: dict[tuple[str, str], tuple[int, int]] = {}
     for row in rows:
