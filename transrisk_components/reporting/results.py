@@ -10,7 +10,7 @@ import csv
 import io
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -299,8 +299,8 @@ def markdown_table(
     highlight: str,
 ) -> str:
     """Paper-style tables: test Dice (%) per method (mean and per region), the runs that did not learn a region
-    (:func:`stalled_runs`), the paired difference to ``baseline`` with its CI, a verdict
-    per scenario for ``highlight``, and validation Dice.
+    (:func:`stalled_runs`), the paired difference to ``baseline`` with its CI (on all seeds, and on the seeds where
+    neither run stalled), a verdict per scenario for ``highlight``, and validation Dice.
 
     Args:
         rows: one dict per (scenario, method, seed) with ``val_dice`` and ``test_dice``.
@@ -315,13 +315,16 @@ def markdown_table(
     paired = paired_case_statistics(cases, baseline)
     val = summarise_results(rows, "val_dice")
     seeds = sorted({int(r["seed"]) for r in rows})
-    lines = [
+
+    def method_table(caption: str, shown: Sequence[str], cell: Callable[[str, str], str]) -> list[str]:
+        """A caption, then one row per method in ``shown`` and one column per scenario of ``cell(scenario, method)``."""
+        return [caption, "", "| method | " + " | ".join(scenarios) + " |", "|---|" + "---|" * len(scenarios),
+                *(f"| {m} | " + " | ".join(cell(s, m) for s in scenarios) + " |" for m in shown)]
+
+    lines = method_table(
         f"Test Dice (%), mean ± sample std over seeds {seeds}; Dice averaged over the target task's regions.",
-        "",
-        "| method | " + " | ".join(scenarios) + " |",
-        "|---|" + "---|" * len(scenarios),
-    ]
-    lines += [f"| {m} | " + " | ".join(_fmt(dice.get((s, m))) for s in scenarios) + " |" for m in methods]
+        methods, lambda s, m: _fmt(dice.get((s, m))),
+    )
     regions = [k.removeprefix("test_dice_") for k in dict.fromkeys(k for r in rows for k in r) if k.startswith("test_dice_")]
     lines += ["", "Test Dice (%) per region, mean ± sample std over seeds.", "",
               "| method | scenario | " + " | ".join(regions) + " |", "|---|---|" + "---|" * len(regions)]
@@ -334,41 +337,27 @@ def markdown_table(
             if any(stat is not None for stat in per_region):
                 lines.append(f"| {m} | {s} | " + " | ".join(_fmt(stat) for stat in per_region) + " |")
     stalled = stalled_runs(rows)
-    lines += ["", f"Runs that did not learn a region (mean test Dice below {100 * STALLED_DICE:.0f}% on at least one "
-              "region), out of the runs.", "", "| method | " + " | ".join(scenarios) + " |",
-              "|---|" + "---|" * len(scenarios)]
-    lines += [f"| {m} | " + " | ".join(_fmt_count(stalled.get((s, m))) for s in scenarios) + " |" for m in methods]
+    lines += ["", *method_table(
+        f"Runs that did not learn a region (mean test Dice below {100 * STALLED_DICE:.0f}% on at least one region), "
+        "out of the runs.",
+        methods, lambda s, m: _fmt_count(stalled.get((s, m))),
+    )]
+    compared = [m for m in methods if m != baseline]
     if paired:
-        lines += [
-            "",
+        lines += ["", *method_table(
             f"Paired difference to {baseline} (test Dice, percentage points) over (seed, test case) pairs: mean "
             "[95% percentile-bootstrap CI over the pairs] seeds [95% CI with whole seeds resampled: also counts the "
             "run-to-run variation of training], two-sided Wilcoxon signed-rank p over the pairs. A verdict says gain "
             "or loss only when both CIs exclude 0.",
-            "",
-            "| method | " + " | ".join(scenarios) + " |",
-            "|---|" + "---|" * len(scenarios),
-        ]
-        lines += [
-            f"| {m} | " + " | ".join(_fmt_paired(paired.get((s, m))) for s in scenarios) + " |"
-            for m in methods
-            if m != baseline
-        ]
+            compared, lambda s, m: _fmt_paired(paired.get((s, m))),
+        )]
         learned = paired_case_statistics(cases_of_learned_runs(rows, cases), baseline)
-        lines += [
-            "",
+        lines += ["", *method_table(
             "The same, on the seeds where neither run stalled (the pairs of a seed where either method did not learn a "
             "region left out); with the table above it splits a difference into fewer stalled runs and better "
             "segmentation once learned. n = seeds kept.",
-            "",
-            "| method | " + " | ".join(scenarios) + " |",
-            "|---|" + "---|" * len(scenarios),
-        ]
-        lines += [
-            f"| {m} | " + " | ".join(_fmt_paired_seeds(learned.get((s, m))) for s in scenarios) + " |"
-            for m in methods
-            if m != baseline
-        ]
+            compared, lambda s, m: _fmt_paired_seeds(learned.get((s, m))),
+        )]
     else:
         lines += ["", f"(No paired differences: {baseline} is not in these results.)"]
     verdicts = [
@@ -379,14 +368,10 @@ def markdown_table(
     ]
     if verdicts:
         lines += ["", f"Verdict per scenario ({highlight} vs {baseline}):", "", *verdicts]
-    lines += [
-        "",
+    lines += ["", *method_table(
         "Validation Dice (%) (target-val cases; used to choose defaults, never the test cases).",
-        "",
-        "| method | " + " | ".join(scenarios) + " |",
-        "|---|" + "---|" * len(scenarios),
-    ]
-    lines += [f"| {m} | " + " | ".join(_fmt(val.get((s, m))) for s in scenarios) + " |" for m in methods]
+        methods, lambda s, m: _fmt(val.get((s, m))),
+    )]
     return "\n".join(lines) + "\n"
 
 
