@@ -382,6 +382,9 @@ PROFILES["long"] = replace(
 # The long profile's three FeTS scenarios of the study at 10 seeds; in the long profile's work folder only seeds
 # 5 to 9 run (30 cells).
 PROFILES["long10"] = replace(PROFILES["long"], scenarios=PROFILES["study"].scenarios, seeds=tuple(range(10)))
+# The long profile at 15 seeds, all six scenarios (180 cells), meant for a GPU machine with --workers; run from
+# scratch on one machine, so that every seed's source model and cells come from the same hardware.
+PROFILES["long15"] = replace(PROFILES["long"], seeds=tuple(range(15)))
 
 
 def grid(profile: Profile) -> list[Cell]:

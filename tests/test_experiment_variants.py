@@ -92,12 +92,13 @@ def test_refine_profile_tries_the_strengths_above_the_default_and_reuses_the_qui
 
 
 def test_long_profiles_fine_tune_four_times_as_long_on_quicks_sources() -> None:
-    long, long10, quick = PROFILES["long"], PROFILES["long10"], PROFILES["quick"]
-    assert long.methods == long10.methods == (PLAIN, DEFAULT_RISK)
-    assert long.overrides == long10.overrides == {**quick.overrides, "max_epochs": 160, "val_interval": 20}
+    long, long10, long15, quick = PROFILES["long"], PROFILES["long10"], PROFILES["long15"], PROFILES["quick"]
+    assert long.methods == long10.methods == long15.methods == (PLAIN, DEFAULT_RISK)
+    assert long.overrides == long10.overrides == long15.overrides == {**quick.overrides, "max_epochs": 160, "val_interval": 20}
     # the source models' settings are quick's, so the same seeds train the same sources
     assert (long.scenarios, long.seeds, long.phantoms) == (quick.scenarios, quick.seeds, quick.phantoms)
     assert set(long10.scenarios) <= set(long.scenarios) and set(long.seeds) < set(long10.seeds)
+    assert long15.scenarios == long.scenarios and set(long10.seeds) < set(long15.seeds) == set(range(15))
 
 
 def _row(scenario: str, method: str, seed: int, val: float, test: float = 0.5) -> dict:
