@@ -42,7 +42,7 @@ from typing import Any
 from transrisk_components.bundle.fingerprint import StageFingerprint, StaleOutputError
 from transrisk_components.utils.io import atomic_write_text, file_sha256
 
-__all__ = ["Cell", "DEAD_CLASSES_REINIT", "DEFAULT_RISK", "DEFAULT_SWEEP_POINT", "FEW_SHOT_CURVE", "HEADLINE_METHODS", "LINEAR_STRENGTHS_ABOVE_SWEEP", "LOCATION_LEEP", "METHODS", "Method", "NEGLOG_POWER10", "PLAIN", "PROFILES", "Profile", "RANKING", "RISK_DICE", "RISK_SAMPLING", "RankingStudy", "SCENARIOS", "SCRATCH", "STUDY_VARIANTS", "SWEEP_STRENGTHS", "VOXEL_MEAN_NORM", "GridScenario", "choose_default", "export_risk_overlays", "finetune_fingerprint", "grid", "parallel_schedule", "prepare_phantoms", "run_cell", "run_grid_in_parallel", "run_ranking_study", "selection_scores", "source_checkpoint"]
+__all__ = ["Cell", "DEAD_CLASSES_REINIT", "DEFAULT_RISK", "DEFAULT_SWEEP_POINT", "FEW_SHOT_CURVE", "FOREGROUND_MAP", "HEADLINE_METHODS", "LINEAR_STRENGTHS_ABOVE_SWEEP", "LOCATION_LEEP", "METHODS", "Method", "NEGLOG_POWER10", "PLAIN", "PROFILES", "Profile", "RANKING", "RISK_DICE", "RISK_SAMPLING", "RankingStudy", "SCENARIOS", "SCRATCH", "STUDY_VARIANTS", "SWEEP_STRENGTHS", "VOXEL_MEAN_NORM", "GridScenario", "choose_default", "export_risk_overlays", "finetune_fingerprint", "grid", "parallel_schedule", "prepare_phantoms", "run_cell", "run_grid_in_parallel", "run_ranking_study", "selection_scores", "source_checkpoint"]
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +56,8 @@ LOCATION_LEEP = "location-wise LEEP, exp(-LEEP)"
 RISK_DICE = "risk-weighted Dice"
 RISK_SAMPLING = "risk-guided sampling"
 VOXEL_MEAN_NORM = "risk map, voxel-mean norm."
+#: Control: the default's loss with a map that is 1 on the target foreground -- a class weight, no transferability.
+FOREGROUND_MAP = "ablation: foreground map"
 #: Strengths of the sweep, for the linear and the exponential scheme.
 SWEEP_STRENGTHS = (0.0, 1.0, 2.0, 4.0, 8.0)
 #: Linear strengths above the sweep's top, added when the study picked that top (linear s=8.0) as the default.
@@ -187,6 +189,7 @@ METHODS: dict[str, Method] = {
             "ablation",
         ),
         Method("ablation: random map", {"risk#shuffle": True}, "ablation"),
+        Method(FOREGROUND_MAP, {"risk#map": "foreground"}, "ablation"),
         # The bundles' default until 0.4.0: the weighted CE divided by the patch's voxel count.
         Method(VOXEL_MEAN_NORM, {"risk#loss_normalization": "voxels"}, "variant"),
         Method(
@@ -331,12 +334,13 @@ PROFILES["safe"] = Profile(
 
 # Controls on the quick profile's scenarios: the random-map ablation permutes each case's risk map inside the head,
 # so the loss weights keep their distribution (and the mean weight, hence the loss scale) but lose their placement;
-# and the voxel-mean CE normalisation (the default until bundle version 0.4.0) in place of the paper's per-case
-# foreground size. In the quick profile's work folder only these two methods' cells run (60 cells, about
-# 30 minutes on 2 CPU cores).
+# the foreground-map ablation puts the default's top weight (9) on every target-foreground voxel and 1 elsewhere,
+# so it asks whether a class weight does what the map does; and the voxel-mean CE normalisation (the default until
+# bundle version 0.4.0) in place of the paper's per-case foreground size. In the quick profile's work folder only
+# these three methods' cells run (90 cells, about 45 minutes on 2 CPU cores).
 PROFILES["control"] = Profile(
     scenarios=PROFILES["quick"].scenarios,
-    methods=(*HEADLINE_METHODS, "ablation: random map", VOXEL_MEAN_NORM),
+    methods=(*HEADLINE_METHODS, "ablation: random map", FOREGROUND_MAP, VOXEL_MEAN_NORM),
     seeds=PROFILES["quick"].seeds,
     overrides=PROFILES["quick"].overrides,
     phantoms=PROFILES["quick"].phantoms,
@@ -385,6 +389,8 @@ PROFILES["long10"] = replace(PROFILES["long"], scenarios=PROFILES["study"].scena
 # The long profile at 15 seeds, all six scenarios (180 cells), meant for a GPU machine with --workers; run from
 # scratch on one machine, so that every seed's source model and cells come from the same hardware.
 PROFILES["long15"] = replace(PROFILES["long"], seeds=tuple(range(15)))
+# The foreground-map control at the long profile's budget: in the long profile's work folder only its 30 cells run.
+PROFILES["long_control"] = replace(PROFILES["long"], methods=(PLAIN, DEFAULT_RISK, FOREGROUND_MAP))
 
 
 def grid(profile: Profile) -> list[Cell]:

@@ -288,6 +288,21 @@ def test_random_map_ablation_permutes_inside_the_mask_per_case(phantom: str, tmp
         )
 
 
+def test_foreground_map_control_is_the_target_foreground_with_the_pooled_leep(phantom: str, tmp_path: Path) -> None:
+    """The control map carries no transferability: 1 on the target task's foreground, 0 elsewhere, for every
+    normalisation; its manifest keeps the pooled map's LEEP."""
+    cases = _scenario(phantom, tmp_path).split("target_train")
+    pooled = _risk_stage(cases, tmp_path).run()
+    for normalization in ("complement", "neglog_minmax"):
+        stage = _risk_stage(cases, tmp_path, map_type="foreground", normalization=normalization)
+        assert stage.run()["leep"] == pytest.approx(pooled["leep"])
+        for case in cases:
+            label = np.asarray(nib.load(case["label"]).dataobj)
+            risk = np.asarray(nib.load(stage.map_path(case["case_id"])).dataobj)
+            assert (label > 0).any(), f"{case['case_id']} needs tumour for this test"
+            np.testing.assert_array_equal(risk, (label > 0).astype(np.float32))
+
+
 def test_case_seeded_permutation_differs_between_cases_of_one_volume(tmp_path: Path) -> None:
     """Two cases with identical maps get different permutations (old code: one seed for every case)."""
     stage = _risk_stage([], tmp_path, shuffle=True)

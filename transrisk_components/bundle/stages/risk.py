@@ -82,8 +82,8 @@ MANIFEST = "manifest.json"
 
 #: Voxel masks of the LEEP statistics and maps (see :class:`RiskStage`).
 RISK_MASKS = ("nonzero", "all")
-#: Where the conditional ``P(y | z)`` is pooled (see :class:`RiskStage`).
-RISK_MAPS = ("pooled", "location")
+#: Where the conditional ``P(y | z)`` is pooled, or the label-only control (see :class:`RiskStage`).
+RISK_MAPS = ("pooled", "location", "foreground")
 
 #: What fine-tuning does about target classes the source gives no information about (see :class:`RiskStage`).
 DEAD_CLASS_ACTIONS = ("warn", "reinit", "scratch")
@@ -175,6 +175,10 @@ class RiskStage:
             cases; a voxel's transferability is its location's ``exp(LEEP_l)`` (the geometric mean of ``T`` there),
             so all cases share one map (up to their masks). With ``normalization="complement"`` and the loss
             scheme ``"inverse"`` at strength 1 the weight is ``exp(-LEEP_l)``. Needs co-registered cases.
+            ``"foreground"``: a control, not a transfer risk map: the pooled statistics (LEEP, class table) as
+            for ``"pooled"``, but each case's map is 1 on its target-task foreground and 0 elsewhere, whatever the
+            normalisation -- a foreground class weight (``1 + strength`` under the linear scheme) with no
+            transferability in it.
         location_patch: edge in voxels of the locations of ``map_type="location"``.
         shuffle: ablation: permute each map's values inside its mask at random, keeping the values but not where
             they are -- the "random map" control of the experiments. Each case has its own permutation, seeded
@@ -414,7 +418,10 @@ class RiskStage:
     def _write_map(
         self, folder: Path, case: dict, transferability: torch.Tensor, mask: torch.Tensor, affine: np.ndarray
     ) -> str:
-        """Write ``<case_id>_risk.nii.gz`` from ``transferability [1, 1, *S]`` inside ``mask``; its file name."""
+        """Write ``<case_id>_risk.nii.gz`` from ``transferability [1, 1, *S]`` inside ``mask``; its file name.
+
+        For the ``"foreground"`` control pass ``1 - foreground`` as ``transferability``: every normalisation maps
+        it to risk 1 on the foreground and 0 elsewhere."""
         risk = self._risk_map(transferability, mask, case["case_id"])
         path = folder / f"{case['case_id']}_risk.nii.gz"
         atomic_write(path, lambda tmp, r=risk, a=affine: nib.save(nib.Nifti1Image(r, a), tmp), suffix=".nii.gz")
@@ -459,7 +466,8 @@ class RiskStage:
     def _pooled_maps(
         self, network: nn.Module, mine: list[dict], folder: Path
     ) -> tuple[dict, float, LEEPStatistics, dict]:
-        """The paper's map: pass 1 pooled LEEP counts, pass 2 ``T`` per voxel -> risk -> NIfTI.
+        """The paper's map (or the ``"foreground"`` control): pass 1 pooled LEEP counts, pass 2 ``T`` per voxel ->
+        risk -> NIfTI.
 
         Returns:
             per-case records, this rank's sum of ``log T`` over the masked voxels, the pooled statistics (all
@@ -480,8 +488,9 @@ class RiskStage:
             del probs
             log_t = torch.log(transferability[mask].double().clamp_min(1e-12))  # [n]
             log_t_sum += float(log_t.sum())
+            map_from = (label == 0).to(transferability.dtype) if self.map_type == "foreground" else transferability
             cases[case["case_id"]] = {
-                "risk": self._write_map(folder, case, transferability, mask, affine),
+                "risk": self._write_map(folder, case, map_from, mask, affine),
                 "leep": float(log_t.mean()),
                 "foreground_voxels": self._foreground(label, case["case_id"]),
             }
