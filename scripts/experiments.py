@@ -337,7 +337,7 @@ PROFILES["safe"] = Profile(
 # the foreground-map ablation puts the default's top weight (9) on every target-foreground voxel and 1 elsewhere,
 # so it asks whether a class weight does what the map does; and the voxel-mean CE normalisation (the default until
 # bundle version 0.4.0) in place of the paper's per-case foreground size. In the quick profile's work folder only
-# these three methods' cells run (90 cells, about 45 minutes on 2 CPU cores).
+# these three methods' cells run (90 cells; 21.5 + 13.1 minutes on 2 CPU cores, docs/results/control).
 PROFILES["control"] = Profile(
     scenarios=PROFILES["quick"].scenarios,
     methods=(*HEADLINE_METHODS, "ablation: random map", FOREGROUND_MAP, VOXEL_MEAN_NORM),
