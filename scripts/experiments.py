@@ -42,7 +42,7 @@ from typing import Any
 from transrisk_components.bundle.fingerprint import StageFingerprint, StaleOutputError
 from transrisk_components.utils.io import atomic_write_text, file_sha256
 
-__all__ = ["Cell", "DEAD_CLASSES_REINIT", "DEFAULT_RISK", "DEFAULT_SWEEP_POINT", "FEW_SHOT_CURVE", "FOREGROUND_MAP", "HEADLINE_METHODS", "LINEAR_STRENGTHS_ABOVE_SWEEP", "LOCATION_LEEP", "METHODS", "Method", "NEGLOG_POWER10", "PLAIN", "PROFILES", "Profile", "RANKING", "RISK_DICE", "RISK_SAMPLING", "RankingStudy", "SCENARIOS", "SCRATCH", "STUDY_VARIANTS", "SWEEP_STRENGTHS", "VOXEL_MEAN_NORM", "GridScenario", "choose_default", "export_risk_overlays", "finetune_fingerprint", "grid", "parallel_schedule", "prepare_phantoms", "run_cell", "run_grid_in_parallel", "run_ranking_study", "selection_scores", "source_checkpoint"]
+__all__ = ["Cell", "DEAD_CLASSES_REINIT", "DEFAULT_RISK", "DEFAULT_SWEEP_POINT", "FEW_SHOT_CURVE", "FOREGROUND_MAP", "HEADLINE_METHODS", "LINEAR_STRENGTHS_ABOVE_SWEEP", "LOCATION_LEEP", "METHODS", "Method", "NEGLOG_POWER10", "PLAIN", "PROFILES", "Profile", "RANKING", "RISK_DICE", "RISK_SAMPLING", "RankingStudy", "SAFE", "SAFE_CANDIDATES", "SAFE_RACED", "SAFE_RUNGS", "BETTER_OF_PLAIN_AND_SCRATCH", "SCENARIOS", "SCRATCH", "STUDY_VARIANTS", "SWEEP_STRENGTHS", "VOXEL_MEAN_NORM", "GridScenario", "choose_default", "export_risk_overlays", "finetune_fingerprint", "grid", "parallel_schedule", "prepare_phantoms", "run_cell", "run_grid_in_parallel", "run_ranking_study", "safe_transfer_rows", "selection_scores", "source_checkpoint"]
 
 logger = logging.getLogger(__name__)
 
@@ -295,7 +295,7 @@ PROFILES: dict[str, Profile] = {
     ),
     "tiny": Profile(  # the test suite's grid (on a 32^3 phantom given as --fets_dir): 1 epoch, a tiny network
         scenarios=("fets_t1_to_flair",),
-        methods=(PLAIN, DEFAULT_RISK),
+        methods=HEADLINE_METHODS,
         seeds=(0, 1),
         overrides={"source_epochs": 1, "max_epochs": 1, "val_interval": 1, "network_def#init_filters": 4,
                    "network_def#blocks_down": [1, 2], "network_def#blocks_up": [1], "patch_size": [16, 16, 16],
@@ -391,6 +391,67 @@ PROFILES["long10"] = replace(PROFILES["long"], scenarios=PROFILES["study"].scena
 PROFILES["long15"] = replace(PROFILES["long"], seeds=tuple(range(15)))
 # The foreground-map control at the long profile's budget: in the long profile's work folder only its 30 cells run.
 PROFILES["long_control"] = replace(PROFILES["long"], methods=(PLAIN, DEFAULT_RISK, FOREGROUND_MAP))
+
+
+# The confirmatory study of safe transfer (choose among candidate starts on validation, bundle/selection.py): the
+# quick profile's settings on seeds never used before (100-114), the candidates the bundles train by default. The
+# rule and the racing schedule were committed before this profile first ran (docs/results/confirm/README.md names
+# the commit). On 2 CPU cores the scenarios that test the promise hardest come first: T1 -> T1ce (a class the
+# source cannot see), ED -> ET (another task), 2-shot, and iSeg T1 -> T2 (where the default is firmly below plain
+# fine-tuning at 160 epochs); 180 cells.
+PROFILES["confirm"] = replace(
+    PROFILES["quick"],
+    scenarios=("fets_t1_to_t1ce", "fets_ed_to_et", "fets_fewshot_2", "iseg_t1_to_t2"),
+    seeds=tuple(range(100, 115)),
+)
+
+#: The candidates of safe transfer in the bundles' default order (the selection rule's tie order).
+SAFE_CANDIDATES = (DEFAULT_RISK, PLAIN, SCRATCH)
+#: Racing rungs as fractions of the fine-tuning length (the bundles' ``safe#rungs``).
+SAFE_RUNGS = (0.25, 0.5)
+SAFE = "safe transfer"
+SAFE_RACED = "safe transfer, raced"
+#: Per seed, the better of plain fine-tuning and training from scratch by mean *test* Dice: an oracle no user has,
+#: the bar that safe transfer promises not to fall below.
+BETTER_OF_PLAIN_AND_SCRATCH = "better of plain and scratch (test oracle)"
+
+
+def safe_transfer_rows(
+    rows: Sequence[Mapping[str, Any]], max_epochs: int, val_interval: int,
+    candidates: Sequence[str] = SAFE_CANDIDATES, rungs: Sequence[float] = SAFE_RUNGS,
+) -> list[dict[str, Any]]:
+    """Rows of the methods that safe transfer derives from the candidates' cells, per (scenario, seed).
+
+    - :data:`SAFE`: the candidate :func:`~transrisk_components.bundle.selection.choose_candidate` picks from the
+      candidates' per-case validation Dice (the bundles' rule, validation only);
+    - :data:`SAFE_RACED`: the same rule among the candidates that :func:`~transrisk_components.bundle.selection.race`
+      lets finish, replayed on the candidates' validation curves (a resumed run continues as the uninterrupted one
+      did, so the replay is the race's outcome); its ``cost`` is the epochs trained over one full run's;
+    - :data:`BETTER_OF_PLAIN_AND_SCRATCH`: per seed, whichever of plain fine-tuning and scratch has the higher mean
+      test Dice.
+
+    Each derived row is a copy of the chosen cell's row (its test Dice and test cases) with ``method`` replaced and
+    ``chosen`` (the candidate) and ``cost`` added. A (scenario, seed) without every candidate's cell is left out.
+    """
+    from transrisk_components.bundle.selection import choose_candidate, race, rung_epochs
+
+    cells = {(r["scenario"], int(r["seed"]), r["method"]): r for r in rows}
+    derived = []
+    for scenario, seed in dict.fromkeys((r["scenario"], int(r["seed"])) for r in rows):
+        found = {m: cells.get((scenario, seed, m)) for m in candidates}
+        if any(row is None for row in found.values()):
+            continue
+        validation = {m: row["val_cases"] for m, row in found.items()}
+        choice = choose_candidate(validation).chosen
+        curves = {m: {int(e): v for e, v in row["val_curve"].items()} for m, row in found.items()}
+        outcome = race(curves, rung_epochs(rungs, max_epochs, val_interval), max_epochs)
+        raced = choose_candidate({m: validation[m] for m in outcome.finished}).chosen
+        oracle = max((PLAIN, SCRATCH), key=lambda m: (cells[(scenario, seed, m)]["test_dice"], m == PLAIN))
+        for method, chosen, cost in ((SAFE, choice, float(len(candidates))), (SAFE_RACED, raced, outcome.cost),
+                                     (BETTER_OF_PLAIN_AND_SCRATCH, oracle, 2.0)):
+            derived.append({**cells[(scenario, seed, chosen)], "method": method, "group": "derived", "chosen": chosen,
+                            "cost": cost})
+    return derived
 
 
 def grid(profile: Profile) -> list[Cell]:
@@ -526,6 +587,20 @@ def _per_case_dice(path: Path) -> dict[str, dict[str, float]]:
     return cases
 
 
+def _validation_curve(path: Path) -> dict[str, dict[str, float]]:
+    """``{epoch: {region: mean validation Dice}}`` of the validation epochs of a ``learning_curves.csv`` (epochs as
+    strings, so that the row survives JSON)."""
+    from transrisk_components.reporting.figures import read_learning_curves
+
+    columns = read_learning_curves(path)
+    regions = [c.removeprefix("val_dice_") for c in columns if c.startswith("val_dice_")]
+    return {
+        str(int(epoch)): {r: columns[f"val_dice_{r}"][i] for r in regions}
+        for i, epoch in enumerate(columns["epoch"])
+        if not math.isnan(columns["val_dice"][i])
+    }
+
+
 def run_cell(cell: Cell, root: Path, profile: Profile, dataset_dirs: Mapping[str, str | None]) -> dict[str, Any]:
     """Train, then evaluate on target-val and target-test; write and return the cell's ``result.json`` row.
 
@@ -557,11 +632,14 @@ def run_cell(cell: Cell, root: Path, profile: Profile, dataset_dirs: Mapping[str
         "group": cell.method.group,
         "seed": cell.seed,
         "val_dice": _mean_over_regions(val_summary, "dice"),
+        **{f"val_dice_{region}": stats["dice"]["mean"] for region, stats in val_summary["regions"].items()},
         "test_dice": _mean_over_regions(test_summary, "dice"),
         "test_hd95": _mean_over_regions(test_summary, "hd95"),
         **{f"test_dice_{region}": stats["dice"]["mean"] for region, stats in test_summary["regions"].items()},
         "train_seconds": round(seconds, 1),
         "test_cases": _per_case_dice(folder / "eval" / "metrics_per_case.csv"),
+        "val_cases": _per_case_dice(val_dir / "metrics_per_case.csv"),
+        "val_curve": _validation_curve(folder / "eval" / "learning_curves.csv"),
         "finetune_fingerprint": json.loads((folder / "models" / "finetune.fingerprint.json").read_text()),
     }
     atomic_write_text(result_path, json.dumps(row, indent=2) + "\n")

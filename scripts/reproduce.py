@@ -25,6 +25,7 @@ import shlex
 import shutil
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import fire
@@ -32,6 +33,7 @@ import torch
 from tqdm import tqdm
 
 from experiments import (
+    BETTER_OF_PLAIN_AND_SCRATCH,
     DEAD_CLASSES_REINIT,
     DEFAULT_RISK,
     FEW_SHOT_CURVE,
@@ -40,7 +42,11 @@ from experiments import (
     PLAIN,
     PROFILES,
     RANKING,
+    Profile,
     REPO_ROOT,
+    SAFE,
+    SAFE_CANDIDATES,
+    SAFE_RACED,
     SCRATCH,
     VOXEL_MEAN_NORM,
     choose_default,
@@ -50,6 +56,7 @@ from experiments import (
     run_cell,
     run_grid_in_parallel,
     run_ranking_study,
+    safe_transfer_rows,
     selection_scores,
 )
 from ranking_study import COLUMNS as RANKING_COLUMNS
@@ -64,6 +71,7 @@ from transrisk_components.reporting.results import (
     plot_paired_differences,
     plot_runs_against_baseline,
     region_table,
+    safe_transfer_table,
     write_case_results_csv,
     write_results_csv,
 )
@@ -83,10 +91,43 @@ REGION_COMPARISONS = [
 ]
 
 
+#: Every method a report shows, in report order: the grid's, then those safe transfer derives from them.
+REPORTED_METHODS = [*METHODS, SAFE, SAFE_RACED, BETTER_OF_PLAIN_AND_SCRATCH]
+
+
+def _write_validation_csv(rows: list[dict], report_dir: Path) -> None:
+    """``validation_per_case.csv`` and ``validation_curves.csv``: what the selection rule reads, per grid cell, so
+    that every choice in the report can be re-made from committed files."""
+    cells = [r for r in rows if r.get("group") != "derived" and "val_cases" in r]
+    if not cells:
+        return
+    key = ("scenario", "method", "seed")
+    lines = [",".join((*key, "case_id", "region", "dice"))]
+    lines += [",".join(map(str, (*(r[k] for k in key), case, region, dice)))
+              for r in cells for case, regions in r["val_cases"].items() for region, dice in regions.items()]
+    atomic_write_text(report_dir / "validation_per_case.csv", "\n".join(lines) + "\n")
+    lines = [",".join((*key, "epoch", "region", "dice"))]
+    lines += [",".join(map(str, (*(r[k] for k in key), epoch, region, dice)))
+              for r in cells for epoch, regions in r["val_curve"].items() for region, dice in regions.items()]
+    atomic_write_text(report_dir / "validation_curves.csv", "\n".join(lines) + "\n")
+
+
 def _write_reports(rows: list[dict], cases: list[dict], report_dir: Path) -> None:
     write_results_csv(rows, report_dir / "results.csv")
     write_case_results_csv(cases, report_dir / "results_per_case.csv")
-    table = markdown_table(rows, cases, list(METHODS), baseline=PLAIN, highlight=DEFAULT_RISK)
+    _write_validation_csv(rows, report_dir)
+    table = markdown_table(rows, cases, REPORTED_METHODS, baseline=PLAIN, highlight=DEFAULT_RISK)
+    if any(r["method"] == SAFE for r in rows):
+        table += (
+            "\nSafe transfer: per scenario and seed, the candidate that the bundles' selection rule "
+            "(`transrisk_components/bundle/selection.py`, validation cases only) picks, and the same rule after "
+            "racing; compared with plain fine-tuning and with the per-seed better of plain fine-tuning and scratch "
+            "by test Dice (an oracle), paired over (seed, test case) with both CIs (points). Chosen counts are in "
+            "candidate order.\n\n"
+            + safe_transfer_table(rows, cases, SAFE, SAFE_RACED, PLAIN, BETTER_OF_PLAIN_AND_SCRATCH, SAFE_CANDIDATES)
+            + "\nPer region:\n\n"
+            + region_table(cases, [(SAFE, PLAIN), (SAFE, BETTER_OF_PLAIN_AND_SCRATCH), (SAFE_RACED, SAFE)])
+        )
     table += (
         "\nPer region (negative transfer shows as plain fine-tuning - from scratch below 0; a comparison appears "
         "where both methods ran):\n\n"
@@ -102,12 +143,15 @@ def _write_reports(rows: list[dict], cases: list[dict], report_dir: Path) -> Non
         )
     atomic_write_text(report_dir / "table.md", table)
     figures = report_dir / "figures"
-    plot_method_comparison(cases, list(METHODS), figures / "dice_by_method.png")
-    plot_paired_differences(cases, list(METHODS), PLAIN, figures / "paired_differences.png")
+    plot_method_comparison(cases, REPORTED_METHODS, figures / "dice_by_method.png")
+    plot_paired_differences(cases, REPORTED_METHODS, PLAIN, figures / "paired_differences.png")
+    if any(r["method"] == SAFE for r in rows):
+        plot_paired_differences(cases, [SAFE, SAFE_RACED, *SAFE_CANDIDATES], BETTER_OF_PLAIN_AND_SCRATCH,
+                                figures / "safe_vs_better_of_plain_and_scratch.png")
     if any(r["method"] == DEFAULT_RISK for r in rows) and any(r["method"] == PLAIN for r in rows):
         plot_runs_against_baseline(rows, DEFAULT_RISK, PLAIN, figures / "runs_default_vs_plain.png")
     if sum(any(c["scenario"] == s for c in cases) for s in FEW_SHOT_CURVE.values()) >= 2:
-        plot_few_shot_curve(cases, FEW_SHOT_CURVE, list(METHODS), figures / "few_shot_curve.png")
+        plot_few_shot_curve(cases, FEW_SHOT_CURVE, REPORTED_METHODS, figures / "few_shot_curve.png")
 
 
 def _copy_cell_figures(cells: list, work_dir: Path, report_dir: Path) -> None:
@@ -148,6 +192,7 @@ def run(
     fets_dir: str | None = None,
     iseg_dir: str | None = None,
     workers: int = 1,
+    scenarios: str | tuple[str, ...] | None = None,
 ) -> None:
     """Run (or continue) the grid of ``profile`` and write its reports.
 
@@ -162,6 +207,8 @@ def run(
         iseg_dir: a real iSeg-2019 root (``iSeg-2019-Training``); default: the profile's testbed phantom.
         workers: cells run side by side in this many processes (``run_grid_in_parallel``; for a machine with many
             cores and a GPU); 1 runs them one after the other in this process.
+        scenarios: only these of the profile's scenarios (comma-separated), e.g. to finish a long profile one
+            scenario at a time; the reports then cover those scenarios.
     """
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; choose one of {sorted(PROFILES)}")
@@ -170,19 +217,28 @@ def run(
     reports = Path(report_dir or REPO_ROOT / "docs" / "results" / profile).resolve()
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
+    chosen = PROFILES[profile]
+    if scenarios is not None:
+        names = tuple(scenarios.split(",")) if isinstance(scenarios, str) else tuple(scenarios)
+        unknown = [n for n in names if n not in chosen.scenarios]
+        if unknown:
+            raise ValueError(f"scenarios {unknown} are not in profile {profile!r}: {list(chosen.scenarios)}")
+        chosen = replace(chosen, scenarios=names)
     # one grid per work folder: its cells share source models and risk-map caches
     lock = FolderLock(work, remedy="pass another --work_dir")
     lock.acquire()
     try:
-        _run_grid(profile, work, reports, {"fets": fets_dir, "iseg": iseg_dir}, workers)
+        _run_grid(profile, chosen, work, reports, {"fets": fets_dir, "iseg": iseg_dir}, workers)
     finally:
         lock.release()
 
 
-def _run_grid(profile: str, work: Path, reports: Path, dataset_dirs: dict[str, str | None], workers: int) -> None:
+def _run_grid(
+    profile: str, grid_profile: Profile, work: Path, reports: Path, dataset_dirs: dict[str, str | None], workers: int
+) -> None:
     """The body of :func:`run`, under the work folder's lock: cells, risk overlays, reports, ``machine.md``."""
-    cells = grid(PROFILES[profile])
-    dataset_dirs = prepare_phantoms(PROFILES[profile], work, dataset_dirs)
+    cells = grid(grid_profile)
+    dataset_dirs = prepare_phantoms(grid_profile, work, dataset_dirs)
     reused = sum((cell.folder(work) / "result.json").is_file() for cell in cells)
     start = time.perf_counter()
     with tqdm(total=len(cells), desc=f"reproduce {profile}", unit="cell") as bar:
@@ -193,22 +249,25 @@ def _run_grid(profile: str, work: Path, reports: Path, dataset_dirs: dict[str, s
                       f"val Dice {row['val_dice']:.3f}, test Dice {row['test_dice']:.3f}")
 
         if workers > 1:
-            rows = run_grid_in_parallel(cells, work, PROFILES[profile], dataset_dirs, workers, on_row=show)
+            rows = run_grid_in_parallel(cells, work, grid_profile, dataset_dirs, workers, on_row=show)
         else:
             rows = []
             for cell in cells:
                 bar.set_postfix_str(f"{cell.scenario.name} | {cell.method.name} | seed {cell.seed}")
-                rows.append(run_cell(cell, work, PROFILES[profile], dataset_dirs))
+                rows.append(run_cell(cell, work, grid_profile, dataset_dirs))
                 show(rows[-1])
-    first_seed = PROFILES[profile].seeds[0]
+    first_seed = grid_profile.seeds[0]
     for cell in cells:
         if cell.method.name == DEFAULT_RISK and cell.seed == first_seed:
-            export_risk_overlays(cell, work, PROFILES[profile], dataset_dirs)
+            export_risk_overlays(cell, work, grid_profile, dataset_dirs)
+    if set(SAFE_CANDIDATES) <= set(grid_profile.methods):
+        settings = grid_profile.overrides
+        rows += safe_transfer_rows(rows, int(settings.get("max_epochs", 100)), int(settings.get("val_interval", 10)))
     rows.sort(key=lambda r: (r["scenario"], r["group"], r["method"], r["seed"]))
     _write_reports(rows, case_rows(rows), reports)
     _copy_cell_figures([cell for cell in cells if cell.seed == first_seed], work, reports)
     seconds = time.perf_counter() - start
-    training = sum(float(r["train_seconds"]) for r in rows)
+    training = sum(float(r["train_seconds"]) for r in rows if r["group"] != "derived")
     atomic_write_text(reports / "machine.md", _machine_notes(profile, seconds, len(cells), reused, training, workers))
     print(f"reports in {reports}")
 

@@ -32,14 +32,21 @@ def test_tiny_grid_writes_one_row_per_cell_and_the_reports(tiny_grid):
     _, work, reports = tiny_grid
     with (reports / "results.csv").open() as handle:
         rows = list(csv.DictReader(handle))
-    assert sorted((r["method"], r["seed"]) for r in rows) == sorted(
-        (m, s) for m in ("plain fine-tuning", "risk-weighted (default)") for s in ("0", "1")
-    )
+    cells = ("from scratch", "plain fine-tuning", "risk-weighted (default)")
+    derived = ("safe transfer", "safe transfer, raced", "better of plain and scratch (test oracle)")
+    assert sorted((r["method"], r["seed"]) for r in rows) == sorted((m, s) for m in cells + derived for s in ("0", "1"))
     for row in rows:
         assert 0 <= float(row["test_dice"]) <= 1 and 0 <= float(row["val_dice"]) <= 1
-        assert {"test_dice_ET", "test_dice_TC", "test_dice_WT"} <= set(row)
+        assert {"test_dice_ET", "test_dice_TC", "test_dice_WT", "val_dice_ET", "val_dice_TC", "val_dice_WT"} <= set(row)
+        assert (row["chosen"] in cells) == (row["method"] in derived)
     table = (reports / "table.md").read_text()
     assert "| risk-weighted (default) |" in table and "Paired difference" in table
+    assert "Promise 1" in table and "| safe transfer - plain fine-tuning | fets_t1_to_flair | ET |" in table
+    with (reports / "validation_per_case.csv").open() as handle:
+        validation = list(csv.DictReader(handle))
+    assert {(r["method"], r["seed"], r["region"]) for r in validation} == {
+        (m, s, g) for m in cells for s in ("0", "1") for g in ("ET", "TC", "WT")}
+    assert (reports / "figures" / "safe_vs_better_of_plain_and_scratch.png").is_file()
     assert (reports / "figures" / "dice_by_method.png").stat().st_size > 10_000
     assert "profile: tiny" in (reports / "machine.md").read_text()
     assert len(list(work.glob("sources/*/seed*/source.pt"))) == 2, "one source model per scenario and seed"

@@ -205,14 +205,26 @@ class LearningCurveWriter:
         output_dir: folder of ``<name>.csv`` and ``<name>.png``.
         key_metric: evaluator metric reported as ``val_dice``.
         name: file stem.
+        regions: names of the key metric's channels (e.g. ``("ET", "TC", "WT")``, see
+            :class:`~transrisk_components.bundle.metrics.RegionChannels`); each gets a column ``val_dice_<region>``,
+            the mean over validation cases of that channel's Dice (from the metric's per-case details, MONAI's
+            ``save_details``). Empty: no region columns.
     """
 
-    def __init__(self, evaluator: Engine, output_dir: str, key_metric: str = "val_mean_dice", name: str = "learning_curves") -> None:
+    def __init__(
+        self,
+        evaluator: Engine,
+        output_dir: str,
+        key_metric: str = "val_mean_dice",
+        name: str = "learning_curves",
+        regions: Sequence[str] = (),
+    ) -> None:
         self.evaluator = evaluator
         self.csv_path = Path(output_dir) / f"{name}.csv"
         self.png_path = Path(output_dir) / f"{name}.png"
         self.key_metric = key_metric
-        self.rows: list[tuple[int, float, float]] = []
+        self.columns = ["epoch", "train_loss", "val_dice", *(f"val_dice_{r}" for r in regions)]
+        self.rows: list[dict[str, float]] = []
         self._losses: list[float] = []
         self._validated_at = -1
 
@@ -230,24 +242,37 @@ class LearningCurveWriter:
         if not self.csv_path.is_file():
             return
         columns = read_learning_curves(self.csv_path)
-        rows = zip(columns["epoch"], columns["train_loss"], columns["val_dice"])
-        self.rows = [(int(e), l, v) for e, l, v in rows if e <= engine.state.epoch]
+        rows = [{c: columns.get(c, [math.nan] * len(columns["epoch"]))[i] for c in self.columns}
+                for i in range(len(columns["epoch"]))]
+        self.rows = [row for row in rows if row["epoch"] <= engine.state.epoch]
 
     def _collect_loss(self, engine: Engine) -> None:
         output = engine.state.output
         loss = output[0]["loss"] if isinstance(output, list) else output["loss"]
         self._losses.append(float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss))
 
+    def _validation_values(self) -> list[float]:
+        """``val_dice`` and the per-region means of the last validation (NaN where there is none)."""
+        n_regions = len(self.columns) - 3
+        metrics = self.evaluator.state.metrics
+        details = getattr(self.evaluator.state, "metric_details", {}).get(self.key_metric)
+        regions = [math.nan] * n_regions
+        if n_regions and details is not None:
+            per_case = torch.as_tensor(details, dtype=torch.float64).reshape(-1, n_regions)
+            regions = [float(v) for v in per_case.nanmean(dim=0)]
+        return [float(metrics.get(self.key_metric, math.nan)), *regions]
+
     def _write_epoch(self, engine: Engine) -> None:
         epoch = engine.state.epoch
         loss = sum(self._losses) / len(self._losses) if self._losses else math.nan
-        val = float(self.evaluator.state.metrics.get(self.key_metric, math.nan)) if self._validated_at == epoch else math.nan
-        self.rows.append((epoch, loss, val))
+        validation = self._validation_values() if self._validated_at == epoch else [math.nan] * (len(self.columns) - 2)
+        self.rows.append(dict(zip(self.columns, [epoch, loss, *validation], strict=True)))
         if is_rank0():
             buffer = io.StringIO(newline="")
             writer = csv.writer(buffer, lineterminator="\n")
-            writer.writerow(["epoch", "train_loss", "val_dice"])
-            writer.writerows([e, f"{l:.6g}", "" if math.isnan(v) else f"{v:.6g}"] for e, l, v in self.rows)
+            writer.writerow(self.columns)
+            for row in self.rows:
+                writer.writerow([int(row["epoch"]), *("" if math.isnan(row[c]) else f"{row[c]:.6g}" for c in self.columns[1:])])
             atomic_write_text(self.csv_path, buffer.getvalue())
 
     def _draw(self, _: Engine) -> None:

@@ -45,6 +45,7 @@ from transrisk_components.data.registry import get_dataset, num_classes
 __all__ = [
     "DATASET_REGIONS",
     "CaseScore",
+    "RegionChannels",
     "RegionMetrics",
     "region_masks",
     "region_names",
@@ -127,6 +128,42 @@ def stack_regions(class_map: torch.Tensor, dataset: str, task: str) -> torch.Ten
         (FeTS: ET, TC, WT; iSeg: CSF, GM, WM; binary tasks: ``R = 1``).
     """
     return torch.cat(list(region_masks(class_map, dataset, task).values()), dim=1)
+
+
+class RegionChannels:
+    """Output transform for MONAI metric handlers: the evaluator's ``pred`` / ``label`` as region channels.
+
+    With it a ``MeanDice(include_background=True)`` key metric averages the Dice of the regions the bundle reports
+    (FeTS: ET, TC, WT; iSeg: CSF, GM, WM) instead of the label classes, so that the best checkpoint is chosen on the
+    measure the evaluation reports. In a bundle config::
+
+        {"_target_": "MeanDice", "include_background": true,
+         "output_transform": {"_target_": "transrisk_components.bundle.metrics.RegionChannels",
+                              "dataset": "fets", "task": "multiclass"}}
+
+    Args:
+        dataset: ``"fets"`` or ``"iseg"``.
+        task: ``"multiclass"`` or a region name.
+        keys: the engine output's prediction and label keys.
+
+    ``engine.state.output`` is the decollated list of per-case dicts whose ``pred`` and ``label`` are one-hot (or
+    scores) ``[C, *spatial]`` in the task's classes, or class maps ``[1, *spatial]``; the transform returns two
+    lists of bool-as-float ``[R, *spatial]`` tensors, ``R = len(region_names(dataset, task))``.
+    """
+
+    def __init__(self, dataset: str, task: str, keys: tuple[str, str] = ("pred", "label")) -> None:
+        self.dataset, self.task = dataset, task
+        self.regions = region_names(dataset, task)
+        self.keys = keys
+
+    def __call__(self, output: Any) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        items = output if isinstance(output, (list, tuple)) else [output]
+        converted: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])
+        for item in items:
+            for values, key in zip(converted, self.keys):
+                class_map = _to_class_map(item[key].unsqueeze(0), key)
+                values.append(stack_regions(class_map, self.dataset, self.task)[0].float())
+        return converted
 
 
 def voxel_spacing(affine: torch.Tensor | np.ndarray) -> tuple[float, ...]:

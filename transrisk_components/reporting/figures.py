@@ -115,7 +115,8 @@ def _float_or_nan(value: Any) -> float:
 
 
 def read_learning_curves(path: str | os.PathLike) -> dict[str, list[float]]:
-    """Read a learning-curve CSV (``epoch,train_loss,val_dice``) into column -> values (NaN for blanks)."""
+    """Read a learning-curve CSV (``epoch,train_loss,val_dice`` and any ``val_dice_<region>`` columns) into
+    column -> values (NaN for blanks)."""
     csv_path = Path(path)
     if not csv_path.is_file():
         raise FileNotFoundError(f"learning-curve CSV not found: {csv_path}")
@@ -125,7 +126,7 @@ def read_learning_curves(path: str | os.PathLike) -> dict[str, list[float]]:
         if missing:
             raise ValueError(f"{csv_path}: missing column(s) {missing}; expected {list(LEARNING_CURVE_COLUMNS)}")
         rows = list(reader)
-    return {c: [_float_or_nan(row[c]) for row in rows] for c in LEARNING_CURVE_COLUMNS}
+    return {c: [_float_or_nan(row[c]) for row in rows] for c in reader.fieldnames or LEARNING_CURVE_COLUMNS}
 
 
 def plot_learning_curves(metrics: str | os.PathLike | Mapping[str, Sequence[Any]], out_png: str | os.PathLike) -> Path:

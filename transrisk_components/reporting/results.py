@@ -39,6 +39,7 @@ __all__ = [
     "plot_paired_differences",
     "plot_runs_against_baseline",
     "region_table",
+    "safe_transfer_table",
     "stalled_runs",
     "summarise_results",
     "write_case_results_csv",
@@ -398,6 +399,78 @@ def region_table(
                 if stat is not None and not math.isnan(stat.mean):
                     lines.append(f"| {method} - {baseline} | {scenario} | {region} | {_fmt_paired(stat)} | "
                                  f"{stat.verdict()} |")
+    return "\n".join(lines) + "\n"
+
+
+#: Safe transfer's second promise: a gain of at least this (Dice units) over plain fine-tuning, seed CI above 0 ...
+SAFE_GAIN = 0.02
+#: ... in at least this many scenarios (issue #26's goal).
+SAFE_GAIN_SCENARIOS = 3
+
+
+def safe_transfer_table(
+    rows: Sequence[Mapping[str, Any]],
+    cases: Sequence[Mapping[str, Any]],
+    safe: str,
+    raced: str,
+    plain: str,
+    better: str,
+    candidates: Sequence[str],
+) -> str:
+    """Markdown: how safe transfer (the candidate chosen on validation) kept its promises, per scenario.
+
+    Args:
+        rows: cell rows, with the derived ``safe`` / ``raced`` / ``better`` rows carrying ``chosen`` (the candidate
+            picked) and ``cost`` (epochs trained over one full run's).
+        cases: per-case test Dice of every row (pairs for the CIs).
+        safe, raced, plain, better: method names of safe transfer, its raced variant, plain fine-tuning and the
+            per-seed better of plain fine-tuning and scratch (by test Dice: an oracle).
+        candidates: the candidates safe transfer chose among.
+
+    The promises, each judged on the seed-clustered CI: (1) safe transfer is not significantly below the better of
+    plain fine-tuning and scratch in any scenario (seed CI upper bound >= 0); (2) it gains at least
+    :data:`SAFE_GAIN` over plain fine-tuning with the seed CI above 0 in at least :data:`SAFE_GAIN_SCENARIOS`
+    scenarios.
+    """
+    scenarios = [s for s in dict.fromkeys(r["scenario"] for r in rows) if any(r["method"] == safe and r["scenario"] == s for r in rows)]
+    to_plain = paired_case_statistics(cases, plain)
+    to_better = paired_case_statistics(cases, better)
+    to_safe = paired_case_statistics(cases, safe)
+    lines = [
+        "| scenario | seeds | chosen (" + ", ".join(candidates) + ") | chose the test-best candidate | "
+        f"safe - {plain} | safe - {better} | promise 1 | raced - safe | raced cost (full runs) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    gains, holds = [], []
+    for scenario in scenarios:
+        picked = [r for r in rows if r["scenario"] == scenario and r["method"] == safe]
+        counts = "/".join(str(sum(r["chosen"] == c for r in picked)) for c in candidates)
+        best_hits = 0
+        for r in picked:
+            tests = {c: float(x["test_dice"]) for x in rows for c in candidates
+                     if x["scenario"] == scenario and int(x["seed"]) == int(r["seed"]) and x["method"] == c}
+            best_hits += tests.get(r["chosen"], math.nan) >= max(tests.values()) if tests else 0
+        plain_stat, better_stat = to_plain.get((scenario, safe)), to_better.get((scenario, safe))
+        raced_stat = to_safe.get((scenario, raced))
+        costs = [float(r["cost"]) for r in rows if r["scenario"] == scenario and r["method"] == raced]
+        holds.append(better_stat is None or not better_stat.seed_high < 0)
+        gains.append(plain_stat is not None and plain_stat.mean >= SAFE_GAIN and plain_stat.seed_low > 0)
+        cost = f"{np.mean(costs):.2f}" if costs else "--"
+        lines.append(
+            f"| {scenario} | {len(picked)} | {counts} | {best_hits}/{len(picked)} | {_fmt_paired(plain_stat)} | "
+            f"{_fmt_paired(better_stat)} | {'holds' if holds[-1] else 'FAILS'} | {_fmt_paired(raced_stat)} | {cost} |"
+        )
+    n = len(scenarios)
+    lines += [
+        "",
+        f"- Promise 1 (not significantly below the better of {plain} and scratch, seed CI): "
+        f"{'holds' if all(holds) else 'fails'} in {sum(holds)} of {n} scenarios"
+        + ("" if all(holds) else f" (fails in {', '.join(s for s, h in zip(scenarios, holds) if not h)})") + ".",
+        f"- Promise 2 (at least {100 * SAFE_GAIN:.0f} points over {plain} with the seed CI above 0, in at least "
+        f"{SAFE_GAIN_SCENARIOS} scenarios): {sum(gains)} of {n} scenarios "
+        f"({', '.join(s for s, g in zip(scenarios, gains) if g) or 'none'}): "
+        f"{'met' if sum(gains) >= SAFE_GAIN_SCENARIOS else 'not met'}.",
+    ]
     return "\n".join(lines) + "\n"
 
 
