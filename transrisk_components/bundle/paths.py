@@ -18,8 +18,9 @@ import inspect
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
-__all__ = ["bundle_root"]
+__all__ = ["active_workflow", "bundle_root"]
 
 logger = logging.getLogger(__name__)
 
@@ -30,18 +31,42 @@ def _folder_of(config_file: str | Path) -> Path:
     return folder.parent if folder.name == "configs" else folder
 
 
-def _from_workflow() -> Path | None:
-    """The bundle folder of the ``ConfigWorkflow`` found on the call stack, if any."""
+def _workflow_on_stack() -> Any:
+    """The innermost MONAI ``ConfigWorkflow`` on the call stack (the one parsing or running this config), or ``None``."""
     from monai.bundle import ConfigWorkflow
 
     frame = inspect.currentframe()
     while frame is not None:
         owner = frame.f_locals.get("self")
         if isinstance(owner, ConfigWorkflow) and hasattr(owner, "config_root_path"):
-            root = Path(owner.config_root_path).expanduser().resolve()
-            return root.parent if root.name == "configs" else root
+            return owner
         frame = frame.f_back
     return None
+
+
+def active_workflow(purpose: str) -> Any:
+    """The ``ConfigWorkflow`` running the current config, for a stage that parses the configuration again.
+
+    Args:
+        purpose: the run id that needs it, for the error message.
+
+    Raises:
+        RuntimeError: no ``ConfigWorkflow`` is on the call stack.
+    """
+    workflow = _workflow_on_stack()
+    if workflow is None:
+        raise RuntimeError(f"{purpose} parses the bundle's configuration again and must run inside a MONAI "
+                           "ConfigWorkflow: python -m monai.bundle run ... or ConfigWorkflow(...).run()")
+    return workflow
+
+
+def _from_workflow() -> Path | None:
+    """The bundle folder of the ``ConfigWorkflow`` found on the call stack, if any."""
+    owner = _workflow_on_stack()
+    if owner is None:
+        return None
+    root = Path(owner.config_root_path).expanduser().resolve()
+    return root.parent if root.name == "configs" else root
 
 
 def _from_argv(argv: list[str]) -> Path | None:
