@@ -42,6 +42,7 @@ from typing import Any
 import monai
 from monai.bundle import ConfigParser
 
+import transrisk_components
 from transrisk_components.bundle.fingerprint import StaleOutputError
 from transrisk_components.bundle.paths import active_workflow
 from transrisk_components.bundle.selection import (
@@ -306,10 +307,13 @@ class SafeTransferStage:
         atomic_write(self.model_path, lambda tmp: shutil.copyfile(chosen, tmp))
         provenance = {
             "stage": "safe",
+            "version": transrisk_components.__version__,
+            "settings": {"candidates": self.candidates, "racing_rungs": list(self.rungs),
+                         "rule": {"module": "transrisk_components.bundle.selection", "tie_margin": TIE_MARGIN,
+                                  "stall_dice": STALL_DICE}},
+            "outputs": [self.model_path.name],
             "chosen": selection.chosen,
             "reason": selection.reason,
-            "rule": {"module": "transrisk_components.bundle.selection", "tie_margin": TIE_MARGIN,
-                     "stall_dice": STALL_DICE, "racing_rungs": list(self.rungs)},
             "model_sha256": file_sha256(self.model_path),
             "candidates": {
                 name: {
