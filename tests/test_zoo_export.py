@@ -193,5 +193,6 @@ def test_the_zoo_ci_passes_in_a_fresh_venv(zoo: Path) -> None:
         passed = [line for line in done.stdout.splitlines() if line.startswith("zoo-ci: ")]
         print("\n".join(passed))
         for check in ("code from the bundle folder", "large files (1 downloaded", "directory", "metadata format",
-                      "data shape", "torchscript", "train ok", "train + evaluate", "infer", "downloaded model kept"):
+                      "data shape", "torchscript", "inferring from the command line with the downloaded model",
+                      "train ok", "train + evaluate", "infer ok", "downloaded model kept"):
             assert any(check in line for line in passed), f"{bundle}: {check} did not pass:\n{done.stdout[-3000:]}"

@@ -12,7 +12,9 @@ re-implemented here, offline):
    (``models/model.pt``, ``configs/inference.json``), after downloading each file ``large_files.yml`` lists (with its
    hash); ``version`` in the ``changelog``; the metadata against the bundle's ``docs/meta_schema.json``;
    ``verify_net_in_out`` and ``ckpt_export`` (plus ``torch.jit.load``) on ``configs/inference.json``.
-2. ``unit_tests``: ``ConfigWorkflow`` train, then train + evaluate, then infer, each ``initialize``,
+2. ``infer_as_downloaded``: ``python -m monai.bundle run inferring`` from the bundle folder with no ``PYTHONPATH`` at
+   all (as a user types it after ``monai.bundle download``) predicts with the downloaded ``models/model.pt``.
+3. ``unit_tests``: ``ConfigWorkflow`` train, then train + evaluate, then infer, each ``initialize``,
    ``check_properties`` (no missing property), ``run``, ``finalize``, with small settings; then the downloaded
    ``models/model.pt`` is byte-identical, training wrote ``models/trained/model.pt``, the evaluation scored that model,
    and inference wrote one prediction per test case.
@@ -26,6 +28,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -85,6 +89,22 @@ def verify(bundle: Path) -> None:
     _ok(bundle, "torchscript")
 
 
+def infer_as_downloaded(bundle: Path, cases: list[dict[str, Any]], work: Path) -> None:
+    """Inference from the command line, before any training: the downloaded model predicts ``cases``."""
+    inputs = work / f"{bundle.name}_inputs.json"
+    inputs.write_text(json.dumps([{"case_id": c["case_id"], "image": c["image"][0]} for c in cases]), encoding="utf-8")
+    out = work / f"{bundle.name}_downloaded_predictions"
+    command = [sys.executable, "-m", "monai.bundle", "run", "inferring", "--config_file", "configs/inference.json",
+               "--input", str(inputs), "--output_dir", str(out)]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run(command, cwd=bundle, env=env, capture_output=True, text=True, timeout=600)
+    log = done.stdout + done.stderr
+    assert done.returncode == 0, log[-4000:]
+    assert f"using {bundle / 'models' / 'model.pt'}" in log, f"the downloaded model was not the one used:\n{log[-3000:]}"
+    assert len(list(out.glob("*_seg.*"))) == len(cases), sorted(out.iterdir())
+    _ok(bundle, f"inferring from the command line with the downloaded model ({len(cases)} cases)")
+
+
 def _check_workflow(bundle: Path, workflow: ConfigWorkflow, name: str) -> None:
     """The Zoo's ``check_workflow(..., check_properties=True)``."""
     workflow.initialize()
@@ -129,8 +149,11 @@ def main(bundle_dir: str, work_dir: str, settings_json: str) -> None:
     assert bundle in origin.parents, f"transrisk_components came from {origin}, not from the bundle {bundle}"
     _ok(bundle, f"code from the bundle folder ({origin.relative_to(bundle)})")
     verify(bundle)
-    dataset = json.loads((bundle / "configs" / "train.json").read_text(encoding="utf-8"))["dataset_name"]
-    data = get_dataset(dataset).make_phantom(Path(work_dir) / dataset, subjects=12, seed=0, shape=(32, 32, 32))
+    train = json.loads((bundle / "configs" / "train.json").read_text(encoding="utf-8"))
+    spec = get_dataset(train["dataset_name"])
+    work = Path(work_dir)
+    data = spec.make_phantom(work / train["dataset_name"], subjects=12, seed=0, shape=(32, 32, 32))
+    infer_as_downloaded(bundle, spec.datalist(data, modalities=[train["target_modality"]])[:2], work)
     unit_tests(bundle, str(data), json.loads(settings_json))
 
 
