@@ -192,7 +192,7 @@ def test_a_downloaded_model_survives_training_with_overwrite_and_is_used_until_t
     assert snapshot(shipped) == before
 
 
-def test_the_downloaded_model_serves_as_the_source_model(tmp_path: Path, phantom: str) -> None:
+def test_the_downloaded_model_serves_as_a_foreign_source_model(tmp_path: Path, phantom: str) -> None:
     shipped = random_weights("network_def", tmp_path / "models" / "model.pt")
     before = snapshot(shipped)
     workflow = run("training", tmp_path, phantom, source_ckpt=str(shipped), overwrite="true", **{"fingerprint#source": None})

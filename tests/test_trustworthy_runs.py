@@ -182,7 +182,7 @@ def test_the_real_cause_is_the_last_thing_a_user_sees(tmp_path: Path) -> None:
     assert last.startswith("transrisk: the run stopped:") and "missing does not exist" in last, result.stderr[-2000:]
 
 
-def test_source_weights_from_outside_are_used_only_when_declared(tmp_path: Path, phantom: str) -> None:
+def test_foreign_source_weights_are_used_only_when_declared(tmp_path: Path, phantom: str) -> None:
     run("pretrain", tmp_path / "first", phantom)
     external = tmp_path / "other_bundle_model.pt"
     shutil.copy(tmp_path / "first" / "models" / "source.pt", external)

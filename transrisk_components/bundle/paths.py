@@ -101,6 +101,7 @@ def ckpt_dir(models_dir: str) -> str:
     trained = models / TRAINED
     shipped = models / MODEL
     if any(trained.glob(f"*{RECORD_SUFFIX}")):
+        logger.info("%s holds this bundle's runs (it trained there beside a model it did not make): training goes on there", trained)
         return str(trained)
     if shipped.is_file() and not named_by_a_record(shipped):
         logger.warning(
@@ -114,7 +115,7 @@ def ckpt_dir(models_dir: str) -> str:
 
 
 def model_file(ckpt_dir: str, models_dir: str) -> str:
-    """The model evaluation, inference and export use: ``ckpt_dir/model.pt``, the bundle's own, when it exists;
+    """The model evaluation and inference use: ``ckpt_dir/model.pt``, the bundle's own, when it exists;
     otherwise ``models_dir/model.pt`` when that exists (a downloaded model, before the bundle trained its own);
     otherwise ``ckpt_dir/model.pt`` (whose loader then names the missing file)."""
     own = Path(ckpt_dir) / MODEL
