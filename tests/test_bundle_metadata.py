@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import ast
+import importlib.metadata
 import json
+import re
+import sys
 from pathlib import Path
 
 import pytest
 
+import transrisk_components
 from transrisk_components.data.registry import get_dataset
 
 pytest.importorskip("jsonschema", reason="monai.bundle verify_metadata needs jsonschema (setup.cfg test extras)")
@@ -16,7 +21,8 @@ from monai.bundle.utils import DEPRECATED_ID_MAPPING  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:No hash value provided")
 
-BUNDLES = Path(__file__).resolve().parents[1] / "bundles"
+REPO = Path(__file__).resolve().parents[1]
+BUNDLES = REPO / "bundles"
 #: bundle folder -> (dataset registry name, name of the default target modality's input channel)
 DEFAULTS = {"fets": ("fets", "FLAIR"), "iseg": ("iseg", "T2")}
 
@@ -92,3 +98,43 @@ def test_bundle_documents_ship(bundle: str) -> None:
         assert section in readme, f"{bundle}: README lacks {section}"
     assert "Apache License" in (root / "LICENSE").read_text()
     assert (root / "docs" / "data_license.txt").stat().st_size > 500
+
+
+def test_one_version_for_the_package_and_both_bundles() -> None:
+    """The package version is the bundles' version, ``setup.cfg`` reads it from the package, and the changelog's
+    newest entry is that version (the fingerprints record ``transrisk_components.__version__``)."""
+    version = transrisk_components.__version__
+    for bundle in sorted(DEFAULTS):
+        metadata = _metadata(bundle)
+        assert metadata["version"] == version, f"{bundle}: metadata version {metadata['version']} != package {version}"
+        assert version in metadata["changelog"], f"{bundle}: the metadata changelog lacks {version} (the Zoo's CI needs it)"
+    assert re.search(r"^version = attr: transrisk_components.__version__$", (REPO / "setup.cfg").read_text(), re.M)
+    headings = re.findall(r"^## (\S+)", (REPO / "CHANGELOG.md").read_text(encoding="utf-8"), re.M)
+    assert headings and headings[0] == version, f"CHANGELOG.md's newest entry is {headings[:1]}, the version is {version}"
+
+
+def _third_party_imports(package: Path) -> set[str]:
+    """Top-level names of the non-standard-library modules that the files under ``package`` import."""
+    names: set[str] = set()
+    for path in package.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+            if isinstance(node, ast.Import):
+                names.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names.add(node.module.split(".")[0])
+    return names - set(sys.stdlib_module_names) - {package.name, "__future__"}
+
+
+@pytest.mark.parametrize("bundle", sorted(DEFAULTS))
+def test_required_packages_provide_every_import_of_the_code(bundle: str) -> None:
+    """A Zoo user installs only what the metadata names (plus MONAI, torch and numpy by their own keys): every
+    third-party module the package imports must come from one of those, and no name may be this project's own
+    (``transrisk`` is not on the package index; the exported bundle carries the code inside it)."""
+    metadata = _metadata(bundle)
+    named = {re.sub(r"[-_.]+", "-", n).lower() for n in metadata["required_packages_version"]} | {"monai", "torch", "numpy"}
+    assert not {n for n in named if n.startswith("transrisk")}, f"{bundle}: the package index has no transrisk"
+    providers = importlib.metadata.packages_distributions()
+    imports = _third_party_imports(REPO / "transrisk_components")
+    assert {"monai", "torch", "ignite", "nibabel"} <= imports, imports  # the scan sees the real imports
+    missing = {m: providers.get(m) for m in imports if not {re.sub(r"[-_.]+", "-", d).lower() for d in providers.get(m, [])} & named}
+    assert not missing, f"{bundle}: metadata.json names no package providing {missing}"

@@ -182,12 +182,15 @@ def test_the_real_cause_is_the_last_thing_a_user_sees(tmp_path: Path) -> None:
     assert last.startswith("transrisk: the run stopped:") and "missing does not exist" in last, result.stderr[-2000:]
 
 
-def test_source_weights_from_outside_are_used_only_when_declared(tmp_path: Path, phantom: str) -> None:
+def test_foreign_source_weights_are_used_only_when_declared(tmp_path: Path, phantom: str) -> None:
     run("pretrain", tmp_path / "first", phantom)
     external = tmp_path / "other_bundle_model.pt"
     shutil.copy(tmp_path / "first" / "models" / "source.pt", external)
-    message = stale_message("pretrain", tmp_path / "second", phantom, source_ckpt=str(external))
-    assert "(no fingerprint recorded" in message
+    with pytest.raises(RuntimeError) as error:
+        run("pretrain", tmp_path / "second", phantom, source_ckpt=str(external))
+    cause = real_cause(error.value)
+    assert type(cause).__name__ == "ForeignOutputError", exception_messages(error.value)
+    assert "was not made by this bundle" in str(cause) and "--fingerprint#source '$None'" in str(cause)
     workflow = run("pretrain", tmp_path / "second", phantom, source_ckpt=str(external), **{"fingerprint#source": None})
     assert workflow.parser.get_parsed_content("source#trainer").state.iteration == 0, "nothing may be trained"
     assert external.read_bytes() == (tmp_path / "first" / "models" / "source.pt").read_bytes()

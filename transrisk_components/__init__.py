@@ -12,4 +12,5 @@ Layers, lowest first; each imports only from the layers below it (``tests/test_a
 See ``docs/architecture.md`` for the data flow.
 """
 
-__version__ = "0.1.0"
+#: The one version of the package and both bundles (their metadata.json agree; see CHANGELOG.md).
+__version__ = "0.5.0"

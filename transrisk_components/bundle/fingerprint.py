@@ -12,12 +12,15 @@ A stage (source training, risk maps, fine-tuning) is described by a :class:`Stag
 - the package version.
 
 For a stage with fixed output paths (``models/source.pt``, ``models/model.pt``) the fingerprint is written as
-``<stage>.fingerprint.json`` next to them before the stage starts. :meth:`StageFingerprint.prepare` then
-decides, before anything is trained:
+``<stage>.fingerprint.json`` next to them before the stage starts, with the list of those outputs (``"outputs"``,
+relative to the record's folder). :meth:`StageFingerprint.prepare` then decides, before anything is trained:
 
 - no outputs yet: start (and record the fingerprint);
 - outputs present and the recorded fingerprint equals the current one: reuse them, or resume the run;
-- outputs present and the fingerprint differs (or none was recorded): stop with :class:`StaleOutputError`,
+- outputs present that no fingerprint record of ours names (:func:`named_by_a_record`: files the bundle did not
+  make -- a checkpoint the user brought, a Model Zoo download's ``models/model.pt``): stop with
+  :class:`ForeignOutputError`. Such files are never deleted or changed, whatever ``overwrite`` says;
+- outputs present, all of them ours, and the fingerprint differs: stop with :class:`StaleOutputError`,
   naming each differing key with its old and new value, and the two ways on: ``--overwrite true`` (delete
   this stage's outputs and redo it in place) or another output folder (``--bundle_root``).
 
@@ -42,16 +45,72 @@ import transrisk_components
 from transrisk_components.utils.distributed import barrier, is_rank0
 from transrisk_components.utils.io import atomic_write_text, file_sha256
 
-__all__ = ["StageFingerprint", "StaleOutputError", "datalist_files"]
+__all__ = ["ForeignOutputError", "RECORD_SUFFIX", "StageFingerprint", "StaleOutputError", "datalist_files", "named_by_a_record"]
 
 logger = logging.getLogger(__name__)
 
 _FILE_KEYS = ("image", "label")
 _MAX_LISTED = 12
+#: File name ending of a stage's fingerprint record (``<stage>.fingerprint.json``, ``source.fingerprint.json``).
+RECORD_SUFFIX = ".fingerprint.json"
+#: Key of a record that lists the outputs it names (records written before 0.5.0 have none).
+_OUTPUTS = "outputs"
 
 
 class StaleOutputError(RuntimeError):
     """A stage's outputs on disk were made with other settings or inputs than the current run's."""
+
+
+class ForeignOutputError(StaleOutputError):
+    """Files sit where a stage would write, and no fingerprint record of ours names them: the bundle did not make
+    them, so it never deletes or changes them."""
+
+
+def _read_record(path: Path) -> dict[str, Any] | None:
+    """A fingerprint record of ours (``stage``, ``version`` and ``settings`` keys), or ``None``."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) and {"stage", "version", "settings"} <= set(data) else None
+
+
+def _names(record_path: Path, record: Mapping[str, Any], path: Path) -> bool:
+    """Whether ``record`` (read from ``record_path``) names ``path``: one of its outputs, or inside an output folder.
+
+    A record written before 0.5.0 lists no outputs; it is taken to name everything in its own folder (those versions
+    wrote records only beside their own outputs).
+    """
+    folder = record_path.resolve().parent
+    listed = record.get(_OUTPUTS)
+    if listed is None:
+        return folder == path or folder in path.parents
+    for name in listed:
+        output = (folder / name).resolve()
+        if output == path or output in path.parents:
+            return True
+    return False
+
+
+def named_by_a_record(path: str | os.PathLike, records: Sequence[str | os.PathLike] = ()) -> bool:
+    """Whether the bundle made ``path``: a fingerprint record of ours names it.
+
+    The records looked at are the ``*.fingerprint.json`` files in ``path``'s own folder (records sit beside their
+    outputs) and ``records``. A file no record names -- a checkpoint the user brought, a Model Zoo download's
+    ``models/model.pt`` -- is not the bundle's, and no stage may delete or change it.
+    """
+    target = Path(path).resolve()
+    candidates = {p.resolve() for p in target.parent.glob(f"*{RECORD_SUFFIX}")} | {Path(r).resolve() for r in records}
+    for record_path in sorted(candidates):
+        record = _read_record(record_path) if record_path.is_file() else None
+        if record is not None and _names(record_path, record, target):
+            return True
+    return False
+
+
+def _identity(record: Mapping[str, Any]) -> dict[str, Any]:
+    """A record without its outputs list: what made the outputs, comparable with :meth:`StageFingerprint.current`."""
+    return {k: v for k, v in record.items() if k != _OUTPUTS}
 
 
 def datalist_files(datalist: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -131,8 +190,9 @@ class StageFingerprint:
         datalists: datalists whose image/label files are inputs (their size and mtime are recorded).
         upstream: files of earlier stages this stage builds on, by name (their SHA-256 is recorded); ``None``
             entries are left out (e.g. no source checkpoint for a randomly initialised network).
-        record: the JSON file holding the fingerprint of the outputs (``None`` for a keyed cache).
-        outputs: files and folders the stage writes (deleted when ``overwrite`` redoes the stage).
+        record: the JSON file holding the fingerprint of the outputs and naming them (``None`` for a keyed cache).
+        outputs: files and folders the stage writes (deleted when ``overwrite`` redoes the stage, if a record of
+            ours names them; others are never touched).
         overwrite: redo the stage in place when its outputs were made with another fingerprint.
     """
 
@@ -182,19 +242,21 @@ class StageFingerprint:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def recorded(self) -> dict[str, Any] | None:
-        """The fingerprint stored next to the outputs, or ``None``."""
+        """The fingerprint stored next to the outputs (with the outputs it names), or ``None``."""
         if self.record is None or not self.record.is_file():
             return None
-        try:
-            return json.loads(self.record.read_text())
-        except json.JSONDecodeError:
-            return None
+        return _read_record(self.record)
+
+    def owns(self, path: str | os.PathLike) -> bool:
+        """Whether a fingerprint record of ours (this stage's, or one beside ``path``) names ``path``."""
+        return named_by_a_record(path, [self.record] if self.record is not None else [])
 
     def differences(self, old: Mapping[str, Any] | None) -> list[str]:
-        """``"key: old -> new"`` lines for every differing (flattened) key of ``old`` and :meth:`current`."""
+        """``"key: old -> new"`` lines for every differing (flattened) key of ``old`` and :meth:`current` (the
+        outputs a record lists are where, not what, and are left out)."""
         if old is None:
             return ["(no fingerprint recorded: the outputs were made by an older version or another tool)"]
-        before, after = _flatten(old), _flatten(self.current())
+        before, after = _flatten(_identity(old)), _flatten(self.current())
         lines = []
         order = ("stage", "version", "settings", "upstream", "inputs")  # the telling differences first
         for key in sorted(set(before) | set(after), key=lambda k: (order.index(k.split(".")[0]) if k.split(".")[0] in order else len(order), k)):
@@ -210,21 +272,27 @@ class StageFingerprint:
             when the stage starts from nothing (its fingerprint is then recorded).
 
         Raises:
+            ForeignOutputError: outputs exist that no fingerprint record of ours names (whatever ``overwrite`` says).
             StaleOutputError: outputs exist that another fingerprint made, and ``overwrite`` is false.
+            ValueError: ``overwrite`` would delete a file this stage builds on (one of its ``upstream`` files).
         """
         if self.record is None:
             raise ValueError(f"stage {self.stage!r} has no fingerprint record file: use key() for keyed caches")
         # an empty folder is no output (ignite's savers create theirs when the trainer is built)
         present = [p for p in self.outputs if p.is_file() or (p.is_dir() and any(p.iterdir()))]
         old = self.recorded()
-        if old == self.current():
+        if old is not None and _identity(old) == self.current():
             if present:
                 logger.info("%s stage: outputs match their fingerprint %s", self.stage, self.record)
             return bool(present)
+        foreign = [p for p in present if not self.owns(p)]
+        if foreign:
+            raise ForeignOutputError(self._foreign_message(foreign))
         if present:
             differences = self.differences(old)
             if not self.overwrite:
                 raise StaleOutputError(self._message(present, differences))
+            self._refuse_deleting_upstream(present)
             logger.warning(
                 "%s stage: --overwrite true: deleting %s made with other settings (%s)",
                 self.stage,
@@ -236,9 +304,25 @@ class StageFingerprint:
             for path in present:  # a folder is emptied, not removed: a saver built with the trainer writes into it
                 for item in path.iterdir() if path.is_dir() else [path]:
                     shutil.rmtree(item) if item.is_dir() else item.unlink()
-            atomic_write_text(self.record, json.dumps(self.current(), indent=2) + "\n")
+            folder = self.record.resolve().parent
+            names = [os.path.relpath(p.resolve(), folder) for p in self.outputs]
+            atomic_write_text(self.record, json.dumps({**self.current(), _OUTPUTS: names}, indent=2) + "\n")
         barrier()
         return False
+
+    def _refuse_deleting_upstream(self, present: list[Path]) -> None:
+        """Stop before ``overwrite`` deletes a file this stage builds on (e.g. a source checkpoint that is also
+        the fine-tuning's ``model.pt``)."""
+        for name, path in self.upstream.items():
+            if path is None:
+                continue
+            built_on = Path(path).resolve()
+            for output in present:
+                if output.resolve() == built_on or output.resolve() in built_on.parents:
+                    raise ValueError(
+                        f"the {self.stage} stage builds on {name} {path}, which is also one of its outputs "
+                        f"({output}): --overwrite would delete it. Copy it elsewhere and point {name} there."
+                    )
 
     def listed_differences(self, differences: list[str]) -> str:
         """The first differences (see :meth:`differences`), one indented line each, and how many more there are."""
@@ -246,6 +330,14 @@ class StageFingerprint:
         if len(differences) > len(listed):
             listed.append(f"... and {len(differences) - len(listed)} more (see {self.record or 'the recorded fingerprint'})")
         return "\n  ".join(listed)
+
+    def _foreign_message(self, foreign: list[Path]) -> str:
+        return (
+            f"the {self.stage} stage would write {', '.join(map(str, foreign))}, which no fingerprint record of this "
+            f"bundle names: files the bundle did not make (your own, or a downloaded model) are never deleted or "
+            f"changed, whatever --overwrite says. Move them elsewhere yourself, or pass another --bundle_root, to run "
+            f"the {self.stage} stage."
+        )
 
     def _message(self, present: list[Path], differences: list[str]) -> str:
         lines = self.listed_differences(differences)

@@ -35,7 +35,7 @@ from transrisk_components.bundle.metrics import CaseScore, RegionMetrics, summar
 from transrisk_components.reporting.figures import plot_learning_curves, read_learning_curves
 from transrisk_components.bundle.fingerprint import StageFingerprint
 from transrisk_components.utils.distributed import is_distributed, is_rank0
-from transrisk_components.utils.io import atomic_write_text, load_checkpoint
+from transrisk_components.utils.io import atomic_write_text, file_sha256, load_checkpoint
 
 __all__ = [
     "BestModelState",
@@ -337,6 +337,9 @@ class RegionMetricsWriter:
         case_id_key: batch key holding the case id.
         csv_name: per-case CSV file name (``case_id,region,dice,hd95,asd``).
         summary_name: summary JSON file name.
+        model_file: the checkpoint the evaluator's network was loaded from; the summary then names it
+            (``"model": {"file", "sha256"}``), so that its numbers can be tied to one model (e.g. by the Model Zoo
+            export's ``eval_metrics``).
     """
 
     def __init__(
@@ -348,8 +351,10 @@ class RegionMetricsWriter:
         case_id_key: str = "case_id",
         csv_name: str = "metrics_per_case.csv",
         summary_name: str = "metrics_summary.json",
+        model_file: str | os.PathLike | None = None,
     ) -> None:
         self.output_dir = Path(output_dir)
+        self.model_file = Path(model_file) if model_file is not None else None
         self.metrics = RegionMetrics(dataset, task)
         self.output_transform = output_transform
         self.case_id_key = case_id_key
@@ -392,7 +397,9 @@ class RegionMetricsWriter:
         scores = _gather_scores(self.metrics.scores)
         if is_rank0():
             write_case_csv(scores, csv_path)
-            summary = {"dataset": self.metrics.dataset, "task": self.metrics.task}
+            summary: dict[str, Any] = {"dataset": self.metrics.dataset, "task": self.metrics.task}
+            if self.model_file is not None:
+                summary["model"] = {"file": str(self.model_file.resolve()), "sha256": file_sha256(self.model_file)}
             write_summary_json({**summary, **summarise(scores, self.metrics.regions)}, json_path)
         return csv_path, json_path
 

@@ -4,7 +4,10 @@ Everything about *how* the source network is trained -- network, transforms, dat
 handlers, trainer -- is the config's ``source`` section, a MONAI ``SupervisedTrainer`` like the fine-tuning one.
 This module only decides whether to run that trainer, and saves the weights it produced. Any MONAI
 segmentation bundle's weights can therefore be the source: point ``source_ckpt`` at its ``model.pt`` and
-``source#network_def`` at its network, and the stage is skipped.
+``source#network_def`` at its network, declare them as weights from outside (``fingerprint#source`` ``None``), and
+the stage is skipped. A checkpoint the bundle did not make (no fingerprint record of ours names it) is read-only:
+undeclared, it stops the stage with :class:`~transrisk_components.bundle.fingerprint.ForeignOutputError` rather than
+being trained over or deleted.
 
 The config builds the trainer when it is parsed; with ``CacheDataset(runtime_cache=True)`` nothing is loaded
 until the trainer runs, so a skipped stage costs next to nothing. The checkpoint is reused only when its
@@ -22,7 +25,7 @@ from torch import nn
 
 from transrisk_components.utils.distributed import barrier, is_rank0
 from transrisk_components.utils.io import atomic_torch_save, load_checkpoint
-from transrisk_components.bundle.fingerprint import StageFingerprint
+from transrisk_components.bundle.fingerprint import ForeignOutputError, StageFingerprint
 
 __all__ = ["SourceStage"]
 
@@ -53,6 +56,8 @@ class SourceStage:
         """Train and save the source network unless a matching ``ckpt_path`` exists; return ``ckpt_path``.
 
         Raises:
+            ForeignOutputError: ``ckpt_path`` exists and the bundle did not make it, but it was not declared as
+                weights from outside (it is never deleted or changed).
             StaleOutputError: ``ckpt_path`` or the periodic checkpoints were made with another fingerprint.
             ValueError: the matching ``ckpt_path`` is unreadable (names the file and the remedy).
         """
@@ -61,6 +66,14 @@ class SourceStage:
                 raise FileNotFoundError(f"source checkpoint {self.ckpt_path} (given from outside: no fingerprint) does not exist")
             logger.info("source checkpoint %s given from outside: source stage skipped", self.ckpt_path)
             return self.ckpt_path
+        if self.ckpt_path.is_file() and not self.fingerprint.owns(self.ckpt_path):
+            raise ForeignOutputError(
+                f"source checkpoint {self.ckpt_path} was not made by this bundle (no fingerprint record of ours names "
+                "it), so it is never deleted or changed, whatever --overwrite says. To fine-tune from it as it is, "
+                "declare it as weights from outside: --fingerprint#source '$None' (MONAI drops a plain None given on "
+                "the command line; in Python pass None), with source#network_def and num_source_classes describing "
+                "its network. To train a source model here instead, point --source_ckpt at a path of its own."
+            )
         self.fingerprint.prepare()
         if self.ckpt_path.is_file():
             load_checkpoint(
