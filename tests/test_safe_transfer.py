@@ -74,13 +74,26 @@ def test_racing_runs_through_the_rungs(tmp_path: Path, fets_phantom: str) -> Non
 
 
 def test_a_model_the_bundle_did_not_write_is_never_replaced(tmp_path: Path, fets_phantom: str) -> None:
+    """Beside a downloaded ``models/model.pt`` the candidates and the chosen model go to ``models/trained/``."""
     shipped = tmp_path / "models" / "model.pt"
     shipped.parent.mkdir(parents=True)
     shipped.write_bytes(b"weights shipped with a Model Zoo download")
-    with pytest.raises(Exception) as error:
-        _run("safe_training", tmp_path, fets_phantom, **{"safe#candidates": {"plain": {"risk#enabled": False}}})
-    assert "was not written by this bundle" in exception_messages(error.value)
+    _run("safe_training", tmp_path, fets_phantom, **{"safe#candidates": {"plain": {"risk#enabled": False}}})
     assert shipped.read_bytes() == b"weights shipped with a Model Zoo download"
+    trained = tmp_path / "models" / "trained"
+    assert file_sha256(trained / "model.pt") == file_sha256(trained / "candidates" / "plain" / "model.pt")
+
+
+def test_safe_training_replaces_the_training_run_s_model_only_when_told(tmp_path: Path, fets_phantom: str) -> None:
+    _run("training", tmp_path, fets_phantom)
+    before = file_sha256(tmp_path / "models" / "model.pt")
+    plain = {"safe#candidates": {"plain": {"risk#enabled": False}}}
+    with pytest.raises(Exception) as error:
+        _run("safe_training", tmp_path, fets_phantom, **plain)
+    assert "--overwrite true" in exception_messages(error.value)
+    assert file_sha256(tmp_path / "models" / "model.pt") == before
+    _run("safe_training", tmp_path, fets_phantom, **plain, overwrite=True)
+    assert file_sha256(tmp_path / "models" / "model.pt") == file_sha256(tmp_path / "models" / "candidates" / "plain" / "model.pt")
 
 
 def test_a_candidate_with_an_unknown_config_id_is_named(tmp_path: Path, fets_phantom: str) -> None:

@@ -582,11 +582,11 @@ def plot_paired_differences(
                         fmt="o", color=colour, capsize=3)
         ax.axvline(0, color="black", linewidth=0.8)
         ax.set_title(scenario, fontsize=9)
-        ax.set_xlabel(f"Dice difference to {baseline} (points)")
+        ax.set_xlabel("Dice difference (points)")
     axes[0][0].set_yticks(range(len(methods)), methods, fontsize=8)
     axes[0][0].invert_yaxis()
-    figure.suptitle("Paired test-Dice difference: 95% bootstrap CI over (seed, case) pairs (thin), "
-                    "with whole seeds resampled (wide, pale)")
+    figure.suptitle(f"Paired test-Dice difference to {baseline}:\n95% bootstrap CI over (seed, case) pairs (thin), "
+                    "with whole seeds resampled (wide, pale)", fontsize=10)
     figure.tight_layout()
     atomic_write(out_png, lambda tmp: figure.savefig(tmp, format="png", dpi=120), suffix=".png")
     plt.close(figure)

@@ -43,7 +43,7 @@ import monai
 from monai.bundle import ConfigParser
 
 import transrisk_components
-from transrisk_components.bundle.fingerprint import StaleOutputError
+from transrisk_components.bundle.fingerprint import ForeignOutputError, StaleOutputError, named_by_a_record
 from transrisk_components.bundle.paths import active_workflow
 from transrisk_components.bundle.selection import (
     STALL_DICE,
@@ -278,26 +278,29 @@ class SafeTransferStage:
         return _read_validation(self.candidate_output_dir(name) / VALIDATION_CSV)
 
     def _check_model_path(self) -> None:
-        """Before anything trains: may the chosen model be written to ``models/model.pt``?
+        """Before anything trains: may the chosen model be written to ``<ckpt_dir>/model.pt``?
 
-        A ``model.pt`` is replaced only when an earlier ``safe_training`` wrote it, or (``overwrite``) when the
-        bundle's ``training`` run id did (its fine-tuning fingerprint lies beside it). Any other ``model.pt`` -- one
-        the bundle did not write, such as a Model Zoo download's weights -- is never touched.
+        A ``model.pt`` is replaced only when an earlier ``safe_training`` wrote it (its record names it), or, with
+        ``overwrite``, when the bundle's ``training`` run id did (the fine-tuning record names it). A ``model.pt`` no
+        record of ours names -- one the bundle did not write, such as a Model Zoo download's weights -- is never
+        touched (the bundles then train into ``models/trained/``, see :func:`~transrisk_components.bundle.paths.ckpt_dir`).
 
         Raises:
-            StaleOutputError: naming the file and the remedy.
+            ForeignOutputError / StaleOutputError: naming the file and the remedy.
         """
-        if self.model_path.is_file() and not (self.ckpt_dir / PROVENANCE).is_file():
-            trained_here = (self.ckpt_dir / "finetune.fingerprint.json").is_file()
-            if not trained_here:
-                raise StaleOutputError(
-                    f"{self.model_path} was not written by this bundle (no fingerprint of ours beside it), so "
-                    f"safe_training leaves it as it is; pass another --ckpt_dir (or --bundle_root) for the chosen model")
-            if not self.overwrite:
-                raise StaleOutputError(
-                    f"{self.model_path} is the model of the bundle's 'training' run id; safe_training would replace it "
-                    f"with the chosen candidate. Pass --overwrite true to replace it (the training run's checkpoints "
-                    f"in {self.ckpt_dir / 'finetune_run'} are kept), or another --bundle_root to keep both")
+        record = self.ckpt_dir / PROVENANCE
+        installed_here = record.is_file() and self.model_path.name in json.loads(record.read_text()).get("outputs", [])
+        if not self.model_path.is_file() or installed_here:
+            return
+        if not named_by_a_record(self.model_path):
+            raise ForeignOutputError(
+                f"{self.model_path} was not written by this bundle (no fingerprint record of ours names it), so "
+                f"safe_training leaves it as it is; pass another --ckpt_dir (or --bundle_root) for the chosen model")
+        if not self.overwrite:
+            raise StaleOutputError(
+                f"{self.model_path} is the model of the bundle's 'training' run id; safe_training would replace it with "
+                f"the chosen candidate. Pass --overwrite true to replace it (the training run's checkpoints in "
+                f"{self.ckpt_dir / 'finetune_run'} are kept), or another --bundle_root to keep both")
 
     def _install(self, selection: Selection, outcome: RaceOutcome) -> None:
         """Copy the chosen candidate's model to ``models/model.pt`` (see :meth:`_check_model_path`) with its
