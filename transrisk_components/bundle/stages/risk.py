@@ -23,13 +23,13 @@ cases to 1,245 MB for 8, x1.45). What pass 1 keeps for the later passes goes to 
 (:class:`KeptPass`, ``<cache folder>/.source_probabilities/<case_id>.pt``, written atomically): the source
 softmax and the label at the masked voxels only, the mask as packed bits and the affine -- ``Cs * 4 + 1`` bytes
 per masked voxel with ``probabilities="float32"`` (``Cs * 2 + 1`` with ``"float16"``) plus 1/8 byte per voxel.
-A FeTS case (4 source classes, ~1.5 M brain voxels of 240x240x155) takes ~26 MB (float32) or ~14 MB (float16);
-every case of the rank waits at once between the passes (FeTS2022's 1,251: ~33 GB or ~17 GB). The files are the
-stage's own temporaries: deleted when the maps are written (or the stage fails), and any a killed run left are
-deleted before the stage computes again, so they are never reused. The stage runs once per (source model, target
-set). ``float32`` keeps the probabilities exactly (maps bit-identical to recomputing them with a second source
-pass); ``float16`` halves the disk and changes the maps by at most ~1e-3 (measured by
-``tests/test_risk_stage_one_pass.py``), so it enters the cache key.
+A full-size FeTS phantom case (4 source classes, 1.7-2.1 M head voxels of 240x240x155) took 30-37 MB (float32),
+16-20 MB with float16; every case of the rank waits at once between the passes (FeTS2022's 1,251 cases: ~40 GB,
+or ~23 GB with float16). The files are the stage's own temporaries: deleted when the maps are written (or the
+stage fails), and any a killed run left are deleted before the stage computes again, so they are never reused. The
+stage runs once per (source model, target set). ``float32`` keeps the probabilities exactly (maps bit-identical to
+recomputing them with a second source pass); ``float16`` nearly halves the disk and moves the maps by 3e-4 at most
+on the test phantom (``tests/test_risk_stage_one_pass.py`` bounds it at 2e-3), so it enters the cache key.
 
 Cache: ``<cache_root>/<key>/`` where ``key`` is the stage's fingerprint key
 (:class:`~transrisk_components.bundle.fingerprint.StageFingerprint`: the settings listed under
