@@ -463,7 +463,9 @@ class RiskStage:
             self.network.load_state_dict(state)
         except RuntimeError as err:
             raise ValueError(f"source checkpoint {self.source_ckpt} does not fit the source network: {err}") from err
-        return self.network.to(self.device).eval()
+        # contiguous whatever the trainers chose (channels-last on CPU): the maps must not depend on which run id built
+        # the shared source network first, and channels-last does not speed up this inference
+        return self.network.to(self.device, memory_format=torch.contiguous_format).eval()
 
     def _source_pass(self, network: nn.Module, case: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, np.ndarray]:
         """Load one case through the whole-volume transform and run the source model over it.
