@@ -355,6 +355,21 @@ def test_location_map_sees_a_mapping_that_flips_across_the_grid():
     torch.testing.assert_close(stats.location_leep(), torch.zeros(stats.num_locations, dtype=torch.float64))
 
 
+def test_location_transferability_of_listed_voxels_equals_the_grid_values_there():
+    """The risk stage keeps the masked voxels only: ``T`` of a list of voxels with their locations is ``T`` of the
+    grid at those voxels, bit for bit."""
+    probs, labels = random_case(23, batch=1, shape=(6, 5, 4))
+    mask = torch.rand(labels.shape, generator=torch.Generator().manual_seed(2)) > 0.3  # [1, 1, *S]
+    stats = LocationLEEPStatistics(NUM_TARGET, NUM_SOURCE, spatial_shape=(6, 5, 4), patch=2)
+    stats.update(probs, labels, mask)
+    inside = mask[0, 0]
+    listed = stats.transferability(probs[:, :, inside], labels[:, :, inside], stats.location_index()[inside])
+    assert listed.shape == (1, 1, int(inside.sum()))
+    assert torch.equal(listed.flatten(), stats.transferability(probs, labels)[mask])
+    with pytest.raises(ValueError, match="one location per voxel"):
+        stats.transferability(probs[:, :, inside], labels[:, :, inside], stats.location_index()[inside][1:])
+
+
 def test_location_statistics_refuse_another_grid():
     stats = LocationLEEPStatistics(NUM_TARGET, NUM_SOURCE, spatial_shape=(5, 4, 3), patch=2)
     probs, labels = random_case(22, batch=1, shape=(5, 4, 4))

@@ -4,7 +4,8 @@ A stage (source training, risk maps, fine-tuning) is described by a :class:`Stag
 
 - ``settings``: the resolved config values that determine the output, listed explicitly in the bundle JSON
   (``fingerprint#source``, ``fingerprint#finetune``, ...), e.g. dataset, modality, task, split case ids, seed,
-  network, patch size, epochs, learning rate, loss and risk options, amp;
+  network, patch size, epochs, learning rate, loss and risk options, amp; a setting added later, at the value
+  that makes the outputs of before (its entry in ``defaults``), is left out, so those outputs stay valid;
 - ``inputs``: the identity (size and modification time) of every image and label file of its datalists, by
   path relative to their common folder (whose location is a setting, ``dataset_dir``);
 - ``upstream``: the SHA-256 of the files earlier stages wrote and this one builds on (the source checkpoint);
@@ -194,6 +195,9 @@ class StageFingerprint:
         outputs: files and folders the stage writes (deleted when ``overwrite`` redoes the stage, if a record of
             ours names them; others are never touched).
         overwrite: redo the stage in place when its outputs were made with another fingerprint.
+        defaults: settings that are left out of the fingerprint while they have this value: an option added to a
+            stage after outputs existed, at the value that reproduces those outputs (e.g. the risk stage's
+            ``{"probabilities": "float32"}``), so that they stay valid.
     """
 
     def __init__(
@@ -205,6 +209,7 @@ class StageFingerprint:
         record: str | os.PathLike | None = None,
         outputs: Sequence[str | os.PathLike] = (),
         overwrite: bool = False,
+        defaults: Mapping[str, Any] | None = None,
     ) -> None:
         self.stage = stage
         self.settings = dict(settings)
@@ -213,6 +218,7 @@ class StageFingerprint:
         self.record = Path(record) if record is not None else None
         self.outputs = [Path(p) for p in outputs]
         self.overwrite = overwrite
+        self.defaults = _plain(dict(defaults or {}), "defaults")
         self._current: dict[str, Any] | None = None
 
     def current(self) -> dict[str, Any]:
@@ -227,10 +233,14 @@ class StageFingerprint:
                 upstream[name] = f"sha256={file_sha256(path)}"
             files = sorted({os.path.abspath(f) for d in self.datalists for f in datalist_files(d)})
             root = os.path.commonpath(files) if len(files) > 1 else os.path.dirname(files[0]) if files else ""
+            settings = _plain(self.settings, "settings")
+            for name, value in self.defaults.items():
+                if name in settings and settings[name] == value:
+                    del settings[name]
             self._current = {
                 "stage": self.stage,
                 "version": transrisk_components.__version__,
-                "settings": _plain(self.settings, "settings"),
+                "settings": settings,
                 "upstream": upstream,
                 "inputs": {os.path.relpath(f, root): _file_identity(f) for f in files},
             }

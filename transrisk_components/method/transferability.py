@@ -346,21 +346,34 @@ class LocationLEEPStatistics:
         return torch.where(marginal_z > 0, self._counts / marginal_z.clamp_min(tiny), 0.0)
 
     @torch.no_grad()
-    def transferability(self, source_probs: torch.Tensor, target_labels: torch.Tensor) -> torch.Tensor:
+    def transferability(
+        self, source_probs: torch.Tensor, target_labels: torch.Tensor, locations: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Per-voxel ``T(v) = sum_z P_l(v)(y_v | z) p_source(z | v)`` with the conditional of ``v``'s location.
 
         Args:
-            source_probs: ``[B, Cs, *S]`` source softmax on the common grid.
-            target_labels: ``[B, 1, *S]`` integer target class indices in ``[0, Ct)``.
+            source_probs: ``[B, Cs, *S]`` source softmax on the common grid; with ``locations``, ``[1, Cs, n]``: ``n``
+                voxels of the grid (e.g. those of a mask).
+            target_labels: ``[B, 1, *S]`` (with ``locations``: ``[1, 1, n]``) integer target class indices in
+                ``[0, Ct)``.
+            locations: optional ``[n]`` long, the location of each of the ``n`` voxels, e.g.
+                ``location_index()[mask[0, 0]]`` for the voxels of ``mask [1, 1, *S]`` in row-major order.
 
         Returns:
-            ``[B, 1, *S]`` in ``[0, 1]``, in the dtype of ``source_probs``.
+            ``[B, 1, *S]`` (with ``locations``: ``[1, 1, n]``) in ``[0, 1]``, in the dtype of ``source_probs``.
         """
         _check_probs_and_labels(source_probs, target_labels, self.num_source_classes)
-        self._check_grid(target_labels)
         labels = _labels_as_indices(target_labels, self.num_target_classes).reshape(-1)  # [N]
         probs = source_probs.movedim(1, -1).reshape(-1, self.num_source_classes)  # [N, Cs]
-        rows = self._flat_locations(source_probs.shape[0], probs.device) * self.num_target_classes + labels
+        if locations is None:
+            self._check_grid(target_labels)
+            locations = self._flat_locations(source_probs.shape[0], probs.device)
+        elif tuple(locations.shape) != (labels.numel(),):
+            raise ValueError(
+                f"locations must be [n] with one location per voxel, got shape {tuple(locations.shape)} for "
+                f"{labels.numel()} voxels."
+            )
+        rows = locations.to(probs.device) * self.num_target_classes + labels  # [N]
         conditional = self.conditional().to(device=probs.device, dtype=probs.dtype).view(-1, self.num_source_classes)
         values = torch.zeros(probs.shape[0], dtype=probs.dtype, device=probs.device)  # [N], in chunks: [n, Cs] rows
         for start in range(0, probs.shape[0], 1 << 20):

@@ -1,31 +1,35 @@
 """The risk-map stage: one transfer risk map per target training case, computed once and cached.
 
-Pass 1 runs the source model over the target training cases (sliding window, whole volumes) and accumulates
-the LEEP joint ``P(y, z)`` inside each case's mask (summed over ranks under DDP). Pass 2 runs the source model
-again, turns its probabilities into per-voxel transferability ``T`` and risk, and writes
-``<case_id>_risk.nii.gz`` on the image grid with the image's affine (0 outside the mask).
+Pass 1 runs the source model over the target training cases (sliding window, whole volumes), once per case,
+accumulates the LEEP joint ``P(y, z)`` inside each case's mask (summed over ranks under DDP) and keeps the case's
+source probabilities on disk. Pass 2 reads them back, turns them into per-voxel transferability ``T`` and risk,
+and writes ``<case_id>_risk.nii.gz`` on the image grid with the image's affine (0 outside the mask).
 
 With ``map_type="location"`` the statistics are location-wise
 (:class:`~transrisk_components.method.transferability.LocationLEEPStatistics`): pass 1 accumulates ``P_l(y, z)``
-per patch location ``l`` of the common grid over all cases, pass 2 accumulates ``LEEP_l``, and pass 3 (no source
-inference) writes each case's map from its location's transferability ``exp(LEEP_l)``. Only for datasets whose
-cases are co-registered (:attr:`~transrisk_components.data.registry.DatasetSpec.co_registered`) and whose image
-files all have one shape and affine; anything else is refused before the source model runs.
+per patch location ``l`` of the common grid over all cases, pass 2 accumulates ``LEEP_l``, and pass 3 writes each
+case's map from its location's transferability ``exp(LEEP_l)``; passes 2 and 3 read what pass 1 kept. Only for
+datasets whose cases are co-registered (:attr:`~transrisk_components.data.registry.DatasetSpec.co_registered`) and
+whose image files all have one shape and affine; anything else is refused before the source model runs.
 
 The mask (``mask="nonzero"``, default) is the head: the voxels where the image is nonzero, the ones
 ``NormalizeIntensityd(nonzero=True)`` normalises. Without it the air around the head, trivially background,
 dominates ``P(y | z)`` and the reported LEEP.
 
-Memory: nothing of a case outlives its iteration (labels are kept as uint8 while a case is processed), so the
-peak memory does not grow with the number of target cases: on 128^3 phantom cases (4 source classes, a
-1x1x1-conv source model so that only the stage's own memory shows) peak RSS went from 779 MB for 2 cases to
-834 MB for 8 (x1.07), where keeping every case's float32 probabilities and int64 labels between the passes
-went from 861 MB to 1,245 MB (x1.45). The price is a second source inference per case.
-Measured on 64^3 phantom cases (SegResNet width 8, 48^3 windows, one thread, a shared and busy 2-core
-machine, so the figures are rough): keeping every case's probabilities as float16 on the CPU between the passes
-took 1.3-1.7 s per case, recomputing them 1.5-3.0 s per case -- keeping is faster, but it holds
-``Cs * 2 + 1`` bytes per voxel per case (~80 MB for one 240x240x155 FeTS case, ~100 GB for FeTS2022's 1,251),
-so recomputing is the default and only choice. The stage runs once per (source model, target set).
+Memory and disk: nothing of a case outlives its iteration in memory (labels are kept as uint8 while a case is
+processed), so the peak memory does not grow with the number of target cases (on 128^3 phantom cases, keeping
+every case's float32 probabilities and int64 labels in memory between the passes took peak RSS from 861 MB for 2
+cases to 1,245 MB for 8, x1.45). What pass 1 keeps for the later passes goes to disk instead, one file per case
+(:class:`KeptPass`, ``<cache folder>/.source_probabilities/<case_id>.pt``, written atomically): the source
+softmax and the label at the masked voxels only, the mask as packed bits and the affine -- ``Cs * 4 + 1`` bytes
+per masked voxel with ``probabilities="float32"`` (``Cs * 2 + 1`` with ``"float16"``) plus 1/8 byte per voxel.
+A full-size FeTS phantom case (4 source classes, 1.7-2.1 M head voxels of 240x240x155) took 30-37 MB (float32),
+16-20 MB with float16; every case of the rank waits at once between the passes (FeTS2022's 1,251 cases: ~40 GB,
+or ~23 GB with float16). The files are the stage's own temporaries: deleted when the maps are written (or the
+stage fails), and any a killed run left are deleted before the stage computes again, so they are never reused. The
+stage runs once per (source model, target set). ``float32`` keeps the probabilities exactly (maps bit-identical to
+recomputing them with a second source pass); ``float16`` nearly halves the disk and moves the maps by 3e-4 at most
+on the test phantom (``tests/test_risk_stage_one_pass.py`` bounds it at 2e-3), so it enters the cache key.
 
 Cache: ``<cache_root>/<key>/`` where ``key`` is the stage's fingerprint key
 (:class:`~transrisk_components.bundle.fingerprint.StageFingerprint`: the settings listed under
@@ -50,7 +54,9 @@ import hashlib
 import json
 import logging
 import math
+import shutil
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +69,13 @@ from torch import nn
 
 from transrisk_components.data.registry import get_dataset, num_classes
 from transrisk_components.utils.distributed import barrier, is_distributed, rank_and_world
-from transrisk_components.utils.io import atomic_write, atomic_write_text, load_checkpoint, remove_partial_writes
+from transrisk_components.utils.io import (
+    atomic_torch_save,
+    atomic_write,
+    atomic_write_text,
+    load_checkpoint,
+    remove_partial_writes,
+)
 from transrisk_components.method.risk import transfer_risk
 from transrisk_components.method.transferability import (
     LEEPStatistics,
@@ -74,11 +86,25 @@ from transrisk_components.method.transferability import (
 )
 from transrisk_components.bundle.fingerprint import StageFingerprint
 
-__all__ = ["DEAD_CLASS_ACTIONS", "RISK_MASKS", "RiskDatalist", "RiskStage", "class_table", "image_mask"]
+__all__ = [
+    "DEAD_CLASS_ACTIONS",
+    "PROBABILITY_STORAGE",
+    "RISK_MASKS",
+    "KeptPass",
+    "RiskDatalist",
+    "RiskStage",
+    "class_table",
+    "image_mask",
+]
 
 logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
+#: Sub-folder of a cache folder holding what pass 1 keeps for the later passes (one file per case, temporary).
+KEPT = ".source_probabilities"
+
+#: Storage dtypes of the source probabilities kept between the passes (see :class:`RiskStage`).
+PROBABILITY_STORAGE = {"float32": torch.float32, "float16": torch.float16}
 
 #: Voxel masks of the LEEP statistics and maps (see :class:`RiskStage`).
 RISK_MASKS = ("nonzero", "all")
@@ -146,6 +172,53 @@ def _image_affine(image: torch.Tensor) -> np.ndarray:
     return np.asarray(affine, dtype=np.float64)
 
 
+@dataclass
+class KeptPass:
+    """One case's source pass as the later passes need it: the voxels of its statistics mask only.
+
+    Attributes:
+        probs: ``[1, Cs, n]`` source softmax at the ``n`` voxels of ``mask`` (row-major order).
+        label: ``[1, 1, n]`` uint8 target classes at those voxels.
+        mask: ``[1, 1, *S]`` bool statistics mask.
+        affine: the image's 4x4 affine.
+    """
+
+    probs: torch.Tensor
+    label: torch.Tensor
+    mask: torch.Tensor
+    affine: np.ndarray
+
+    @classmethod
+    def from_grid(cls, probs: torch.Tensor, label: torch.Tensor, mask: torch.Tensor, affine: np.ndarray) -> KeptPass:
+        """From ``probs [1, Cs, *S]``, ``label [1, 1, *S]`` and ``mask [1, 1, *S]`` on the image grid."""
+        inside = mask[0, 0]
+        return cls(probs[:, :, inside], label[:, :, inside], mask, affine)
+
+    def save(self, path: Path, dtype: torch.dtype) -> None:
+        """Write it to ``path`` atomically, the probabilities as ``dtype``, the mask as packed bits."""
+        bits = np.packbits(self.mask.cpu().numpy().reshape(-1))
+        record = {
+            "probs": self.probs.to(dtype).cpu(),
+            "label": self.label.cpu(),
+            "mask_bits": torch.from_numpy(bits),
+            "shape": list(self.mask.shape),
+            "affine": torch.from_numpy(self.affine),
+        }
+        atomic_torch_save(record, path)
+
+    @classmethod
+    def load(cls, path: Path, device: torch.device) -> KeptPass:
+        """Read what :meth:`save` wrote, on ``device``; the probabilities as float32."""
+        record = load_checkpoint(
+            path, "delete it; the risk stage recomputes its temporary files", map_location="cpu", weights_only=True
+        )
+        shape = record["shape"]
+        bits = np.unpackbits(record["mask_bits"].numpy(), count=math.prod(shape))
+        mask = torch.from_numpy(bits.astype(bool).reshape(shape))
+        probs = record["probs"].to(device, torch.float32)
+        return cls(probs, record["label"].to(device), mask.to(device), record["affine"].numpy())
+
+
 class RiskStage:
     """Risk maps of the target training cases under one source model.
 
@@ -180,6 +253,9 @@ class RiskStage:
             normalisation -- a foreground class weight (``1 + strength`` under the linear scheme) with no
             transferability in it.
         location_patch: edge in voxels of the locations of ``map_type="location"``.
+        probabilities: storage dtype of each case's source probabilities on disk between the passes
+            (:data:`PROBABILITY_STORAGE`): ``"float32"`` (default; the maps are exactly those of a second source
+            pass) or ``"float16"`` (half the disk; the maps change by up to ~1e-3, so a cache key of its own).
         shuffle: ablation: permute each map's values inside its mask at random, keeping the values but not where
             they are -- the "random map" control of the experiments. Each case has its own permutation, seeded
             by a hash of ``seed`` and its case id.
@@ -215,6 +291,7 @@ class RiskStage:
         mask: str = "nonzero",
         map_type: str = "pooled",
         location_patch: int = 8,
+        probabilities: str = "float32",
         shuffle: bool = False,
         seed: int = 0,
         device: str | torch.device = "cpu",
@@ -240,6 +317,10 @@ class RiskStage:
             raise ValueError(f"unknown risk map {map_type!r}; choose one of {RISK_MAPS}")
         if int(location_patch) < 1:
             raise ValueError(f"risk location_patch must be >= 1 voxel, got {location_patch}")
+        if probabilities not in PROBABILITY_STORAGE:
+            raise ValueError(
+                f"unknown risk#probabilities {probabilities!r}; choose one of {tuple(PROBABILITY_STORAGE)}"
+            )
         spec = get_dataset(dataset)
         if map_type == "location" and not spec.co_registered:
             raise ValueError(
@@ -258,6 +339,7 @@ class RiskStage:
         self.mask = mask
         self.map_type = map_type
         self.location_patch = int(location_patch)
+        self.probability_dtype = PROBABILITY_STORAGE[probabilities]
         self.shuffle = shuffle
         self.seed = seed
         self.device = torch.device(device)
@@ -302,8 +384,9 @@ class RiskStage:
             if complete and all((folder / c["risk"]).is_file() for c in manifest["cases"].values()):
                 logger.info("risk maps reused from %s (fingerprint unchanged)", folder)
                 return manifest
-        if rank_and_world()[0] == 0:
-            remove_partial_writes(folder)  # left by a killed run; this run holds the bundle's lock
+        if rank_and_world()[0] == 0:  # left by a killed run; this run holds the bundle's lock
+            remove_partial_writes(folder)
+            shutil.rmtree(folder / KEPT, ignore_errors=True)
         barrier()
         logger.info("computing risk maps of %d target cases in %s", len(self.cases), folder)
         return self._compute(folder)
@@ -380,45 +463,67 @@ class RiskStage:
             self.network.load_state_dict(state)
         except RuntimeError as err:
             raise ValueError(f"source checkpoint {self.source_ckpt} does not fit the source network: {err}") from err
-        return self.network.to(self.device).eval()
-
-    def _load_case(self, case: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, np.ndarray]:
-        """One case through the whole-volume transform: ``image [1, C, *S]`` float, ``label [1, 1, *S]`` uint8
-        target classes, ``mask [1, 1, *S]`` bool statistics mask, all on ``self.device``, and the 4x4 affine."""
-        item = self.transform(case)
-        image = item["image"].as_tensor().unsqueeze(0).to(self.device)  # [1, C, *S]
-        label = item["label"].as_tensor().unsqueeze(0).to(self.device, torch.uint8)  # [1, 1, *S]
-        # "nonzero": the air NormalizeIntensityd(nonzero=True) left at 0 (and, rarely, a voxel at the mean)
-        mask = image_mask(image, self.mask, case["case_id"], case["image"])
-        return image, label, mask, _image_affine(item["image"])
+        # contiguous whatever the trainers chose (channels-last on CPU): the maps must not depend on which run id built
+        # the shared source network first, and channels-last does not speed up this inference
+        return self.network.to(self.device, memory_format=torch.contiguous_format).eval()
 
     def _source_pass(self, network: nn.Module, case: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, np.ndarray]:
-        """Load one case and run the source model over it.
+        """Load one case through the whole-volume transform and run the source model over it.
 
         Returns:
             ``probs [1, Cs, *S]`` float32 source softmax, ``label [1, 1, *S]`` uint8 target classes,
             ``mask [1, 1, *S]`` bool statistics mask, all on ``self.device``, and the image's 4x4 affine.
         """
-        image, label, mask, affine = self._load_case(case)
+        item = self.transform(case)
+        image = item["image"].as_tensor().unsqueeze(0).to(self.device)  # [1, C, *S]
+        label = item["label"].as_tensor().unsqueeze(0).to(self.device, torch.uint8)  # [1, 1, *S]
+        # "nonzero": the air NormalizeIntensityd(nonzero=True) left at 0 (and, rarely, a voxel at the mean)
+        mask = image_mask(image, self.mask, case["case_id"], case["image"])
         with torch.autocast(self.device.type, enabled=self.amp):
             logits = self.inferer(image, network)  # [1, Cs, *S]
-        return torch.softmax(logits.float(), dim=1), label, mask, affine
+        return torch.softmax(logits.float(), dim=1), label, mask, _image_affine(item["image"])
+
+    @staticmethod
+    def _kept_path(kept: Path, case: dict) -> Path:
+        """Where pass 1 keeps ``case`` (a file under the cache folder's :data:`KEPT` folder ``kept``)."""
+        return kept / f"{case['case_id']}.pt"
+
+    def _first_pass(
+        self, network: nn.Module, mine: list[dict], kept: Path, statistics: Sequence[Any]
+    ) -> dict[str, dict[str, Any]]:
+        """The one source pass: per case, update each of ``statistics`` (``update(probs, label, mask)``) and keep
+        the case's :class:`KeptPass` under ``kept``.
+
+        Returns:
+            per case id ``{"foreground_voxels": count}``, the manifest's per-case records so far.
+        """
+        cases: dict[str, dict[str, Any]] = {}
+        for case in mine:
+            probs, label, mask, affine = self._source_pass(network, case)
+            for stats in statistics:
+                stats.update(probs, label, mask)
+            cases[case["case_id"]] = {"foreground_voxels": self._foreground(label, case["case_id"])}
+            KeptPass.from_grid(probs, label, mask, affine).save(self._kept_path(kept, case), self.probability_dtype)
+            del probs, label, mask
+        return cases
 
     def _risk_map(self, transferability: torch.Tensor, mask: torch.Tensor, case_id: str) -> np.ndarray:
-        """``[*S]`` float32 risk inside ``mask``, 0 outside; for ``shuffle`` its masked values permuted per case."""
-        inside = transfer_risk(transferability[mask].view(1, 1, -1), self.normalization).flatten().cpu()  # [n]
+        """``[*S]`` float32 risk from ``transferability [n]`` at the voxels of ``mask [1, 1, *S]`` (row-major
+        order), 0 outside; for ``shuffle`` its masked values permuted per case."""
+        inside = transfer_risk(transferability.reshape(1, 1, -1), self.normalization).flatten().cpu()  # [n]
         if self.shuffle:
             digest = hashlib.sha256(f"{self.seed}:{case_id}".encode()).hexdigest()
             generator = torch.Generator().manual_seed(int(digest[:15], 16))
             inside = inside[torch.randperm(inside.numel(), generator=generator)]
-        risk = torch.zeros(transferability.shape[2:], dtype=torch.float32)
+        risk = torch.zeros(mask.shape[2:], dtype=torch.float32)
         risk[mask[0, 0].cpu()] = inside.float()
         return risk.numpy()
 
     def _write_map(
         self, folder: Path, case: dict, transferability: torch.Tensor, mask: torch.Tensor, affine: np.ndarray
     ) -> str:
-        """Write ``<case_id>_risk.nii.gz`` from ``transferability [1, 1, *S]`` inside ``mask``; its file name.
+        """Write ``<case_id>_risk.nii.gz`` from ``transferability [n]`` at the voxels of ``mask [1, 1, *S]``; its
+        file name.
 
         For the ``"foreground"`` control pass ``1 - foreground`` as ``transferability``: every normalisation maps
         it to risk 1 on the foreground and 0 elsewhere."""
@@ -464,74 +569,65 @@ class RiskStage:
         return reference[2]
 
     def _pooled_maps(
-        self, network: nn.Module, mine: list[dict], folder: Path
+        self, network: nn.Module, mine: list[dict], folder: Path, kept: Path
     ) -> tuple[dict, float, LEEPStatistics, dict]:
-        """The paper's map (or the ``"foreground"`` control): pass 1 pooled LEEP counts, pass 2 ``T`` per voxel ->
-        risk -> NIfTI.
+        """The paper's map (or the ``"foreground"`` control): pass 1 source model -> pooled LEEP counts (and the
+        kept pass), pass 2 kept pass -> ``T`` per voxel -> risk -> NIfTI.
 
         Returns:
             per-case records, this rank's sum of ``log T`` over the masked voxels, the pooled statistics (all
             ranks), and the manifest's extra entries (none).
         """
         stats = LEEPStatistics(self.num_target_classes, self.num_source_classes)
-        for case in mine:  # pass 1: LEEP counts inside the mask
-            probs, label, mask, _ = self._source_pass(network, case)
-            stats.update(probs, label, mask)
-            del probs, label, mask
+        cases = self._first_pass(network, mine, kept, [stats])
         stats.all_reduce()
         conditional = stats.conditional()
-        cases: dict[str, dict[str, Any]] = {}
         log_t_sum = 0.0
-        for case in mine:  # pass 2: source pass again -> transferability -> risk -> NIfTI
-            probs, label, mask, affine = self._source_pass(network, case)
-            transferability = pixel_transferability(probs, label, conditional)  # [1, 1, *S]
-            del probs
-            log_t = torch.log(transferability[mask].double().clamp_min(1e-12))  # [n]
+        for case in mine:  # pass 2: kept probabilities -> transferability -> risk -> NIfTI
+            one = KeptPass.load(self._kept_path(kept, case), self.device)
+            transferability = pixel_transferability(one.probs, one.label, conditional).flatten()  # [n]
+            log_t = torch.log(transferability.double().clamp_min(1e-12))  # [n]
             log_t_sum += float(log_t.sum())
-            map_from = (label == 0).to(transferability.dtype) if self.map_type == "foreground" else transferability
-            cases[case["case_id"]] = {
-                "risk": self._write_map(folder, case, map_from, mask, affine),
-                "leep": float(log_t.mean()),
-                "foreground_voxels": self._foreground(label, case["case_id"]),
-            }
+            if self.map_type == "foreground":  # the control: 1 - foreground, risk 1 on the foreground
+                map_from = (one.label == 0).flatten().to(transferability.dtype)
+            else:
+                map_from = transferability
+            cases[case["case_id"]].update(
+                risk=self._write_map(folder, case, map_from, one.mask, one.affine), leep=float(log_t.mean())
+            )
         return cases, log_t_sum, stats, {}
 
     def _location_maps(
-        self, network: nn.Module, mine: list[dict], folder: Path
+        self, network: nn.Module, mine: list[dict], folder: Path, kept: Path
     ) -> tuple[dict, float, LEEPStatistics, dict]:
-        """The location-wise map: pass 1 ``P_l(y, z)`` (and the pooled counts, for the class table), pass 2
-        ``LEEP_l``, pass 3 ``exp(LEEP_l)`` -> risk -> NIfTI.
+        """The location-wise map: pass 1 source model -> ``P_l(y, z)`` (and the pooled counts, for the class table;
+        and the kept pass), pass 2 kept pass -> ``LEEP_l``, pass 3 ``exp(LEEP_l)`` -> risk -> NIfTI.
 
         Returns: as :meth:`_pooled_maps`; the extra entries are the patch size and the number of locations.
         """
         grid = self._check_common_grid()
         stats = LocationLEEPStatistics(self.num_target_classes, self.num_source_classes, grid, self.location_patch)
         pooled = LEEPStatistics(self.num_target_classes, self.num_source_classes)
-        for case in mine:  # pass 1: per-location (and pooled) LEEP counts inside the mask
-            probs, label, mask, _ = self._source_pass(network, case)
-            stats.update(probs, label, mask)
-            pooled.update(probs, label, mask)
-            del probs, label, mask
+        cases = self._first_pass(network, mine, kept, [stats, pooled])
         stats.all_reduce()
         pooled.all_reduce()
-        cases: dict[str, dict[str, Any]] = {}
         log_t_sum = 0.0
         for case in mine:  # pass 2: T with each voxel's location conditional -> log T per location
-            probs, label, mask, _ = self._source_pass(network, case)
-            transferability = stats.transferability(probs, label)  # [1, 1, *S]
-            del probs
-            stats.update_leep(transferability, mask)
-            log_t = torch.log(transferability[mask].double().clamp_min(1e-12))  # [n]
+            one = KeptPass.load(self._kept_path(kept, case), self.device)
+            locations = stats.location_index().to(self.device)[one.mask[0, 0]]  # [n]
+            transferability = stats.transferability(one.probs, one.label, locations).flatten()  # [n]
+            on_grid = torch.zeros(one.mask.shape, dtype=transferability.dtype, device=self.device)  # [1, 1, *S]
+            on_grid[one.mask] = transferability
+            stats.update_leep(on_grid, one.mask)
+            log_t = torch.log(transferability.double().clamp_min(1e-12))  # [n]
             log_t_sum += float(log_t.sum())
-            cases[case["case_id"]] = {
-                "leep": float(log_t.mean()),
-                "foreground_voxels": self._foreground(label, case["case_id"]),
-            }
+            cases[case["case_id"]]["leep"] = float(log_t.mean())
         stats.all_reduce_leep()
         location_t = stats.leep_map().nan_to_num(0.0).exp().to(torch.float32)[None, None]  # [1, 1, *S], 1 off every mask
-        for case in mine:  # pass 3: no inference, the case's mask only
-            _, _, mask, affine = self._load_case(case)
-            cases[case["case_id"]]["risk"] = self._write_map(folder, case, location_t.to(mask.device), mask, affine)
+        for case in mine:  # pass 3: the case's mask only
+            one = KeptPass.load(self._kept_path(kept, case), self.device)
+            inside = location_t.to(self.device)[one.mask]  # [n]
+            cases[case["case_id"]]["risk"] = self._write_map(folder, case, inside, one.mask, one.affine)
         extra = {"location_patch": self.location_patch, "num_locations": stats.num_locations}
         return cases, log_t_sum, pooled, extra
 
@@ -541,8 +637,13 @@ class RiskStage:
         network = self._load_network()
         mine = self.cases[rank::world]
         maps = self._location_maps if self.map_type == "location" else self._pooled_maps
-        cases, log_t_sum, pooled, extra = maps(network, mine, folder)
-        cases, log_t_sum = self._gather(cases, log_t_sum)
+        kept = folder / KEPT
+        try:
+            cases, log_t_sum, pooled, extra = maps(network, mine, folder, kept)
+        finally:  # the kept passes are this stage's temporaries, also when it fails
+            for case in mine:
+                self._kept_path(kept, case).unlink(missing_ok=True)
+        cases, log_t_sum = self._gather(cases, log_t_sum)  # every rank's kept files are gone after it
         num_voxels = pooled.num_voxels
         manifest = {
             "key": folder.name,
@@ -557,6 +658,7 @@ class RiskStage:
             "cases": cases,
         }
         if rank == 0:
+            shutil.rmtree(kept, ignore_errors=True)
             atomic_write_text(folder / MANIFEST, json.dumps(manifest, indent=2))
             logger.info(
                 "risk maps written to %s (%s map, LEEP %.4f over %d voxels, mask %r)",

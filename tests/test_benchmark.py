@@ -1,0 +1,95 @@
+"""Every ``scripts/benchmark.py`` subcommand runs at tiny size (tiny volumes, one repeat) and ends with its summary
+line. Nothing here times anything: the figures are the script's to print, not the tests' to judge."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from bundle_helpers import TINY
+
+from transrisk_components.data.registry import get_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+NUMBER = r"\d+\.\d+"
+
+
+@pytest.fixture(scope="module")
+def phantom(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A 32^3 FeTS phantom with 9 subjects."""
+    return str(get_dataset("fets").make_phantom(tmp_path_factory.mktemp("fets"), subjects=9, seed=0, shape=(32, 32, 32)))
+
+
+def benchmark(*args: str) -> list[str]:
+    """``python scripts/benchmark.py ARGS`` from the repository root (this checkout's package); its stdout lines."""
+    done = subprocess.run(
+        [sys.executable, "scripts/benchmark.py", *args], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    return done.stdout.strip().splitlines()
+
+
+def tiny(phantom: str, **more: object) -> str:
+    """The bundle tests' tiny settings on ``phantom``, as the JSON ``--overrides`` of a subcommand."""
+    return json.dumps({**TINY, "dataset_dir": phantom, **more})
+
+
+def test_core_runs_and_ends_with_its_ratios() -> None:
+    lines = benchmark("core", "--size", "16", "--repeats", "1")
+    assert re.fullmatch(rf"core: LEEP\+T/forward = {NUMBER}, weighted/DiceCE step = {NUMBER}", lines[-1]), lines[-1]
+
+
+def test_bundle_prints_its_ratios_with_targets_and_safe_as_not_available(phantom: str) -> None:
+    lines = benchmark("bundle", "--repeats", "1", "--steps", "1", "--overrides", tiny(phantom))
+    assert any("(target <= 1.01)" in line for line in lines) and any("(target <= 1.2)" in line for line in lines)
+    assert re.fullmatch(
+        rf"bundle: weighted/plain step = {NUMBER}, risk stage/inference pass = {NUMBER}, "
+        r"safe/one run = n/a \(no safe_training run id\)",
+        lines[-1],
+    ), lines[-1]
+
+
+@pytest.mark.slow
+def test_bundle_times_a_safe_training_run_id_against_one_fine_tuning_run(phantom: str, tmp_path: Path) -> None:
+    """A stand-in ``safe_training`` (the fine-tuning run id, twice) until the bundles define theirs."""
+    extra = tmp_path / "safe.json"
+    extra.write_text(json.dumps({"safe_training": ["$@risk_stage.run()", "$@train#trainer.run()"]}))
+    configs = json.dumps([str(REPO / "bundles" / "fets" / "configs" / "train.json"), str(extra)])
+    lines = benchmark("bundle", "--config_file", configs, "--repeats", "1", "--steps", "1", "--run_epochs", "1",
+                      "--overrides", tiny(phantom))
+    assert re.fullmatch(
+        rf"bundle: weighted/plain step = {NUMBER}, risk stage/inference pass = {NUMBER}, safe/one run = {NUMBER}",
+        lines[-1],
+    ), lines[-1]
+
+
+def test_headline_prints_a_stage_table_that_adds_up_to_its_total(phantom: str, tmp_path: Path) -> None:
+    from benchmark import HEADLINE_STAGES
+
+    lines = benchmark("headline", "--overrides", tiny(phantom), "--work_dir", str(tmp_path))
+    match = re.fullmatch(rf"headline: total = ({NUMBER}) s \(target <= 300 s on 2 CPU cores\)", lines[-1])
+    assert match, lines[-1]
+    rows = {m.group(1): float(m.group(2)) for line in lines if (m := re.fullmatch(rf"\| (.+) \| ({NUMBER}) s \| \d+% \|", line))}
+    assert set(rows) == {*HEADLINE_STAGES, "total"}
+    assert rows["source training: iterations"] > 0 and rows["risk stage"] > 0 and rows["fine-tuning: iterations"] > 0
+    assert sum(rows[name] for name in HEADLINE_STAGES) == pytest.approx(rows["total"], abs=0.1 * len(HEADLINE_STAGES))
+    assert (tmp_path / "bundle" / "models" / "model.pt").is_file(), "the headline ran to its end"
+
+
+@pytest.mark.slow
+def test_scale_ends_with_the_peak_rss_ratio(phantom: str, tmp_path: Path) -> None:
+    lines = benchmark("scale", "--phantom", phantom, "--counts", "[1, 2]", "--cache_gb", "[0]", "--patch", "16",
+                      "--work_dir", str(tmp_path))
+    assert re.fullmatch(rf"scale: risk-stage peak RSS ratio N=2/N=1 = {NUMBER}", lines[-1]), lines[-1]
+
+
+@pytest.mark.slow
+def test_fullsize_ends_with_the_peak_rss_over_every_run_id(phantom: str, tmp_path: Path) -> None:
+    lines = benchmark("fullsize", "--phantom", phantom, "--profile", "False", "--work_dir", str(tmp_path))
+    assert re.fullmatch(rf"fullsize: peak RSS over all steps = {NUMBER} GB \(goal <= 6 GB\)", lines[-1]), lines[-1]

@@ -1,0 +1,189 @@
+"""The risk stage runs the source model once per case: what pass 1 keeps on disk gives the maps a second source
+pass would give (bit for bit with ``probabilities="float32"``, within a measured bound with ``"float16"``); the kept
+files are temporaries, and ``float32`` keeps the cache key the bundles had before the option existed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigParser
+from monai.inferers import SlidingWindowInferer
+from monai.networks.nets import SegResNet
+
+from transrisk_components.bundle.fingerprint import StageFingerprint
+from transrisk_components.bundle.stages.risk import KEPT, MANIFEST, RiskStage
+from transrisk_components.data.registry import get_dataset
+from transrisk_components.data.scenario import Scenario
+from transrisk_components.method.transferability import (
+    LEEPStatistics,
+    LocationLEEPStatistics,
+    pixel_transferability,
+)
+
+CONFIGS = Path(__file__).resolve().parents[1] / "bundles"
+
+
+class CountingInferer:
+    """A sliding-window inferer that counts its calls (one per source pass over a case)."""
+
+    def __init__(self) -> None:
+        self.inferer = SlidingWindowInferer([16, 16, 16])
+        self.calls = 0
+
+    def __call__(self, image: torch.Tensor, network: torch.nn.Module) -> torch.Tensor:
+        self.calls += 1
+        return self.inferer(image, network)
+
+
+@pytest.fixture(scope="module")
+def phantom(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A 32^3 FeTS phantom (one atlas grid for every subject), 9 subjects."""
+    return str(get_dataset("fets").make_phantom(tmp_path_factory.mktemp("fets"), subjects=9, seed=0, shape=(32, 32, 32)))
+
+
+@pytest.fixture()
+def cases(phantom: str, tmp_path: Path) -> list[dict]:
+    """Three FeTS target training cases (FLAIR)."""
+    scenario = Scenario(
+        dataset="fets", dataset_dir=phantom, output_dir=str(tmp_path), source_modality="t1", target_modality="flair",
+        source_task="multiclass", target_task="multiclass", num_target_train=3, num_target_val=1, num_target_test=1,
+        seed=0,
+    )
+    return scenario.split("target_train")
+
+
+def preprocessing() -> object:
+    """The FeTS bundle's whole-volume preprocessing with the WT target task."""
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "fets" / "configs" / "train.json"))
+    parser.update({"target_task": "WT"})
+    return parser.get_parsed_content("validate#preprocessing")
+
+
+def make_stage(cases: list[dict], tmp_path: Path, **options) -> RiskStage:
+    """A risk stage (multiclass source, WT target) with a tiny source network of fixed random weights."""
+    torch.manual_seed(0)
+    network = SegResNet(spatial_dims=3, in_channels=1, out_channels=4, init_filters=4, blocks_down=(1, 2),
+                        blocks_up=(1,), norm=("GROUP", {"num_groups": 4}))
+    ckpt = tmp_path / "source.pt"
+    ckpt.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(network.state_dict(), ckpt)
+    fingerprint = StageFingerprint("risk", dict(options), datalists=[cases], upstream={"source_ckpt": str(ckpt)})
+    return RiskStage(True, "fets", cases, "multiclass", "WT", str(ckpt), network, preprocessing(), CountingInferer(),
+                     str(tmp_path / "cache"), fingerprint, **options)
+
+
+def maps_of(stage: RiskStage, cases: list[dict]) -> list[np.ndarray]:
+    return [np.asarray(nib.load(stage.map_path(c["case_id"])).dataobj) for c in cases]
+
+
+def two_pass_maps(stage: RiskStage, cases: list[dict]) -> tuple[list[np.ndarray], float]:
+    """The maps and LEEP by the definition, with a second source pass over every case instead of kept files."""
+    network = stage._load_network()
+    with torch.no_grad():
+        passes = [stage._source_pass(network, case) for case in cases]  # pass 1: the statistics
+        if stage.map_type == "location":
+            stats = LocationLEEPStatistics(2, 4, passes[0][0].shape[2:], stage.location_patch)
+            for probs, label, mask, _ in passes:
+                stats.update(probs, label, mask)
+            log_t = []
+            for case in cases:  # pass 2: the source model again
+                probs, label, mask, _ = stage._source_pass(network, case)
+                transferability = stats.transferability(probs, label)
+                stats.update_leep(transferability, mask)
+                log_t.append(torch.log(transferability[mask].double().clamp_min(1e-12)))
+            location_t = stats.leep_map().nan_to_num(0.0).exp().to(torch.float32)[None, None]
+            maps = [stage._risk_map(location_t[mask], mask, c["case_id"]) for c, (_, _, mask, _) in zip(cases, passes)]
+        else:
+            stats = LEEPStatistics(2, 4)
+            for probs, label, mask, _ in passes:
+                stats.update(probs, label, mask)
+            maps, log_t = [], []
+            for case in cases:  # pass 2: the source model again
+                probs, label, mask, _ = stage._source_pass(network, case)
+                transferability = pixel_transferability(probs, label, stats.conditional())
+                log_t.append(torch.log(transferability[mask].double().clamp_min(1e-12)))
+                maps.append(stage._risk_map(transferability[mask], mask, case["case_id"]))
+    every = torch.cat(log_t)
+    return maps, float(every.sum()) / every.numel()
+
+
+@pytest.mark.parametrize("options", [{}, {"map_type": "location"}, {"normalization": "neglog_minmax", "shuffle": True}],
+                         ids=["pooled", "location", "neglog_shuffled"])
+def test_one_source_pass_per_case_gives_the_two_pass_maps_bit_for_bit(
+    cases: list[dict], tmp_path: Path, options: dict
+) -> None:
+    stage = make_stage(cases, tmp_path, **options)
+    manifest = stage.run()
+    assert stage.inferer.calls == len(cases), "the source model runs once per case"
+    expected, leep = two_pass_maps(stage, cases)
+    for case, got, want in zip(cases, maps_of(stage, cases), expected):
+        assert got.dtype == want.dtype == np.float32
+        np.testing.assert_array_equal(got, want, err_msg=case["case_id"])
+    assert manifest["leep"] == pytest.approx(leep, rel=1e-12)
+    assert not (tmp_path / "cache" / manifest["key"] / KEPT).exists(), "the kept passes are deleted"
+
+
+def test_float16_storage_moves_the_maps_by_little_and_has_its_own_cache_key(cases: list[dict], tmp_path: Path) -> None:
+    exact = make_stage(cases, tmp_path / "exact", probabilities="float32")
+    half = make_stage(cases, tmp_path / "half", probabilities="float16")
+    exact_manifest, half_manifest = exact.run(), half.run()
+    worst = max(float(np.abs(a - b).max()) for a, b in zip(maps_of(exact, cases), maps_of(half, cases)))
+    print(f"float16 storage: max |risk(float16) - risk(float32)| = {worst:.2e}")
+    assert 0 < worst <= 2e-3
+    assert half_manifest["leep"] == pytest.approx(exact_manifest["leep"], abs=1e-3)
+    assert half.inferer.calls == len(cases)
+    with pytest.raises(ValueError, match="unknown risk#probabilities 'int8'"):
+        make_stage(cases, tmp_path / "bad", probabilities="int8")
+
+
+@pytest.mark.parametrize("bundle", ["fets", "iseg"])
+def test_float32_keeps_the_cache_key_of_before_the_option_and_float16_gets_another(bundle: str, tmp_path: Path) -> None:
+    """The bundles' risk fingerprint: ``risk#probabilities float32`` gives the key the config gave without the
+    option (caches made before it stay valid), ``float16`` another."""
+    root = str(get_dataset(bundle).make_phantom(tmp_path / "data", subjects=9 if bundle == "fets" else 10, seed=0,
+                                                shape=(16, 16, 16)))
+
+    def key(probabilities: str | None) -> str:
+        parser = ConfigParser()
+        parser.read_config(str(CONFIGS / bundle / "configs" / "train.json"))
+        parser.update({"bundle_root": str(tmp_path / "b"), "dataset_dir": root, "num_target_train": 2,
+                       "num_target_val": 1, "num_target_test": 1})
+        if probabilities is None:  # the config as it was before the option
+            del parser["fingerprint"]["risk"]["settings"]["probabilities"]
+            del parser["fingerprint"]["risk"]["defaults"]
+        else:
+            parser["risk"]["probabilities"] = probabilities
+        ckpt = Path(parser.get_parsed_content("source_ckpt"))
+        ckpt.parent.mkdir(parents=True, exist_ok=True)
+        ckpt.write_bytes(b"weights")
+        return parser.get_parsed_content("fingerprint#risk").key()
+
+    assert key("float32") == key(None) != key("float16")
+
+
+def test_kept_files_of_a_killed_run_are_not_reused_and_a_failing_stage_removes_its_own(
+    cases: list[dict], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stage = make_stage(cases, tmp_path)
+    folder = tmp_path / "cache" / stage.cache_key()
+    stale = folder / KEPT / "FeTS21_Training_999.pt"  # what a killed run left
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"half")
+
+    def fail(*args: object, **kwargs: object) -> str:
+        assert not stale.exists(), "left-overs are deleted before the stage computes"
+        assert len(list((folder / KEPT).iterdir())) == len(cases), "pass 1 kept one file per case"
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(stage, "_write_map", fail)
+    with pytest.raises(RuntimeError, match="disk full"):
+        stage.run()
+    assert list((folder / KEPT).iterdir()) == [] and not (folder / MANIFEST).exists()
+    monkeypatch.undo()
+    assert set(stage.run()["cases"]) == {c["case_id"] for c in cases}
+    assert not (folder / KEPT).exists()
