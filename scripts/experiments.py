@@ -588,17 +588,10 @@ def _per_case_dice(path: Path) -> dict[str, dict[str, float]]:
 
 
 def _validation_curve(path: Path) -> dict[str, dict[str, float]]:
-    """``{epoch: {region: mean validation Dice}}`` of the validation epochs of a ``learning_curves.csv`` (epochs as
-    strings, so that the row survives JSON)."""
-    from transrisk_components.reporting.figures import read_learning_curves
+    """``{epoch: {region: mean validation Dice}}`` of a ``learning_curves.csv``, epochs as strings (for JSON)."""
+    from transrisk_components.reporting.figures import validation_curve
 
-    columns = read_learning_curves(path)
-    regions = [c.removeprefix("val_dice_") for c in columns if c.startswith("val_dice_")]
-    return {
-        str(int(epoch)): {r: columns[f"val_dice_{r}"][i] for r in regions}
-        for i, epoch in enumerate(columns["epoch"])
-        if not math.isnan(columns["val_dice"][i])
-    }
+    return {str(epoch): regions for epoch, regions in validation_curve(path).items()}
 
 
 def run_cell(cell: Cell, root: Path, profile: Profile, dataset_dirs: Mapping[str, str | None]) -> dict[str, Any]:

@@ -40,6 +40,7 @@ __all__ = [
     "plot_risk_overlay",
     "plot_source_ranking",
     "read_learning_curves",
+    "validation_curve",
 ]
 
 LEARNING_CURVE_COLUMNS: tuple[str, ...] = ("epoch", "train_loss", "val_dice")
@@ -127,6 +128,18 @@ def read_learning_curves(path: str | os.PathLike) -> dict[str, list[float]]:
             raise ValueError(f"{csv_path}: missing column(s) {missing}; expected {list(LEARNING_CURVE_COLUMNS)}")
         rows = list(reader)
     return {c: [_float_or_nan(row[c]) for row in rows] for c in reader.fieldnames or LEARNING_CURVE_COLUMNS}
+
+
+def validation_curve(path: str | os.PathLike) -> dict[int, dict[str, float]]:
+    """The validation epochs of a learning-curve CSV: epoch -> region -> mean validation Dice (its
+    ``val_dice_<region>`` columns)."""
+    columns = read_learning_curves(path)
+    regions = [c.removeprefix("val_dice_") for c in columns if c.startswith("val_dice_")]
+    return {
+        int(epoch): {r: columns[f"val_dice_{r}"][i] for r in regions}
+        for i, epoch in enumerate(columns["epoch"])
+        if not math.isnan(columns["val_dice"][i])
+    }
 
 
 def plot_learning_curves(metrics: str | os.PathLike | Mapping[str, Sequence[Any]], out_png: str | os.PathLike) -> Path:

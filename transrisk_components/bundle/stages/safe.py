@@ -31,7 +31,6 @@ import copy
 import csv
 import json
 import logging
-import math
 import os
 import re
 import shutil
@@ -54,7 +53,7 @@ from transrisk_components.bundle.selection import (
     race,
     rung_epochs,
 )
-from transrisk_components.reporting.figures import plot_region_dice, read_learning_curves
+from transrisk_components.reporting.figures import plot_region_dice, read_learning_curves, validation_curve
 from transrisk_components.utils.io import atomic_write, atomic_write_text, file_sha256
 
 __all__ = ["SafeTransferStage", "load_candidates", "suggest_safe_training"]
@@ -130,7 +129,6 @@ class SafeTransferStage:
         output_dir: the bundle's report folder: candidates' reports in ``<output_dir>/candidates/<name>``, the
             transfer report in ``<output_dir>``.
         log_dir: TensorBoard folder; candidates log to ``<log_dir>/candidates/<name>``.
-        dataset, task: the target's dataset and task (the regions validated).
         max_epochs, val_interval: the fine-tuning length and validation interval of every candidate.
         racing: race the candidates (successive halving) instead of training every one fully.
         rungs: racing rungs as fractions of ``max_epochs`` (:func:`~transrisk_components.bundle.selection.rung_epochs`).
@@ -149,8 +147,6 @@ class SafeTransferStage:
         ckpt_dir: str,
         output_dir: str,
         log_dir: str,
-        dataset: str,
-        task: str,
         max_epochs: int,
         val_interval: int,
         racing: bool = False,
@@ -162,7 +158,6 @@ class SafeTransferStage:
         self.candidates = load_candidates(candidates, candidates_file)
         self.shared = dict(shared)
         self.ckpt_dir, self.output_dir, self.log_dir = Path(ckpt_dir), Path(output_dir), Path(log_dir)
-        self.dataset, self.task = dataset, task
         self.max_epochs, self.val_interval = int(max_epochs), int(val_interval)
         self.racing = bool(racing)
         self.rungs = rung_epochs(rungs, self.max_epochs, self.val_interval) if self.racing else ()
@@ -244,13 +239,7 @@ class SafeTransferStage:
 
     def _curve(self, name: str) -> dict[int, dict[str, float]]:
         """Candidate ``name``'s validation curve: epoch -> region -> mean validation Dice."""
-        columns = read_learning_curves(self.candidate_output_dir(name) / "learning_curves.csv")
-        regions = [c.removeprefix("val_dice_") for c in columns if c.startswith("val_dice_")]
-        return {
-            int(epoch): {r: columns[f"val_dice_{r}"][i] for r in regions}
-            for i, epoch in enumerate(columns["epoch"])
-            if not math.isnan(columns["val_dice"][i])
-        }
+        return validation_curve(self.candidate_output_dir(name) / "learning_curves.csv")
 
     def _train_candidates(self) -> RaceOutcome:
         """Every candidate fully, or raced over :attr:`rungs`; the outcome names the candidates that finished."""
