@@ -45,24 +45,10 @@ def test_core_runs_and_ends_with_its_ratios() -> None:
     assert re.fullmatch(rf"core: LEEP\+T/forward = {NUMBER}, weighted/DiceCE step = {NUMBER}", lines[-1]), lines[-1]
 
 
-def test_bundle_prints_its_ratios_with_targets_and_safe_as_not_available(phantom: str) -> None:
-    lines = benchmark("bundle", "--repeats", "1", "--steps", "1", "--overrides", tiny(phantom))
+def test_bundle_prints_its_three_ratios_with_targets(phantom: str) -> None:
+    """weighted/plain step, risk stage/inference pass and the bundles' own safe_training over one fine-tuning run."""
+    lines = benchmark("bundle", "--repeats", "1", "--steps", "1", "--run_epochs", "1", "--overrides", tiny(phantom))
     assert any("(target <= 1.01)" in line for line in lines) and any("(target <= 1.2)" in line for line in lines)
-    assert re.fullmatch(
-        rf"bundle: weighted/plain step = {NUMBER}, risk stage/inference pass = {NUMBER}, "
-        r"safe/one run = n/a \(no safe_training run id\)",
-        lines[-1],
-    ), lines[-1]
-
-
-@pytest.mark.slow
-def test_bundle_times_a_safe_training_run_id_against_one_fine_tuning_run(phantom: str, tmp_path: Path) -> None:
-    """A stand-in ``safe_training`` (the fine-tuning run id, twice) until the bundles define theirs."""
-    extra = tmp_path / "safe.json"
-    extra.write_text(json.dumps({"safe_training": ["$@risk_stage.run()", "$@train#trainer.run()"]}))
-    configs = json.dumps([str(REPO / "bundles" / "fets" / "configs" / "train.json"), str(extra)])
-    lines = benchmark("bundle", "--config_file", configs, "--repeats", "1", "--steps", "1", "--run_epochs", "1",
-                      "--overrides", tiny(phantom))
     assert re.fullmatch(
         rf"bundle: weighted/plain step = {NUMBER}, risk stage/inference pass = {NUMBER}, safe/one run = {NUMBER}",
         lines[-1],
