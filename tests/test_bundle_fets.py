@@ -72,9 +72,9 @@ def test_training_writes_every_stage_output(trained: Path) -> None:
         values = np.asarray(risk.dataobj)
         assert values.min() >= 0.0 and values.max() <= 1.0
     curve = (trained / "eval" / "learning_curves.csv").read_text().splitlines()
-    assert curve[0] == "epoch,train_loss,val_dice" and len(curve) == 1 + TINY["max_epochs"]
-    epoch, loss, val_dice = curve[1].split(",")
-    assert float(loss) > 0 and 0 <= float(val_dice) <= 1
+    assert curve[0] == "epoch,train_loss,val_dice,val_dice_ET,val_dice_TC,val_dice_WT" and len(curve) == 1 + TINY["max_epochs"]
+    epoch, loss, val_dice, *per_region = map(float, curve[1].split(","))
+    assert loss > 0 and 0 <= val_dice <= 1 and val_dice == pytest.approx(sum(per_region) / 3, abs=1e-5)
     assert (trained / "eval" / "learning_curves.png").stat().st_size > 1000
     events = EventAccumulator(str(trained / "runs" / "finetune_risk"), size_guidance={"images": 0})
     events.Reload()

@@ -91,9 +91,9 @@ def test_training_writes_every_stage_output(trained: Path) -> None:
         values = np.asarray(risk.dataobj)
         assert values.min() >= 0.0 and values.max() <= 1.0
     curve = (trained / "eval" / "learning_curves.csv").read_text().splitlines()
-    assert curve[0] == "epoch,train_loss,val_dice" and len(curve) == 1 + TINY["max_epochs"]
-    _, loss, val_dice = curve[1].split(",")
-    assert float(loss) > 0 and 0 <= float(val_dice) <= 1
+    assert curve[0] == "epoch,train_loss,val_dice,val_dice_CSF,val_dice_GM,val_dice_WM" and len(curve) == 1 + TINY["max_epochs"]
+    _, loss, val_dice, *per_region = map(float, curve[1].split(","))
+    assert loss > 0 and 0 <= val_dice <= 1 and val_dice == pytest.approx(sum(per_region) / 3, abs=1e-5)
 
 
 def test_each_stage_runs_alone_and_the_risk_cache_is_reused(tmp_path: Path, phantom: str) -> None:
