@@ -30,7 +30,7 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -293,6 +293,7 @@ class StageTimer:
         self._originals: list[tuple[Any, str, Any]] = []
 
     def enter(self, stage: str) -> None:
+        """Start charging time to ``stage`` (until the matching :meth:`exit`)."""
         now = time.perf_counter()
         if self._stack:
             self.seconds[self._stack[-1]] += now - self._since
@@ -300,12 +301,14 @@ class StageTimer:
         self._since = now
 
     def exit(self) -> None:
+        """Leave the innermost stage; time goes back to the one around it."""
         now = time.perf_counter()
         self.seconds[self._stack.pop()] += now - self._since
         self._since = now
 
     @property
     def current(self) -> str | None:
+        """The innermost stage running now, or ``None``."""
         return self._stack[-1] if self._stack else None
 
     def wrap(self, owner: Any, name: str, stage: str | Callable[[StageTimer, Any], str]) -> None:
@@ -324,6 +327,7 @@ class StageTimer:
         setattr(owner, name, timed)
 
     def restore(self) -> None:
+        """Put back every method and function :meth:`wrap` replaced."""
         for owner, name, original in reversed(self._originals):
             setattr(owner, name, original)
         self._originals.clear()
@@ -427,8 +431,6 @@ def headline(
     result, rss = _child(["headline_stages", json.dumps(files), json.dumps(settings)], work / "headline.log")
     total = time.perf_counter() - start
     stages = {"imports and interpreter start-up": total - result["main_seconds"], **result["stages"]}
-    stages["other (config parsing, building objects, logging)"] = stages.get(
-        "other (config parsing, building objects, logging)", 0.0)
     print(f"threads: {torch.get_num_threads()}, bundle config: {' + '.join(files)}, overrides: {json.dumps(settings)}")
     print(f"log: {work / 'headline.log'}, peak RSS {rss:.2f} GB")
     print("| stage | wall time | share |")
