@@ -436,8 +436,8 @@ def headline(
     print("| stage | wall time | share |")
     print("|---|---|---|")
     for name in HEADLINE_STAGES:
-        print(f"| {name} | {stages.get(name, 0.0):.1f} s | {100 * stages.get(name, 0.0) / total:.0f}% |")
-    print(f"| total | {total:.1f} s | 100% |")
+        print(f"| {name} | {stages.get(name, 0.0):.2f} s | {100 * stages.get(name, 0.0) / total:.0f}% |")
+    print(f"| total | {total:.2f} s | 100% |")
     print(f"headline: total = {total:.1f} s (target <= 300 s on 2 CPU cores)")
 
 

@@ -63,8 +63,9 @@ def test_headline_prints_a_stage_table_that_adds_up_to_its_total(phantom: str, t
     assert match, lines[-1]
     rows = {m.group(1): float(m.group(2)) for line in lines if (m := re.fullmatch(rf"\| (.+) \| ({NUMBER}) s \| \d+% \|", line))}
     assert set(rows) == {*HEADLINE_STAGES, "total"}
-    assert rows["source training: iterations"] > 0 and rows["risk stage"] > 0 and rows["fine-tuning: iterations"] > 0
-    assert sum(rows[name] for name in HEADLINE_STAGES) == pytest.approx(rows["total"], abs=0.1 * len(HEADLINE_STAGES))
+    # at tiny size a stage can take less than the table's 0.01 s resolution: the rows must be there and add up
+    assert all(value >= 0 for value in rows.values()) and rows["total"] > 0
+    assert sum(rows[name] for name in HEADLINE_STAGES) == pytest.approx(rows["total"], abs=0.01 * len(HEADLINE_STAGES))
     assert (tmp_path / "bundle" / "models" / "model.pt").is_file(), "the headline ran to its end"
 
 

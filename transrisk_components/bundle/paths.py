@@ -28,7 +28,7 @@ from typing import Any
 
 from transrisk_components.bundle.fingerprint import RECORD_SUFFIX, named_by_a_record
 
-__all__ = ["TRAINED", "active_workflow", "bundle_root", "ckpt_dir", "model_file"]
+__all__ = ["TRAINED", "active_workflow", "bundle_root", "ckpt_dir", "model_file", "workflow_on_stack"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ def _folder_of(config_file: str | Path) -> Path:
     return folder.parent if folder.name == "configs" else folder
 
 
-def _workflow_on_stack() -> Any:
+def workflow_on_stack() -> Any:
     """The innermost MONAI ``ConfigWorkflow`` on the call stack (the one parsing or running this config), or ``None``."""
     from monai.bundle import ConfigWorkflow
 
@@ -66,7 +66,7 @@ def active_workflow(purpose: str) -> Any:
     Raises:
         RuntimeError: no ``ConfigWorkflow`` is on the call stack.
     """
-    workflow = _workflow_on_stack()
+    workflow = workflow_on_stack()
     if workflow is None:
         raise RuntimeError(f"{purpose} parses the bundle's configuration again and must run inside a MONAI "
                            "ConfigWorkflow: python -m monai.bundle run ... or ConfigWorkflow(...).run()")
@@ -75,7 +75,7 @@ def active_workflow(purpose: str) -> Any:
 
 def _from_workflow() -> Path | None:
     """The bundle folder of the ``ConfigWorkflow`` found on the call stack, if any."""
-    owner = _workflow_on_stack()
+    owner = workflow_on_stack()
     if owner is None:
         return None
     root = Path(owner.config_root_path).expanduser().resolve()

@@ -43,7 +43,7 @@ from monai.bundle import ConfigParser
 
 import transrisk_components
 from transrisk_components.bundle.fingerprint import ForeignOutputError, StaleOutputError, named_by_a_record
-from transrisk_components.bundle.paths import active_workflow
+from transrisk_components.bundle.paths import active_workflow, workflow_on_stack
 from transrisk_components.bundle.selection import (
     STALL_DICE,
     TIE_MARGIN,
@@ -98,7 +98,8 @@ def load_candidates(candidates: Mapping[str, Mapping[str, Any]] | None, candidat
 
 def suggest_safe_training(bundle_root: str, model: str) -> None:
     """The last line of the ``training`` run id: where its model is, and how to train the candidate starts."""
-    config = Path(bundle_root) / "configs" / "train.json"
+    workflow = workflow_on_stack()
+    config = Path(workflow.config_root_path if workflow is not None else Path(bundle_root) / "configs") / "train.json"
     shown = os.path.relpath(config) if not os.path.relpath(config).startswith("..") else str(config)
     logger.info(
         "fine-tuned one start (the risk-weighted default): %s. Transfer can hurt; to fine-tune the candidate starts "
