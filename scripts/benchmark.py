@@ -512,7 +512,7 @@ def scale(
     patch: int = 128,
     work_dir: str | None = None,
 ) -> None:
-    """Issue #11 item 6: memory and time of the risk stage and the source data pipeline on full-size cases.
+    """Memory and time of the risk stage and the source data pipeline on full-size cases.
 
     Risk stage: the FeTS bundle's ``risk_map`` run id over N = ``counts`` target cases (240x240x155, FLAIR),
     each N in a fresh process, with a small SegResNet (the memory that grows with N is the per-case volumes,
@@ -578,7 +578,7 @@ def scale(
 
 
 def fullsize(phantom: str | None = None, profile: bool = True, work_dir: str | None = None) -> None:
-    """Issue #11 "done when": one full-size case through every stage on CPU, peak RSS of each (goal <= 6 GB).
+    """One full-size case through every stage on CPU, peak RSS of each (goal <= 6 GB).
 
     Source training (one iteration), risk stage (source inference + LEEP + map), fine-tuning (one iteration and
     its validation pass), evaluation and inference, each a run id of the FeTS bundle in a fresh process, one

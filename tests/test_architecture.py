@@ -104,3 +104,15 @@ def test_the_graph_holds_the_real_edges():
     assert "transrisk_components.method.losses" in GRAPH["transrisk_components.bundle.engine"]
     assert "transrisk_components.data.registry" in GRAPH["transrisk_components.data.checks"]
     assert len(MODULES) > 30
+
+
+def test_the_method_package_re_exports_the_api_of_each_of_its_modules():
+    import importlib
+
+    import transrisk_components.method as method
+
+    for name in ("baselines", "losses", "risk", "transferability"):
+        module = importlib.import_module(f"transrisk_components.method.{name}")
+        missing = set(module.__all__) - set(method.__all__)
+        assert not missing, f"method.{name} exports {sorted(missing)} but transrisk_components.method does not"
+    assert all(getattr(method, name) is not None for name in method.__all__)

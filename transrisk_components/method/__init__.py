@@ -5,4 +5,36 @@
 - :mod:`~transrisk_components.method.risk` -- transferability -> transfer risk map -> loss weights.
 - :mod:`~transrisk_components.method.losses` -- the risk-weighted segmentation loss.
 - :mod:`~transrisk_components.method.baselines` -- the comparison losses (L2-SP, top-k Dice-CE).
+
+The names below are the method's API: ``from transrisk_components.method import LEEPStatistics, transfer_risk``.
 """
+
+from .baselines import L2SPLoss, TopKDiceCELoss
+from .losses import RiskWeightedLoss
+from .risk import RISK_NORMALIZATIONS, WEIGHT_SCHEMES, risk_to_weights, transfer_risk
+from .transferability import (
+    LEEPStatistics,
+    LocationLEEPStatistics,
+    class_information,
+    dead_classes,
+    leep,
+    pixel_transferability,
+    prior_floor_leep,
+)
+
+__all__ = [
+    "L2SPLoss",
+    "LEEPStatistics",
+    "LocationLEEPStatistics",
+    "RISK_NORMALIZATIONS",
+    "RiskWeightedLoss",
+    "TopKDiceCELoss",
+    "WEIGHT_SCHEMES",
+    "class_information",
+    "dead_classes",
+    "leep",
+    "pixel_transferability",
+    "prior_floor_leep",
+    "risk_to_weights",
+    "transfer_risk",
+]

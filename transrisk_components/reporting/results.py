@@ -404,7 +404,7 @@ def region_table(
 
 #: Safe transfer's second promise: a gain of at least this (Dice units) over plain fine-tuning, seed CI above 0 ...
 SAFE_GAIN = 0.02
-#: ... in at least this many scenarios (issue #26's goal).
+#: ... in at least this many scenarios (the goal the safe workflow is held to).
 SAFE_GAIN_SCENARIOS = 3
 
 

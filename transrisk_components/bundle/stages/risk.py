@@ -43,7 +43,7 @@ prior floor ``P(y)`` (what a source that knows nothing scores) and the informati
 (:func:`~transrisk_components.method.transferability.class_information`). A class whose information is below
 ``dead_class_margin`` (default 0.05: the source reaches less than 5% of the headroom above the floor) is *dead*:
 the stage logs a WARNING naming it every time it runs (computed or reused), and writes the classes, the dead ones
-and the chosen action to ``summary_path`` (``eval/risk_summary.json`` in the bundles). The action itself
+and the chosen action to ``summary_path`` (``eval/risk_stage_summary.json`` in the bundles). The action itself
 (``dead_classes``: ``"warn"``, ``"reinit"``, ``"scratch"``) is carried out when the target network is initialised
 from the source, by :class:`~transrisk_components.bundle.engine.SourceWeights`.
 """
