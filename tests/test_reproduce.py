@@ -13,7 +13,7 @@ from transrisk_components.data.registry import get_dataset
 
 
 def reproduce_tiny(work: Path, reports: Path, phantom: Path | None, workers: int = 1) -> None:
-    """``scripts/reproduce.py run`` with the tiny profile."""
+    """What ``scripts/reproduce.py run`` does, with the tiny profile (which the command line does not offer)."""
     experiments.reproduce_profile("tiny", TINY, work, reports, {"fets": str(phantom) if phantom else None}, workers,
                                   command="pytest")
 
@@ -126,3 +126,16 @@ def test_a_second_grid_on_a_busy_work_folder_stops_before_any_cell(tmp_path):
         with pytest.raises(FolderBusyError, match="another --work_dir"):
             reproduce_tiny(tmp_path, tmp_path / "r", None)
     assert not (tmp_path / "cells").exists()
+
+
+@pytest.mark.parametrize("arguments, message", [(["--profile", "tiny"], "unknown profile 'tiny'"),
+                                                (["--scenarios", "fets_t1_to_flair"], "not in profile 'quick'")])
+def test_the_command_line_refuses_unknown_profiles_and_scenarios(tmp_path, arguments, message):
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, str(repo / "scripts" / "reproduce.py"), "run", *arguments,
+                           "--work_dir", str(tmp_path)], capture_output=True, text=True, cwd=repo)
+    assert done.returncode != 0 and message in done.stderr
+    assert not list(tmp_path.iterdir())
