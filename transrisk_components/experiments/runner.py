@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from transrisk_components.bundle.fingerprint import StageFingerprint, StaleOutputError
-from transrisk_components.experiments.cells import Cell, bundle_config, cell_overrides
 from transrisk_components.experiments.catalogue import SCENARIOS
+from transrisk_components.experiments.cells import Cell, bundle_config, cell_overrides
 from transrisk_components.experiments.profiles import Profile
 from transrisk_components.utils.io import atomic_write_text
 
