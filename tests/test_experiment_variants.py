@@ -3,6 +3,7 @@ selection rule that picks the bundles' default from validation Dice."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from monai.bundle import ConfigParser
 from transrisk_components.experiments import (
     DEFAULT_RISK,
     DEFAULT_SWEEP_POINT,
+    DERIVED_METHODS,
     HEADLINE_METHODS,
     LINEAR_STRENGTHS_ABOVE_SWEEP,
     LOCATION_LEEP,
@@ -26,6 +28,8 @@ from transrisk_components.experiments import (
     Profile,
     choose_default,
     grid,
+    method_id,
+    method_label,
     parallel_schedule,
     selection_scores,
     sweep_id,
@@ -42,6 +46,15 @@ def test_every_method_overrides_config_ids_the_bundle_has(bundle: str) -> None:
     for method in METHODS.values():
         for key in method.overrides:
             assert key in parser, f"{method.id}: {bundle} train.json has no config id {key}"
+
+
+def test_method_ids_are_short_folder_names_and_labels_are_unique() -> None:
+    """Ids name the cell folders and fill the ``method`` column; labels are what reports show (and older reports
+    hold), so each label must lead back to one id."""
+    methods = [*METHODS.values(), *DERIVED_METHODS.values()]
+    assert all(re.fullmatch(r"[a-z][a-z0-9_]{1,23}", m.id) for m in methods), [m.id for m in methods]
+    assert len({m.label for m in methods}) == len(methods) == len({m.id for m in methods})
+    assert all(method_id(m.label) == m.id == method_id(m.id) and method_label(m.id) == m.label for m in methods)
 
 
 def test_variants_and_sweep_are_listed() -> None:
