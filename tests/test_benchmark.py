@@ -56,7 +56,9 @@ def test_bundle_prints_its_three_ratios_with_targets(phantom: str) -> None:
 
 
 def test_headline_prints_a_stage_table_that_adds_up_to_its_total(phantom: str, tmp_path: Path) -> None:
-    from benchmark import HEADLINE_STAGES
+    from script_helpers import load_script
+
+    HEADLINE_STAGES = load_script("benchmark").HEADLINE_STAGES
 
     lines = benchmark("headline", "--overrides", tiny(phantom), "--work_dir", str(tmp_path))
     match = re.fullmatch(rf"headline: total = ({NUMBER}) s \(target <= 300 s on 2 CPU cores\)", lines[-1])
