@@ -28,7 +28,7 @@ import fire
 
 from transrisk_components.experiments import PROFILES, RANKING, load_results, reproduce_profile, reproduce_ranking
 from transrisk_components.experiments.cells import REPO_ROOT
-from transrisk_components.experiments.reports import write_table_and_figures
+from transrisk_components.experiments.reports import write_readme, write_table_and_figures
 
 
 def _command() -> str:
@@ -83,7 +83,7 @@ def run(
 
 
 def table(results_csv: str, report_dir: str | None = None) -> None:
-    """Re-make ``table.md`` and the figures from a ``results.csv`` and the ``results_per_case.csv`` beside it.
+    """Re-make ``table.md``, the figures and ``README.md`` from a ``results.csv`` and the ``results_per_case.csv`` beside it.
 
     The CSVs are only read (their ``method`` column may hold method ids or, in older reports, display labels).
 
@@ -92,7 +92,9 @@ def table(results_csv: str, report_dir: str | None = None) -> None:
         report_dir: where ``table.md`` and ``figures/`` go; default: the folder of ``results_csv``.
     """
     rows, cases = load_results(Path(results_csv))
-    write_table_and_figures(rows, cases, Path(report_dir) if report_dir else Path(results_csv).parent)
+    folder = Path(report_dir) if report_dir else Path(results_csv).parent
+    write_table_and_figures(rows, cases, folder)
+    write_readme(folder)
 
 
 def ranking(work_dir: str | None = None, report_dir: str | None = None) -> None:

@@ -47,6 +47,9 @@ def test_tiny_grid_writes_one_row_per_cell_and_the_reports(tiny_grid):
     assert (reports / "figures" / "safe_vs_better_of_plain_and_scratch.png").is_file()
     assert (reports / "figures" / "dice_by_method.png").stat().st_size > 10_000
     assert "profile: tiny" in (reports / "machine.md").read_text()
+    readme = (reports / "README.md").read_text()
+    assert "profile: tiny" in readme and readme.endswith(table), "the folder's README is generated from its tables"
+    assert "(figures/dice_by_method.png)" in readme
     assert len(list(work.glob("sources/*/seed*/source.pt"))) == 2, "one source model per scenario and seed"
     assert sorted(p.name for p in work.glob("cells/fets_t1_to_flair/*")) == sorted(cells), "cell folders are ids"
 

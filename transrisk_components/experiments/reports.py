@@ -6,6 +6,7 @@ Files (under the report folder)::
     validation_per_case.csv,
     validation_curves.csv                  what the selection rules read, so every choice can be re-made
     table.md, figures/                     written by :mod:`transrisk_components.reporting.results`, with labels
+    README.md                              :func:`write_readme`: how the report was made, its figures and tables
 
 :func:`load_results` reads a report's CSVs, including those written before methods had ids (labels in ``method``).
 """
@@ -181,6 +182,28 @@ def write_table_and_figures(rows: Sequence[Mapping[str, Any]], cases: Sequence[M
         plot_runs_against_baseline(rows, label(DEFAULT_RISK), plain, figures / "runs_default_vs_plain.png")
     if sum(any(c["scenario"] == s for c in cases) for s in FEW_SHOT_CURVE.values()) >= 2:
         plot_few_shot_curve(cases, FEW_SHOT_CURVE, reported, figures / "few_shot_curve.png")
+
+
+def write_readme(report_dir: Path) -> None:
+    """``README.md`` of a report folder, made only from the folder's own generated files, never by hand.
+
+    It holds ``machine.md`` (the command and machine that made the cells), links to the report-level figures and the
+    whole of ``table.md``, so that every figure a reader meets on opening the folder comes from a generated table.
+    ``reproduce.py run`` and ``reproduce.py table`` rewrite it.
+    """
+    machine = report_dir / "machine.md"
+    made = machine.read_text().split("\n", 1)[1].strip() if machine.is_file() else "(no machine.md in this folder)"
+    figures = sorted((report_dir / "figures").glob("*.png"))
+    text = (
+        f"# Results: `{report_dir.name}`\n\n"
+        f"Generated from this folder's `results.csv` and `results_per_case.csv` by "
+        f"`python scripts/reproduce.py table {report_dir.name}/results.csv`; do not edit by hand.\n\n"
+        f"## How it was made\n\n{made}\n\n"
+        + ("## Figures\n\n" + "".join(f"- [{png.stem.replace('_', ' ')}](figures/{png.name})\n" for png in figures) + "\n"
+           if figures else "")
+        + "## Tables\n\n" + (report_dir / "table.md").read_text()
+    )
+    atomic_write_text(report_dir / "README.md", text)
 
 
 def copy_cell_figures(cells: Sequence[Cell], work_dir: Path, report_dir: Path) -> None:

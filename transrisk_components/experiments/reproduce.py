@@ -23,7 +23,12 @@ from transrisk_components.experiments.profiles import Profile
 from transrisk_components.experiments.ranking import RankingStudy, run_ranking_study
 from transrisk_components.experiments.ranking_report import COLUMNS as RANKING_COLUMNS
 from transrisk_components.experiments.ranking_report import summarise as summarise_ranking
-from transrisk_components.experiments.reports import copy_cell_figures, write_result_files, write_table_and_figures
+from transrisk_components.experiments.reports import (
+    copy_cell_figures,
+    write_readme,
+    write_result_files,
+    write_table_and_figures,
+)
 from transrisk_components.experiments.runner import (
     export_risk_overlays,
     prepare_phantoms,
@@ -112,6 +117,7 @@ def _run_grid(
     seconds = time.perf_counter() - start
     training = sum(float(r["train_seconds"]) for r in rows if r["group"] != "derived")
     atomic_write_text(reports / "machine.md", _machine_notes(command, name, seconds, len(cells), reused, training, workers))
+    write_readme(reports)
     print(f"reports in {reports}")
 
 
