@@ -7,7 +7,8 @@ Usage (from the repository root)::
     python scripts/reproduce.py run --profile power --workers 15   # quick at 15 seeds
     python scripts/reproduce.py run --profile full --fets_dir /data/MICCAI_FeTS2021_TrainingData \\
         --iseg_dir /data/iSeg-2019-Training                # everything; meant for a GPU and real data
-    python scripts/reproduce.py table docs/results/quick/results.csv   # re-make table.md and the figures
+    python scripts/reproduce.py table docs/results/quick/results.csv   # re-make table.md, the figures, README.md
+    python scripts/reproduce.py combine OUT PART_A PART_B   # one report over a profile run scenario group by group
     python scripts/reproduce.py ranking   # source-ranking study; last line: ranking: kendall tau = <t> over <k> candidates
 
 Training outputs go to ``--work_dir`` (default ``outputs/reproduce/<profile>``, git-ignored); the reports
@@ -28,7 +29,7 @@ import fire
 
 from transrisk_components.experiments import PROFILES, RANKING, load_results, reproduce_profile, reproduce_ranking
 from transrisk_components.experiments.cells import REPO_ROOT
-from transrisk_components.experiments.reports import write_readme, write_table_and_figures
+from transrisk_components.experiments.reports import combine_reports, write_readme, write_table_and_figures
 
 
 def _command() -> str:
@@ -97,6 +98,14 @@ def table(results_csv: str, report_dir: str | None = None) -> None:
     write_readme(folder)
 
 
+def combine(report_dir: str, *parts: str) -> None:
+    """One report (``report_dir``) over the report folders ``parts`` of one profile run scenario group by group.
+
+    Example: ``python scripts/reproduce.py combine docs/results/confirm/all docs/results/confirm/part_a docs/results/confirm/part_b``
+    """
+    combine_reports([Path(p) for p in parts], Path(report_dir))
+
+
 def ranking(work_dir: str | None = None, report_dir: str | None = None) -> None:
     """Run (or continue) the source-ranking study on the FeTS testbed phantom and write its report.
 
@@ -118,4 +127,4 @@ def ranking(work_dir: str | None = None, report_dir: str | None = None) -> None:
 
 
 if __name__ == "__main__":
-    fire.Fire({"run": run, "table": table, "ranking": ranking})
+    fire.Fire({"run": run, "table": table, "combine": combine, "ranking": ranking})

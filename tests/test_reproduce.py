@@ -142,3 +142,28 @@ def test_the_command_line_refuses_unknown_profiles_and_scenarios(tmp_path, argum
                            "--work_dir", str(tmp_path)], capture_output=True, text=True, cwd=repo)
     assert done.returncode != 0 and message in done.stderr
     assert not list(tmp_path.iterdir())
+
+
+def test_reports_of_a_profile_run_in_parts_combine_into_one(tiny_grid, tmp_path):
+    from transrisk_components.experiments.reports import combine_reports, load_results
+    from transrisk_components.reporting.results import write_case_results_csv, write_results_csv
+
+    _, _, reports = tiny_grid
+    rows, cases = load_results(reports / "results.csv")
+    parts = []
+    for seed in (0, 1):
+        part = tmp_path / f"seed{seed}"
+        part.mkdir()
+        write_results_csv([r for r in rows if int(r["seed"]) == seed], part / "results.csv")
+        write_case_results_csv([c for c in cases if int(c["seed"]) == seed], part / "results_per_case.csv")
+        (part / "machine.md").write_text(f"# How these results were made\n\n- part of seed {seed}\n")
+        parts.append(part)
+    combined = tmp_path / "combined"
+    combine_reports(parts, combined)
+    again, again_cases = load_results(combined / "results.csv")
+    key = lambda r: (r["scenario"], r["method"], str(r["seed"]))  # noqa: E731
+    assert sorted(map(key, again)) == sorted(map(key, rows)) and len(again_cases) == len(cases) > 0
+    readme = (combined / "README.md").read_text()
+    assert "part of seed 0" in readme and "part of seed 1" in readme and "Promise 1" in readme
+    with pytest.raises(ValueError, match="seed0"):
+        combine_reports([parts[0], parts[0]], tmp_path / "twice")

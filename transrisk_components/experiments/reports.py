@@ -54,8 +54,8 @@ from transrisk_components.reporting.results import (
 from transrisk_components.utils.io import atomic_write_text
 
 __all__ = [
-    "REGION_COMPARISONS", "REPORTED_METHODS", "copy_cell_figures", "load_results", "write_result_files",
-    "write_table_and_figures",
+    "REGION_COMPARISONS", "REPORTED_METHODS", "combine_reports", "copy_cell_figures", "load_results", "write_readme",
+    "write_result_files", "write_table_and_figures",
 ]
 
 #: Per-region paired comparisons of the reports: (method, baseline), ids.
@@ -204,6 +204,47 @@ def write_readme(report_dir: Path) -> None:
         + "## Tables\n\n" + (report_dir / "table.md").read_text()
     )
     atomic_write_text(report_dir / "README.md", text)
+
+
+def combine_reports(parts: Sequence[Path], report_dir: Path) -> None:
+    """One report over several report folders of the same profile, run part by part (``--scenarios``).
+
+    Writes ``results.csv``, ``results_per_case.csv``, the validation CSVs (the parts' rows one after another),
+    ``machine.md`` (each part's own notes, quoted), ``table.md``, the figures and ``README.md``.
+
+    Raises:
+        ValueError: naming both folders when two parts hold the same (scenario, method, seed), or when a part has no
+            ``results.csv``.
+    """
+    rows: list[dict[str, Any]] = []
+    cases: list[dict[str, Any]] = []
+    owner: dict[tuple[str, str, str], Path] = {}
+    for part in parts:
+        if not (part / "results.csv").is_file():
+            raise ValueError(f"{part}: no results.csv; give report folders written by reproduce.py run")
+        part_rows, part_cases = load_results(part / "results.csv")
+        for row in part_rows:
+            key = (row["scenario"], row["method"], str(row["seed"]))
+            if key in owner:
+                raise ValueError(f"{key} is in both {owner[key]} and {part}; combine parts that ran different cells")
+            owner[key] = part
+        rows += part_rows
+        cases += part_cases
+    report_dir.mkdir(parents=True, exist_ok=True)
+    write_results_csv(rows, report_dir / "results.csv")
+    write_case_results_csv(cases, report_dir / "results_per_case.csv")
+    for name in ("validation_per_case.csv", "validation_curves.csv"):
+        texts = [(part / name).read_text().splitlines() for part in parts if (part / name).is_file()]
+        if texts:
+            atomic_write_text(report_dir / name, "\n".join(texts[0][:1] + [line for t in texts for line in t[1:]]) + "\n")
+    notes = ["# How these results were made", "", "Combined from report folders made part by part:", ""]
+    for part in parts:
+        machine = part / "machine.md"
+        body = machine.read_text().split("\n", 1)[1].strip() if machine.is_file() else "(no machine.md)"
+        notes += [f"## `{part.name}`", "", body, ""]
+    atomic_write_text(report_dir / "machine.md", "\n".join(notes))
+    write_table_and_figures(rows, cases, report_dir)
+    write_readme(report_dir)
 
 
 def copy_cell_figures(cells: Sequence[Cell], work_dir: Path, report_dir: Path) -> None:
