@@ -67,3 +67,21 @@ def test_logging_handlers_are_disabled_by_name_on_processes_other_than_the_main_
                 assert "_disabled_" not in handler, handler["_target_"]
             else:
                 assert "not @is_main_process" in handler.get("_disabled_", ""), f"{section}: {handler['_target_']}"
+
+
+@pytest.mark.parametrize("bundle", ["fets", "iseg"])
+def test_a_renamed_risk_option_stops_the_run_naming_the_new_id(bundle: str) -> None:
+    from monai.bundle import ConfigParser
+
+    for config in ("train.json", "multi_gpu_train.json"):
+        assert "@risk_options" in json.loads((REPO / "bundles" / bundle / "configs" / config).read_text())["initialize"]
+    parser = ConfigParser()
+    parser.read_config(str(REPO / "bundles" / bundle / "configs" / "train.json"))
+    assert parser.get_parsed_content("risk_options")["map_normalization"] == "complement"
+    parser["risk#normalization"] = "minmax"
+    parser["risk#loss_normalization"] = "voxels"
+    with pytest.raises(RuntimeError) as stopped:  # MONAI wraps the component's ValueError
+        parser.get_parsed_content("risk_options", lazy=False)
+    assert isinstance(stopped.value.__cause__, ValueError)
+    assert ("risk#normalization is now risk#map_normalization; risk#loss_normalization is now risk#ce_denominator"
+            in str(stopped.value.__cause__))

@@ -75,8 +75,8 @@ def test_the_bundles_default_is_the_rules_pick_and_the_study_leaves_it_out(bundl
     assert default == METHODS[DEFAULT_SWEEP_POINT].overrides == {"risk#scheme": "linear", "risk#strength": 8.0}
     assert DEFAULT_SWEEP_POINT not in STUDY_VARIANTS and "exponential_s2" in STUDY_VARIANTS
     # the control run's pick (the paper's per-case foreground size); the voxel mean, the old default, is a variant
-    assert parser["risk#loss_normalization"] == "foreground"
-    assert METHODS[VOXEL_MEAN_NORM].overrides == {"risk#loss_normalization": "voxels"} and VOXEL_MEAN_NORM in STUDY_VARIANTS
+    assert parser["risk#ce_denominator"] == "foreground"
+    assert METHODS[VOXEL_MEAN_NORM].overrides == {"risk#ce_denominator": "voxels"} and VOXEL_MEAN_NORM in STUDY_VARIANTS
 
 
 def test_location_map_is_left_out_of_datasets_that_are_not_co_registered() -> None:
