@@ -16,6 +16,7 @@ from monai.bundle import ConfigParser, ConfigWorkflow, ckpt_export, verify_net_i
 
 #: Bundle settings small enough for tests: a tiny SegResNet, 16^3 patches, one epoch per stage, few cases.
 TINY = {
+    "safe#enabled": False,  # one fine-tuning run (the paper's method alone); tests/test_safe_transfer.py runs the candidates
     "network_def#init_filters": 4,
     "network_def#blocks_down": [1, 2],
     "network_def#blocks_up": [1],

@@ -196,5 +196,8 @@ def test_ddp_training_with_two_gloo_processes(tmp_path: Path, phantom: str) -> N
 def test_headline_command_from_a_fresh_clone(tmp_path: Path) -> None:
     bundle, log = run_headline_from_fresh_clone(REPO, tmp_path, "fets")
     check_dead_class_report(bundle, log)
-    assert (bundle / "models" / "model.pt").is_file()
+    report = json.loads((bundle / "eval" / "transfer_report.json").read_text())  # safe transfer is the default
+    assert set(report["candidates"]) == {"risk_map", "plain", "scratch"} and "chosen:" in log
+    chosen = bundle / "models" / "candidates" / report["chosen"] / "model.pt"
+    assert (bundle / "models" / "model.pt").read_bytes() == chosen.read_bytes()
     assert (bundle / "data" / "phantom" / "MICCAI_FeTS2021_TrainingData").is_dir()

@@ -235,5 +235,6 @@ def test_ddp_training_with_two_gloo_processes(tmp_path: Path, phantom: str) -> N
 def test_headline_command_from_a_fresh_clone(tmp_path: Path) -> None:
     bundle, log = run_headline_from_fresh_clone(REPO, tmp_path, "iseg")
     check_dead_class_report(bundle, log)
-    assert (bundle / "models" / "model.pt").is_file()
+    chosen = json.loads((bundle / "eval" / "transfer_report.json").read_text())["chosen"]  # safe transfer is the default
+    assert (bundle / "models" / "model.pt").read_bytes() == (bundle / "models" / "candidates" / chosen / "model.pt").read_bytes()
     assert (bundle / "data" / "phantom" / "iSeg-2019-Training").is_dir()

@@ -85,3 +85,14 @@ def test_a_renamed_risk_option_stops_the_run_naming_the_new_id(bundle: str) -> N
     assert isinstance(stopped.value.__cause__, ValueError)
     assert ("risk#normalization is now risk#map_normalization; risk#loss_normalization is now risk#ce_denominator"
             in str(stopped.value.__cause__))
+
+
+@pytest.mark.parametrize("bundle", ["fets", "iseg"])
+def test_training_is_safe_transfer_unless_switched_off(bundle: str) -> None:
+    configs = REPO / "bundles" / bundle / "configs"
+    train = json.loads((configs / "train.json").read_text())
+    assert train["safe"]["enabled"] is True and train["run"] == "%training"
+    step = train["training"][2]
+    assert step == {"_target_": "transrisk_components.bundle.stages.safe.fine_tune", "use_safe": "@use_safe"}
+    assert train["training"][3]["_disabled_"] == "$@use_safe", "the hint to train the candidates only without them"
+    assert json.loads((configs / "multi_gpu_train.json").read_text())["safe#enabled"] is False  # one process only

@@ -30,7 +30,7 @@ def _run(run_id: str, root: Path, phantom: str, configs: tuple[str, ...] = ("tra
 @pytest.fixture(scope="module")
 def safe_run(tmp_path_factory: pytest.TempPathFactory, fets_phantom: str) -> Path:
     root = tmp_path_factory.mktemp("safe")
-    _run("safe_training", root, fets_phantom)
+    _run("training", root, fets_phantom, **{"safe#enabled": "true"})  # the bundles' default (TINY switches it off)
     return root
 
 

@@ -365,7 +365,8 @@ def test_dead_class_action_runs_in_the_bundle(tmp_path: Path, data_fets_phantom:
     configs = REPO / "bundles" / "fets" / "configs"
     tiny = {"network_def#init_filters": 4, "network_def#blocks_down": [1, 2], "network_def#blocks_up": [1],
             "patch_size": [16, 16, 16], "batch_size": 1, "source_epochs": 1, "max_epochs": 1, "val_interval": 1,
-            "num_source": 2, "num_target_train": 2, "num_target_val": 1, "num_target_test": 1, "progress": False}
+            "num_source": 2, "num_target_train": 2, "num_target_val": 1, "num_target_test": 1, "progress": False,
+            "safe#enabled": False}
     with caplog.at_level(logging.INFO):
         run_bundle(configs, "training", tmp_path, str(data_fets_phantom), tiny, **{"risk#dead_classes": "reinit"})
     summary = json.loads((tmp_path / "eval" / "risk_stage_summary.json").read_text())

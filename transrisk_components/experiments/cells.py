@@ -95,6 +95,7 @@ def cell_overrides(cell: Cell, root: Path, profile: Profile, dataset_dirs: Mappi
         "source_ckpt": str(source_checkpoint(cell, root)),
         "risk_dir": str(root / "risk_maps" / shared),
         "progress": False,
+        "safe#enabled": False,  # a cell is one start; the grid derives safe transfer from the cells (experiments.safe)
         **profile.overrides,
         **cell.scenario.overrides,
         **cell.method.overrides,

@@ -31,7 +31,6 @@ import copy
 import csv
 import json
 import logging
-import os
 import re
 import shutil
 from collections.abc import Mapping, Sequence
@@ -43,7 +42,7 @@ from monai.bundle import ConfigParser
 
 import transrisk_components
 from transrisk_components.bundle.fingerprint import ForeignOutputError, StaleOutputError, named_by_a_record
-from transrisk_components.bundle.paths import active_workflow, workflow_on_stack
+from transrisk_components.bundle.paths import active_workflow
 from transrisk_components.bundle.selection import (
     STALL_DICE,
     TIE_MARGIN,
@@ -56,7 +55,7 @@ from transrisk_components.bundle.selection import (
 from transrisk_components.reporting.figures import plot_region_dice, read_learning_curves, validation_curve
 from transrisk_components.utils.io import atomic_write, atomic_write_text, file_sha256
 
-__all__ = ["SafeTransferStage", "load_candidates", "suggest_safe_training"]
+__all__ = ["SafeTransferStage", "fine_tune", "load_candidates", "suggest_safe_training"]
 
 logger = logging.getLogger(__name__)
 
@@ -96,15 +95,25 @@ def load_candidates(candidates: Mapping[str, Mapping[str, Any]] | None, candidat
     return result
 
 
-def suggest_safe_training(bundle_root: str, model: str) -> None:
-    """The last line of the ``training`` run id: where its model is, and how to train the candidate starts."""
-    workflow = workflow_on_stack()
-    config = Path(workflow.config_root_path if workflow is not None else Path(bundle_root) / "configs") / "train.json"
-    shown = os.path.relpath(config) if not os.path.relpath(config).startswith("..") else str(config)
+def fine_tune(use_safe: bool) -> None:
+    """The fine-tuning step of the ``training`` run id: safe transfer (``safe#stage``, the default) or the bundle's one
+    trainer (``train#trainer``: the paper's method alone, ``--safe#enabled false``).
+
+    The step is looked up by id in the running workflow when it runs: MONAI resolves every reference of an
+    expression before evaluating it, so ``$@safe#stage.run() if @use_safe else @train#trainer.run()`` would also
+    build the unused trainer, and with it a cache of every training case.
+    """
+    parser = active_workflow("training").parser
+    parser.get_parsed_content("safe#stage" if use_safe else "train#trainer").run()
+
+
+def suggest_safe_training(model: str) -> None:
+    """The last line of ``training`` with ``--safe#enabled false``: where its model is, and how to train the candidate
+    starts instead."""
     logger.info(
-        "fine-tuned one start (the risk-weighted default): %s. Transfer can hurt; to fine-tune the candidate starts "
-        "(risk map, plain fine-tuning, from scratch), keep the one validation prefers and get a report of where "
-        "transfer hurt, run: python -m monai.bundle run safe_training --config_file %s", model, shown)
+        "fine-tuned one start (the risk-weighted default; --safe#enabled false): %s. Transfer can hurt; without "
+        "--safe#enabled false, training fine-tunes the candidate starts (risk map, plain fine-tuning, from scratch), "
+        "keeps the one validation prefers and reports where transfer hurt", model)
 
 
 def _read_validation(path: Path) -> dict[str, dict[str, float]]:
@@ -191,7 +200,7 @@ class SafeTransferStage:
             StaleOutputError: a candidate's outputs were made with other settings, or ``models/model.pt`` is not one
                 this stage may replace.
         """
-        self._config = copy.deepcopy(active_workflow("safe_training").parser.get())
+        self._config = copy.deepcopy(active_workflow("safe transfer").parser.get())
         self._check_overrides()
         self._check_model_path()
         outcome = self._train_candidates()
@@ -271,7 +280,7 @@ class SafeTransferStage:
         """Before anything trains: may the chosen model be written to ``<ckpt_dir>/model.pt``?
 
         A ``model.pt`` is replaced only when an earlier ``safe_training`` wrote it (its record names it), or, with
-        ``overwrite``, when the bundle's ``training`` run id did (the fine-tuning record names it). A ``model.pt`` no
+        ``overwrite``, when a single fine-tuning run did (the fine-tuning record names it). A ``model.pt`` no
         record of ours names -- one the bundle did not write, such as a Model Zoo download's weights -- is never
         touched (the bundles then train into ``models/trained/``, see :func:`~transrisk_components.bundle.paths.ckpt_dir`).
 
@@ -285,11 +294,12 @@ class SafeTransferStage:
         if not named_by_a_record(self.model_path):
             raise ForeignOutputError(
                 f"{self.model_path} was not written by this bundle (no fingerprint record of ours names it), so "
-                f"safe_training leaves it as it is; pass another --ckpt_dir (or --bundle_root) for the chosen model")
+                f"safe transfer leaves it as it is; pass another --ckpt_dir (or --bundle_root) for the chosen model")
         if not self.overwrite:
             raise StaleOutputError(
-                f"{self.model_path} is the model of the bundle's 'training' run id; safe_training would replace it with "
-                f"the chosen candidate. Pass --overwrite true to replace it (the training run's checkpoints in "
+                f"{self.model_path} is the model of a single fine-tuning run ('finetune', or 'training' with "
+                f"--safe#enabled false); safe transfer would replace it with the chosen candidate. Pass --overwrite true "
+                f"to replace it (that run's checkpoints in "
                 f"{self.ckpt_dir / 'finetune_run'} are kept), or another --bundle_root to keep both")
 
     def _install(self, selection: Selection, outcome: RaceOutcome) -> None:
