@@ -21,7 +21,8 @@ processed), so the peak memory does not grow with the number of target cases (on
 every case's float32 probabilities and int64 labels in memory between the passes took peak RSS from 861 MB for 2
 cases to 1,245 MB for 8, x1.45). What pass 1 keeps for the later passes goes to disk instead, one file per case
 (:class:`KeptPass`, ``<cache folder>/.source_probabilities/<case_id>.pt``, written atomically): the source
-softmax and the label at the masked voxels only, the mask as packed bits and the affine -- ``Cs * 4 + 1`` bytes
+probabilities ``p(z | v)`` (its softmax, or a sigmoid source's region states,
+:mod:`~transrisk_components.method.source_outputs`) and the label at the masked voxels only, the mask as packed bits and the affine -- ``Cs * 4 + 1`` bytes
 per masked voxel with ``probabilities="float32"`` (``Cs * 2 + 1`` with ``"float16"``) plus 1/8 byte per voxel.
 A full-size FeTS phantom case (4 source classes, 1.7-2.1 M head voxels of 240x240x155) took 30-37 MB (float32),
 16-20 MB with float16; every case of the rank waits at once between the passes (FeTS2022's 1,251 cases: ~40 GB,
@@ -179,7 +180,7 @@ class KeptPass:
     """One case's source pass as the later passes need it: the voxels of its statistics mask only.
 
     Attributes:
-        probs: ``[1, Cs, n]`` source softmax at the ``n`` voxels of ``mask`` (row-major order).
+        probs: ``[1, Cs, n]`` source state probabilities at the ``n`` voxels of ``mask`` (row-major order).
         label: ``[1, 1, n]`` uint8 target classes at those voxels.
         mask: ``[1, 1, *S]`` bool statistics mask.
         affine: the image's 4x4 affine.
