@@ -18,7 +18,13 @@ from monai.networks.nets import SegResNet
 from monai.transforms import LoadImaged
 
 from transrisk_components.bundle.engine import SourceWeights, load_source_weights
-from transrisk_components.bundle.source_model import adapt_input_weight, carry_over, is_torchscript, read_source_state
+from transrisk_components.bundle.source_model import (
+    adapt_input_weight,
+    carry_over,
+    default_source_inputs,
+    is_torchscript,
+    read_source_state,
+)
 from transrisk_components.data.registry import get_dataset, modality_channels
 from transrisk_components.data.scenario import Scenario
 from transrisk_components.method.source_outputs import num_source_states, sigmoid_states, source_states, state_names
@@ -152,6 +158,15 @@ def test_foreign_source_input_filters_follow_the_documented_rule() -> None:
     mixed = adapt_input_weight(weight[:, :2], ["t1ce", "t1"], ["t1", "flair", "t2"])
     torch.testing.assert_close(mixed, torch.stack([weight[:, 1], weight[:, :2].mean(1), weight[:, :2].mean(1)], 1) * 2 / 3)
     torch.testing.assert_close(adapt_input_weight(one, ["t1"], ["flair"]), one), "cross-modality 1 -> 1: as it is"
+
+
+def test_foreign_source_inputs_follow_the_same_rule() -> None:
+    assert default_source_inputs(["t1"], ["flair"]) == ("flair",), "the bundles' default transfer: the target's images"
+    assert default_source_inputs(["t1"], ["t1"]) == ("t1",)
+    assert default_source_inputs(ZOO_CHANNELS, ["flair"]) == ZOO_CHANNELS, "by name: the source's own modalities"
+    assert default_source_inputs(ZOO_CHANNELS, ["t1", "t1ce", "t2", "flair"]) == ZOO_CHANNELS, "in the source's order"
+    assert default_source_inputs(["t1"], ZOO_CHANNELS) == ("t1",)
+    assert default_source_inputs(["t1ce", "t1"], ["t2", "flair"]) == ("t2", "flair")
 
 
 @pytest.mark.parametrize(("source_channels", "target_channels"), [(ZOO_CHANNELS, ("flair",)), (("t1",), ZOO_CHANNELS)])

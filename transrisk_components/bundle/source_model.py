@@ -19,6 +19,9 @@ Carrying the weights over (:func:`carry_over`), rule by rule:
 - **output head** (shapes that differ only where they hold the class count, ``Cs`` vs ``Ct``): re-initialised;
 - anything else -- a missing or unexpected parameter, or another shape -- stops with one ``ValueError`` naming the
   first such layer, both shapes and the remedy. The checkpoint is not touched.
+
+The risk stage feeds the source network by the same rule (:func:`default_source_inputs`): by position the target's
+own images, by name the source's own modalities read from the target cases.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from torch import nn
 
 from transrisk_components.utils.io import load_checkpoint
 
-__all__ = ["adapt_input_weight", "carry_over", "is_torchscript", "read_source_state"]
+__all__ = ["adapt_input_weight", "carry_over", "default_source_inputs", "is_torchscript", "positional", "read_source_state"]
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +88,23 @@ def read_source_state(path: str | Path, key_in_ckpt: str | None = None) -> dict[
     return dict(state)
 
 
+def positional(source_channels: Sequence[str], target_channels: Sequence[str]) -> bool:
+    """Whether the source's input channels map onto the target's by position: as many, and no modality in common
+    (a T1 source fine-tuned on FLAIR). Otherwise they map by modality name."""
+    return len(source_channels) == len(target_channels) and not set(source_channels) & set(target_channels)
+
+
+def default_source_inputs(source_channels: Sequence[str], target_channels: Sequence[str]) -> tuple[str, ...]:
+    """Which of the target cases' modalities the source network reads in the risk stage, one per its input channel.
+
+    The same rule as the weights' (:func:`positional`): by position, the target's own images (the bundles' default
+    transfer: a T1 source sees the FLAIR target images); by name otherwise, the source's own modalities read from the
+    target cases (the Zoo's 4-channel BraTS model sees the target cases' T1ce, T1, T2, FLAIR however few the target's
+    channels are). A target case that lacks one of them stops the risk stage with an error naming it.
+    """
+    return tuple(target_channels) if positional(source_channels, target_channels) else tuple(source_channels)
+
+
 @torch.no_grad()
 def adapt_input_weight(
     weight: torch.Tensor, source_channels: Sequence[str], target_channels: Sequence[str]
@@ -110,7 +130,7 @@ def adapt_input_weight(
             f"input-layer weight of shape {tuple(weight.shape)} does not have one input channel per source modality "
             f"{source}: set source_modality to what the source network reads"
         )
-    if source == target or (len(source) == len(target) and not set(source) & set(target)):
+    if source == target or positional(source, target):
         return weight.clone()
     mean = weight.mean(dim=1)
     columns = [weight[:, source.index(name)] if name in source else mean for name in target]
