@@ -232,3 +232,14 @@ def test_foreign_source_freeze_epochs_train_only_the_head_first(tmp_path: Path) 
     assert seen == [2, len(list(target.parameters()))], "epoch 1: the output layer only; epoch 2: every weight"
     with pytest.raises(ValueError, match="freeze_epochs must be >= 0"):
         SourceWeights(target, "source", ckpt, 4, 4, freeze_epochs=-1)
+
+
+def test_foreign_source_sigmoid_output_is_never_trained_here(tmp_path: Path) -> None:
+    from transrisk_components.bundle.fingerprint import StageFingerprint
+    from transrisk_components.bundle.stages.source import SourceStage
+
+    fingerprint = StageFingerprint("source", {}, record=tmp_path / "source.fingerprint.json", outputs=[tmp_path / "source.pt"])
+    stage = SourceStage(str(tmp_path / "source.pt"), trainer=None, network=None, fingerprint=fingerprint, output="sigmoid")
+    with pytest.raises(ValueError, match=r"source_output 'sigmoid' describes a source from elsewhere.*--fingerprint#source '\$None'"):
+        stage.run()
+    assert not (tmp_path / "source.fingerprint.json").exists(), "refused before anything is recorded"
