@@ -243,3 +243,59 @@ def test_foreign_source_sigmoid_output_is_never_trained_here(tmp_path: Path) -> 
     with pytest.raises(ValueError, match=r"source_output 'sigmoid' describes a source from elsewhere.*--fingerprint#source '\$None'"):
         stage.run()
     assert not (tmp_path / "source.fingerprint.json").exists(), "refused before anything is recorded"
+
+
+def test_foreign_source_risk_stage_with_a_sigmoid_multichannel_source_equals_a_brute_force_leep(
+    data_fets_phantom: Path, tmp_path: Path
+) -> None:
+    """A 2-channel (T1ce, FLAIR) sigmoid source with 3 regions over FLAIR target cases: the stage's LEEP is the mean
+    ``log T`` of a reference that builds ``p(z | v)`` by brute force over the 8 on/off combinations."""
+    from monai.inferers import SlidingWindowInferer
+    from monai.transforms import Compose, EnsureTyped, NormalizeIntensityd
+
+    from transrisk_components.bundle.fingerprint import StageFingerprint
+    from transrisk_components.bundle.stages.risk import RiskStage, image_mask
+    from transrisk_components.bundle.transforms import TaskLabelsd
+    from transrisk_components.method.transferability import pixel_transferability
+
+    scenario = Scenario("fets", str(data_fets_phantom), str(tmp_path), "t1", "flair", "multiclass", "multiclass",
+                        2, 1, 1, num_source=2, check_inputs=False)
+    cases, inputs = scenario.split("target_train"), scenario.split("target_train", modality=["t1ce", "flair"])
+    torch.manual_seed(5)
+    network = SegResNet(spatial_dims=3, in_channels=2, out_channels=3, init_filters=4, blocks_down=(1, 2), blocks_up=(1,),
+                        norm=("GROUP", {"num_groups": 4})).eval()
+    ckpt = tmp_path / "elsewhere" / "model.pt"
+    ckpt.parent.mkdir()
+    torch.save({"model_state": network.state_dict()}, ckpt)
+    load = Compose([
+        LoadImaged(["image", "label"], reader="NibabelReader", image_only=True, ensure_channel_first=True),
+        TaskLabelsd("label", dataset="fets", task="multiclass"),
+        NormalizeIntensityd("image", nonzero=True, channel_wise=True),
+        EnsureTyped("image", dtype=torch.float32),
+    ])
+    inferer = SlidingWindowInferer([16, 16, 16])
+    fingerprint = StageFingerprint("risk", {"output": "sigmoid"}, datalists=[cases, inputs], upstream={"source_ckpt": str(ckpt)})
+    stage = RiskStage(True, "fets", cases, "multiclass", "multiclass", str(ckpt), network, load, inferer,
+                      str(tmp_path / "cache"), fingerprint, num_source_outputs=3, source_output="sigmoid",
+                      key_in_ckpt="model_state", source_datalist=inputs)
+    manifest = stage.run()
+    assert len(manifest["conditional"][0]) == 8
+
+    reference = LEEPStatistics(4, 8)
+    kept = []
+    with torch.no_grad():
+        for case, source_case in zip(cases, inputs):
+            item, source_item = load(case), load(source_case)
+            probs = torch.sigmoid(inferer(source_item["image"].as_tensor()[None], network)).double()  # [1, 3, *S]
+            states = torch.stack([
+                torch.prod(torch.stack([probs[:, j] if (z >> j) & 1 else 1 - probs[:, j] for j in range(3)]), dim=0)
+                for z in range(8)
+            ], dim=1)  # [1, 8, *S], each state's product written out
+            label = item["label"].as_tensor()[None].long()
+            mask = image_mask(item["image"].as_tensor()[None], "nonzero")
+            reference.update(states, label, mask)
+            kept.append((states, label, mask))
+    conditional = reference.conditional()
+    torch.testing.assert_close(torch.tensor(manifest["conditional"], dtype=torch.float64), conditional, atol=1e-6, rtol=0)
+    log_t = torch.cat([torch.log(pixel_transferability(s, y, conditional).clamp_min(1e-12))[m] for s, y, m in kept])
+    assert manifest["leep"] == pytest.approx(float(log_t.mean()), abs=1e-6)
