@@ -27,7 +27,7 @@ from transrisk_components.bundle.source_model import (
 )
 from transrisk_components.data.registry import get_dataset, modality_channels
 from transrisk_components.data.scenario import Scenario
-from transrisk_components.method.source_outputs import num_source_states, sigmoid_states, source_states, state_names
+from transrisk_components.method.source_outputs import num_source_states, sigmoid_states, source_states
 from transrisk_components.method.transferability import LEEPStatistics
 
 ZOO_CHANNELS = ("t1ce", "t1", "t2", "flair")
@@ -61,7 +61,6 @@ def test_foreign_source_sigmoid_states_equal_a_brute_force_product() -> None:
             expected = expected * (probs[:, j] if b else 1 - probs[:, j])
         torch.testing.assert_close(states[:, z], expected, rtol=0, atol=1e-12)
     torch.testing.assert_close(states.sum(dim=1), torch.ones_like(probs[:, 0]), rtol=0, atol=1e-12)
-    assert state_names("sigmoid", ["TC", "WT", "ET"]) == ["none", "TC", "WT", "TC+WT", "ET", "TC+ET", "WT+ET", "TC+WT+ET"]
 
 
 def test_foreign_source_states_feed_leep_statistics() -> None:

@@ -16,7 +16,10 @@ Carrying the weights over (:func:`carry_over`), rule by rule:
   ``sum_c W[:, c]``, the response to co-registered inputs of equal contrast, keeps its size (the rule timm uses to
   adapt RGB filters to other channel counts). With as many channels on both sides and no modality in common
   (a T1 source fine-tuned on FLAIR, the bundles' default transfer) the filters are copied as they are;
-- **output head** (shapes that differ only where they hold the class count, ``Cs`` vs ``Ct``): re-initialised;
+- **output head** (shapes that differ only where they hold the class count, ``Cs`` vs ``Ct``): re-initialised. With
+  as many classes on both sides it is copied, whatever the source's output semantics (a sigmoid source's regions then
+  start as the target's softmax classes; ``risk#dead_classes reinit`` re-initialises those the source says nothing
+  about);
 - anything else -- a missing or unexpected parameter, or another shape -- stops with one ``ValueError`` naming the
   first such layer, both shapes and the remedy. The checkpoint is not touched.
 

@@ -15,16 +15,14 @@ trained (one binary cross-entropy per channel)::
 These ``2^k`` probabilities are non-negative and sum to 1 (the product of ``k`` sums ``p_j + (1 - p_j) = 1``). For
 TC, WT, ET, ``z = 0`` is "no region", ``z = 2`` "WT only" (edema), ``z = 7`` "all three"; states that the nesting ET
 within TC within WT rules out (e.g. ET without WT) get whatever probability the model gives them, and LEEP's
-``P(y | z)`` learns what they mean on the target labels. Names: :func:`state_names`.
+``P(y | z)`` learns what they mean on the target labels.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 
-__all__ = ["SOURCE_OUTPUTS", "num_source_states", "sigmoid_states", "source_states", "state_names"]
+__all__ = ["SOURCE_OUTPUTS", "num_source_states", "sigmoid_states", "source_states"]
 
 #: How a source network's output channels become probabilities (see the module docstring).
 SOURCE_OUTPUTS = ("softmax", "sigmoid")
@@ -82,15 +80,3 @@ def source_states(logits: torch.Tensor, output: str) -> torch.Tensor:
         return torch.softmax(logits, dim=1)
     num_source_states(logits.shape[1], output)
     return sigmoid_states(torch.sigmoid(logits))
-
-
-def state_names(output: str, channels: Sequence[str]) -> list[str]:
-    """Names of the source states: the channel names for ``"softmax"``; for ``"sigmoid"`` the regions that are on,
-    joined by ``+`` (``"none"`` for state 0), e.g. ``["none", "TC", "WT", "TC+WT", ..., "TC+WT+ET"]``."""
-    _check_output(output)
-    if output == "softmax":
-        return list(channels)
-    num_source_states(len(channels), output)
-    return [
-        "+".join(name for j, name in enumerate(channels) if z >> j & 1) or "none" for z in range(2 ** len(channels))
-    ]
