@@ -298,3 +298,19 @@ def test_foreign_source_risk_stage_with_a_sigmoid_multichannel_source_equals_a_b
     torch.testing.assert_close(torch.tensor(manifest["conditional"], dtype=torch.float64), conditional, atol=1e-6, rtol=0)
     log_t = torch.cat([torch.log(pixel_transferability(s, y, conditional).clamp_min(1e-12))[m] for s, y, m in kept])
     assert manifest["leep"] == pytest.approx(float(log_t.mean()), abs=1e-6)
+
+
+def test_foreign_source_real_layout_reader_stacks_t1gd_named_files_in_zoo_order(data_fets_phantom: Path, tmp_path: Path) -> None:
+    """The real-data reader under ``modality all``: a subject whose T1ce file is named ``_t1gd`` (as in some FeTS
+    releases) gets it as its first channel, the Zoo's order."""
+    import shutil
+
+    root = tmp_path / "MICCAI_FeTS2021_TrainingData"
+    shutil.copytree(data_fets_phantom, root)
+    renamed = root / "FeTS21_Training_001"
+    (renamed / "FeTS21_Training_001_t1ce.nii.gz").rename(renamed / "FeTS21_Training_001_t1gd.nii.gz")
+    scenario = Scenario("fets", str(root), str(tmp_path / "out"), "all", "all", "multiclass", "multiclass", 2, 1, 1,
+                        check_inputs=False)
+    cases = {c["case_id"]: c for name in ("source", "target_train", "target_val", "target_test") for c in scenario.split(name)}
+    suffixes = [Path(p).name.removeprefix("FeTS21_Training_001_") for p in cases["FeTS21_Training_001"]["image"]]
+    assert suffixes == ["t1gd.nii.gz", "t1.nii.gz", "t2.nii.gz", "flair.nii.gz"]
