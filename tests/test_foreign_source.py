@@ -107,6 +107,8 @@ def test_foreign_source_scenario_stacks_modalities_as_channels(data_fets_phantom
     assert [Path(p).name.split("_")[-1] for p in train["image"]] == ["t1ce.nii.gz", "flair.nii.gz"]
     other = multi.split("target_train", modality="all")[0]
     assert len(other["image"]) == 4 and other["case_id"] == train["case_id"]
+    repeated = multi.split("target_train", modality=["flair"] * 4)[0]
+    assert repeated["image"] == [train["image"][1]] * 4, "one image may feed every channel of a source"
     image = LoadImaged("image", reader="NibabelReader", image_only=True, ensure_channel_first=True)(train)["image"]
     assert tuple(image.shape) == (2, 32, 32, 32), "the loader stacks the modalities as channels"
     with pytest.raises(ValueError, match="source_modality 'pd' is not a fets modality setting"):

@@ -116,7 +116,9 @@ def num_classes(spec: DatasetSpec, task: str) -> int:
     return len(spec.tasks[task])
 
 
-def modality_channels(spec: DatasetSpec, modality: str | Sequence[str], role: str = "modality") -> tuple[str, ...]:
+def modality_channels(
+    spec: DatasetSpec, modality: str | Sequence[str], role: str = "modality", distinct: bool = True
+) -> tuple[str, ...]:
     """The image channels a modality setting selects, in channel order.
 
     Args:
@@ -125,6 +127,8 @@ def modality_channels(spec: DatasetSpec, modality: str | Sequence[str], role: st
             :attr:`DatasetSpec.all_order`; FeTS: ``t1ce, t1, t2, flair``, the Model Zoo's BraTS order), or a list of
             names in the channel order wanted (``["t1ce", "flair"]``).
         role: the config id named in errors (``"source_modality"``, ``"target_modality"``).
+        distinct: refuse a name given twice (a network's input channels); ``False`` for the images that feed another
+            network's channels (``source_inputs``), where one image may feed several.
 
     Returns:
         The modality names, one per input channel (``len`` is the network's ``in_channels``).
@@ -137,7 +141,7 @@ def modality_channels(spec: DatasetSpec, modality: str | Sequence[str], role: st
     else:
         names = tuple(modality)
     unknown = [m for m in names if m not in spec.modalities]
-    if unknown or not names or len(set(names)) != len(names):
+    if unknown or not names or (distinct and len(set(names)) != len(names)):
         raise ValueError(
             f"{role} {modality!r} is not a {spec.name} modality setting: give one of {list(spec.modalities)}, "
             f"{ALL_MODALITIES!r}, or a list of distinct ones in channel order"

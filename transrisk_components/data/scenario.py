@@ -174,7 +174,7 @@ class Scenario:
             name: the split.
             modality: the same cases with the images of other modalities (e.g. the T2 image of the target training
                 cases, for a source model trained on T2; or a list, one image per channel, for a multi-channel
-                source model); ``None`` keeps the split's own modalities.
+                source model, where a name may repeat); ``None`` keeps the split's own modalities.
 
         Raises:
             ValueError: unknown split or modality, or a case of the split has no image of ``modality`` (names it).
@@ -184,7 +184,7 @@ class Scenario:
         cases = self.prepare()[name]
         if modality is None:
             return cases
-        channels = modality_channels(self.spec, modality)
+        channels = modality_channels(self.spec, modality, "modality", distinct=False)
         kwargs: dict[str, Any] = {} if self.partition_csv is None else {"partition_csv": self.partition_csv}
         images = {c["case_id"]: list(c["image"]) for c in self.spec.datalist(self._root, modalities=list(channels), **kwargs)}
         missing = [c["case_id"] for c in cases if c["case_id"] not in images]
