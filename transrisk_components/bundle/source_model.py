@@ -43,7 +43,10 @@ __all__ = ["adapt_input_weight", "carry_over", "default_source_inputs", "is_torc
 
 logger = logging.getLogger(__name__)
 
-_REMEDY = "check the file: it must be a state_dict, a dict holding one (name it with key_in_ckpt) or a TorchScript file"
+_REMEDY = (
+    "if the bundle made it, delete it and rerun the 'pretrain' stage; a checkpoint of yours must be a state_dict, a "
+    "dict holding one (name the entry with key_in_ckpt) or a TorchScript file"
+)
 
 
 def is_torchscript(path: str | Path) -> bool:
