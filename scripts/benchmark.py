@@ -9,12 +9,14 @@ Usage (from the repository root)::
     python scripts/benchmark.py headline         # the headline command, stage by stage
     python scripts/benchmark.py scale            # full-size volumes: risk stage for 2/4/8 cases, source cache
     python scripts/benchmark.py fullsize         # one full-size case through every run id, peak RSS of each
+    python scripts/benchmark.py gpu              # on a GPU: full-size fine-tuning throughput against plain MONAI
+                                                 # SegResNet + DiceCE, the risk stage's time per case, peak memory
 
 Speed ratios are medians over ``repeats`` interleaved measurements, so drifts of the machine's speed hit
 both sides of a ratio alike. Memory is the peak resident set size (``ru_maxrss``) of a fresh child process
 per measurement, read with ``os.wait4``. Targets are printed beside each figure; nothing is asserted. Each
 subcommand's last line sums it up (``core: ...``, ``bundle: ...``, ``headline: ...``, ``scale: ...``,
-``fullsize: ...``).
+``fullsize: ...``, ``gpu: ...``).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from typing import Any
 import fire
 import torch
 from monai.bundle import ConfigParser, ConfigWorkflow
+from monai.engines import SupervisedTrainer
 from monai.losses import DiceCELoss
 from monai.networks.nets import SegResNet
 from monai.utils import set_determinism
@@ -512,7 +515,7 @@ def scale(
     patch: int = 128,
     work_dir: str | None = None,
 ) -> None:
-    """Issue #11 item 6: memory and time of the risk stage and the source data pipeline on full-size cases.
+    """Memory and time of the risk stage and the source data pipeline on full-size cases.
 
     Risk stage: the FeTS bundle's ``risk_map`` run id over N = ``counts`` target cases (240x240x155, FLAIR),
     each N in a fresh process, with a small SegResNet (the memory that grows with N is the per-case volumes,
@@ -578,7 +581,7 @@ def scale(
 
 
 def fullsize(phantom: str | None = None, profile: bool = True, work_dir: str | None = None) -> None:
-    """Issue #11 "done when": one full-size case through every stage on CPU, peak RSS of each (goal <= 6 GB).
+    """One full-size case through every stage on CPU, peak RSS of each (goal <= 6 GB).
 
     Source training (one iteration), risk stage (source inference + LEEP + map), fine-tuning (one iteration and
     its validation pass), evaluation and inference, each a run id of the FeTS bundle in a fresh process, one
@@ -617,6 +620,79 @@ def fullsize(phantom: str | None = None, profile: bool = True, work_dir: str | N
     print(f"fullsize: peak RSS over all steps = {max(r[3] for r in rows):.2f} GB (goal <= 6 GB)")
 
 
+def gpu(
+    phantom: str | None = None,
+    cases: int = 4,
+    repeats: int = 9,
+    steps: int = 4,
+    overrides: str | dict = "{}",
+    work_dir: str | None = None,
+) -> None:
+    """Full-size figures for a GPU (runs on the CPU too, slowly): the FeTS bundle with ``real_data.json``.
+
+    (a) fine-tuning throughput, ``steps`` training steps per round (a batch from the bundle's loader and one
+        iteration), of the bundle with the risk map and without it, each against **plain MONAI**: the same network,
+        data loader and optimiser in a ``SupervisedTrainer`` with MONAI's default ``prepare_batch`` and
+        ``DiceCELoss`` (goal: >= 0.95 of its throughput);
+    (b) the risk stage over ``cases`` full-size target cases: wall time per case and the peak GPU memory
+        (``torch.cuda.max_memory_allocated``) of the stage and of the training steps.
+
+    Args:
+        phantom: a full-size FeTS phantom root with at least ``cases + 2`` subjects; default: generate one.
+        cases: target training cases (risk stage and fine-tuning loader).
+        repeats: interleaved rounds of (a); medians are reported.
+        steps: training steps per round.
+        overrides: JSON dict of further overrides (after ``real_data.json``), e.g. a smaller patch for a test.
+        work_dir: folder for the phantom and bundle outputs (default: a temporary folder).
+    """
+    work = Path(work_dir or tempfile.mkdtemp(prefix="transrisk-gpu-")).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    files = [str(FETS_CONFIGS / "train.json"), str(FETS_CONFIGS / "real_data.json")]
+    common = {"bundle_root": str(work / "bundle"), "dataset_dir": _phantom(phantom, cases + 2, work), "progress": False,
+              "num_target_train": cases, "num_target_val": 1, "num_target_test": 0, "num_source": 1,
+              "source_epochs": 1, "num_workers": 0, "seed": 0, **_json_arg(overrides)}
+    _bundle_workflow(files, "pretrain", **common).run()
+    with_risk = _bundle_workflow(files, "finetune", **common)
+    device = torch.device(with_risk.parser.get_parsed_content("device"))
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+    stage = with_risk.parser.get_parsed_content("risk_stage")
+    start = time.perf_counter()
+    stage.run()
+    risk_seconds = time.perf_counter() - start
+    risk_memory = torch.cuda.max_memory_allocated(device) / 1e9 if cuda else float("nan")
+    without = _bundle_workflow(files, "finetune", **common, **{"risk#enabled": False})
+    trainers = {name: wf.parser.get_parsed_content("train#trainer") for name, wf in (("risk", with_risk), ("plain", without))}
+    trainers["monai"] = SupervisedTrainer(
+        device=device, max_epochs=1, train_data_loader=trainers["plain"].data_loader,
+        network=without.parser.get_parsed_content("network"), optimizer=without.parser.get_parsed_content("optimizer"),
+        loss_function=DiceCELoss(to_onehot_y=True, softmax=True), amp=bool(without.parser.get_parsed_content("amp")),
+    )
+    batches = {name: _forever(trainer.data_loader) for name, trainer in trainers.items()}
+
+    def train_steps(name: str) -> None:
+        trainer = trainers[name]
+        for _ in range(steps):
+            trainer._iteration(trainer, next(batches[name]))
+
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+    step = _interleaved_medians({name: functools.partial(train_steps, name) for name in trainers}, repeats, device)
+    train_memory = torch.cuda.max_memory_allocated(device) / 1e9 if cuda else float("nan")
+    with_map, plain = step["monai"] / step["risk"], step["monai"] / step["plain"]
+    name = torch.cuda.get_device_name(device) if cuda else f"cpu, {torch.get_num_threads()} threads"
+    print(f"device: {name}, bundle config: {' + '.join(files)}, {cases} full-size cases, repeats: {repeats}")
+    for label, key in (("with the risk map", "risk"), ("without (plain fine-tuning)", "plain"), ("plain MONAI", "monai")):
+        print(f"fine-tuning step {label + ':':<30} {step[key] / steps:.3f} s ({steps / step[key]:.2f} steps/s)")
+    print(f"(a) throughput with map / plain MONAI      {with_map:.3f}   (goal >= 0.95)")
+    print(f"    throughput without map / plain MONAI   {plain:.3f}   (goal >= 0.95)")
+    print(f"(b) risk stage: {risk_seconds / cases:.1f} s per case, peak GPU memory {risk_memory:.2f} GB; "
+          f"training steps: peak GPU memory {train_memory:.2f} GB")
+    print(f"gpu: throughput with map/plain MONAI = {with_map:.3f} (>= 0.95), without map = {plain:.3f}, "
+          f"risk stage = {risk_seconds / cases:.1f} s per case, peak GPU memory = {max(risk_memory, train_memory):.2f} GB")
+
+
 if __name__ == "__main__":
-    fire.Fire({"core": core, "bundle": bundle, "headline": headline, "scale": scale, "fullsize": fullsize,
+    fire.Fire({"core": core, "bundle": bundle, "headline": headline, "scale": scale, "fullsize": fullsize, "gpu": gpu,
                "run_id": run_id, "source_pipeline": source_pipeline, "headline_stages": headline_stages})

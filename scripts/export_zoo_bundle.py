@@ -9,9 +9,10 @@ Examples::
 ``OUT/<bundle>/`` then holds:
 
 - ``configs/``, ``LICENSE``, ``docs/data_license.txt``, ``docs/meta_schema.json``: the bundle's own files;
-- ``transrisk_components/``: the package the configs' ``_target_``s name, copied in. The Zoo puts the bundle folder
-  on ``PYTHONPATH`` (and ``python -m monai.bundle`` run from the folder finds it), and the package is not on the
-  package index, so the code travels inside the bundle; ``configs/metadata.json`` names only packages the index has;
+- ``transrisk_components/``: the package the configs' ``_target_``s name, copied in (without the experiment grid).
+  The Zoo puts the bundle folder on ``PYTHONPATH`` (and ``python -m monai.bundle`` run from the folder finds it), and
+  the package is not on the package index, so the code travels inside the bundle; ``configs/metadata.json`` names
+  only packages the index has;
 - ``docs/README.md`` in the Zoo's template (overview, data, training, inference, performance, license), made from the
   metadata and ``train.json``; the repository's bundle README follows as ``docs/guide.md``;
 - with ``--weights RUN``: ``models/model.pt``, the model that ``RUN``'s evaluation scored. ``RUN`` is the bundle folder
@@ -53,6 +54,9 @@ logger = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[1]
 BUNDLES = REPO / "bundles"
 PACKAGE = REPO / "transrisk_components"
+#: Sub-packages the bundles never reach, left out of the vendored copy (the experiment grid runs the repository's
+#: bundles, not the exported one).
+NOT_VENDORED = ("experiments",)
 #: Files of a bundle folder that the export copies (outputs -- models/, eval/, outputs/, runs/, data/ -- stay behind).
 BUNDLE_FILES = ("LICENSE", "configs", "docs")
 _METRICS = ("dice", "hd95", "asd")
@@ -180,9 +184,9 @@ def _check_weights_fit(configs: Path, weights: Path, bundle_root: Path) -> None:
 
 
 def _vendor_package(target: Path) -> None:
-    """Copy the package's Python files to ``target`` (no caches)."""
+    """Copy the package's Python files to ``target`` (no caches, nothing of :data:`NOT_VENDORED`)."""
     for source in sorted(PACKAGE.rglob("*.py")):
-        if "__pycache__" in source.parts:
+        if "__pycache__" in source.parts or source.relative_to(PACKAGE).parts[0] in NOT_VENDORED:
             continue
         destination = target / source.relative_to(PACKAGE)
         destination.parent.mkdir(parents=True, exist_ok=True)

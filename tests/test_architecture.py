@@ -1,6 +1,7 @@
 """The package's layers depend downward only, and its modules import one another without cycles.
 
-Layers, lowest first: ``utils`` < ``method`` < ``data`` < ``reporting`` < ``bundle`` (see docs/architecture.md).
+Layers, lowest first: ``utils`` < ``method`` < ``data`` < ``reporting`` < ``bundle`` < ``experiments`` (see
+docs/architecture.md): the experiment grid may use every other layer, and none of them imports it.
 ``method`` is the paper on its own: it imports nothing of the package but itself. matplotlib is imported by
 ``reporting`` alone. The imports are read from the source (ast), so lazy imports inside functions count too.
 """
@@ -14,7 +15,7 @@ import pytest
 
 PACKAGE = "transrisk_components"
 ROOT = Path(__file__).resolve().parents[1] / PACKAGE
-LAYERS = ("utils", "method", "data", "reporting", "bundle")
+LAYERS = ("utils", "method", "data", "reporting", "bundle", "experiments")
 
 
 def _module_name(path: Path) -> str:
@@ -103,4 +104,25 @@ def test_the_graph_holds_the_real_edges():
     """The checks above could not pass vacuously: the graph holds the package's real edges."""
     assert "transrisk_components.method.losses" in GRAPH["transrisk_components.bundle.engine"]
     assert "transrisk_components.data.registry" in GRAPH["transrisk_components.data.checks"]
+    assert "transrisk_components.bundle.selection" in GRAPH["transrisk_components.experiments.safe"]
+    assert "transrisk_components.reporting.results" in GRAPH["transrisk_components.experiments.reports"]
     assert len(MODULES) > 30
+
+
+def test_the_method_package_re_exports_the_api_of_each_of_its_modules():
+    import importlib
+
+    import transrisk_components.method as method
+
+    for name in ("baselines", "losses", "masks", "risk", "transferability"):
+        module = importlib.import_module(f"transrisk_components.method.{name}")
+        missing = set(module.__all__) - set(method.__all__)
+        assert not missing, f"method.{name} exports {sorted(missing)} but transrisk_components.method does not"
+    assert all(getattr(method, name) is not None for name in method.__all__)
+
+
+def test_the_scripts_reach_the_experiment_grid_as_a_package():
+    scripts = ROOT.parent / "scripts"
+    assert not (scripts / "experiments.py").exists()
+    assert "transrisk_components.experiments" in _imports(scripts / "reproduce.py")
+    assert any(_layer(m) == LAYERS.index("experiments") for m in MODULES)

@@ -56,7 +56,9 @@ def test_bundle_prints_its_three_ratios_with_targets(phantom: str) -> None:
 
 
 def test_headline_prints_a_stage_table_that_adds_up_to_its_total(phantom: str, tmp_path: Path) -> None:
-    from benchmark import HEADLINE_STAGES
+    from script_helpers import load_script
+
+    HEADLINE_STAGES = load_script("benchmark").HEADLINE_STAGES
 
     lines = benchmark("headline", "--overrides", tiny(phantom), "--work_dir", str(tmp_path))
     match = re.fullmatch(rf"headline: total = ({NUMBER}) s \(target <= 300 s on 2 CPU cores\)", lines[-1])
@@ -80,3 +82,15 @@ def test_scale_ends_with_the_peak_rss_ratio(phantom: str, tmp_path: Path) -> Non
 def test_fullsize_ends_with_the_peak_rss_over_every_run_id(phantom: str, tmp_path: Path) -> None:
     lines = benchmark("fullsize", "--phantom", phantom, "--profile", "False", "--work_dir", str(tmp_path))
     assert re.fullmatch(rf"fullsize: peak RSS over all steps = {NUMBER} GB \(goal <= 6 GB\)", lines[-1]), lines[-1]
+
+
+def test_gpu_runs_on_the_cpu_at_tiny_size_and_ends_with_its_figures(phantom: str, tmp_path: Path) -> None:
+    small = {key: TINY[key] for key in ("network_def#init_filters", "network_def#blocks_down", "network_def#blocks_up", "patch_size")}
+    lines = benchmark("gpu", "--phantom", phantom, "--cases", "2", "--repeats", "1", "--steps", "1",
+                      "--overrides", json.dumps({**small, "num_samples": 1}), "--work_dir", str(tmp_path))
+    assert any("(goal >= 0.95)" in line for line in lines)
+    assert re.fullmatch(
+        rf"gpu: throughput with map/plain MONAI = {NUMBER} \(>= 0\.95\), without map = {NUMBER}, "
+        rf"risk stage = {NUMBER} s per case, peak GPU memory = nan GB",
+        lines[-1],
+    ), lines[-1]

@@ -90,7 +90,7 @@ def test_each_stage_runs_alone_and_the_risk_cache_is_reused(tmp_path: Path, phan
     run_workflow("finetune", tmp_path, phantom)
     assert [m.stat().st_mtime_ns for m in risk_maps(tmp_path)] == stamps, "risk maps were recomputed"
     assert (tmp_path / "models" / "model.pt").is_file()
-    run_workflow("risk_map", tmp_path, phantom, **{"risk#normalization": "minmax"})
+    run_workflow("risk_map", tmp_path, phantom, **{"risk#map_normalization": "minmax"})
     assert len(risk_maps(tmp_path)) == 2 * len(maps), "a changed option must give a new cache entry"
     run_workflow("risk_map", tmp_path, phantom, **{"risk#shuffle": "true"})
     shuffled = [m for m in risk_maps(tmp_path) if m.parent != maps[0].parent and m.name == maps[0].name]

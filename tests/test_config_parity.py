@@ -43,3 +43,45 @@ def test_fets_and_iseg_configs_differ_only_in_dataset_specific_ids(name: str) ->
     fets, iseg = (_flatten(json.loads((REPO / "bundles" / b / "configs" / name).read_text())) for b in ("fets", "iseg"))
     differing = {k for k in fets.keys() | iseg.keys() if fets.get(k, "<absent>") != iseg.get(k, "<absent>")}
     assert differing <= DATASET_SPECIFIC, f"{name}: ids that differ between the bundles without being agreed: {sorted(differing - DATASET_SPECIFIC)}"
+
+
+#: The handlers every process of a multi-GPU run needs: loading the source weights, validating, and checkpointing.
+ALL_PROCESS_HANDLERS = {
+    "transrisk_components.bundle.engine.SourceWeights",
+    "ValidationHandler",
+    "transrisk_components.bundle.handlers.ResumableCheckpoints",
+}
+
+
+@pytest.mark.parametrize("bundle", ["fets", "iseg"])
+def test_logging_handlers_are_disabled_by_name_on_processes_other_than_the_main_one(bundle: str) -> None:
+    configs = REPO / "bundles" / bundle / "configs"
+    train = json.loads((configs / "train.json").read_text())
+    multi_gpu = json.loads((configs / "multi_gpu_train.json").read_text())
+    assert train["is_main_process"] is True
+    assert multi_gpu["is_main_process"] == "$dist.get_rank() == 0"
+    assert not any(key.endswith("train_handlers") for key in multi_gpu), "handlers are chosen by _disabled_, not by position"
+    for section in ("source", "train"):
+        for handler in train[section]["handlers"]:
+            if handler["_target_"] in ALL_PROCESS_HANDLERS:
+                assert "_disabled_" not in handler, handler["_target_"]
+            else:
+                assert "not @is_main_process" in handler.get("_disabled_", ""), f"{section}: {handler['_target_']}"
+
+
+@pytest.mark.parametrize("bundle", ["fets", "iseg"])
+def test_a_renamed_risk_option_stops_the_run_naming_the_new_id(bundle: str) -> None:
+    from monai.bundle import ConfigParser
+
+    for config in ("train.json", "multi_gpu_train.json"):
+        assert "@risk_options" in json.loads((REPO / "bundles" / bundle / "configs" / config).read_text())["initialize"]
+    parser = ConfigParser()
+    parser.read_config(str(REPO / "bundles" / bundle / "configs" / "train.json"))
+    assert parser.get_parsed_content("risk_options")["map_normalization"] == "complement"
+    parser["risk#normalization"] = "minmax"
+    parser["risk#loss_normalization"] = "voxels"
+    with pytest.raises(RuntimeError) as stopped:  # MONAI wraps the component's ValueError
+        parser.get_parsed_content("risk_options", lazy=False)
+    assert isinstance(stopped.value.__cause__, ValueError)
+    assert ("risk#normalization is now risk#map_normalization; risk#loss_normalization is now risk#ce_denominator"
+            in str(stopped.value.__cause__))

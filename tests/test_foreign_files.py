@@ -127,7 +127,7 @@ def test_overwrite_still_deletes_the_bundle_s_own_outputs(tmp_path: Path) -> Non
     assert json.loads((tmp_path / "finetune.fingerprint.json").read_text())["settings"] == {"seed": 1}
 
 
-# --- issue #22's run: the user's own source checkpoint ----------------------------------------------------------
+# --- a new user's run: their own source checkpoint -- ----------------------------------------------------------
 
 
 def test_overwrite_never_deletes_a_foreign_source_checkpoint(tmp_path: Path, phantom: str) -> None:

@@ -255,7 +255,8 @@ def test_foreign_source_risk_stage_with_a_sigmoid_multichannel_source_equals_a_b
     from monai.transforms import Compose, EnsureTyped, NormalizeIntensityd
 
     from transrisk_components.bundle.fingerprint import StageFingerprint
-    from transrisk_components.bundle.stages.risk import RiskStage, image_mask
+    from transrisk_components.bundle.stages.risk import RiskStage
+    from transrisk_components.method.masks import image_mask
     from transrisk_components.bundle.transforms import TaskLabelsd
     from transrisk_components.method.transferability import pixel_transferability
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
+from script_helpers import load_script
 
 from transrisk_components.data import fets2021_datalist, iseg2019_datalist
 from transrisk_components.data.phantom import fets as phantom_fets
@@ -20,7 +20,6 @@ from transrisk_components.data.phantom.io import MARKER
 from transrisk_components.data.phantom.iseg import make_iseg_phantom
 
 SMALL = (16, 16, 16)
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _arrays(root: Path) -> dict[str, np.ndarray]:
@@ -140,10 +139,7 @@ def test_make_phantom_and_preview(tmp_path, data_fets_phantom):
 
 
 def test_cli_script(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("make_phantom_script", REPO / "scripts" / "make_phantom.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    script.main("fets", str(tmp_path), subjects=3, seed=0, shape=SMALL, institutions=2)
+    load_script("make_phantom").main("fets", str(tmp_path), subjects=3, seed=0, shape=SMALL, institutions=2)
     assert "MICCAI_FeTS2021_TrainingData" in capsys.readouterr().out
     assert [c["partition"] for c in fets2021_datalist(
         tmp_path / "MICCAI_FeTS2021_TrainingData", partition_csv="partitioning_1.csv")] == ["01", "01", "02"]
@@ -152,7 +148,8 @@ def test_cli_script(tmp_path, capsys):
 def test_cli_full_size_flag(monkeypatch, tmp_path):
     """``--full-size`` (as the issue spells it) and ``--full_size`` both reach the generator."""
     import fire
-    import make_phantom as cli
+
+    cli = load_script("make_phantom")
 
     seen = []
     monkeypatch.setattr(cli, "make_phantom", lambda *args, **kwargs: seen.append(kwargs) or tmp_path)

@@ -1,21 +1,16 @@
-"""``scripts/ranking_study.py``: Kendall's tau of the LEEP ranking and the two comparison rankers, on a made-up table."""
+"""The source-ranking study's summary (``experiments.ranking_report``, ``scripts/ranking_study.py``): Kendall's tau
+of the LEEP ranking and the two comparison rankers, on a made-up table."""
 
 from __future__ import annotations
 
 import csv
-import importlib.util
 from pathlib import Path
 
 import pytest
 
+from transrisk_components.experiments.ranking_report import read_results, summarise
+
 REPO = Path(__file__).resolve().parents[1]
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("ranking_study_script", REPO / "scripts" / "ranking_study.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_summary_files_and_last_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -28,7 +23,7 @@ def test_summary_files_and_last_line(tmp_path: Path, capsys: pytest.CaptureFixtu
                 for seed in range(3):
                     # LEEP orders the candidates as the test Dice does; the source's own Dice the other way round
                     writer.writerow([scenario, name, seed, -1.0 + 0.2 * i, 0.9 - 0.1 * i, 0.3 + 0.1 * i + 0.01 * seed])
-    tau = load_script().summarise(str(results), str(tmp_path / "report"))
+    tau = summarise(str(results), str(tmp_path / "report"))
     assert tau == pytest.approx(1.0)
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last == "ranking: kendall tau = 1.000 over 8 candidates"
@@ -44,7 +39,7 @@ def test_missing_column_names_the_file(tmp_path: Path) -> None:
     bad = tmp_path / "bad.csv"
     bad.write_text("scenario,candidate\nx,y\n")
     with pytest.raises(ValueError, match=r"bad.csv: missing columns"):
-        load_script().read_results(bad)
+        read_results(bad)
 
 
 def test_command_line_prints_the_tau_line_last(tmp_path: Path) -> None:

@@ -3,28 +3,26 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 from pathlib import Path
 
 import pytest
+from grid_helpers import TINY
 
+from transrisk_components import experiments
 from transrisk_components.data.registry import get_dataset
 
-REPO = Path(__file__).resolve().parents[1]
 
-
-def load_reproduce_script():
-    spec = importlib.util.spec_from_file_location("reproduce_script", REPO / "scripts" / "reproduce.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def reproduce_tiny(work: Path, reports: Path, phantom: Path | None, workers: int = 1) -> None:
+    """What ``scripts/reproduce.py run`` does, with the tiny profile (which the command line does not offer)."""
+    experiments.reproduce_profile("tiny", TINY, work, reports, {"fets": str(phantom) if phantom else None}, workers,
+                                  command="pytest")
 
 
 @pytest.fixture(scope="module")
 def tiny_grid(tmp_path_factory):
     phantom = get_dataset("fets").make_phantom(tmp_path_factory.mktemp("fets"), subjects=12, seed=0, shape=(32, 32, 32))
     work, reports = tmp_path_factory.mktemp("work"), tmp_path_factory.mktemp("reports")
-    load_reproduce_script().run(profile="tiny", work_dir=str(work), report_dir=str(reports), fets_dir=str(phantom))
+    reproduce_tiny(work, reports, phantom)
     return phantom, work, reports
 
 
@@ -32,15 +30,15 @@ def test_tiny_grid_writes_one_row_per_cell_and_the_reports(tiny_grid):
     _, work, reports = tiny_grid
     with (reports / "results.csv").open() as handle:
         rows = list(csv.DictReader(handle))
-    cells = ("from scratch", "plain fine-tuning", "risk-weighted (default)")
-    derived = ("safe transfer", "safe transfer, raced", "better of plain and scratch (test oracle)")
+    cells = ("scratch", "plain", "risk")
+    derived = ("safe", "safe_raced", "better_of_plain_scratch")
     assert sorted((r["method"], r["seed"]) for r in rows) == sorted((m, s) for m in cells + derived for s in ("0", "1"))
     for row in rows:
         assert 0 <= float(row["test_dice"]) <= 1 and 0 <= float(row["val_dice"]) <= 1
         assert {"test_dice_ET", "test_dice_TC", "test_dice_WT", "val_dice_ET", "val_dice_TC", "val_dice_WT"} <= set(row)
         assert (row["chosen"] in cells) == (row["method"] in derived)
     table = (reports / "table.md").read_text()
-    assert "| risk-weighted (default) |" in table and "Paired difference" in table
+    assert "| risk-weighted (default) |" in table and "Paired difference" in table  # labels, not ids
     assert "Promise 1" in table and "| safe transfer - plain fine-tuning | fets_t1_to_flair | ET |" in table
     with (reports / "validation_per_case.csv").open() as handle:
         validation = list(csv.DictReader(handle))
@@ -49,7 +47,11 @@ def test_tiny_grid_writes_one_row_per_cell_and_the_reports(tiny_grid):
     assert (reports / "figures" / "safe_vs_better_of_plain_and_scratch.png").is_file()
     assert (reports / "figures" / "dice_by_method.png").stat().st_size > 10_000
     assert "profile: tiny" in (reports / "machine.md").read_text()
+    readme = (reports / "README.md").read_text()
+    assert "profile: tiny" in readme and readme.endswith(table), "the folder's README is generated from its tables"
+    assert "(figures/dice_by_method.png)" in readme
     assert len(list(work.glob("sources/*/seed*/source.pt"))) == 2, "one source model per scenario and seed"
+    assert sorted(p.name for p in work.glob("cells/fets_t1_to_flair/*")) == sorted(cells), "cell folders are ids"
 
 
 def test_a_killed_grid_continues_with_the_missing_cells_only(tiny_grid):
@@ -58,7 +60,7 @@ def test_a_killed_grid_continues_with_the_missing_cells_only(tiny_grid):
     missing = results[0]
     missing.unlink()
     stamps = {p: p.stat().st_mtime_ns for p in results[1:]}
-    load_reproduce_script().run(profile="tiny", work_dir=str(work), report_dir=str(reports), fets_dir=str(phantom))
+    reproduce_tiny(work, reports, phantom)
     assert missing.is_file(), "the missing cell ran again"
     assert {p: p.stat().st_mtime_ns for p in results[1:]} == stamps, "finished cells are kept"
 
@@ -68,14 +70,11 @@ def test_a_finished_cell_is_reused_only_with_its_fine_tuning_fingerprint(tiny_gr
     difference; the plain fine-tuning cell, which no risk setting affects, is still reused."""
     import dataclasses
 
-    import experiments
-
     from transrisk_components.bundle.fingerprint import StaleOutputError
 
     phantom, work, _ = tiny_grid
-    tiny = experiments.PROFILES["tiny"]
-    changed = dataclasses.replace(tiny, overrides={**tiny.overrides, "risk#strength": 3.0})
-    cells = {c.method.name: c for c in experiments.grid(changed) if c.seed == 0}
+    changed = dataclasses.replace(TINY, overrides={**TINY.overrides, "risk#strength": 3.0})
+    cells = {c.method.id: c for c in experiments.grid(changed) if c.seed == 0}
     dirs = {"fets": str(phantom)}
     stamp = (cells[experiments.PLAIN].folder(work) / "result.json").stat().st_mtime_ns
     row = experiments.run_cell(cells[experiments.PLAIN], work, changed, dirs)
@@ -85,12 +84,10 @@ def test_a_finished_cell_is_reused_only_with_its_fine_tuning_fingerprint(tiny_gr
         experiments.run_cell(cells[experiments.DEFAULT_RISK], work, changed, dirs)
 
 
-def test_ranking_study_on_the_tiny_grid(tiny_grid, monkeypatch):
+def test_ranking_study_on_the_tiny_grid(tiny_grid):
     """Two candidate sources, one target, one seed: fine-tuned Dice, LEEP from rank_sources, source-val Dice."""
-    import experiments
-
     phantom, work, _ = tiny_grid
-    study = experiments.RankingStudy(targets=("flair", "t2"), candidates=("t1", "flair"), seeds=(0,), profile="tiny")
+    study = experiments.RankingStudy(targets=("flair", "t2"), candidates=("t1", "flair"), seeds=(0,), profile=TINY)
     rows = experiments.run_ranking_study(study, work, {"fets": str(phantom)})
     assert sorted((r["scenario"], r["candidate"]) for r in rows) == [
         ("fets_to_flair", "flair"), ("fets_to_flair", "t1"), ("fets_to_t2", "flair"), ("fets_to_t2", "t1")]
@@ -115,8 +112,7 @@ def test_the_tiny_grid_in_two_worker_processes_gives_the_same_cells(tiny_grid, t
     """``--workers 2``: the cells run in spawned processes (sources first), and the reports cover every cell."""
     phantom, _, serial_reports = tiny_grid
     work, reports = tmp_path / "work", tmp_path / "reports"
-    load_reproduce_script().run(profile="tiny", work_dir=str(work), report_dir=str(reports), fets_dir=str(phantom),
-                                workers=2)
+    reproduce_tiny(work, reports, phantom, workers=2)
     with (reports / "results.csv").open() as handle, (serial_reports / "results.csv").open() as serial:
         assert sorted((r["method"], r["seed"]) for r in csv.DictReader(handle)) == sorted(
             (r["method"], r["seed"]) for r in csv.DictReader(serial))
@@ -131,5 +127,43 @@ def test_a_second_grid_on_a_busy_work_folder_stops_before_any_cell(tmp_path):
 
     with folder_locked_by_another_process(tmp_path):
         with pytest.raises(FolderBusyError, match="another --work_dir"):
-            load_reproduce_script().run(profile="tiny", work_dir=str(tmp_path), report_dir=str(tmp_path / "r"))
+            reproduce_tiny(tmp_path, tmp_path / "r", None)
     assert not (tmp_path / "cells").exists()
+
+
+@pytest.mark.parametrize("arguments, message", [(["--profile", "tiny"], "unknown profile 'tiny'"),
+                                                (["--scenarios", "fets_t1_to_flair"], "not in profile 'quick'")])
+def test_the_command_line_refuses_unknown_profiles_and_scenarios(tmp_path, arguments, message):
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, str(repo / "scripts" / "reproduce.py"), "run", *arguments,
+                           "--work_dir", str(tmp_path)], capture_output=True, text=True, cwd=repo)
+    assert done.returncode != 0 and message in done.stderr
+    assert not list(tmp_path.iterdir())
+
+
+def test_reports_of_a_profile_run_in_parts_combine_into_one(tiny_grid, tmp_path):
+    from transrisk_components.experiments.reports import combine_reports, load_results
+    from transrisk_components.reporting.results import write_case_results_csv, write_results_csv
+
+    _, _, reports = tiny_grid
+    rows, cases = load_results(reports / "results.csv")
+    parts = []
+    for seed in (0, 1):
+        part = tmp_path / f"seed{seed}"
+        part.mkdir()
+        write_results_csv([r for r in rows if int(r["seed"]) == seed], part / "results.csv")
+        write_case_results_csv([c for c in cases if int(c["seed"]) == seed], part / "results_per_case.csv")
+        (part / "machine.md").write_text(f"# How these results were made\n\n- part of seed {seed}\n")
+        parts.append(part)
+    combined = tmp_path / "combined"
+    combine_reports(parts, combined)
+    again, again_cases = load_results(combined / "results.csv")
+    key = lambda r: (r["scenario"], r["method"], str(r["seed"]))  # noqa: E731
+    assert sorted(map(key, again)) == sorted(map(key, rows)) and len(again_cases) == len(cases) > 0
+    readme = (combined / "README.md").read_text()
+    assert "part of seed 0" in readme and "part of seed 1" in readme and "Promise 1" in readme
+    with pytest.raises(ValueError, match="seed0"):
+        combine_reports([parts[0], parts[0]], tmp_path / "twice")

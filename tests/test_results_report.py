@@ -1,11 +1,28 @@
-"""Reports of the experiment grid, from a hand-made results CSV."""
+"""Reports of the experiment grid, from a hand-made results CSV and from the committed reports."""
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
-from experiments import DEFAULT_RISK, METHODS, PLAIN, PROFILES, choose_default, grid
+from transrisk_components.experiments import (
+    DEFAULT_RISK,
+    DERIVED_METHODS,
+    METHODS,
+    PLAIN,
+    PROFILES,
+    SAFE,
+    SCRATCH,
+    choose_default,
+    grid,
+    load_results,
+    method_id,
+    method_label,
+)
 from transrisk_components.reporting.results import (
     case_rows,
     cases_of_learned_runs,
@@ -26,6 +43,7 @@ from transrisk_components.reporting.results import (
 )
 
 
+REPO = Path(__file__).resolve().parents[1]
 CASE_OFFSETS = (-0.05, 0.0, 0.05, 0.1)  # four test cases per cell, around the cell's mean
 
 
@@ -76,7 +94,7 @@ def test_summary_and_paired_case_statistics():
 
 def test_table_states_where_risk_map_does_not_win():
     table = markdown_table(rows(), case_rows(rows()), list(METHODS), baseline=PLAIN, highlight=DEFAULT_RISK)
-    assert "| plain fine-tuning | 67.5 ± 5.0 | 67.5 ± 5.0 |" in table
+    assert f"| {PLAIN} | 67.5 ± 5.0 | 67.5 ± 5.0 |" in table
     assert "- a: +2.0 [+1." in table and "over 12 pairs: gain (CI above 0)." in table
     assert "- b: +0.0 [-" in table and "over 12 pairs: no detectable difference (CI half-width" in table
 
@@ -96,7 +114,7 @@ def test_a_run_that_never_predicts_one_region_counts_as_stalled():
     learned = paired_case_statistics(kept, PLAIN)[("a", DEFAULT_RISK)]
     assert (learned.n_pairs, learned.n_seeds) == (1, 1)  # only seed 1, where neither run stalled
     table = markdown_table(rows(), case_rows(rows()), list(METHODS), baseline=PLAIN, highlight=DEFAULT_RISK)
-    assert "Runs that did not learn a region" in table and "| plain fine-tuning | 0/3 | 0/3 |" in table
+    assert "Runs that did not learn a region" in table and f"| {PLAIN} | 0/3 | 0/3 |" in table
     assert "on the seeds where neither run stalled" in table and "p=0.00049 n=3 |" in table
 
 
@@ -104,8 +122,8 @@ def test_default_chosen_on_validation_not_test():
     data = rows()
     for row in list(data):  # the sweep variant wins on validation but loses on test
         if row["method"] == DEFAULT_RISK:
-            data.append({**row, "method": "sweep: linear s=2.0", "val_dice": row["val_dice"] + 0.1, "test_dice": 0.0})
-    assert choose_default(data) == "sweep: linear s=2.0"
+            data.append({**row, "method": "linear_s2", "val_dice": row["val_dice"] + 0.1, "test_dice": 0.0})
+    assert choose_default(data) == "linear_s2"
 
 
 def test_region_table_and_mean_dice_ci():
@@ -139,7 +157,7 @@ def test_grid_orders_cells_so_each_source_model_is_trained_once():
 
 
 def test_unknown_grid_entries_raise():
-    from experiments import Profile
+    from transrisk_components.experiments import Profile
 
     with pytest.raises(ValueError, match="unknown"):
         grid(Profile(scenarios=("nope",), methods=(PLAIN,), seeds=(0,)))
@@ -159,3 +177,37 @@ def test_a_gain_across_cases_but_not_across_seeds_is_not_called_a_gain():
     assert stat.low > 0 and stat.seed_low < 0 < stat.seed_high and stat.n_seeds == 5
     assert stat.verdict().startswith("gain across cases, not across training runs (seed-clustered CI [")
     assert stat.half_width == pytest.approx((stat.seed_high - stat.seed_low) / 2)
+
+
+def test_methods_are_read_by_id_or_by_the_label_older_reports_hold():
+    assert method_id(PLAIN) == PLAIN and method_id("plain fine-tuning") == PLAIN
+    assert method_id("sweep: linear s=8.0") == "linear_s8" and method_id("safe transfer, raced") == "safe_raced"
+    assert method_label("better_of_plain_scratch") == "better of plain and scratch (test oracle)"
+    with pytest.raises(ValueError, match="unknown method 'plain fine tuning'"):
+        method_id("plain fine tuning")
+
+
+@pytest.mark.parametrize("results", sorted(p.relative_to(REPO).as_posix() for p in REPO.glob("docs/results/**/results.csv")
+                                           if (p.parent / "results_per_case.csv").is_file()))
+def test_every_committed_report_reads_with_method_ids(results):
+    rows, cases = load_results(REPO / results)
+    assert rows and cases
+    known = set(METHODS) | set(DERIVED_METHODS)
+    assert {r["method"] for r in rows} <= known and {c["method"] for c in cases} <= known
+    assert {r["chosen"] for r in rows if r.get("chosen")} <= set(METHODS)
+
+
+def test_the_table_command_re_makes_a_committed_report_from_its_labelled_csvs(tmp_path):
+    """``reproduce.py table`` over a report whose CSVs hold labels (and safe-transfer rows with ``chosen``): the
+    table shows labels, and the CSVs are only read."""
+    committed = REPO / "docs" / "results" / "confirm" / "scenarios_t1ce_fewshot2"
+    for name in ("results.csv", "results_per_case.csv"):
+        shutil.copyfile(committed / name, tmp_path / name)
+    subprocess.run([sys.executable, str(REPO / "scripts" / "reproduce.py"), "table", str(tmp_path / "results.csv")],
+                   check=True, capture_output=True, cwd=REPO)
+    for name in ("results.csv", "results_per_case.csv"):
+        assert (tmp_path / name).read_bytes() == (committed / name).read_bytes()
+    table = (tmp_path / "table.md").read_text()
+    assert f"| {method_label(DEFAULT_RISK)} |" in table and f"| {method_label(SCRATCH)} |" in table
+    assert f"| {method_label(SAFE)} - {method_label(PLAIN)} | fets_t1_to_t1ce | ET |" in table
+    assert (tmp_path / "figures" / "safe_vs_better_of_plain_and_scratch.png").is_file()

@@ -97,7 +97,8 @@ def two_pass_maps(stage: RiskStage, cases: list[dict]) -> tuple[list[np.ndarray]
                 stats.update_leep(transferability, mask)
                 log_t.append(torch.log(transferability[mask].double().clamp_min(1e-12)))
             location_t = stats.leep_map().nan_to_num(0.0).exp().to(torch.float32)[None, None]
-            maps = [stage._risk_map(location_t[mask], mask, c["case_id"]) for c, (_, _, mask, _) in zip(cases, passes)]
+            maps = [stage._risk_map(stage._risk(location_t[mask]), mask, c["case_id"])
+                    for c, (_, _, mask, _) in zip(cases, passes)]
         else:
             stats = LEEPStatistics(2, 4)
             for probs, label, mask, _ in passes:
@@ -107,7 +108,7 @@ def two_pass_maps(stage: RiskStage, cases: list[dict]) -> tuple[list[np.ndarray]
                 probs, label, mask, _ = stage._source_pass(network, case)
                 transferability = pixel_transferability(probs, label, stats.conditional())
                 log_t.append(torch.log(transferability[mask].double().clamp_min(1e-12)))
-                maps.append(stage._risk_map(transferability[mask], mask, case["case_id"]))
+                maps.append(stage._risk_map(stage._risk(transferability[mask]), mask, case["case_id"]))
     every = torch.cat(log_t)
     return maps, float(every.sum()) / every.numel()
 

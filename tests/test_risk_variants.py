@@ -131,7 +131,7 @@ def test_risk_sampling_centres_every_patch_where_the_map_is(cases: list[dict], t
 
 def test_training_with_the_location_map_and_risk_sampling(phantom: str, tmp_path: Path) -> None:
     options = {"risk#map": "location", "risk#sampling": "risk", "risk#scheme": "inverse", "risk#dice": "weighted",
-               "risk#ce_voxels": "foreground", "risk#loss_normalization": "foreground"}
+               "risk#ce_voxels": "foreground", "risk#ce_denominator": "foreground"}
     run_bundle(CONFIGS, "training", tmp_path, phantom, TINY, **options)
     assert (tmp_path / "models" / "model.pt").is_file() and len(risk_maps(tmp_path)) == TINY["num_target_train"]
     fingerprint = (tmp_path / "models" / "finetune.fingerprint.json").read_text()

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from experiments import (
+from transrisk_components.experiments import (
     BETTER_OF_PLAIN_AND_SCRATCH,
     DEFAULT_RISK,
     PLAIN,

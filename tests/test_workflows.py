@@ -383,7 +383,8 @@ def test_patches_come_from_the_brain_on_cached_indices(phantom: str, tmp_path: P
     item = cached(case)  # what CacheDataset keeps: cropped to the brain, with foreground/background indices
     raw = nib.load(case["image"][0])
     assert all(c <= r for c, r in zip(item["image"].shape[1:], raw.shape)) and item["image"].shape[1:] != raw.shape
-    image, label = item["image"].as_tensor().flatten(), item["label"].as_tensor().flatten()
+    assert type(item["image"]) is torch.Tensor, "the random transforms get plain tensors, not MetaTensors"
+    image, label = item["image"].flatten(), item["label"].flatten()
     background = torch.as_tensor(item["label_bg_indices"])
     assert len(background) and bool((image[background] != 0).all()), "negatives must be drawn inside the brain"
     assert len(background) < int((label == 0).sum()), "air voxels must not be background candidates"

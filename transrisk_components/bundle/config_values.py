@@ -6,9 +6,9 @@ Python literals such as ``False``); a bare ``"false"`` would be truthy. :func:`a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
-__all__ = ["as_bool", "one_of"]
+__all__ = ["as_bool", "one_of", "without_renamed_options"]
 
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off", "none", ""}
@@ -41,3 +41,19 @@ def one_of(value: str, choices: Sequence[str], name: str = "value", hint: str = 
         name = name.replace("::", "#")  # MONAI rewrites a '#' inside a config string to '::'
         raise ValueError(f"{name} must be one of {list(choices)} here, got {value!r}{'; ' + hint if hint else ''}")
     return value
+
+
+def without_renamed_options(options: Mapping[str, object], section: str, renamed: Mapping[str, str]) -> Mapping[str, object]:
+    """``options`` (a config section such as ``risk``) when it holds none of the ids that were ``renamed``.
+
+    A command line or candidates file with an old id (``--risk#normalization minmax``) would otherwise add a key that
+    nothing reads, and the run would silently use the default.
+
+    Raises:
+        ValueError: naming every old id found and the id to use instead.
+    """
+    old = [key for key in options if key in renamed]
+    if old:
+        uses = "; ".join(f"{section}#{key} is now {section}#{renamed[key]}" for key in old)
+        raise ValueError(f"renamed option{'s' if len(old) > 1 else ''}: {uses}. Use the new id{'s' if len(old) > 1 else ''}.")
+    return options

@@ -48,15 +48,16 @@ from monai.bundle import ConfigParser
 from monai.inferers import Inferer
 from torch import nn
 
+from transrisk_components.method.masks import image_mask
 from transrisk_components.method.transferability import (
     LEEPStatistics,
+    class_table,
     dead_classes,
     pixel_transferability,
     prior_floor_leep,
 )
 from transrisk_components.reporting.figures import plot_source_ranking
 from transrisk_components.utils.io import atomic_write_text, load_checkpoint
-from transrisk_components.bundle.stages.risk import class_table, image_mask
 
 __all__ = ["CANDIDATE_KEYS", "SourceCandidate", "checkpoint_classes", "load_candidates", "rank_sources", "score_candidate"]
 

@@ -1,8 +1,8 @@
 """The safe-transfer selection rule: which candidate fine-tuning run becomes the bundle's model.
 
 Both the bundles' ``safe_training`` run id (:mod:`transrisk_components.bundle.stages.safe`) and the experiment grid
-(``scripts/experiments.py``) call :func:`choose_candidate` and :func:`race`, so that the grid never picks by another
-rule than the product does. Only validation cases are read; test cases never enter a choice.
+(:mod:`transrisk_components.experiments.safe`) call :func:`choose_candidate` and :func:`race`, so that the grid never
+picks by another rule than the product does. Only validation cases are read; test cases never enter a choice.
 
 **The rule** (fixed in code before the confirmatory study ``confirm`` ran; ``docs/results/confirm`` names the
 commit):

@@ -2,7 +2,47 @@
 
 - :mod:`~transrisk_components.method.transferability` -- LEEP statistics ``P(y, z)``, ``P(y | z)`` and the per-voxel
   transferability ``T(v) = sum_z P(y_v | z) p_source(z | v)``.
+- :mod:`~transrisk_components.method.masks` -- which voxels the statistics and maps cover.
 - :mod:`~transrisk_components.method.risk` -- transferability -> transfer risk map -> loss weights.
 - :mod:`~transrisk_components.method.losses` -- the risk-weighted segmentation loss.
 - :mod:`~transrisk_components.method.baselines` -- the comparison losses (L2-SP, top-k Dice-CE).
+
+The names below are the method's API: ``from transrisk_components.method import LEEPStatistics, transfer_risk``.
 """
+
+from .baselines import L2SPLoss, TopKDiceCELoss
+from .losses import RiskWeightedLoss
+from .masks import RISK_MASKS, image_mask
+from .risk import RISK_NORMALIZATIONS, WEIGHT_SCHEMES, risk_to_weights, transfer_risk
+from .transferability import (
+    LEEPStatistics,
+    LocationLEEPStatistics,
+    class_information,
+    class_table,
+    dead_class_names,
+    dead_classes,
+    leep,
+    pixel_transferability,
+    prior_floor_leep,
+)
+
+__all__ = [
+    "L2SPLoss",
+    "LEEPStatistics",
+    "LocationLEEPStatistics",
+    "RISK_MASKS",
+    "RISK_NORMALIZATIONS",
+    "RiskWeightedLoss",
+    "TopKDiceCELoss",
+    "WEIGHT_SCHEMES",
+    "class_information",
+    "class_table",
+    "dead_class_names",
+    "dead_classes",
+    "image_mask",
+    "leep",
+    "pixel_transferability",
+    "prior_floor_leep",
+    "risk_to_weights",
+    "transfer_risk",
+]

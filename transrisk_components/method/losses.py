@@ -47,7 +47,7 @@ class RiskWeightedLoss(nn.Module):
     voxel-mean CE by about the ratio of sample size to the case's foreground size.
 
     Args:
-        scheme: weighting scheme, one of ``"linear"``, ``"exponential"``, ``"uniform"``
+        scheme: weighting scheme, one of :data:`~transrisk_components.method.risk.WEIGHT_SCHEMES`
             (see :mod:`transrisk_components.method.risk`).
         strength: weighting strength ``s >= 0``.
         normalization: ``"foreground"`` (default) or ``"voxels"``.

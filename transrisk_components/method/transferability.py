@@ -39,6 +39,8 @@ __all__ = [
     "LEEPStatistics",
     "LocationLEEPStatistics",
     "class_information",
+    "class_table",
+    "dead_class_names",
     "dead_classes",
     "leep",
     "pixel_transferability",
@@ -521,3 +523,32 @@ def dead_classes(class_transferability: torch.Tensor, prior: torch.Tensor, margi
     present[0] = False
     information = class_information(torch.nan_to_num(class_transferability, nan=0.0), prior)
     return [int(i) for i in torch.nonzero(present & (information < margin)).flatten().tolist()]
+
+
+def class_table(stats: LEEPStatistics, class_names: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Per target class: ``{"index", "transferability" (T_y), "prior" (P(y), the floor), "information"}``.
+
+    A class absent from the counted voxels has ``transferability`` and ``information`` ``None`` (JSON null).
+    """
+    transferability, prior = stats.class_transferability(), stats.class_prior()
+    information = class_information(torch.nan_to_num(transferability, nan=0.0), prior)
+    table = {}
+    for index, name in enumerate(class_names):
+        present = bool(prior[index] > 0)
+        table[str(name)] = {
+            "index": index,
+            "transferability": float(transferability[index]) if present else None,
+            "prior": float(prior[index]),
+            "information": float(information[index]) if present else None,
+        }
+    return table
+
+
+def dead_class_names(table: dict[str, dict[str, Any]], margin: float) -> list[str]:
+    """Names of the dead classes (:func:`dead_classes`) of a :func:`class_table` at ``margin`` (index order)."""
+    ordered = sorted(table.items(), key=lambda item: item[1]["index"])
+    transferability = torch.tensor(
+        [math.nan if v["transferability"] is None else v["transferability"] for _, v in ordered], dtype=torch.float64
+    )
+    prior = torch.tensor([v["prior"] for _, v in ordered], dtype=torch.float64)
+    return [ordered[i][0] for i in dead_classes(transferability, prior, margin)]

@@ -1,6 +1,6 @@
 """Reports of an experiment grid: ``results.csv``, the paper-style ``table.md`` and the comparison figure.
 
-Rows are the per-cell dicts that ``scripts/experiments.py`` (``run_cell``) writes to ``result.json``
+Rows are the per-cell dicts that ``transrisk_components.experiments.runner.run_cell`` writes to ``result.json``
 (``scenario``, ``method``, ``seed``, ``val_dice``, ``test_dice``, ... with Dice in [0, 1]).
 """
 
@@ -26,6 +26,7 @@ from transrisk_components.utils.io import atomic_write, atomic_write_text  # noq
 
 __all__ = [
     "CASE_COLUMNS",
+    "TEXT_COLUMNS",
     "PairedStatistics",
     "case_rows",
     "cases_of_learned_runs",
@@ -49,6 +50,8 @@ __all__ = [
 #: A run "did not learn" a region when its mean test Dice on that region stays below this (Dice units).
 STALLED_DICE = 0.05
 
+#: Columns of ``results.csv`` that hold text, not numbers (``chosen``: the candidate a derived row copies).
+TEXT_COLUMNS: tuple[str, ...] = ("scenario", "kind", "bundle", "method", "group", "chosen")
 #: Columns of ``results_per_case.csv``: one test Dice per (scenario, method, seed, case, region).
 CASE_COLUMNS: tuple[str, ...] = ("scenario", "method", "seed", "case_id", "region", "dice")
 
@@ -67,12 +70,12 @@ def write_results_csv(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
 
 
 def load_results_csv(path: Path) -> list[dict[str, Any]]:
-    """Rows of a ``results.csv``, numbers parsed."""
+    """Rows of a ``results.csv``, numbers parsed (the text columns, :data:`TEXT_COLUMNS`, kept as they are)."""
     with Path(path).open(newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     for row in rows:
         for key, value in row.items():
-            if key not in ("scenario", "kind", "bundle", "method", "group"):
+            if key not in TEXT_COLUMNS:
                 row[key] = float(value) if value not in ("", None) else math.nan
     return rows
 
@@ -404,7 +407,7 @@ def region_table(
 
 #: Safe transfer's second promise: a gain of at least this (Dice units) over plain fine-tuning, seed CI above 0 ...
 SAFE_GAIN = 0.02
-#: ... in at least this many scenarios (issue #26's goal).
+#: ... in at least this many scenarios (the goal the safe workflow is held to).
 SAFE_GAIN_SCENARIOS = 3
 
 

@@ -44,7 +44,7 @@ prior floor ``P(y)`` (what a source that knows nothing scores) and the informati
 (:func:`~transrisk_components.method.transferability.class_information`). A class whose information is below
 ``dead_class_margin`` (default 0.05: the source reaches less than 5% of the headroom above the floor) is *dead*:
 the stage logs a WARNING naming it every time it runs (computed or reused), and writes the classes, the dead ones
-and the chosen action to ``summary_path`` (``eval/risk_summary.json`` in the bundles). The action itself
+and the chosen action to ``summary_path`` (``eval/risk_stage_summary.json`` in the bundles). The action itself
 (``dead_classes``: ``"warn"``, ``"reinit"``, ``"scratch"``) is carried out when the target network is initialised
 from the source, by :class:`~transrisk_components.bundle.engine.SourceWeights`.
 """
@@ -77,13 +77,14 @@ from transrisk_components.utils.io import (
     load_checkpoint,
     remove_partial_writes,
 )
+from transrisk_components.method.masks import RISK_MASKS, image_mask
 from transrisk_components.method.risk import transfer_risk
 from transrisk_components.method.source_outputs import num_source_states, source_states
 from transrisk_components.method.transferability import (
     LEEPStatistics,
     LocationLEEPStatistics,
-    class_information,
-    dead_classes,
+    class_table,
+    dead_class_names,
     pixel_transferability,
 )
 from transrisk_components.bundle.fingerprint import StageFingerprint
@@ -92,12 +93,9 @@ from transrisk_components.bundle.source_model import read_source_state
 __all__ = [
     "DEAD_CLASS_ACTIONS",
     "PROBABILITY_STORAGE",
-    "RISK_MASKS",
     "KeptPass",
     "RiskDatalist",
     "RiskStage",
-    "class_table",
-    "image_mask",
 ]
 
 logger = logging.getLogger(__name__)
@@ -109,61 +107,11 @@ KEPT = ".source_probabilities"
 #: Storage dtypes of the source probabilities kept between the passes (see :class:`RiskStage`).
 PROBABILITY_STORAGE = {"float32": torch.float32, "float16": torch.float16}
 
-#: Voxel masks of the LEEP statistics and maps (see :class:`RiskStage`).
-RISK_MASKS = ("nonzero", "all")
 #: Where the conditional ``P(y | z)`` is pooled, or the label-only control (see :class:`RiskStage`).
 RISK_MAPS = ("pooled", "location", "foreground")
 
 #: What fine-tuning does about target classes the source gives no information about (see :class:`RiskStage`).
 DEAD_CLASS_ACTIONS = ("warn", "reinit", "scratch")
-
-
-def image_mask(image: torch.Tensor, rule: str, case_id: str = "?", path: Any = "?") -> torch.Tensor:
-    """The voxels LEEP statistics cover: ``[1, 1, *S]`` bool from ``image [1, C, *S]``.
-
-    ``rule="nonzero"``: voxels where any channel is nonzero (the head: the air ``NormalizeIntensityd(nonzero=True)``
-    leaves at 0); ``"all"``: every voxel.
-
-    Raises:
-        ValueError: unknown rule, or no nonzero voxel (names the case and the image file).
-    """
-    if rule not in RISK_MASKS:
-        raise ValueError(f"unknown risk mask {rule!r}; choose one of {RISK_MASKS}")
-    if rule == "all":
-        return torch.ones((image.shape[0], 1, *image.shape[2:]), dtype=torch.bool, device=image.device)
-    mask = (image != 0).any(dim=1, keepdim=True)
-    if not mask.any():
-        raise ValueError(f"{case_id}: image {path} has no nonzero voxel to compute LEEP over")
-    return mask
-
-
-def class_table(stats: LEEPStatistics, class_names: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """Per target class: ``{"index", "transferability" (T_y), "prior" (P(y), the floor), "information"}``.
-
-    A class absent from the counted voxels has ``transferability`` and ``information`` ``None`` (JSON null).
-    """
-    transferability, prior = stats.class_transferability(), stats.class_prior()
-    information = class_information(torch.nan_to_num(transferability, nan=0.0), prior)
-    table = {}
-    for index, name in enumerate(class_names):
-        present = bool(prior[index] > 0)
-        table[str(name)] = {
-            "index": index,
-            "transferability": float(transferability[index]) if present else None,
-            "prior": float(prior[index]),
-            "information": float(information[index]) if present else None,
-        }
-    return table
-
-
-def _dead_in_table(table: dict[str, dict[str, Any]], margin: float) -> list[str]:
-    """Names of the dead classes of a :func:`class_table` at ``margin`` (index order)."""
-    ordered = sorted(table.items(), key=lambda item: item[1]["index"])
-    transferability = torch.tensor(
-        [math.nan if v["transferability"] is None else v["transferability"] for _, v in ordered], dtype=torch.float64
-    )
-    prior = torch.tensor([v["prior"] for _, v in ordered], dtype=torch.float64)
-    return [ordered[i][0] for i in dead_classes(transferability, prior, margin)]
 
 
 def _image_affine(image: torch.Tensor) -> np.ndarray:
@@ -418,7 +366,7 @@ class RiskStage:
 
     def dead_class_names(self) -> list[str]:
         """Target classes the source gives no information about, at ``dead_class_margin`` (runs the stage)."""
-        return _dead_in_table(self.run()["classes"], self.dead_class_margin)
+        return dead_class_names(self.run()["classes"], self.dead_class_margin)
 
     def dead_class_indices(self) -> list[int]:
         """Indices (output channels of the target network) of :meth:`dead_class_names` (runs the stage)."""
@@ -433,7 +381,7 @@ class RiskStage:
     def _report_classes(self, manifest: dict[str, Any]) -> None:
         """Log a WARNING per dead class and write the summary (rank 0)."""
         table = manifest["classes"]
-        dead = _dead_in_table(table, self.dead_class_margin)
+        dead = dead_class_names(table, self.dead_class_margin)
         for name in dead:
             entry = table[name]
             logger.warning(
@@ -546,29 +494,27 @@ class RiskStage:
             del probs, label, mask
         return cases
 
-    def _risk_map(self, transferability: torch.Tensor, mask: torch.Tensor, case_id: str) -> np.ndarray:
-        """``[*S]`` float32 risk from ``transferability [n]`` at the voxels of ``mask [1, 1, *S]`` (row-major
-        order), 0 outside; for ``shuffle`` its masked values permuted per case."""
-        inside = transfer_risk(transferability.reshape(1, 1, -1), self.normalization).flatten().cpu()  # [n]
+    def _risk_map(self, risk: torch.Tensor, mask: torch.Tensor, case_id: str) -> np.ndarray:
+        """``[*S]`` float32 map of ``risk [n]`` at the voxels of ``mask [1, 1, *S]`` (row-major order), 0 outside;
+        for ``shuffle`` its masked values permuted per case."""
+        inside = risk.flatten().cpu()  # [n]
         if self.shuffle:
             digest = hashlib.sha256(f"{self.seed}:{case_id}".encode()).hexdigest()
             generator = torch.Generator().manual_seed(int(digest[:15], 16))
             inside = inside[torch.randperm(inside.numel(), generator=generator)]
-        risk = torch.zeros(mask.shape[2:], dtype=torch.float32)
-        risk[mask[0, 0].cpu()] = inside.float()
-        return risk.numpy()
+        risk_map = torch.zeros(mask.shape[2:], dtype=torch.float32)
+        risk_map[mask[0, 0].cpu()] = inside.float()
+        return risk_map.numpy()
 
-    def _write_map(
-        self, folder: Path, case: dict, transferability: torch.Tensor, mask: torch.Tensor, affine: np.ndarray
-    ) -> str:
-        """Write ``<case_id>_risk.nii.gz`` from ``transferability [n]`` at the voxels of ``mask [1, 1, *S]``; its
-        file name.
+    def _risk(self, transferability: torch.Tensor) -> torch.Tensor:
+        """``[n]`` transfer risk of ``transferability [n]`` under the stage's normalisation."""
+        return transfer_risk(transferability.reshape(1, 1, -1), self.normalization).flatten()
 
-        For the ``"foreground"`` control pass ``1 - foreground`` as ``transferability``: every normalisation maps
-        it to risk 1 on the foreground and 0 elsewhere."""
-        risk = self._risk_map(transferability, mask, case["case_id"])
+    def _write_map(self, folder: Path, case: dict, risk: torch.Tensor, mask: torch.Tensor, affine: np.ndarray) -> str:
+        """Write ``<case_id>_risk.nii.gz`` from ``risk [n]`` at the voxels of ``mask [1, 1, *S]``; its file name."""
+        risk_map = self._risk_map(risk, mask, case["case_id"])
         path = folder / f"{case['case_id']}_risk.nii.gz"
-        atomic_write(path, lambda tmp, r=risk, a=affine: nib.save(nib.Nifti1Image(r, a), tmp), suffix=".nii.gz")
+        atomic_write(path, lambda tmp, r=risk_map, a=affine: nib.save(nib.Nifti1Image(r, a), tmp), suffix=".nii.gz")
         return path.name
 
     def _foreground(self, label: torch.Tensor, case_id: str) -> int:
@@ -627,12 +573,12 @@ class RiskStage:
             transferability = pixel_transferability(one.probs, one.label, conditional).flatten()  # [n]
             log_t = torch.log(transferability.double().clamp_min(1e-12))  # [n]
             log_t_sum += float(log_t.sum())
-            if self.map_type == "foreground":  # the control: 1 - foreground, risk 1 on the foreground
-                map_from = (one.label == 0).flatten().to(transferability.dtype)
+            if self.map_type == "foreground":  # the control, not a risk: 1 on the target foreground, 0 elsewhere
+                risk = (one.label > 0).flatten().to(transferability.dtype)
             else:
-                map_from = transferability
+                risk = self._risk(transferability)
             cases[case["case_id"]].update(
-                risk=self._write_map(folder, case, map_from, one.mask, one.affine), leep=float(log_t.mean())
+                risk=self._write_map(folder, case, risk, one.mask, one.affine), leep=float(log_t.mean())
             )
         return cases, log_t_sum, stats, {}
 
@@ -666,7 +612,7 @@ class RiskStage:
         for case in mine:  # pass 3: the case's mask only
             one = KeptPass.load(self._kept_path(kept, case), self.device)
             inside = location_t.to(self.device)[one.mask]  # [n]
-            cases[case["case_id"]]["risk"] = self._write_map(folder, case, inside, one.mask, one.affine)
+            cases[case["case_id"]]["risk"] = self._write_map(folder, case, self._risk(inside), one.mask, one.affine)
         extra = {"location_patch": self.location_patch, "num_locations": stats.num_locations}
         return cases, log_t_sum, pooled, extra
 

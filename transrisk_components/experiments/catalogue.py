@@ -1,0 +1,276 @@
+"""What the experiment grid can run: transfer scenarios and fine-tuning methods, each under a short stable id.
+
+A method's ``id`` names its cell folders (``cells/<scenario>/<method id>/seed<k>``) and fills the ``method`` column
+of the grid's CSV files; its ``label`` is what tables and figures show. A scenario's ``name`` is its id.
+``results.csv`` files written before methods had ids hold labels in their ``method`` column: :func:`method_id`
+reads either.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "BETTER_OF_PLAIN_AND_SCRATCH", "DEAD_CLASSES_REINIT", "DEFAULT_RISK", "DEFAULT_SWEEP_POINT", "DERIVED_METHODS",
+    "FOREGROUND_MAP", "GridScenario", "LINEAR_STRENGTHS_ABOVE_SWEEP", "LOCATION_LEEP", "METHODS", "Method",
+    "NEGLOG_POWER10", "PLAIN", "RANDOM_MAP", "RISK_DICE", "RISK_SAMPLING", "SAFE", "SAFE_RACED", "SCENARIOS",
+    "SCRATCH", "STUDY_VARIANTS", "SWEEP_STRENGTHS", "UNIFORM_MAP", "VOXEL_MEAN_NORM", "method_id", "method_label",
+    "sweep_id",
+]
+
+SCRATCH = "scratch"
+PLAIN = "plain"
+DEFAULT_RISK = "risk"
+DEAD_CLASSES_REINIT = "risk_reinit"
+UNIFORM_MAP = "uniform_map"
+RANDOM_MAP = "random_map"
+#: Control: the default's loss with a map that is 1 on the target foreground -- a class weight, no transferability.
+FOREGROUND_MAP = "foreground_map"
+VOXEL_MEAN_NORM = "voxel_norm"
+NEGLOG_POWER10 = "neglog_power10"
+LOCATION_LEEP = "location_leep"
+RISK_DICE = "risk_dice"
+RISK_SAMPLING = "risk_sampling"
+L2SP = "l2sp"
+FOCAL = "focal"
+TOPK_CE = "topk_ce"
+#: Methods that safe transfer derives from other cells' results (:mod:`transrisk_components.experiments.safe`).
+SAFE = "safe"
+SAFE_RACED = "safe_raced"
+#: Per seed, the better of plain fine-tuning and training from scratch by mean *test* Dice: an oracle no user has,
+#: the bar that safe transfer promises not to fall below.
+BETTER_OF_PLAIN_AND_SCRATCH = "better_of_plain_scratch"
+
+#: Strengths of the sweep, for the linear and the exponential scheme.
+SWEEP_STRENGTHS = (0.0, 1.0, 2.0, 4.0, 8.0)
+#: Linear strengths above the sweep's top (the default's strength).
+LINEAR_STRENGTHS_ABOVE_SWEEP = (16.0, 32.0)
+
+
+def sweep_id(scheme: str, strength: float) -> str:
+    """Id of a sweep point, e.g. ``sweep_id("linear", 8.0) == "linear_s8"``."""
+    return f"{scheme}_s{strength:g}"
+
+
+#: The sweep point that is the bundles' default (``risk#scheme``, ``risk#strength``).
+DEFAULT_SWEEP_POINT = sweep_id("linear", 8.0)
+
+
+@dataclass(frozen=True)
+class GridScenario:
+    """A transfer setting: which bundle, and the config overrides that pick source and target.
+
+    Attributes:
+        name: the scenario's id (folder names, the ``scenario`` column).
+        bundle: ``fets`` or ``iseg``.
+        kind: cross-modality, cross-task, few-shot, cross-site, ranking, or testbed check.
+        overrides: config ids of the bundle's ``train.json`` and their values.
+        source_from: another scenario whose source model this one reuses (same source modality, task and source
+            cases); the source stage's fingerprint still checks that they match.
+    """
+
+    name: str
+    bundle: str
+    kind: str
+    overrides: Mapping[str, Any]
+    source_from: str | None = None
+
+
+@dataclass(frozen=True)
+class Method:
+    """A fine-tuning method: config overrides on top of the bundle's ``train.json``.
+
+    Attributes:
+        id: short and stable; names the cell folders and fills the ``method`` column.
+        label: what reports show.
+        overrides: config ids of the bundle's ``train.json`` and their values.
+        group: ``main``, ``safe`` (dead-class action), ``variant`` (other risk-map settings), ``sweep``,
+            ``ablation``, ``alternative`` (other losses), or ``derived`` (chosen from other cells, never trained).
+        bundles: the bundles the method applies to (``None``: all); the grid leaves out the other cells (the
+            location-wise map needs co-registered cases, which iSeg's are not).
+    """
+
+    id: str
+    label: str
+    overrides: Mapping[str, Any]
+    group: str = "main"
+    bundles: tuple[str, ...] | None = None
+
+
+def _loss_override(loss: Mapping[str, Any]) -> dict[str, Any]:
+    """Override of the ``loss`` id with a plain (map-free) loss wrapped as the trainer expects."""
+    return {"risk#enabled": False, "loss": {"_target_": "transrisk_components.bundle.engine.TransferLoss", "loss": dict(loss)}}
+
+
+_DICE_CE = {"_target_": "DiceCELoss", "to_onehot_y": True, "softmax": True}
+
+SCENARIOS: dict[str, GridScenario] = {
+    s.name: s
+    for s in [
+        # The enhancing rim is invisible on T1 and bright on T1ce: a target class the source cannot see.
+        GridScenario("fets_t1_to_t1ce", "fets", "cross-modality", {"source_modality": "t1", "target_modality": "t1ce"}),
+        GridScenario("fets_t1_to_flair", "fets", "cross-modality", {"source_modality": "t1", "target_modality": "flair"}),
+        GridScenario("fets_t1ce_to_t2", "fets", "cross-modality", {"source_modality": "t1ce", "target_modality": "t2"}),
+        GridScenario("iseg_t1_to_t2", "iseg", "cross-modality", {"source_modality": "T1", "target_modality": "T2"}),
+        # nnU-Net-style binary tasks of the authors' group: same modality, another tumour label.
+        GridScenario(
+            "fets_ed_to_et",
+            "fets",
+            "cross-task",
+            {"source_modality": "t1ce", "target_modality": "t1ce", "source_task": "ED", "target_task": "ET"},
+        ),
+        GridScenario(
+            "fets_wt_to_tc",
+            "fets",
+            "cross-task",
+            {"source_modality": "flair", "target_modality": "flair", "source_task": "WT", "target_task": "TC"},
+        ),
+        GridScenario(
+            "iseg_wm_to_gm",
+            "iseg",
+            "cross-task",
+            {"source_modality": "T2", "target_modality": "T2", "source_task": "WM", "target_task": "GM"},
+        ),
+        *[
+            GridScenario(
+                f"fets_fewshot_{n}",
+                "fets",
+                "few-shot",
+                {"source_modality": "t1", "target_modality": "t1ce", "num_target_train": n},
+                source_from="fets_t1_to_t1ce",
+            )
+            for n in (2, 8)  # 4 target training cases: fets_t1_to_t1ce
+        ],
+        # Testbed check, not a transfer setting: is the phantom's tumour learnable at the quick budget?
+        GridScenario(
+            "fets_t1ce_learnability",
+            "fets",
+            "testbed check",
+            {"source_modality": "t1ce", "target_modality": "t1ce", "num_target_train": 16},
+        ),
+        GridScenario(
+            "fets_cross_site",
+            "fets",
+            "cross-site",
+            {
+                "source_modality": "flair",
+                "target_modality": "flair",
+                "partition_csv": "partitioning_1.csv",
+                "source_partitions": ["01", "02"],
+                "target_partitions": ["03"],
+            },
+        ),
+    ]
+}
+
+METHODS: dict[str, Method] = {
+    m.id: m
+    for m in [
+        Method(SCRATCH, "from scratch", {"target_init": "random", "risk#enabled": False}),
+        Method(PLAIN, "plain fine-tuning", {"risk#enabled": False}),
+        Method(DEFAULT_RISK, "risk-weighted (default)", {}),
+        Method(DEAD_CLASSES_REINIT, "risk-weighted, dead classes re-initialised", {"risk#dead_classes": "reinit"},
+               "safe"),
+        Method(UNIFORM_MAP, "ablation: uniform map, foreground norm.",
+               {"risk#scheme": "uniform", "risk#ce_denominator": "foreground"}, "ablation"),
+        Method(RANDOM_MAP, "ablation: random map", {"risk#shuffle": True}, "ablation"),
+        Method(FOREGROUND_MAP, "ablation: foreground map", {"risk#map": "foreground"}, "ablation"),
+        # the weighted CE divided by the patch's voxel count instead of the case's foreground size
+        Method(VOXEL_MEAN_NORM, "risk map, voxel-mean norm.", {"risk#ce_denominator": "voxels"}, "variant"),
+        Method(
+            NEGLOG_POWER10,
+            "-log T min-max, 10^r, CE over foreground + Dice",
+            {
+                "risk#map_normalization": "neglog_minmax",
+                "risk#scheme": "power10",
+                "risk#strength": 1.0,
+                "risk#ce_voxels": "foreground",
+                "risk#ce_denominator": "foreground",
+            },
+            "variant",
+        ),
+        Method(
+            LOCATION_LEEP,
+            "location-wise LEEP, exp(-LEEP)",
+            {"risk#map": "location", "risk#map_normalization": "complement", "risk#scheme": "inverse", "risk#strength": 1.0},
+            "variant",
+            bundles=("fets",),
+        ),
+        Method(RISK_DICE, "risk-weighted Dice", {"risk#dice": "weighted"}, "variant"),
+        Method(RISK_SAMPLING, "risk-guided sampling", {"risk#sampling": "risk"}, "variant"),
+        *[
+            Method(sweep_id(scheme, s), f"sweep: {scheme} s={s}", {"risk#scheme": scheme, "risk#strength": s}, "sweep")
+            for scheme in ("linear", "exponential")
+            for s in SWEEP_STRENGTHS
+        ],
+        *[
+            Method(sweep_id("linear", s), f"sweep: linear s={s}", {"risk#scheme": "linear", "risk#strength": s}, "sweep")
+            for s in LINEAR_STRENGTHS_ABOVE_SWEEP
+        ],
+        Method(
+            L2SP,
+            "L2-SP",
+            _loss_override(
+                {
+                    "_target_": "transrisk_components.method.baselines.L2SPLoss",
+                    "loss": _DICE_CE,
+                    "network": "@network",
+                    "source_ckpt": "@source_ckpt",
+                }
+            ),
+            "alternative",
+        ),
+        Method(
+            FOCAL,
+            "focal loss",
+            _loss_override({"_target_": "DiceFocalLoss", "to_onehot_y": True, "softmax": True, "gamma": 2.0}),
+            "alternative",
+        ),
+        Method(TOPK_CE, "top-k CE", _loss_override({"_target_": "transrisk_components.method.baselines.TopKDiceCELoss"}),
+               "alternative"),
+    ]
+}
+
+#: The methods safe transfer derives from the candidates' cells; they have rows but no cells.
+DERIVED_METHODS: dict[str, Method] = {
+    m.id: m
+    for m in [
+        Method(SAFE, "safe transfer", {}, "derived"),
+        Method(SAFE_RACED, "safe transfer, raced", {}, "derived"),
+        Method(BETTER_OF_PLAIN_AND_SCRATCH, "better of plain and scratch (test oracle)", {}, "derived"),
+    ]
+}
+
+#: The risk-map variants the variant study compares with the default: every ``variant`` and sweep point, less the
+#: sweep points that repeat another candidate (the default's own; exponential s=0 is linear s=0, weights 1
+#: everywhere).
+STUDY_VARIANTS = tuple(
+    m for m in METHODS
+    if METHODS[m].group in ("variant", "sweep") and m not in (DEFAULT_SWEEP_POINT, sweep_id("exponential", 0.0))
+)
+
+_ALL = {**METHODS, **DERIVED_METHODS}
+_BY_LABEL = {m.label: m.id for m in _ALL.values()}
+
+
+def method_label(method: str) -> str:
+    """The display label of the method with id ``method``; a name the catalogue does not know is shown as it is."""
+    return _ALL[method].label if method in _ALL else method
+
+
+def method_id(name: str) -> str:
+    """The id of a method named by its id or by its display label.
+
+    The ``method`` and ``chosen`` columns of ``results.csv`` and ``results_per_case.csv`` files written before
+    methods had ids hold display labels; reading them through this function gives the ids the grid uses now.
+
+    Raises:
+        ValueError: ``name`` is neither an id nor a label of :data:`METHODS` or :data:`DERIVED_METHODS`.
+    """
+    if name in _ALL:
+        return name
+    if name in _BY_LABEL:
+        return _BY_LABEL[name]
+    raise ValueError(f"unknown method {name!r}: neither an id ({sorted(_ALL)}) nor a display label of one")
