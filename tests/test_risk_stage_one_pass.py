@@ -156,7 +156,7 @@ def test_float32_keeps_the_cache_key_of_before_the_option_and_float16_gets_anoth
                        "num_target_val": 1, "num_target_test": 1})
         if probabilities is None:  # the config as it was before the option
             del parser["fingerprint"]["risk"]["settings"]["probabilities"]
-            del parser["fingerprint"]["risk"]["defaults"]
+            del parser["fingerprint"]["risk"]["defaults"]["probabilities"]
         else:
             parser["risk"]["probabilities"] = probabilities
         ckpt = Path(parser.get_parsed_content("source_ckpt"))

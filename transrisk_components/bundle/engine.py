@@ -29,8 +29,9 @@ from monai.losses import DiceCELoss
 from monai.utils import CommonKeys
 from torch import nn
 
+from transrisk_components.bundle.source_model import carry_over, read_source_state
 from transrisk_components.method.losses import RiskWeightedLoss
-from transrisk_components.utils.io import load_checkpoint
+from transrisk_components.utils.distributed import is_distributed
 
 __all__ = [
     "RiskTargets",
@@ -142,66 +143,59 @@ def training_loss(risk_enabled: bool, **risk_loss_args: Any) -> TransferLoss:
     return TransferLoss(DiceCELoss(to_onehot_y=True, softmax=True))
 
 
-def _is_head_mismatch(source: torch.Size, target: torch.Size, source_classes: int, target_classes: int) -> bool:
-    """Whether two parameter shapes differ only in dimensions that hold the class count (Cs vs Ct)."""
-    if len(source) != len(target) or source_classes == target_classes:
-        return False
-    differing = [(s, t) for s, t in zip(source, target) if s != t]
-    return bool(differing) and all(pair == (source_classes, target_classes) for pair in differing)
-
-
 def load_source_weights(
-    network: nn.Module, ckpt_path: str | Path, source_classes: int, target_classes: int
+    network: nn.Module,
+    ckpt_path: str | Path,
+    source_classes: int,
+    target_classes: int,
+    source_channels: Sequence[str] = (),
+    target_channels: Sequence[str] = (),
+    key_in_ckpt: str | None = None,
 ) -> nn.Module:
-    """Copy source weights into ``network``; re-initialise the output head when the class counts differ.
+    """Copy source weights into ``network`` wherever shapes allow: the input layer adapted when the input channels
+    differ, the output head re-initialised when the class counts differ (the rules of
+    :mod:`transrisk_components.bundle.source_model`).
 
     Args:
-        network: target network (already built with ``target_classes`` outputs).
-        ckpt_path: source checkpoint: a ``state_dict``, or a dict with a ``"model"`` state_dict.
-        source_classes: output classes of the source network.
+        network: target network (already built with ``target_classes`` outputs and ``len(target_channels)`` inputs).
+        ckpt_path: source checkpoint: a ``state_dict``, a dict holding one (``key_in_ckpt``; ``"model"`` by default)
+            or a TorchScript file (see :func:`~transrisk_components.bundle.source_model.read_source_state`).
+        source_classes: output channels of the source network.
         target_classes: output classes of ``network``.
+        source_channels: the modalities of the source's input channels, in order (``()``: as many as the target's).
+        target_channels: the modalities of ``network``'s input channels, in order.
+        key_in_ckpt: the checkpoint entry holding the ``state_dict``.
 
     Returns:
         ``network`` with the source weights loaded.
 
     Raises:
         FileNotFoundError: no file at ``ckpt_path``.
-        ValueError: the checkpoint does not fit ``network`` (missing / unexpected keys, or shapes that differ
-            other than by the class count); the message names the checkpoint and the keys.
+        ValueError: the checkpoint does not fit ``network``; the message names the first layer that does not fit, its
+            shapes and the remedy. The checkpoint is only read.
     """
-    path = Path(ckpt_path)
-    if not path.is_file():
-        raise FileNotFoundError(f"source checkpoint not found: {path} (run the 'pretrain' stage first)")
-    state = load_checkpoint(path, "delete it and rerun the 'pretrain' stage", map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-        state = state["model"]
-    own = network.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    head, bad_shapes = [], []
-    for key in sorted(set(own) & set(state)):
-        if own[key].shape == state[key].shape:
-            continue
-        if _is_head_mismatch(state[key].shape, own[key].shape, source_classes, target_classes):
-            head.append(key)
-        else:
-            bad_shapes.append(f"{key} {tuple(state[key].shape)} vs {tuple(own[key].shape)}")
-    if missing or unexpected or bad_shapes:
-        raise ValueError(
-            f"source checkpoint {path} does not fit the target network: "
-            f"missing keys {missing}, unexpected keys {unexpected}, shape mismatches {bad_shapes}"
+    state = read_source_state(ckpt_path, key_in_ckpt)
+    changed = carry_over(network, state, source_classes, target_classes, source_channels, target_channels, ckpt_path)
+    if changed["input"]:
+        logger.info(
+            "source reads %s, target %s: input layer %s adapted (filters of shared modalities kept, the others the "
+            "mean of the source's, scaled by %d/%d)",
+            list(source_channels),
+            list(target_channels),
+            ", ".join(changed["input"]),
+            len(source_channels),
+            len(target_channels),
         )
-    network.load_state_dict({k: v for k, v in state.items() if k not in head}, strict=False)
-    if head:
+    if changed["head"]:
         logger.info(
             "source has %d classes, target %d: output head re-initialised (%s); other weights from %s",
             source_classes,
             target_classes,
-            ", ".join(head),
-            path,
+            ", ".join(changed["head"]),
+            ckpt_path,
         )
     else:
-        logger.info("target network initialised from source checkpoint %s", path)
+        logger.info("target network initialised from source checkpoint %s", ckpt_path)
     return network
 
 
@@ -276,6 +270,13 @@ class SourceWeights:
             ``init="random"``, when no foreground class transfers; the source weights otherwise).
         risk_stage: the :class:`~transrisk_components.bundle.stages.risk.RiskStage` that tells the dead classes
             (``dead_class_indices()``, ``foreground_transfers()``); needed unless ``dead_classes="warn"``.
+        source_channels: the modalities of the source's input channels, in order (``source_modality``; ``()``: as
+            many as the target's).
+        target_channels: the modalities of ``network``'s input channels (``target_modality``).
+        key_in_ckpt: the checkpoint entry holding the source ``state_dict`` (``None``: the file is one).
+        freeze_epochs: for this many epochs only the output layer trains, every other weight carried over from the
+            source is frozen (the head first fits the target, then everything is fine-tuned); ``0`` (default) trains
+            everything from the first epoch. Nothing is frozen when the network does not start from the source.
 
     Raises:
         ValueError: unknown ``init`` or ``dead_classes``, or an action without a risk stage (at construction).
@@ -290,6 +291,10 @@ class SourceWeights:
         target_classes: int,
         dead_classes: str = "warn",
         risk_stage: Any = None,
+        source_channels: Sequence[str] = (),
+        target_channels: Sequence[str] = (),
+        key_in_ckpt: str | None = None,
+        freeze_epochs: int = 0,
     ) -> None:
         if init not in ("source", "random"):
             raise ValueError(f"unknown target init {init!r}; choose 'source' or 'random'")
@@ -304,6 +309,13 @@ class SourceWeights:
         self.target_classes = target_classes
         self.dead_classes = dead_classes
         self.risk_stage = risk_stage
+        self.source_channels = tuple(source_channels)
+        self.target_channels = tuple(target_channels)
+        self.key_in_ckpt = key_in_ckpt
+        if int(freeze_epochs) < 0:
+            raise ValueError(f"freeze_epochs must be >= 0, got {freeze_epochs}")
+        self.freeze_epochs = int(freeze_epochs)
+        self._frozen: list[nn.Parameter] = []
 
     def attach(self, engine: Engine) -> None:
         """Load the source weights as ``engine`` starts."""
@@ -321,7 +333,17 @@ class SourceWeights:
                 self.ckpt_path,
             )
             return
-        load_source_weights(self.network, self.ckpt_path, self.source_classes, self.target_classes)
+        load_source_weights(
+            self.network,
+            self.ckpt_path,
+            self.source_classes,
+            self.target_classes,
+            self.source_channels,
+            self.target_channels,
+            self.key_in_ckpt,
+        )
+        if self.freeze_epochs:
+            self._freeze(engine)
         if self.dead_classes == "reinit":
             channels = self.risk_stage.dead_class_indices()
             if channels:
@@ -335,3 +357,28 @@ class SourceWeights:
                 )
             else:
                 logger.info("risk#dead_classes reinit: no dead class, every source weight kept")
+
+    def _freeze(self, engine: Engine) -> None:
+        """Freeze every parameter but the output head's until ``freeze_epochs`` epochs are done."""
+        if is_distributed():
+            raise ValueError(
+                "freeze_epochs needs one process: DistributedDataParallel cannot train a network whose frozen weights "
+                "change during the run; run without multi_gpu_train.json, or with freeze_epochs 0"
+            )
+        head, _ = output_layer(self.network, self.target_classes)
+        self._frozen = [p for n, p in self.network.named_parameters() if not n.startswith(f"{head}.") and p.requires_grad]
+        for parameter in self._frozen:
+            parameter.requires_grad_(False)
+        logger.info(
+            "transfer weights frozen for the first %d epochs: only the output layer %s trains", self.freeze_epochs, head
+        )
+        engine.add_event_handler(Events.EPOCH_STARTED, self._unfreeze)
+
+    def _unfreeze(self, engine: Engine) -> None:
+        """At the start of epoch ``freeze_epochs + 1`` (or of a resumed run's first epoch after it), unfreeze."""
+        if not self._frozen or engine.state.epoch <= self.freeze_epochs:
+            return
+        for parameter in self._frozen:
+            parameter.requires_grad_(True)
+        logger.info("epoch %d: every weight trains from now on", engine.state.epoch)
+        self._frozen = []

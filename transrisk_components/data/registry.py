@@ -7,14 +7,17 @@ label values, classes, reader, datalist, label conversion, phantom — comes fro
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import transrisk_components.data.fets as fets
 import transrisk_components.data.iseg as iseg
 
-__all__ = ["DATASETS", "DatasetSpec", "get_dataset", "num_classes"]
+__all__ = ["ALL_MODALITIES", "DATASETS", "DatasetSpec", "get_dataset", "modality_channels", "num_classes"]
+
+#: The modality value that selects every modality of a dataset, in its :attr:`DatasetSpec.all_order`.
+ALL_MODALITIES = "all"
 
 
 def _lazy(module: str, function: str) -> Callable[..., Path]:
@@ -49,6 +52,9 @@ class DatasetSpec:
             240x240x155 at 1 mm), so that a voxel index means the same place in every case -- what the
             location-wise risk map (``risk#map location``) needs. iSeg-2019 subjects share an array shape but each
             infant is in its own space.
+        all_order: the channel order of the modality value ``"all"`` (:func:`modality_channels`): the order the
+            dataset's public models expect (FeTS: the Model Zoo's ``brats_mri_segmentation``, T1ce, T1, T2, FLAIR);
+            empty for ``modalities``.
     """
 
     name: str
@@ -62,6 +68,7 @@ class DatasetSpec:
     make_phantom: Callable[..., Path]
     default_phantom_subjects: int
     co_registered: bool
+    all_order: tuple[str, ...] = ()
 
 
 DATASETS: dict[str, DatasetSpec] = {
@@ -77,6 +84,7 @@ DATASETS: dict[str, DatasetSpec] = {
         make_phantom=_lazy("transrisk_components.data.phantom.fets", "make_fets_phantom"),
         default_phantom_subjects=24,
         co_registered=True,
+        all_order=("t1ce", "t1", "t2", "flair"),
     ),
     "iseg": DatasetSpec(
         name="iseg",
@@ -106,3 +114,37 @@ def num_classes(spec: DatasetSpec, task: str) -> int:
     if task not in spec.tasks:
         raise ValueError(f"unknown {spec.name} task {task!r}; valid tasks: {sorted(spec.tasks)}")
     return len(spec.tasks[task])
+
+
+def modality_channels(
+    spec: DatasetSpec, modality: str | Sequence[str], role: str = "modality", distinct: bool = True
+) -> tuple[str, ...]:
+    """The image channels a modality setting selects, in channel order.
+
+    Args:
+        spec: the dataset.
+        modality: one modality name (``"flair"``: one channel, the bundles' default), ``"all"`` (every modality, in
+            :attr:`DatasetSpec.all_order`; FeTS: ``t1ce, t1, t2, flair``, the Model Zoo's BraTS order), or a list of
+            names in the channel order wanted (``["t1ce", "flair"]``).
+        role: the config id named in errors (``"source_modality"``, ``"target_modality"``).
+        distinct: refuse a name given twice (a network's input channels); ``False`` for the images that feed another
+            network's channels (``source_inputs``), where one image may feed several.
+
+    Returns:
+        The modality names, one per input channel (``len`` is the network's ``in_channels``).
+
+    Raises:
+        ValueError: an unknown or repeated name, or an empty list (names ``role`` and the valid names).
+    """
+    if isinstance(modality, str):
+        names = tuple(spec.all_order or spec.modalities) if modality == ALL_MODALITIES else (modality,)
+    else:
+        names = tuple(modality)
+    unknown = [m for m in names if m not in spec.modalities]
+    if unknown or not names or (distinct and len(set(names)) != len(names)):
+        raise ValueError(
+            f"{role} {modality!r} is not a {spec.name} modality setting: give one of {list(spec.modalities)}, "
+            f"{ALL_MODALITIES!r}, or a list of distinct ones in channel order"
+            + (f" (unknown: {unknown})" if unknown else "")
+        )
+    return names

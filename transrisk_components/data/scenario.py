@@ -12,7 +12,7 @@ every case the target splits left, after them.) Adding or removing one case neve
 a selected case only pulls the next-ranked case across each boundary after it, removing an unselected case
 changes nothing else. Cases without a label file are left out with a warning that names them, and listed in
 ``splits.json`` under ``"unlabelled"``. Each split is a MONAI datalist: ``{"case_id", "image": [path], "label": path}`` with the
-image of the split's modality only.
+images of the split's modalities only, one path per input channel in channel order (one path for a single modality).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
-from transrisk_components.data.registry import get_dataset
+from transrisk_components.data.registry import get_dataset, modality_channels
 from transrisk_components.data.checks import check_cases
 from transrisk_components.utils.distributed import barrier, is_rank0
 from transrisk_components.utils.io import atomic_write_text
@@ -96,8 +96,9 @@ class Scenario:
         dataset: registry name (``"fets"``, ``"iseg"``).
         dataset_dir: dataset root (see :func:`resolve_dataset_dir` for the phantom default).
         output_dir: where ``splits.json`` is written.
-        source_modality: modality the source model sees, e.g. ``"t1"``.
-        target_modality: modality of the target cases, e.g. ``"flair"``.
+        source_modality: modality the source model sees, e.g. ``"t1"``; or several, one per input channel: a list
+            (``["t1ce", "flair"]``) or ``"all"`` (see :func:`~transrisk_components.data.registry.modality_channels`).
+        target_modality: modality of the target cases, e.g. ``"flair"``; or several, as ``source_modality``.
         source_task: task of the source model (e.g. ``"multiclass"``, ``"WT"``).
         target_task: task of the target model.
         num_target_train: few-shot size of the target training set.
@@ -137,11 +138,10 @@ class Scenario:
         for role, task in (("source_task", source_task), ("target_task", target_task)):
             if task not in self.spec.tasks:
                 raise ValueError(f"{role} {task!r} is not a {dataset} task; choose one of {list(self.spec.tasks)}")
-        for role, modality in (("source_modality", source_modality), ("target_modality", target_modality)):
-            if modality not in self.spec.modalities:
-                raise ValueError(
-                    f"{role} {modality!r} is not a {dataset} modality; choose one of {list(self.spec.modalities)}"
-                )
+        self.channels = {
+            role: modality_channels(self.spec, modality, f"{role}_modality")
+            for role, modality in (("source", source_modality), ("target", target_modality))
+        }
         for role, count in (("num_target_train", num_target_train), ("num_target_val", num_target_val)):
             if count < 1:
                 raise ValueError(f"{role} must be >= 1, got {count}")
@@ -166,14 +166,15 @@ class Scenario:
         self._unlabelled: set[str] = set()
         self._splits: dict[str, list[dict]] | None = None
 
-    def split(self, name: str, modality: str | None = None) -> list[dict]:
+    def split(self, name: str, modality: str | Sequence[str] | None = None) -> list[dict]:
         """One split (``"source"``, ``"target_train"``, ``"target_val"``, ``"target_test"``), preparing the
         scenario on first use (see :meth:`prepare`).
 
         Args:
             name: the split.
-            modality: the same cases with the image of another modality (e.g. the T2 image of the target training
-                cases, for a source model trained on T2); ``None`` keeps the split's own modality.
+            modality: the same cases with the images of other modalities (e.g. the T2 image of the target training
+                cases, for a source model trained on T2; or a list, one image per channel, for a multi-channel
+                source model, where a name may repeat); ``None`` keeps the split's own modalities.
 
         Raises:
             ValueError: unknown split or modality, or a case of the split has no image of ``modality`` (names it).
@@ -183,13 +184,12 @@ class Scenario:
         cases = self.prepare()[name]
         if modality is None:
             return cases
-        if modality not in self.spec.modalities:
-            raise ValueError(f"modality {modality!r} is not a {self.dataset} modality; choose one of {list(self.spec.modalities)}")
+        channels = modality_channels(self.spec, modality, "modality", distinct=False)
         kwargs: dict[str, Any] = {} if self.partition_csv is None else {"partition_csv": self.partition_csv}
-        images = {c["case_id"]: list(c["image"]) for c in self.spec.datalist(self._root, modalities=[modality], **kwargs)}
+        images = {c["case_id"]: list(c["image"]) for c in self.spec.datalist(self._root, modalities=list(channels), **kwargs)}
         missing = [c["case_id"] for c in cases if c["case_id"] not in images]
         if missing:
-            raise ValueError(f"cases {missing} of split {name!r} have no {modality} image in {self._root}")
+            raise ValueError(f"cases {missing} of split {name!r} have no {', '.join(channels)} image in {self._root}")
         return [{**c, "image": images[c["case_id"]]} for c in cases]
 
     def _cases(self, role: str) -> dict[str, dict]:
@@ -197,7 +197,7 @@ class Scenario:
         kwargs: dict[str, Any] = {}
         if self.partition_csv is not None:
             kwargs["partition_csv"] = self.partition_csv
-        cases = self.spec.datalist(self._root, modalities=[self.modality[role]], **kwargs)
+        cases = self.spec.datalist(self._root, modalities=list(self.channels[role]), **kwargs)
         wanted = self.partitions[role]
         cases = [c for c in cases if wanted is None or _partition_key(c.get("partition")) in wanted]
         self._unlabelled.update(c["case_id"] for c in cases if c.get("label") is None)

@@ -3,6 +3,8 @@
 - :mod:`~transrisk_components.method.transferability` -- LEEP statistics ``P(y, z)``, ``P(y | z)`` and the per-voxel
   transferability ``T(v) = sum_z P(y_v | z) p_source(z | v)``.
 - :mod:`~transrisk_components.method.masks` -- which voxels the statistics and maps cover.
+- :mod:`~transrisk_components.method.source_outputs` -- the source states ``z``: softmax classes, or a sigmoid source's
+  on/off region combinations.
 - :mod:`~transrisk_components.method.risk` -- transferability -> transfer risk map -> loss weights.
 - :mod:`~transrisk_components.method.losses` -- the risk-weighted segmentation loss.
 - :mod:`~transrisk_components.method.baselines` -- the comparison losses (L2-SP, top-k Dice-CE).
@@ -14,6 +16,7 @@ from .baselines import L2SPLoss, TopKDiceCELoss
 from .losses import RiskWeightedLoss
 from .masks import RISK_MASKS, image_mask
 from .risk import RISK_NORMALIZATIONS, WEIGHT_SCHEMES, risk_to_weights, transfer_risk
+from .source_outputs import SOURCE_OUTPUTS, num_source_states, sigmoid_states, source_states
 from .transferability import (
     LEEPStatistics,
     LocationLEEPStatistics,
@@ -33,6 +36,7 @@ __all__ = [
     "RISK_MASKS",
     "RISK_NORMALIZATIONS",
     "RiskWeightedLoss",
+    "SOURCE_OUTPUTS",
     "TopKDiceCELoss",
     "WEIGHT_SCHEMES",
     "class_information",
@@ -41,8 +45,11 @@ __all__ = [
     "dead_classes",
     "image_mask",
     "leep",
+    "num_source_states",
     "pixel_transferability",
     "prior_floor_leep",
     "risk_to_weights",
+    "sigmoid_states",
+    "source_states",
     "transfer_risk",
 ]

@@ -21,7 +21,8 @@ processed), so the peak memory does not grow with the number of target cases (on
 every case's float32 probabilities and int64 labels in memory between the passes took peak RSS from 861 MB for 2
 cases to 1,245 MB for 8, x1.45). What pass 1 keeps for the later passes goes to disk instead, one file per case
 (:class:`KeptPass`, ``<cache folder>/.source_probabilities/<case_id>.pt``, written atomically): the source
-softmax and the label at the masked voxels only, the mask as packed bits and the affine -- ``Cs * 4 + 1`` bytes
+probabilities ``p(z | v)`` (its softmax, or a sigmoid source's region states,
+:mod:`~transrisk_components.method.source_outputs`) and the label at the masked voxels only, the mask as packed bits and the affine -- ``Cs * 4 + 1`` bytes
 per masked voxel with ``probabilities="float32"`` (``Cs * 2 + 1`` with ``"float16"``) plus 1/8 byte per voxel.
 A full-size FeTS phantom case (4 source classes, 1.7-2.1 M head voxels of 240x240x155) took 30-37 MB (float32),
 16-20 MB with float16; every case of the rank waits at once between the passes (FeTS2022's 1,251 cases: ~40 GB,
@@ -78,6 +79,7 @@ from transrisk_components.utils.io import (
 )
 from transrisk_components.method.masks import RISK_MASKS, image_mask
 from transrisk_components.method.risk import transfer_risk
+from transrisk_components.method.source_outputs import num_source_states, source_states
 from transrisk_components.method.transferability import (
     LEEPStatistics,
     LocationLEEPStatistics,
@@ -86,6 +88,7 @@ from transrisk_components.method.transferability import (
     pixel_transferability,
 )
 from transrisk_components.bundle.fingerprint import StageFingerprint
+from transrisk_components.bundle.source_model import read_source_state
 
 __all__ = [
     "DEAD_CLASS_ACTIONS",
@@ -125,7 +128,7 @@ class KeptPass:
     """One case's source pass as the later passes need it: the voxels of its statistics mask only.
 
     Attributes:
-        probs: ``[1, Cs, n]`` source softmax at the ``n`` voxels of ``mask`` (row-major order).
+        probs: ``[1, Cs, n]`` source state probabilities at the ``n`` voxels of ``mask`` (row-major order).
         label: ``[1, 1, n]`` uint8 target classes at those voxels.
         mask: ``[1, 1, *S]`` bool statistics mask.
         affine: the image's 4x4 affine.
@@ -176,7 +179,8 @@ class RiskStage:
         datalist: target training cases ``{"case_id", "image", "label"}`` (target modality).
         source_task: task of the source model (sets ``Cs``).
         target_task: task of the target labels (sets ``Ct``).
-        source_ckpt: source network weights (a state_dict).
+        source_ckpt: source network weights: a ``state_dict``, a dict holding one under ``key_in_ckpt``, or a
+            TorchScript file (:func:`~transrisk_components.bundle.source_model.read_source_state`); only read.
         network: the source network architecture (weights are loaded from ``source_ckpt``).
         transform: the whole-volume preprocessing of a case (the config's ``validate#preprocessing``):
             ``{"image", "label", ...}`` paths -> ``image [C, *S]`` and ``label [1, *S]`` target-task classes on
@@ -220,6 +224,14 @@ class RiskStage:
             the maps do not depend on it.
         summary_path: JSON file (rank 0 writes it on every run) with the LEEP, the per-class table (``T_y``,
             floor ``P(y)``, information), the dead classes and the action; ``None`` writes nothing.
+        num_source_outputs: output channels of the source network (``None``: the classes of ``source_task``).
+        source_output: how those channels become the source states ``z`` of LEEP
+            (:func:`~transrisk_components.method.source_outputs.source_states`): ``"softmax"`` (default: ``Cs``
+            classes) or ``"sigmoid"`` (independent regions: their ``2^Cs`` on/off combinations).
+        key_in_ckpt: the entry of the checkpoint dict holding the ``state_dict`` (``None``: the file is one).
+        source_datalist: the same cases with the images the source network reads, one per its input channel (e.g.
+            the T1ce, T1, T2, FLAIR images for a 4-channel source and a FLAIR target); ``None`` feeds it the cases'
+            own images. The statistics mask, the labels and the maps' grid always come from ``datalist``.
     """
 
     def __init__(
@@ -247,6 +259,10 @@ class RiskStage:
         dead_classes: str = "warn",
         dead_class_margin: float = 0.05,
         summary_path: str | None = None,
+        num_source_outputs: int | None = None,
+        source_output: str = "softmax",
+        key_in_ckpt: str | None = None,
+        source_datalist: Sequence[dict] | None = None,
     ) -> None:
         self.enabled = enabled
         self.dataset = dataset
@@ -292,7 +308,16 @@ class RiskStage:
         self.seed = seed
         self.device = torch.device(device)
         self.amp = amp and self.device.type == "cuda"
-        self.num_source_classes = num_classes(spec, source_task)
+        outputs = num_classes(spec, source_task) if num_source_outputs is None else int(num_source_outputs)
+        self.num_source_classes = num_source_states(outputs, source_output)
+        self.source_output = source_output
+        self.key_in_ckpt = key_in_ckpt
+        self.source_images = None
+        if source_datalist is not None:
+            self.source_images = {c["case_id"]: c["image"] for c in source_datalist}
+            missing = [c["case_id"] for c in self.cases if c["case_id"] not in self.source_images]
+            if missing:
+                raise ValueError(f"source_datalist lacks the target training cases {missing}: give the same cases")
         self.num_target_classes = num_classes(spec, target_task)
         self.target_class_names = tuple(spec.tasks[target_task])
         self._manifest: dict[str, Any] | None = None
@@ -404,13 +429,15 @@ class RiskStage:
         return RiskDatalist(self)
 
     def _load_network(self) -> nn.Module:
-        state = load_checkpoint(
-            self.source_ckpt, "delete it and rerun the 'pretrain' stage", map_location="cpu", weights_only=True
-        )
+        state = read_source_state(self.source_ckpt, self.key_in_ckpt)
         try:
             self.network.load_state_dict(state)
         except RuntimeError as err:
-            raise ValueError(f"source checkpoint {self.source_ckpt} does not fit the source network: {err}") from err
+            raise ValueError(
+                f"source checkpoint {self.source_ckpt} does not fit the source network: {err}. Remedy: describe the "
+                "checkpoint's network in source#network_def (its in_channels one per source_modality, its "
+                "out_channels num_source_classes), and name the state_dict's entry with key_in_ckpt"
+            ) from err
         # contiguous whatever the trainers chose (channels-last on CPU): the maps must not depend on which run id built
         # the shared source network first, and channels-last does not speed up this inference
         return self.network.to(self.device, memory_format=torch.contiguous_format).eval()
@@ -419,17 +446,29 @@ class RiskStage:
         """Load one case through the whole-volume transform and run the source model over it.
 
         Returns:
-            ``probs [1, Cs, *S]`` float32 source softmax, ``label [1, 1, *S]`` uint8 target classes,
-            ``mask [1, 1, *S]`` bool statistics mask, all on ``self.device``, and the image's 4x4 affine.
+            ``probs [1, Cs, *S]`` float32 source state probabilities ``p(z | v)`` (``Cs`` states, see
+            ``source_output``), ``label [1, 1, *S]`` uint8 target classes, ``mask [1, 1, *S]`` bool statistics mask,
+            all on ``self.device``, and the image's 4x4 affine.
+
+        Raises:
+            ValueError: the source's input images are not on the grid of the case's own image (names the case).
         """
         item = self.transform(case)
         image = item["image"].as_tensor().unsqueeze(0).to(self.device)  # [1, C, *S]
         label = item["label"].as_tensor().unsqueeze(0).to(self.device, torch.uint8)  # [1, 1, *S]
         # "nonzero": the air NormalizeIntensityd(nonzero=True) left at 0 (and, rarely, a voxel at the mean)
         mask = image_mask(image, self.mask, case["case_id"], case["image"])
+        if self.source_images is not None:
+            images = self.source_images[case["case_id"]]
+            image = self.transform({**case, "image": images})["image"].as_tensor().unsqueeze(0).to(self.device)
+            if image.shape[2:] != label.shape[2:]:
+                raise ValueError(
+                    f"{case['case_id']}: the source's input images {images} have the grid {tuple(image.shape[2:])}, "
+                    f"the case's image {case['image']} {tuple(label.shape[2:])}: give co-registered images"
+                )
         with torch.autocast(self.device.type, enabled=self.amp):
-            logits = self.inferer(image, network)  # [1, Cs, *S]
-        return torch.softmax(logits.float(), dim=1), label, mask, _image_affine(item["image"])
+            logits = self.inferer(image, network)  # [1, C_out, *S]
+        return source_states(logits, self.source_output), label, mask, _image_affine(item["image"])
 
     @staticmethod
     def _kept_path(kept: Path, case: dict) -> Path:

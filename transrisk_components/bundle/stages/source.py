@@ -44,13 +44,23 @@ class SourceStage:
         fingerprint: what determines the source model; its ``outputs`` are ``ckpt_path`` and the trainer's
             periodic checkpoints. ``None`` for weights from outside (another bundle's ``model.pt``): they must
             exist and are used as they are (later stages still record their SHA-256).
+        output: what the source network's outputs are (``source_output``): the stage trains ``"softmax"`` networks
+            only; ``"sigmoid"`` describes weights from outside.
     """
 
-    def __init__(self, ckpt_path: str, trainer: Trainer, network: nn.Module, fingerprint: StageFingerprint | None) -> None:
+    def __init__(
+        self,
+        ckpt_path: str,
+        trainer: Trainer,
+        network: nn.Module,
+        fingerprint: StageFingerprint | None,
+        output: str = "softmax",
+    ) -> None:
         self.ckpt_path = Path(ckpt_path)
         self.trainer = trainer
         self.network = network
         self.fingerprint = fingerprint
+        self.output = output
 
     def run(self) -> Path:
         """Train and save the source network unless a matching ``ckpt_path`` exists; return ``ckpt_path``.
@@ -59,8 +69,15 @@ class SourceStage:
             ForeignOutputError: ``ckpt_path`` exists and the bundle did not make it, but it was not declared as
                 weights from outside (it is never deleted or changed).
             StaleOutputError: ``ckpt_path`` or the periodic checkpoints were made with another fingerprint.
-            ValueError: the matching ``ckpt_path`` is unreadable (names the file and the remedy).
+            ValueError: the matching ``ckpt_path`` is unreadable (names the file and the remedy), or the stage would
+                train a source whose ``output`` is not ``"softmax"``.
         """
+        if self.fingerprint is not None and self.output != "softmax":
+            raise ValueError(
+                f"source_output {self.output!r} describes a source from elsewhere, but the source stage would train one "
+                f"here (at {self.ckpt_path}), and it trains softmax networks: declare the checkpoint as weights from "
+                "outside (--fingerprint#source '$None'), or pass --source_output softmax"
+            )
         if self.fingerprint is None:
             if not self.ckpt_path.is_file():
                 raise FileNotFoundError(f"source checkpoint {self.ckpt_path} (given from outside: no fingerprint) does not exist")
