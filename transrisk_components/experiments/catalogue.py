@@ -65,7 +65,7 @@ class GridScenario:
     Attributes:
         name: the scenario's id (folder names, the ``scenario`` column).
         bundle: ``fets`` or ``iseg``.
-        kind: cross-modality, cross-task, few-shot, cross-site, ranking, or testbed check.
+        kind: cross-modality, cross-task, few-shot, cross-site, multi-modal source, ranking, or testbed check.
         overrides: config ids of the bundle's ``train.json`` and their values.
         source_from: another scenario whose source model this one reuses (same source modality, task and source
             cases); the source stage's fingerprint still checks that they match.
@@ -149,6 +149,20 @@ SCENARIOS: dict[str, GridScenario] = {
             "fets",
             "testbed check",
             {"source_modality": "t1ce", "target_modality": "t1ce", "num_target_train": 16},
+        ),
+        # A multi-modal source (the Model Zoo's BraTS input: T1ce, T1, T2, FLAIR) into one-modality targets.
+        GridScenario("fets_all_to_t1ce", "fets", "multi-modal source", {"source_modality": "all", "target_modality": "t1ce"}),
+        GridScenario(
+            "fets_all_cross_site",
+            "fets",
+            "multi-modal source",
+            {
+                "source_modality": "all",
+                "target_modality": "flair",
+                "partition_csv": "partitioning_1.csv",
+                "source_partitions": ["01", "02"],
+                "target_partitions": ["03"],
+            },
         ),
         GridScenario(
             "fets_cross_site",

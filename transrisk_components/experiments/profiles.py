@@ -156,3 +156,8 @@ PROFILES["confirm"] = replace(
     scenarios=("fets_t1_to_t1ce", "fets_ed_to_et", "fets_fewshot_2", "iseg_t1_to_t2"),
     seeds=tuple(range(100, 115)),
 )
+
+# A source trained on all four FeTS modalities (4 input channels), transferred to a one-modality target (T1ce, with
+# the source's first convolution reduced to the T1ce filters) and to FLAIR on another institution; safe transfer
+# over the headline methods, at the quick profile's settings and seeds.
+PROFILES["multimodal"] = replace(PROFILES["quick"], scenarios=("fets_all_to_t1ce", "fets_all_cross_site"))
