@@ -28,7 +28,7 @@ from transrisk_components.utils.io import atomic_write_text
 
 __all__ = ["COLUMNS", "RANDOM_SEED", "RANKERS", "per_candidate", "ranker_taus", "read_results", "summarise"]
 
-COLUMNS = ("scenario", "candidate", "seed", "leep", "source_val_dice", "test_dice")
+COLUMNS = ("scenario", "candidate", "seed", "leep", "gbc", "source_val_dice", "test_dice")
 RANKERS = ("leep", "source_val_dice", "random")
 RANDOM_SEED = 0
 
