@@ -5,11 +5,13 @@
 - :mod:`~transrisk_components.method.risk` -- transferability -> transfer risk map -> loss weights.
 - :mod:`~transrisk_components.method.losses` -- the risk-weighted segmentation loss.
 - :mod:`~transrisk_components.method.baselines` -- the comparison losses (L2-SP, top-k Dice-CE).
+- :mod:`~transrisk_components.method.gbc` -- GBC, a feature-based transferability score for ranking sources.
 
 The names below are the method's API: ``from transrisk_components.method import LEEPStatistics, transfer_risk``.
 """
 
 from .baselines import L2SPLoss, TopKDiceCELoss
+from .gbc import gaussian_bhattacharyya, gbc_score
 from .losses import RiskWeightedLoss
 from .risk import RISK_NORMALIZATIONS, WEIGHT_SCHEMES, risk_to_weights, transfer_risk
 from .transferability import (
@@ -32,6 +34,8 @@ __all__ = [
     "WEIGHT_SCHEMES",
     "class_information",
     "dead_classes",
+    "gaussian_bhattacharyya",
+    "gbc_score",
     "leep",
     "pixel_transferability",
     "prior_floor_leep",
