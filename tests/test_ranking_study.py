@@ -4,6 +4,7 @@ tau with its seed-bootstrap CI, tau-b and the top-1 gap of each ranker, on made-
 from __future__ import annotations
 
 import csv
+import math
 from pathlib import Path
 
 import pytest
@@ -73,6 +74,8 @@ def test_the_bootstrap_resamples_seeds_for_every_candidate_alike(tmp_path: Path)
     low, high = bootstrap_cis(results, resamples=200)[("s", "leep")]
     assert point == pytest.approx(1.0) and high == pytest.approx(1.0) and low < 0
     assert bootstrap_cis(results, resamples=200)[("mean", "leep")] == (low, high)
+    one_seed = [r for r in results if r["seed"] == 0]
+    assert all(math.isnan(v) for v in bootstrap_cis(one_seed, resamples=200)[("s", "leep")]), "no CI from one seed"
 
 
 def test_missing_column_names_the_file(tmp_path: Path) -> None:

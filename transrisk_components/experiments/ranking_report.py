@@ -135,17 +135,18 @@ def bootstrap_cis(
 ) -> dict[tuple[str, str], tuple[float, float]]:
     """95% percentile CIs of the weighted tau by resampling seeds: ``(scenario, ranker) -> (low, high)``, with the
     scenario ``"mean"`` for the mean over scenarios. With ``n`` seeds there are only ``C(2n - 1, n)`` distinct
-    resamples (10 for 3 seeds), so the CI is coarse."""
+    resamples (10 for 3 seeds), so the CI is coarse; with one seed there is none (``nan``)."""
     seeds = sorted({row["seed"] for row in rows})
     rng = np.random.default_rng(seed)
     draws: dict[tuple[str, str], list[float]] = defaultdict(list)
-    for _ in range(resamples):
+    for _ in range(resamples if len(seeds) > 1 else 0):
         taus = ranker_taus(per_candidate(rows, list(rng.choice(seeds, size=len(seeds), replace=True))), seed)
         for t in taus:
             draws[(t["scenario"], t["ranker"])].append(t["weighted_tau"])
         for ranker in RANKERS:
             draws[("mean", ranker)].append(_mean([t["weighted_tau"] for t in taus if t["ranker"] == ranker]))
-    cis = {}
+    cis = {(t["scenario"], t["ranker"]): (math.nan, math.nan) for t in ranker_taus(per_candidate(rows), seed)}
+    cis |= {("mean", ranker): (math.nan, math.nan) for ranker in RANKERS}
     for key, values in draws.items():
         finite = [v for v in values if math.isfinite(v)]
         cis[key] = (float(np.percentile(finite, 2.5)), float(np.percentile(finite, 97.5))) if finite else (math.nan, math.nan)
@@ -207,7 +208,8 @@ def summarise(results: str, report_dir: str, seed: int = RANDOM_SEED, resamples:
         "",
         f"Weighted Kendall tau (`scipy.stats.weightedtau`, top-weighted) between each ranker's scores and the "
         f"fine-tuned test Dice (both mean over seeds), per target scenario, with a 95% CI from {resamples} bootstrap "
-        f"resamples of the {len(seeds)} seeds (coarse: {len(seeds)} seeds allow few distinct resamples); Kendall's "
+        f"resamples of the {len(seeds)} seed(s) (coarse: few seeds allow few distinct resamples; none with one seed, "
+        f"shown as nan); Kendall's "
         f"tau-b beside it; top-1 gap: the best test Dice minus that of the ranker's first choice, in Dice points; "
         f"goal met on the mean row: the mean tau and every scenario's gap. "
         f"{k} candidates per scenario, from `{results}`. Random order: seed {seed}.",
