@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import pytest
@@ -85,27 +86,34 @@ def test_a_finished_cell_is_reused_only_with_its_fine_tuning_fingerprint(tiny_gr
 
 
 def test_ranking_study_on_the_tiny_grid(tiny_grid):
-    """Two candidate sources, one target, one seed: fine-tuned Dice, LEEP from rank_sources, source-val Dice."""
+    """Four candidate sources (two modalities at two source training lengths), two targets, one seed: fine-tuned
+    Dice, LEEP and GBC from rank_sources, source-val Dice."""
     phantom, work, _ = tiny_grid
-    study = experiments.RankingStudy(targets=("flair", "t2"), candidates=("t1", "flair"), seeds=(0,), profile=TINY)
+    candidates = experiments.training_length_candidates(("t1", "flair"), (1, 2))
+    assert [c.id for c in candidates] == ["t1_e1", "t1_e2", "flair_e1", "flair_e2"]
+    study = experiments.RankingStudy(targets=("flair", "t2"), candidates=candidates, seeds=(0,), profile=TINY)
     rows = experiments.run_ranking_study(study, work, {"fets": str(phantom)})
-    assert sorted((r["scenario"], r["candidate"]) for r in rows) == [
-        ("fets_to_flair", "flair"), ("fets_to_flair", "t1"), ("fets_to_t2", "flair"), ("fets_to_t2", "t1")]
+    assert sorted((r["scenario"], r["candidate"]) for r in rows) == sorted(
+        (f"fets_to_{t}", c.id) for t in ("flair", "t2") for c in candidates)
     for row in rows:
-        assert row["leep"] < 0 and 0 <= row["source_val_dice"] <= 1 and 0 <= row["test_dice"] <= 1
-    # the T1 source of the T1 -> FLAIR cell of the tiny grid is reused for T1 -> T2, not trained again
-    assert len(list(work.glob("sources/fets_t1_to_t2/*"))) == 0
+        assert row["leep"] < 0 and -12 <= row["gbc"] <= 0, row  # 4 target classes: GBC in [-12, 0]
+        assert 0 <= row["source_val_dice"] <= 1 and 0 <= row["test_dice"] <= 1
+    # each candidate's source is trained once (for the first target) and shared with the second
+    assert sorted(p.parent.parent.name for p in work.glob("sources/fets_*_e*_to_*/seed0/source.pt")) == sorted(
+        f"fets_{c.id}_to_flair" for c in candidates)
+    made = json.loads((work / "sources" / "fets_t1_e2_to_flair" / "seed0" / "source.fingerprint.json").read_text())
+    assert made["settings"]["epochs"] == 2 and made["settings"]["modality"] == "t1", "the candidate's settings are used"
     csv_path = work / "ranking" / "t2" / "seed0" / "source_ranking.csv"
     ranking = csv_path.read_text()
-    assert ranking.startswith("rank,name") and ranking.count("\n") == 3
+    assert ranking.startswith("rank,name") and ranking.count("\n") == 5 and ",gbc," in ranking.splitlines()[0]
     # a ranking is reused only while its sources and target cases are the ones it was made from
     stamp = csv_path.stat().st_mtime_ns
     experiments.run_ranking_study(study, work, {"fets": str(phantom)})
     assert csv_path.stat().st_mtime_ns == stamp
     inputs = csv_path.with_name("inputs.json")
-    inputs.write_text(inputs.read_text().replace('"t1": "', '"t1": "0'))  # as if the T1 source had changed since
+    inputs.write_text(inputs.read_text().replace('"t1_e1": "', '"t1_e1": "0'))  # as if the T1 source had changed since
     experiments.run_ranking_study(study, work, {"fets": str(phantom)})
-    assert csv_path.stat().st_mtime_ns != stamp and '"t1": "0' not in inputs.read_text()
+    assert csv_path.stat().st_mtime_ns != stamp and '"t1_e1": "0' not in inputs.read_text()
 
 
 def test_the_tiny_grid_in_two_worker_processes_gives_the_same_cells(tiny_grid, tmp_path):

@@ -29,7 +29,7 @@ from torch import nn
 
 from transrisk_components.bundle.engine import SourceWeights, output_layer, reinit_output_channels
 from transrisk_components.bundle.fingerprint import StageFingerprint
-from transrisk_components.bundle.ranking import load_candidates, rank_sources
+from transrisk_components.bundle.ranking import load_candidates, rank_sources, score_candidate
 from transrisk_components.bundle.stages.risk import RiskStage
 from transrisk_components.bundle.transforms import TaskLabelsd
 from transrisk_components.data.registry import get_dataset
@@ -375,3 +375,33 @@ def test_dead_class_action_runs_in_the_bundle(tmp_path: Path, data_fets_phantom:
     recorded = json.loads((tmp_path / "models" / "finetune.fingerprint.json").read_text())
     assert recorded["settings"]["dead_classes"]["action"] == "reinit"
     assert recorded["settings"]["dead_classes"]["classes"] == [summary["classes"][c]["index"] for c in summary["dead_classes"]]
+
+
+class TwoLayer(nn.Module):
+    """``features = conv1(x)`` (``[B, 1, *S]`` with weight ``w``, bias 1), then a 1x1x1 output layer to 4 classes."""
+
+    def __init__(self, w: float) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv3d(1, 1, 1)
+        self.out = nn.Conv3d(1, 4, 1)
+        with torch.no_grad():
+            self.conv1.weight.fill_(w)
+            self.conv1.bias.fill_(1.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.conv1(x))
+
+
+def test_gbc_prefers_penultimate_features_that_separate_the_target_classes(cases: list[dict]) -> None:
+    """Features equal to the image tell classes 1 and 2 apart from the rest and 3 not from background (GBC -2: one
+    coefficient of 1 in each direction); constant features tell nothing (GBC -12: every ordered pair of 4 classes)."""
+    separating, constant = TwoLayer(1.0), TwoLayer(0.0)
+    scores = {}
+    for name, network in (("separating", separating), ("constant", constant)):
+        result = score_candidate(network, 4, cases, load_transform(), SimpleInferer(), CLASSES, gbc_voxels_per_class=50)
+        scores[name] = result["gbc"]
+        assert not network.out._forward_hooks, "the feature hook is taken off again"
+    assert scores["separating"] == pytest.approx(-2.0, abs=1e-3)
+    assert scores["constant"] == pytest.approx(-12.0, abs=1e-6)
+    row = rank([{"name": "pointwise", "ckpt": str(save(Pointwise(4), Path(cases[0]["label"]).parent / "pw.pt"))}], cases)[0]
+    assert -12.0 <= row["gbc"] <= 0.0, "a 1x1x1 network's features are its input image"

@@ -12,6 +12,12 @@ inside each case's mask (``mask="nonzero"``: the head, the risk stage's rule). P
   (``T_y >= P(y)``; equal when the candidate gives no information about ``y``), and the classes that are dead
   at ``dead_class_margin`` (:func:`~transrisk_components.method.transferability.dead_classes`).
 
+Beside LEEP, a feature-based score: the Gaussian Bhattacharyya coefficient (GBC,
+:mod:`transrisk_components.method.gbc`) of the target classes in the candidate's penultimate features (the input of
+its last convolution, for MONAI's SegResNet the output layer's 1x1x1 convolution), over at most
+``gbc_voxels_per_class`` masked voxels per target class and case, drawn at random with a fixed seed (the sub-sampling
+keeps it cheap; ``nan`` for a network without a convolution, e.g. a TorchScript module).
+
 Candidates are sorted best first by LEEP. Ties (LEEPs equal to 6 decimals, as the CSV writes them: e.g. two copies of one model) go to the
 candidate with the higher mean information over the present foreground classes, then to the name in alphabetical
 order, so the ranking never depends on the order the candidates were listed in. It does not depend on the order of
@@ -48,6 +54,7 @@ from monai.bundle import ConfigParser
 from monai.inferers import Inferer
 from torch import nn
 
+from transrisk_components.method.gbc import gbc_score
 from transrisk_components.method.masks import image_mask
 from transrisk_components.method.transferability import (
     LEEPStatistics,
@@ -249,6 +256,49 @@ def load_candidates(
     return loaded
 
 
+class _WithFeatures(nn.Module):
+    """``network`` with its penultimate features appended: ``x [B, C, *S] -> [B, Cs + D, *S]``, the logits then the
+    ``D`` input channels of its last convolution ``last_conv`` (which must keep the spatial size, as a 1x1x1 output
+    layer does). :meth:`remove` takes the hook off ``last_conv`` again."""
+
+    def __init__(self, network: nn.Module, last_conv: nn.Module) -> None:
+        super().__init__()
+        self.network = network
+        self._features: list[torch.Tensor] = []
+        self._hook = last_conv.register_forward_hook(lambda module, inputs, output: self._features.append(inputs[0]))
+
+    def remove(self) -> None:
+        """Detach from the wrapped network (its later calls keep no features)."""
+        self._hook.remove()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._features.clear()
+        logits = self.network(x)
+        features = self._features[-1]
+        self._features.clear()
+        if features.shape[2:] != logits.shape[2:]:
+            raise ValueError(f"the last convolution of {type(self.network).__name__} changes the spatial size "
+                             f"({tuple(features.shape[2:])} -> {tuple(logits.shape[2:])}): GBC needs a 1x1x1 output layer")
+        return torch.cat([logits, features.to(logits.dtype)], dim=1)
+
+
+def _last_conv(network: nn.Module) -> nn.Module | None:
+    """The last ``nn.Conv1d/2d/3d`` registered in ``network`` (MONAI's SegResNet: the output layer), or ``None``."""
+    convs = [m for m in network.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d))]
+    return convs[-1] if convs else None
+
+
+def _sample_per_class(labels: torch.Tensor, per_class: int, generator: torch.Generator) -> torch.Tensor:
+    """Indices ``[m]`` into ``labels [n]``: at most ``per_class`` of each class, drawn without replacement."""
+    picked = []
+    for c in torch.unique(labels):
+        where = torch.nonzero(labels == c).flatten()
+        if where.numel() > per_class:
+            where = where[torch.randperm(where.numel(), generator=generator)[:per_class]]
+        picked.append(where)
+    return torch.cat(picked) if picked else torch.zeros(0, dtype=torch.long)
+
+
 @torch.no_grad()
 def score_candidate(
     network: nn.Module,
@@ -261,8 +311,9 @@ def score_candidate(
     device: str | torch.device = "cpu",
     amp: bool = False,
     dead_class_margin: float = 0.05,
+    gbc_voxels_per_class: int = 1000,
 ) -> dict[str, Any]:
-    """LEEP, prior floor and per-class transferability of one source network over the target cases.
+    """LEEP, prior floor, per-class transferability and GBC of one source network over the target cases.
 
     Args:
         network: the source network (``num_classes`` logits per voxel).
@@ -276,27 +327,41 @@ def score_candidate(
         device: where the network runs.
         amp: autocast on CUDA.
         dead_class_margin: see :func:`~transrisk_components.method.transferability.dead_classes`.
+        gbc_voxels_per_class: masked voxels per target class and case whose features enter the GBC (random,
+            seeded by the case's position in ``datalist``).
 
     Returns:
-        ``{"leep", "leep_floor", "leep_gain_over_floor", "num_voxels", "classes": class_table(...),
-        "dead_classes": [names]}``.
+        ``{"leep", "leep_floor", "leep_gain_over_floor", "gbc", "num_voxels", "classes": class_table(...),
+        "dead_classes": [names]}``; ``gbc`` is ``nan`` when the network has no convolution.
     """
     device = torch.device(device)
     network = network.to(device).eval()
+    last_conv = _last_conv(network)
+    runner = _WithFeatures(network, last_conv) if last_conv is not None else network
     stats = LEEPStatistics(len(class_names), num_classes)
     kept: list[tuple[torch.Tensor, torch.Tensor]] = []  # per case: masked probs [n, Cs] float32, labels [n] uint8
-    for case in datalist:
-        item = preprocessing(dict(case))
-        image = item["image"].as_tensor().unsqueeze(0).to(device)  # [1, C, *S]
-        label = item["label"].as_tensor().unsqueeze(0).to(device, torch.uint8)  # [1, 1, *S]
-        inside = image_mask(image, mask, case.get("case_id", "?"), case.get("image"))
-        with torch.autocast(device.type, enabled=amp and device.type == "cuda"):
-            logits = inferer(image, network)  # [1, Cs, *S]
-        probs = torch.softmax(logits.float(), dim=1)
-        stats.update(probs, label, inside)
-        keep = inside[0, 0]
-        kept.append((probs[0][:, keep].T.to("cpu"), label[0, 0][keep].to("cpu")))
-        del image, label, logits, probs, inside
+    sampled: list[tuple[torch.Tensor, torch.Tensor]] = []  # per case: features [m, D] float32, labels [m]
+    try:
+        for index, case in enumerate(datalist):
+            item = preprocessing(dict(case))
+            image = item["image"].as_tensor().unsqueeze(0).to(device)  # [1, C, *S]
+            label = item["label"].as_tensor().unsqueeze(0).to(device, torch.uint8)  # [1, 1, *S]
+            inside = image_mask(image, mask, case.get("case_id", "?"), case.get("image"))
+            with torch.autocast(device.type, enabled=amp and device.type == "cuda"):
+                output = inferer(image, runner)  # [1, Cs (+ D), *S]
+            probs = torch.softmax(output[:, :num_classes].float(), dim=1)
+            stats.update(probs, label, inside)
+            keep = inside[0, 0]
+            labels = label[0, 0][keep].to("cpu")
+            kept.append((probs[0][:, keep].T.to("cpu"), labels))
+            if last_conv is not None:
+                features = output[0, num_classes:][:, keep].T.float().to("cpu")  # [n, D]
+                rows = _sample_per_class(labels, gbc_voxels_per_class, torch.Generator().manual_seed(index))
+                sampled.append((features[rows], labels[rows]))
+            del image, label, output, probs, inside
+    finally:
+        if isinstance(runner, _WithFeatures):
+            runner.remove()
     conditional = stats.conditional()
     log_t_sum = 0.0
     for probs, labels in kept:  # [n, Cs], [n]
@@ -306,10 +371,13 @@ def score_candidate(
     floor = prior_floor_leep(stats.class_prior())
     table = class_table(stats, class_names)
     dead = [str(class_names[i]) for i in dead_classes(stats.class_transferability(), stats.class_prior(), dead_class_margin)]
+    gbc = (gbc_score(torch.cat([f for f, _ in sampled]), torch.cat([y for _, y in sampled]).long(), len(class_names))
+           if sampled else math.nan)
     return {
         "leep": leep_value,
         "leep_floor": floor,
         "leep_gain_over_floor": leep_value - floor,
+        "gbc": gbc,
         "num_voxels": stats.num_voxels,
         "classes": table,
         "dead_classes": dead,
@@ -328,7 +396,7 @@ def _number(value: float) -> str:
 
 def _csv_text(rows: Sequence[Mapping[str, Any]], class_names: Sequence[str]) -> str:
     columns = ["rank", "name", "ckpt", "modality", "input_modality", "num_source_classes", "leep", "leep_floor",
-               "leep_gain_over_floor", "num_voxels"]
+               "leep_gain_over_floor", "gbc", "num_voxels"]
     columns += [f"T_{c}" for c in class_names] + [f"floor_{c}" for c in class_names] + ["dead_classes"]
     text = io.StringIO()
     writer = csv.writer(text)
@@ -336,7 +404,8 @@ def _csv_text(rows: Sequence[Mapping[str, Any]], class_names: Sequence[str]) -> 
     for row in rows:
         values = [row["rank"], row["name"], row["ckpt"], row["modality"] or "", row["input_modality"],
                   row["num_source_classes"], _number(row["leep"]), _number(row["leep_floor"]),
-                  _number(row["leep_gain_over_floor"]), row["num_voxels"]]
+                  _number(row["leep_gain_over_floor"]), "nan" if not math.isfinite(row["gbc"]) else _number(row["gbc"]),
+                  row["num_voxels"]]
         table = row["classes"]
         values += ["nan" if table[c]["transferability"] is None else _number(table[c]["transferability"]) for c in class_names]
         values += [_number(table[c]["prior"]) for c in class_names]
@@ -361,6 +430,7 @@ def rank_sources(
     device: str | torch.device = "cpu",
     amp: bool = False,
     dead_class_margin: float = 0.05,
+    gbc_voxels_per_class: int = 1000,
 ) -> list[dict[str, Any]]:
     """Rank candidate source models by pooled LEEP over the target training cases, best first.
 
@@ -374,11 +444,11 @@ def rank_sources(
         target_modality: the modality of ``datalist`` (reported; a candidate whose ``input_modality`` is
             another one gets ``datalist_for_modality(input_modality)``).
         datalist_for_modality: the same cases with another modality's image.
-        mask, device, amp, dead_class_margin: see :func:`score_candidate`.
+        mask, device, amp, dead_class_margin, gbc_voxels_per_class: see :func:`score_candidate`.
 
     Returns:
         One row per candidate, best first: ``{"rank", "name", "ckpt", "modality", "input_modality",
-        "num_source_classes", "leep", "leep_floor", "leep_gain_over_floor", "num_voxels", "classes",
+        "num_source_classes", "leep", "leep_floor", "leep_gain_over_floor", "gbc", "num_voxels", "classes",
         "dead_classes"}``.
     """
     loaded = load_candidates(candidates, candidates_file, default, network_factory)
@@ -396,12 +466,13 @@ def rank_sources(
         )
         result = score_candidate(
             candidate.network, candidate.num_classes, cases, preprocessing, inferer, class_names, mask, device, amp,
-            dead_class_margin,
+            dead_class_margin, gbc_voxels_per_class,
         )
         candidate.network.to("cpu")
         logger.info(
-            "candidate %d/%d: %s LEEP %.4f (prior floor %.4f, gain %.4f)%s",
+            "candidate %d/%d: %s LEEP %.4f (prior floor %.4f, gain %.4f), GBC %.4f%s",
             number, len(loaded), candidate.name, result["leep"], result["leep_floor"], result["leep_gain_over_floor"],
+            result["gbc"],
             f"; no information about {', '.join(result['dead_classes'])}" if result["dead_classes"] else "",
         )
         rows.append({

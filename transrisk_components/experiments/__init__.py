@@ -47,7 +47,13 @@ from transrisk_components.experiments.catalogue import (
 )
 from transrisk_components.experiments.cells import Cell, grid, source_checkpoint
 from transrisk_components.experiments.profiles import FEW_SHOT_CURVE, HEADLINE_METHODS, PROFILES, Profile
-from transrisk_components.experiments.ranking import RANKING, RankingStudy, run_ranking_study
+from transrisk_components.experiments.ranking import (
+    RANKING,
+    RankingStudy,
+    StudyCandidate,
+    run_ranking_study,
+    training_length_candidates,
+)
 from transrisk_components.experiments.reports import load_results
 from transrisk_components.experiments.reproduce import reproduce_profile, reproduce_ranking
 from transrisk_components.experiments.runner import (
@@ -66,9 +72,9 @@ __all__ = [
     "FEW_SHOT_CURVE", "FOREGROUND_MAP", "HEADLINE_METHODS", "LINEAR_STRENGTHS_ABOVE_SWEEP", "LOCATION_LEEP",
     "METHODS", "NEGLOG_POWER10", "PLAIN", "PROFILES", "RANDOM_MAP", "RANKING", "RISK_DICE", "RISK_SAMPLING", "SAFE",
     "SAFE_CANDIDATES", "SAFE_RACED", "SAFE_RUNGS", "SCENARIOS", "SCRATCH", "STUDY_VARIANTS", "SWEEP_STRENGTHS",
-    "UNIFORM_MAP", "VOXEL_MEAN_NORM", "Cell", "GridScenario", "Method", "Profile", "RankingStudy", "choose_default",
+    "UNIFORM_MAP", "VOXEL_MEAN_NORM", "Cell", "GridScenario", "Method", "Profile", "RankingStudy", "StudyCandidate", "choose_default",
     "export_risk_overlays", "finetune_fingerprint", "grid", "load_results", "method_id", "method_label",
     "parallel_schedule", "prepare_phantoms", "reproduce_profile", "reproduce_ranking", "run_cell",
     "run_grid_in_parallel", "run_ranking_study", "safe_transfer_rows", "selection_scores", "source_checkpoint",
-    "sweep_id",
+    "sweep_id", "training_length_candidates",
 ]

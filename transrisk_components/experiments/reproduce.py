@@ -124,13 +124,13 @@ def _run_grid(
 def reproduce_ranking(study: RankingStudy, work_dir: Path, report_dir: Path, command: str = "") -> float:
     """Run (or continue) the source-ranking study on the FeTS testbed phantom and write its report.
 
-    With the same ``work_dir`` as a grid of the same training settings, its finished cells (e.g. T1 -> T1ce plain
-    fine-tuning) are reused. Writes ``results.csv`` and ``machine.md``, then the summary
+    Cells finished by an earlier invocation in the same ``work_dir`` are reused. Writes ``results.csv``,
+    ``machine.md`` and ``source_rankings/<target>_seed<k>.csv`` (the ``rank_sources`` outputs), then the summary
     (:func:`~transrisk_components.experiments.ranking_report.summarise`), whose last printed line is
     ``ranking: kendall tau = <t> over <k> candidates``.
 
     Returns:
-        The LEEP ranker's mean Kendall tau.
+        The LEEP ranker's weighted Kendall tau, mean over targets.
     """
     dataset_dirs = prepare_phantoms(study.profile, work_dir, {"fets": None, "iseg": None})
     cells = [cell for seed in study.seeds for target in study.targets for cell in study.cells(seed, target).values()]
@@ -142,6 +142,10 @@ def reproduce_ranking(study: RankingStudy, work_dir: Path, report_dir: Path, com
         ",".join(str(row[c]) for c in RANKING_COLUMNS) + "\n" for row in rows))
     atomic_write_text(report_dir / "machine.md", _machine_notes(command, "ranking", time.perf_counter() - start,
                                                                 len(cells), reused))
+    for target in study.targets:
+        for seed in study.seeds:
+            ranking = (work_dir / "ranking" / target / f"seed{seed}" / "source_ranking.csv").read_text()
+            atomic_write_text(report_dir / "source_rankings" / f"{target}_seed{seed}.csv", ranking)
     return summarise_ranking(_shown(results), _shown(report_dir))
 
 

@@ -8,11 +8,13 @@
 - :mod:`~transrisk_components.method.risk` -- transferability -> transfer risk map -> loss weights.
 - :mod:`~transrisk_components.method.losses` -- the risk-weighted segmentation loss.
 - :mod:`~transrisk_components.method.baselines` -- the comparison losses (L2-SP, top-k Dice-CE).
+- :mod:`~transrisk_components.method.gbc` -- GBC, a feature-based transferability score for ranking sources.
 
 The names below are the method's API: ``from transrisk_components.method import LEEPStatistics, transfer_risk``.
 """
 
 from .baselines import L2SPLoss, TopKDiceCELoss
+from .gbc import gaussian_bhattacharyya, gbc_score
 from .losses import RiskWeightedLoss
 from .masks import RISK_MASKS, image_mask
 from .risk import RISK_NORMALIZATIONS, WEIGHT_SCHEMES, risk_to_weights, transfer_risk
@@ -43,6 +45,8 @@ __all__ = [
     "class_table",
     "dead_class_names",
     "dead_classes",
+    "gaussian_bhattacharyya",
+    "gbc_score",
     "image_mask",
     "leep",
     "num_source_states",

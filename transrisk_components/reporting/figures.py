@@ -279,23 +279,33 @@ def plot_source_ranking(
 
 
 def plot_ranking_study(
-    table: Mapping[str, Mapping[str, Mapping[str, float]]], out_png: str | os.PathLike
+    table: Mapping[str, Mapping[str, Mapping[str, float]]],
+    rankers: Sequence[tuple[str, str]],
+    titles: Mapping[tuple[str, str], str],
+    caption: str,
+    out_png: str | os.PathLike,
 ) -> Path:
-    """LEEP of each candidate source against the test Dice of the model fine-tuned from it, one panel per target
-    scenario.
+    """Each ranker's score of each candidate source against the test Dice of the model fine-tuned from it: one row
+    of panels per ranker, one column per target scenario, ``caption`` (the goal) above them.
 
     Args:
-        table: scenario -> candidate -> ``{"leep", "test_dice", ...}`` (means over seeds).
+        table: scenario -> candidate -> ``{<ranker key>, "test_dice", ...}`` (means over seeds).
+        rankers: ``(key in table, axis label)`` per row.
+        titles: ``(scenario, ranker key) -> panel title`` (e.g. its weighted tau); the scenario where absent.
+        caption: the figure's title.
         out_png: the PNG path (written atomically).
     """
     scenarios = sorted(table)
-    figure, axes = plt.subplots(1, max(len(scenarios), 1), figsize=(4 * max(len(scenarios), 1), 3.5), squeeze=False)
-    for axis, scenario in zip(axes[0], scenarios):
-        for name, values in sorted(table[scenario].items()):
-            axis.scatter(values["leep"], values["test_dice"])
-            axis.annotate(name, (values["leep"], values["test_dice"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
-        axis.set_title(scenario, fontsize=9)
-        axis.set_xlabel("LEEP of the source")
-        axis.set_ylabel("fine-tuned test Dice")
+    columns, lines = max(len(scenarios), 1), max(len(rankers), 1)
+    figure, axes = plt.subplots(lines, columns, figsize=(4.5 * columns, 3.3 * lines), squeeze=False)
+    for row, (key, label) in zip(axes, rankers):
+        for axis, scenario in zip(row, scenarios):
+            for name, values in sorted(table[scenario].items()):
+                axis.scatter(values[key], values["test_dice"])
+                axis.annotate(name, (values[key], values["test_dice"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+            axis.set_title(titles.get((scenario, key), scenario), fontsize=8)
+            axis.set_xlabel(f"{label} of the source")
+            axis.set_ylabel("fine-tuned test Dice")
+    figure.suptitle(caption, fontsize=10)
     figure.tight_layout()
     return _save(figure, out_png)
