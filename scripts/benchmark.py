@@ -415,7 +415,8 @@ def headline(
     work_dir: str | None = None,
 ) -> None:
     """The headline command (``python -m monai.bundle run training --config_file bundles/fets/configs/train.json``:
-    phantom, source, risk maps, fine-tuning) in a fresh bundle folder, stage by stage, in one child process.
+    phantom, source, risk maps, the safe-transfer candidates' fine-tuning) in a fresh bundle folder, stage by stage,
+    in one child process.
 
     Each stage's time is exclusive (a validation inside fine-tuning counts as validation only); "imports and
     interpreter start-up" is the child's wall time before the run starts. The last line is the total
