@@ -45,10 +45,13 @@ def run_bundle(
     """Initialise and run ``run_id`` of the bundle configs ``configs`` with ``settings`` and ``overrides``.
 
     ``dataset_dir`` is the training data of ``train.json``; ``inference.json`` alone keeps its own default (the
-    folder of the training run's ``splits.json``).
+    folder of the training run's ``splits.json``). A nested setting (``section#id``) whose section none of the
+    configs has (``safe#enabled`` for ``inference.json`` alone) is left out; ``overrides`` are all passed.
     """
     files = [str(configs_dir / name) for name in configs]
+    sections = set().union(*(json.loads(Path(f).read_text()) for f in files))
     data = {"dataset_dir": dataset_dir} if "train.json" in configs else {}
+    settings = {k: v for k, v in settings.items() if "#" not in k or k.split("#")[0] in sections}
     values = {**settings, "bundle_root": str(bundle_root), **data, **overrides}
     workflow = ConfigWorkflow(config_file=files, run_id=run_id, logging_file=False, workflow_type=None, **values)
     workflow.initialize()
