@@ -9,7 +9,7 @@ Usage (from the repository root)::
         --iseg_dir /data/iSeg-2019-Training                # everything; meant for a GPU and real data
     python scripts/reproduce.py table docs/results/quick/results.csv   # re-make table.md, the figures, README.md
     python scripts/reproduce.py combine OUT PART_A PART_B   # one report over a profile run scenario group by group
-    python scripts/reproduce.py ranking   # source-ranking study; last line: ranking: kendall tau = <t> over <k> candidates
+    python scripts/reproduce.py ranking --workers 2   # source-ranking study; last line: ranking: kendall tau = <t> over <k> candidates
 
 Training outputs go to ``--work_dir`` (default ``outputs/reproduce/<profile>``, git-ignored); the reports
 (``results.csv``, ``results_per_case.csv``, ``table.md``, ``figures/``, ``machine.md``) go to ``--report_dir`` (default
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import fire
 
-from transrisk_components.experiments import PROFILES, RANKING, load_results, reproduce_profile, reproduce_ranking
+from transrisk_components.experiments import PROFILES, RANKING_STUDIES, load_results, reproduce_profile, reproduce_ranking
 from transrisk_components.experiments.cells import REPO_ROOT
 from transrisk_components.experiments.reports import combine_reports, write_readme, write_table_and_figures
 
@@ -106,27 +106,42 @@ def combine(report_dir: str, *parts: str) -> None:
     combine_reports([Path(p) for p in parts], Path(report_dir))
 
 
-def ranking(work_dir: str | None = None, report_dir: str | None = None, seeds: int | tuple[int, ...] | None = None) -> None:
-    """Run (or continue) the source-ranking study on the FeTS testbed phantom and write its report.
+def ranking(
+    work_dir: str | None = None,
+    report_dir: str | None = None,
+    seeds: int | tuple[int, ...] | None = None,
+    study: str = "mixed",
+    workers: int = 1,
+) -> None:
+    """Run (or continue) a source-ranking study on the FeTS testbed phantom and write its report.
 
-    Uses the ``quick`` profile's training settings; 8 candidate sources per target (four modalities at 10 and 2
-    source epochs); cells finished by an earlier invocation in the same ``--work_dir`` are reused. The last line
-    printed is ``ranking: kendall tau = <t> over <k> candidates`` (``t``: LEEP's weighted Kendall tau, mean over
-    the targets; ``k``: candidates per target).
+    Uses the ``quick`` profile's training settings. ``mixed`` (default): 11 candidate sources per target (four
+    modalities at 10 and 2 source epochs, a four-modality source, a deeper network, a whole-tumour source);
+    ``modalities``: the first study's 8 (``transrisk_components/experiments/ranking.py``). Cells finished by an
+    earlier invocation in the same ``--work_dir`` are reused. The last line printed is
+    ``ranking: kendall tau = <t> over <k> candidates`` (``t``: LEEP's weighted Kendall tau, mean over the targets;
+    ``k``: candidates per target).
 
     Args:
-        work_dir: training outputs; default ``outputs/reproduce/ranking``.
-        report_dir: reports; default ``docs/results/ranking``.
-        seeds: the seeds to run and report, e.g. ``--seeds 0,2``; default the study's (0, 1, 2). With the seeds
-            that another invocation (e.g. a second process on another seed) finished, it only writes the report.
+        work_dir: training outputs; default ``outputs/reproduce/ranking_<study>``.
+        report_dir: reports; default ``docs/results/ranking_mixed`` (``mixed``) or ``docs/results/ranking``.
+        seeds: the seeds to run and report, e.g. ``--seeds 0,2``; default the study's. With the seeds that another
+            invocation (e.g. a second process on another seed) finished, it only writes the report.
+        study: ``mixed`` or ``modalities``.
+        workers: the fine-tuning cells run in this many processes first (the rankings then in this one).
     """
     logging.basicConfig(level=logging.WARNING)
-    chosen = (seeds,) if isinstance(seeds, int) else tuple(seeds) if seeds is not None else RANKING.seeds
+    if study not in RANKING_STUDIES:
+        raise ValueError(f"unknown ranking study {study!r}; choose one of {sorted(RANKING_STUDIES)}")
+    chosen_study = RANKING_STUDIES[study]
+    chosen = (seeds,) if isinstance(seeds, int) else tuple(seeds) if seeds is not None else chosen_study.seeds
+    default_report = "ranking_mixed" if study == "mixed" else "ranking"
     reproduce_ranking(
-        replace(RANKING, seeds=tuple(int(s) for s in chosen)),
-        Path(work_dir or REPO_ROOT / "outputs" / "reproduce" / "ranking").resolve(),
-        Path(report_dir or REPO_ROOT / "docs" / "results" / "ranking").resolve(),
+        replace(chosen_study, seeds=tuple(int(s) for s in chosen)),
+        Path(work_dir or REPO_ROOT / "outputs" / "reproduce" / f"ranking_{study}").resolve(),
+        Path(report_dir or REPO_ROOT / "docs" / "results" / default_report).resolve(),
         _command(),
+        workers,
     )
 
 

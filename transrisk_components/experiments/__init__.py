@@ -49,6 +49,8 @@ from transrisk_components.experiments.cells import Cell, grid, source_checkpoint
 from transrisk_components.experiments.profiles import FEW_SHOT_CURVE, HEADLINE_METHODS, PROFILES, Profile
 from transrisk_components.experiments.ranking import (
     RANKING,
+    RANKING_MIXED,
+    RANKING_STUDIES,
     RankingStudy,
     StudyCandidate,
     run_ranking_study,
@@ -70,7 +72,8 @@ from transrisk_components.experiments.study import choose_default, selection_sco
 __all__ = [
     "BETTER_OF_PLAIN_AND_SCRATCH", "DEAD_CLASSES_REINIT", "DEFAULT_RISK", "DEFAULT_SWEEP_POINT", "DERIVED_METHODS",
     "FEW_SHOT_CURVE", "FOREGROUND_MAP", "HEADLINE_METHODS", "LINEAR_STRENGTHS_ABOVE_SWEEP", "LOCATION_LEEP",
-    "METHODS", "NEGLOG_POWER10", "PLAIN", "PROFILES", "RANDOM_MAP", "RANKING", "RISK_DICE", "RISK_SAMPLING", "SAFE",
+    "METHODS", "NEGLOG_POWER10", "PLAIN", "PROFILES", "RANDOM_MAP", "RANKING", "RANKING_MIXED", "RANKING_STUDIES",
+    "RISK_DICE", "RISK_SAMPLING", "SAFE",
     "SAFE_CANDIDATES", "SAFE_RACED", "SAFE_RUNGS", "SCENARIOS", "SCRATCH", "STUDY_VARIANTS", "SWEEP_STRENGTHS",
     "UNIFORM_MAP", "VOXEL_MEAN_NORM", "Cell", "GridScenario", "Method", "Profile", "RankingStudy", "StudyCandidate", "choose_default",
     "export_risk_overlays", "finetune_fingerprint", "grid", "load_results", "method_id", "method_label",

@@ -21,10 +21,13 @@ from typing import Any
 from transrisk_components.experiments.catalogue import METHODS, PLAIN, GridScenario
 from transrisk_components.experiments.cells import Cell, bundle_config, cell_overrides, source_checkpoint
 from transrisk_components.experiments.profiles import PROFILES, Profile
-from transrisk_components.experiments.runner import mean_over_regions, run_cell, run_workflow
+from transrisk_components.experiments.runner import mean_over_regions, run_cell, run_grid_in_parallel, run_workflow
 from transrisk_components.utils.io import atomic_write_text, file_sha256
 
-__all__ = ["RANKING", "RankingStudy", "StudyCandidate", "run_ranking_study", "training_length_candidates"]
+__all__ = [
+    "RANKING", "RANKING_MIXED", "RANKING_STUDIES", "RankingStudy", "StudyCandidate", "run_ranking_study",
+    "training_length_candidates",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -36,17 +39,38 @@ class StudyCandidate:
     Attributes:
         id: short and stable (``t1ce_e10``); names the scenario folders and fills the ``candidate`` column.
         overrides: config ids of the bundle's ``train.json`` and their values for its source stage; must hold
-            ``source_modality`` (the image its validation Dice is measured on). Other kinds of source (tasks,
-            multi-modal input) are other overrides.
+            ``source_modality`` (one FeTS modality, a list in channel order, or ``"all"``: the images its validation
+            Dice is measured on). Other kinds of source are other overrides: ``source_task`` (another label set),
+            ``network_def#<key>`` (another network, which the model fine-tuned from it then has too).
     """
 
     id: str
     overrides: Mapping[str, Any]
 
     @property
-    def modality(self) -> str:
-        """The FeTS modality the source was trained on."""
-        return str(self.overrides["source_modality"])
+    def modality(self) -> str | list[str]:
+        """The FeTS modality (or modalities, in channel order, or ``"all"``) the source was trained on."""
+        modality = self.overrides["source_modality"]
+        return list(modality) if isinstance(modality, (list, tuple)) else str(modality)
+
+    def ranking_entry(self, ckpt: Path) -> dict[str, Any]:
+        """The candidate as ``rank_sources`` reads it (:data:`~transrisk_components.bundle.ranking.CANDIDATE_KEYS`):
+        its checkpoint, its network's overrides and the images it is run on: a one-modality source sees the
+        target's image (the image the model fine-tuned from it is fed), a multi-modal one its own modalities of the
+        target cases (the channels it was made for)."""
+        entry: dict[str, Any] = {"name": self.id, "ckpt": str(ckpt), "modality": self.modality}
+        if isinstance(self.modality, list) or self.modality == "all":
+            entry["input_modality"] = self.modality
+        network = {key.split("#", 1)[1]: value for key, value in self.overrides.items()
+                   if key.startswith("network_def#")}
+        if network:
+            entry["network"] = network
+        return entry
+
+    def evaluation_overrides(self) -> dict[str, Any]:
+        """Overrides that evaluate the source model itself: its modalities and task as the target's."""
+        return {"target_modality": self.overrides["source_modality"],
+                "target_task": self.overrides.get("source_task", "multiclass")}
 
 
 def training_length_candidates(modalities: Sequence[str], source_epochs: Sequence[int]) -> tuple[StudyCandidate, ...]:
@@ -90,11 +114,28 @@ class RankingStudy:
         return {c.id: Cell(self.scenario(c, target), METHODS[PLAIN], seed) for c in self.candidates}
 
 
-#: The committed study: two targets; eight candidates, the four modalities at the quick profile's source training
-#: length (10 epochs) and at 2 epochs; three seeds; the quick profile's settings otherwise.
+#: The first study (``docs/results/ranking``): two targets; eight candidates, the four modalities at the quick
+#: profile's source training length (10 epochs) and at 2 epochs; three seeds; the quick profile's settings otherwise.
 RANKING = RankingStudy(targets=("t1ce", "flair"),
                        candidates=training_length_candidates(("t1", "t1ce", "t2", "flair"), (10, 2)),
                        seeds=(0, 1, 2), profile=PROFILES["quick"])
+
+#: The mixed study (``docs/results/ranking_mixed``): the first study's eight candidates and three of other kinds --
+#: a source on all four modalities (4 input channels), a deeper network (the Model Zoo BraTS SegResNet's four
+#: levels, ``blocks_down`` 1-2-2-4, at the bundle's width) and another task (the whole tumour alone, 2 classes) --
+#: at five seeds.
+RANKING_MIXED = RankingStudy(
+    targets=("t1ce", "flair"),
+    candidates=training_length_candidates(("t1", "t1ce", "t2", "flair"), (10, 2)) + (
+        StudyCandidate("all_e10", {"source_modality": "all", "source_epochs": 10}),
+        StudyCandidate("t1ce_deep_e10", {"source_modality": "t1ce", "source_epochs": 10,
+                                         "network_def#blocks_down": [1, 2, 2, 4], "network_def#blocks_up": [1, 1, 1]}),
+        StudyCandidate("flair_wt_e10", {"source_modality": "flair", "source_task": "WT", "source_epochs": 10}),
+    ),
+    seeds=(0, 1, 2, 3, 4), profile=PROFILES["quick"])
+
+#: The studies ``reproduce.py ranking --study`` runs, by name.
+RANKING_STUDIES: dict[str, RankingStudy] = {"modalities": RANKING, "mixed": RANKING_MIXED}
 
 
 def _scores_by_candidate(csv_path: Path) -> dict[str, dict[str, float]]:
@@ -108,6 +149,7 @@ def run_ranking_study(
     root: Path,
     dataset_dirs: Mapping[str, str | None],
     progress: Callable[[str], Any] | None = None,
+    workers: int = 1,
 ) -> list[dict[str, Any]]:
     """Train, fine-tune, rank and score every (target, candidate, seed); return one row per (target, candidate, seed)
     with :data:`~transrisk_components.experiments.ranking_report.COLUMNS`.
@@ -119,9 +161,16 @@ def run_ranking_study(
     Args:
         dataset_dirs: bundle name -> dataset folder (``None``: the bundle's default phantom).
         progress: called with a one-line message after each step (e.g. ``tqdm.write``); ``None`` logs it.
+        workers: with more than 1, every fine-tuning cell (and its source model) is first run in this many
+            processes (:func:`~transrisk_components.experiments.runner.run_grid_in_parallel`); the rankings and
+            the source evaluations then run in this process.
     """
     report = progress or logger.warning
     profile = study.profile
+    if workers > 1:
+        cells = [cell for seed in study.seeds for target in study.targets for cell in study.cells(seed, target).values()]
+        run_grid_in_parallel(cells, root, profile, dataset_dirs, workers, on_row=lambda row: report(
+            f"ranking: {row['scenario']} seed {row['seed']} fine-tuned, test Dice {row['test_dice']:.3f}"))
     rows = []
     for seed in study.seeds:
         for target in study.targets:
@@ -135,8 +184,7 @@ def run_ranking_study(
             inputs_file = ranking_dir / "inputs.json"
             reusable = inputs_file.is_file() and json.loads(inputs_file.read_text()) == made_from
             if not (reusable and (ranking_dir / "source_ranking.csv").is_file()):
-                candidates = [{"name": c.id, "ckpt": str(source_checkpoint(cells[c.id], root)), "modality": c.modality}
-                              for c in study.candidates]
+                candidates = [c.ranking_entry(source_checkpoint(cells[c.id], root)) for c in study.candidates]
                 candidates_file = ranking_dir / "candidates.json"
                 atomic_write_text(candidates_file, json.dumps(candidates, indent=2) + "\n")
                 configs = [bundle_config("fets", "train"), bundle_config("fets", "rank_sources")]
@@ -170,13 +218,13 @@ def _ranking_inputs(cells: Mapping[str, Cell], own: Cell, root: Path) -> dict[st
 def _source_val_dice(
     candidate: StudyCandidate, cell: Cell, root: Path, profile: Profile, dataset_dirs: Mapping[str, str | None]
 ) -> float:
-    """Mean Dice of the cell's source model on its own modality, over the target-val cases (evaluated once)."""
-    source = candidate.modality
+    """Mean Dice of the cell's source model on its own modality and task, over the target-val cases (evaluated
+    once)."""
     out = root / "ranking" / "source_val" / candidate.id / f"seed{cell.seed}"
     if not (out / "metrics_summary.json").is_file():
         configs = [bundle_config("fets", "train"), bundle_config("fets", "evaluate")]
         run_workflow(configs, "evaluating", {**cell_overrides(cell, root, profile, dataset_dirs),
-                                             "target_modality": source, "output_dir": str(out),
+                                             **candidate.evaluation_overrides(), "output_dir": str(out),
                                              "validate#dataset#data": "$@scenario.split('target_val')",
                                              "validate#handlers#0#load_path": str(source_checkpoint(cell, root))})
     return mean_over_regions(json.loads((out / "metrics_summary.json").read_text()), "dice")

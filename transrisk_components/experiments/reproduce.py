@@ -121,13 +121,16 @@ def _run_grid(
     print(f"reports in {reports}")
 
 
-def reproduce_ranking(study: RankingStudy, work_dir: Path, report_dir: Path, command: str = "") -> float:
+def reproduce_ranking(
+    study: RankingStudy, work_dir: Path, report_dir: Path, command: str = "", workers: int = 1
+) -> float:
     """Run (or continue) the source-ranking study on the FeTS testbed phantom and write its report.
 
     Cells finished by an earlier invocation in the same ``work_dir`` are reused. Writes ``results.csv``,
     ``machine.md`` and ``source_rankings/<target>_seed<k>.csv`` (the ``rank_sources`` outputs), then the summary
     (:func:`~transrisk_components.experiments.ranking_report.summarise`), whose last printed line is
-    ``ranking: kendall tau = <t> over <k> candidates``.
+    ``ranking: kendall tau = <t> over <k> candidates``. ``workers``: the fine-tuning cells run in this many
+    processes first (:func:`~.ranking.run_ranking_study`).
 
     Returns:
         The LEEP ranker's weighted Kendall tau, mean over targets.
@@ -136,12 +139,12 @@ def reproduce_ranking(study: RankingStudy, work_dir: Path, report_dir: Path, com
     cells = [cell for seed in study.seeds for target in study.targets for cell in study.cells(seed, target).values()]
     reused = sum((cell.folder(work_dir) / "result.json").is_file() for cell in cells)
     start = time.perf_counter()
-    rows = run_ranking_study(study, work_dir, dataset_dirs, progress=tqdm.write)
+    rows = run_ranking_study(study, work_dir, dataset_dirs, progress=tqdm.write, workers=workers)
     results = report_dir / "results.csv"
     atomic_write_text(results, ",".join(RANKING_COLUMNS) + "\n" + "".join(
         ",".join(str(row[c]) for c in RANKING_COLUMNS) + "\n" for row in rows))
     atomic_write_text(report_dir / "machine.md", _machine_notes(command, "ranking", time.perf_counter() - start,
-                                                                len(cells), reused))
+                                                                len(cells), reused, workers=workers))
     for target in study.targets:
         for seed in study.seeds:
             ranking = (work_dir / "ranking" / target / f"seed{seed}" / "source_ranking.csv").read_text()
@@ -166,7 +169,8 @@ def _machine_notes(
         "evaluations not)" if training is not None else ""
     )
     if workers > 1:
-        training_note += f", summed over {workers} worker processes running side by side"
+        training_note += (f", summed over {workers} worker processes running side by side" if training is not None
+                          else f"; cells in {workers} worker processes running side by side")
     return (
         f"# How these results were made\n\n"
         f"- command: `{command}` (from the repository root)\n"
