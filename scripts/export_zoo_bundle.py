@@ -14,7 +14,8 @@ Examples::
   the package is not on the package index, so the code travels inside the bundle; ``configs/metadata.json`` names
   only packages the index has;
 - ``docs/README.md`` in the Zoo's template (overview, data, training, inference, performance, license), made from the
-  metadata and ``train.json``; the repository's bundle README follows as ``docs/guide.md``;
+  metadata and ``train.json``; the repository's bundle README follows as ``docs/guide.md``, with the document on reuse
+  and resume it links to (``docs/reuse_and_resume.md``, shared by both bundles in the repository);
 - with ``--weights RUN``: ``models/model.pt``, the model that ``RUN``'s evaluation scored. ``RUN`` is the bundle folder
   of a run the user made (``training``, then ``evaluating``); its ``eval/metrics_summary.json`` names the checkpoint
   it evaluated and that checkpoint's SHA-256, which must still match. ``eval_metrics`` in the metadata are that
@@ -33,6 +34,7 @@ import csv
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -59,6 +61,9 @@ PACKAGE = REPO / "transrisk_components"
 NOT_VENDORED = ("experiments",)
 #: Files of a bundle folder that the export copies (outputs -- models/, eval/, outputs/, runs/, data/ -- stay behind).
 BUNDLE_FILES = ("LICENSE", "configs", "docs")
+#: The repository's documents that both bundle READMEs link to, copied into the export's ``docs/``.
+SHARED_DOCS = REPO / "docs"
+REUSE_DOC = "reuse_and_resume.md"
 _METRICS = ("dice", "hd95", "asd")
 
 
@@ -342,13 +347,16 @@ Code and configs: Apache License 2.0 (`LICENSE`). Data: see `docs/data_license.t
 
 
 def _guide(bundle: str, readme: str) -> str:
-    """The repository's bundle README as ``docs/guide.md``, with a note on what differs in the exported bundle."""
+    """The repository's bundle README as ``docs/guide.md``, with a note on what differs in the exported bundle; its
+    link to the shared reuse document points at the copy beside it, other links into the repository become the
+    repository's path in words."""
     note = (
         f"> From the transrisk repository's `bundles/{bundle}/docs/README.md` (version {transrisk_components.__version__}). "
         "In this exported bundle the code is already inside (`transrisk_components/`): skip `pip install -e`, and run "
         "the commands from this folder. Results it cites under `docs/results/` are in that repository.\n\n"
     )
-    return note + readme
+    readme = readme.replace(f"../../../docs/{REUSE_DOC}", REUSE_DOC)
+    return note + re.sub(r"\[([^\]]+)\]\(\.\./\.\./\.\./([^)]+)\)", r"\1 (the transrisk repository's `\2`)", readme)
 
 
 def export_zoo_bundle(bundle: str, out: str | os.PathLike, weights: str | None = None, weights_url: str | None = None) -> Path:
@@ -409,6 +417,7 @@ def export_zoo_bundle(bundle: str, out: str | os.PathLike, weights: str | None =
         train = json.loads((source / "configs" / "train.json").read_text(encoding="utf-8"))
         atomic_write_text(partial / "docs" / "README.md", _readme(metadata, train, evaluation))
         atomic_write_text(partial / "docs" / "guide.md", _guide(bundle, readme))
+        shutil.copy2(SHARED_DOCS / REUSE_DOC, partial / "docs" / REUSE_DOC)
         umask = os.umask(0)
         os.umask(umask)
         partial.chmod(0o777 & ~umask)  # mkdtemp made it private; the exported folder has the usual permissions

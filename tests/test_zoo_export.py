@@ -159,7 +159,12 @@ def test_the_export_is_self_contained(zoo: Path, bundle: str) -> None:
     for section in ("Model Overview", "Data", "Training configuration", "Performance", "MONAI Bundle Commands", "License"):
         assert f"\n## {section}\n" in readme, section
     assert "run inferring" in readme and summary["model"]["sha256"] in readme
-    assert (exported / "docs" / "guide.md").read_text(encoding="utf-8").startswith("> From the transrisk repository's")
+    guide = (exported / "docs" / "guide.md").read_text(encoding="utf-8")
+    assert guide.startswith("> From the transrisk repository's")
+    # the shared document the bundle README links to travels with it, and the link points inside the bundle
+    assert "(reuse_and_resume.md)" in guide and "../../../docs/" not in guide
+    assert (exported / "docs" / "reuse_and_resume.md").read_text(encoding="utf-8") == (
+        REPO / "docs" / "reuse_and_resume.md").read_text(encoding="utf-8")
 
 
 @pytest.mark.slow
