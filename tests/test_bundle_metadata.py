@@ -93,7 +93,8 @@ def test_network_data_format_matches_the_dataset(bundle: str) -> None:
 def test_bundle_documents_ship(bundle: str) -> None:
     root = BUNDLES / bundle
     readme = (root / "docs" / "README.md").read_text()
-    sections = ("Model Overview", "Data", "Training configuration", "Commands", "Results", "References")
+    sections = ("Model Overview", "Data", "Training configuration", "Input and output", "MONAI Bundle Commands",
+                "Performance", "References", "License")
     for section in (f"## {name}" for name in sections):
         assert section in readme, f"{bundle}: README lacks {section}"
     assert "Apache License" in (root / "LICENSE").read_text()
