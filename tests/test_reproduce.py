@@ -116,6 +116,32 @@ def test_ranking_study_on_the_tiny_grid(tiny_grid):
     assert csv_path.stat().st_mtime_ns != stamp and '"t1_e1": "0' not in inputs.read_text()
 
 
+def test_ranking_study_with_candidates_of_other_kinds_foreign_source(tiny_grid):
+    """The mixed study's kinds of candidate at tiny size: a four-modality source (4 input channels, ranked on the
+    target cases' four images), a deeper network (ranked with its own network overrides) and another task (2
+    classes)."""
+    phantom, work, _ = tiny_grid
+    candidates = (
+        experiments.StudyCandidate("all_e1", {"source_modality": "all", "source_epochs": 1}),
+        experiments.StudyCandidate("t1_deep_e1", {"source_modality": "t1", "source_epochs": 1,
+                                                  "network_def#blocks_down": [1, 2, 2], "network_def#blocks_up": [1, 1]}),
+        experiments.StudyCandidate("t1_wt_e1", {"source_modality": "t1", "source_task": "WT", "source_epochs": 1}),
+    )
+    study = experiments.RankingStudy(targets=("flair",), candidates=candidates, seeds=(0,), profile=TINY)
+    rows = experiments.run_ranking_study(study, work, {"fets": str(phantom)})
+    assert sorted(r["candidate"] for r in rows) == ["all_e1", "t1_deep_e1", "t1_wt_e1"]
+    for row in rows:
+        assert row["leep"] < 0 and 0 <= row["source_val_dice"] <= 1 and 0 <= row["test_dice"] <= 1, row
+    entries = {e["name"]: e for e in json.loads((work / "ranking" / "flair" / "seed0" / "candidates.json").read_text())}
+    assert entries["all_e1"]["input_modality"] == "all" and "input_modality" not in entries["t1_wt_e1"]
+    assert entries["t1_deep_e1"]["network"] == {"blocks_down": [1, 2, 2], "blocks_up": [1, 1]}
+    with open(work / "ranking" / "flair" / "seed0" / "source_ranking.csv", newline="") as handle:
+        classes = {r["name"]: int(r["num_source_classes"]) for r in csv.DictReader(handle)}
+    assert classes == {"all_e1": 4, "t1_deep_e1": 4, "t1_wt_e1": 2}
+    made = json.loads((work / "sources" / "fets_all_e1_to_flair" / "seed0" / "source.fingerprint.json").read_text())
+    assert made["settings"]["modality"] == "all", "the four-modality candidate's source is trained on all four"
+
+
 def test_the_tiny_grid_in_two_worker_processes_gives_the_same_cells(tiny_grid, tmp_path):
     """``--workers 2``: the cells run in spawned processes (sources first), and the reports cover every cell."""
     phantom, _, serial_reports = tiny_grid
