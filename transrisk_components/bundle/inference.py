@@ -89,8 +89,14 @@ def image_stem(name: str) -> str:
     return name
 
 
-def _entry(case_id: str, image: str | list[str]) -> dict:
-    """``{"case_id", "image"}`` with a single-file image as a plain path (the saver names outputs after it)."""
+def _entry(case_id: str, image: str | list[str], channels: int = 1) -> dict:
+    """``{"case_id", "image"}`` with a single-file image as a plain path (the saver names outputs after it); with
+    ``channels > 1`` a list of that many paths, one per input channel."""
+    if channels > 1:
+        images = [image] if isinstance(image, (str, os.PathLike)) else list(image)
+        if len(images) != channels:
+            raise ValueError(f"{case_id}: a {channels}-channel model needs {channels} images per case, got {len(images)}: {images}")
+        return {"case_id": case_id, "image": [str(i) for i in images]}
     if isinstance(image, (list, tuple)):
         if len(image) != 1:
             raise ValueError(f"{case_id}: inference takes one image per case, got {len(image)}: {image}")
@@ -98,8 +104,66 @@ def _entry(case_id: str, image: str | list[str]) -> dict:
     return {"case_id": case_id, "image": str(image)}
 
 
-def inference_datalist(source: str, split: str = "target_test", pattern: str = "*") -> list[dict]:
-    """Cases to predict, ``[{"case_id", "image": path}]``.
+def _image_files(folder: Path, pattern: str) -> list[Path]:
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if fnmatch.fnmatchcase(p.name, pattern)
+        and ((p.is_file() and p.name.lower().endswith(IMAGE_EXTENSIONS)) or (p.is_dir() and is_dicom_series(p)))
+    )
+
+
+def _modality_of(name: str, modalities: Sequence[str]) -> tuple[str, str] | None:
+    """``(case stem, modality)`` of an image named ``<case>_<modality>`` or ``<case>-<modality>`` (any case)."""
+    stem = image_stem(name)
+    for modality in sorted(modalities, key=len, reverse=True):
+        for sep in ("_", "-"):
+            if stem.lower().endswith((sep + modality).lower()):
+                return stem[: -len(modality) - 1], modality
+    return None
+
+
+def _multimodal_folder(path: Path, pattern: str, modalities: Sequence[str]) -> list[dict]:
+    """One case per sub-folder (the dataset's layout, FeTS ``<case>/<case>_<modality>.nii.gz``), or, without
+    sub-folders, the folder's files grouped by the name before their ``_<modality>`` / ``-<modality>`` suffix."""
+    folders = sorted(p for p in path.iterdir() if p.is_dir() and not is_dicom_series(p) and fnmatch.fnmatchcase(p.name, pattern))
+    groups: dict[str, dict[str, list[Path]]] = {}
+    if folders:
+        for folder in folders:
+            groups[folder.name] = {}
+            for file in _image_files(folder, "*"):
+                found = _modality_of(file.name, modalities)
+                if found is not None:
+                    groups[folder.name].setdefault(found[1], []).append(file)
+    else:
+        for file in _image_files(path, pattern):
+            found = _modality_of(file.name, modalities)
+            if found is not None:
+                groups.setdefault(found[0], {}).setdefault(found[1], []).append(file)
+    if not groups:
+        raise ValueError(f"no case folders or images named <case>_<modality> ({', '.join(modalities)}) in {path}")
+    problems, cases = [], []
+    for case_id, files in sorted(groups.items()):
+        missing = [m for m in modalities if m not in files]
+        repeated = [m for m in modalities if len(files.get(m, ())) > 1]
+        if missing or repeated:
+            problems += [f"  {case_id}: no {m} image (a file named *_{m} or *-{m})" for m in missing]
+            problems += [f"  {case_id}: several {m} images: {[str(f) for f in files[m]]}" for m in repeated]
+            continue
+        cases.append({"case_id": case_id, "image": [str(files[m][0].resolve()) for m in modalities]})
+    if problems:
+        raise ValueError(
+            f"{len(problems)} missing or ambiguous input image(s) in {path} for the model's channels "
+            f"{list(modalities)}:\n" + "\n".join(problems)
+        )
+    return cases
+
+
+def inference_datalist(
+    source: str, split: str = "target_test", pattern: str = "*", modalities: Sequence[str] | None = None
+) -> list[dict]:
+    """Cases to predict, ``[{"case_id", "image": path}]`` (``image`` a list of paths, one per channel, for a
+    multi-modal model).
 
     Args:
         source: a folder (every ``*.nii.gz`` / ``*.nii`` / ``*.hdr`` / ``*.nrrd`` / ``*.mha`` / ``*.mhd``
@@ -109,6 +173,10 @@ def inference_datalist(source: str, split: str = "target_test", pattern: str = "
         split: which split of a ``splits.json`` to predict.
         pattern: shell-style file-name filter for a folder (case-sensitive), e.g. ``"*-T2.hdr"`` to predict
             only the T2 images of an iSeg-2019 folder that also holds T1 images and labels; ignored for JSON.
+        modalities: the model's input channels, in order (``target_modality``); with several, a folder holds one
+            sub-folder per case laid out as the dataset is (FeTS ``<case>/<case>_<modality>.nii.gz``, iSeg
+            ``subject-9-T1.hdr``) or flat files ``<case>_<modality>.*`` / ``<case>-<modality>.*``, and a JSON entry's
+            ``image`` is a list of as many paths. ``None`` or one name: one image per case, as before.
 
     Raises:
         FileNotFoundError: ``source`` does not exist.
@@ -117,6 +185,9 @@ def inference_datalist(source: str, split: str = "target_test", pattern: str = "
     path = Path(source).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"inference input not found: {path}")
+    channels = len(modalities) if modalities is not None and not isinstance(modalities, str) else 1
+    if path.is_dir() and channels > 1:
+        return _multimodal_folder(path, pattern, list(modalities))
     if path.is_dir():
         images = sorted(
             p
@@ -139,7 +210,7 @@ def inference_datalist(source: str, split: str = "target_test", pattern: str = "
     for index, case in enumerate(content):
         if "image" not in case:
             raise ValueError(f"{path}: entry {index} has no 'image'")
-        cases.append(_entry(str(case.get("case_id", f"case_{index:03d}")), case["image"]))
+        cases.append(_entry(str(case.get("case_id", f"case_{index:03d}")), case["image"], channels))
     return cases
 
 
@@ -190,7 +261,7 @@ class InferenceCases(Iterable):
     half-predicted.
 
     Args:
-        source, split, pattern: as :func:`inference_datalist`.
+        source, split, pattern, modalities: as :func:`inference_datalist`.
         reader: the preprocessing's image reader(s), used by the input check.
     """
 
@@ -200,14 +271,16 @@ class InferenceCases(Iterable):
         split: str = "target_test",
         pattern: str = "*",
         reader: Sequence[str | ImageReader] | str | ImageReader | None = None,
+        modalities: Sequence[str] | None = None,
     ) -> None:
         self.source = source
         self.split = split
         self.pattern = pattern
         self.reader = reader
+        self.modalities = modalities
 
     def __iter__(self) -> Iterator[dict]:
-        cases = inference_datalist(self.source, self.split, self.pattern)
+        cases = inference_datalist(self.source, self.split, self.pattern, self.modalities)
         check_inference_inputs(cases, self.reader)
         return iter(cases)
 

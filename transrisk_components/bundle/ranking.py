@@ -1,7 +1,7 @@
 """Rank candidate source models for one target task before fine-tuning any of them: "which one, or none?".
 
 Each candidate (a checkpoint, its network, its class count) runs once over the target training cases
-(sliding-window inference on whole volumes, softmax, as the risk stage does); LEEP statistics are accumulated
+(sliding-window inference on whole volumes, softmax or sigmoid states, as the risk stage does); LEEP statistics are accumulated
 inside each case's mask (``mask="nonzero"``: the head, the risk stage's rule). Per candidate:
 
 - the pooled LEEP (mean ``log T(v)`` over every masked voxel of every case, ``P(y | z)`` pooled over them);
@@ -16,7 +16,7 @@ Beside LEEP, a feature-based score: the Gaussian Bhattacharyya coefficient (GBC,
 :mod:`transrisk_components.method.gbc`) of the target classes in the candidate's penultimate features (the input of
 its last convolution, for MONAI's SegResNet the output layer's 1x1x1 convolution), over at most
 ``gbc_voxels_per_class`` masked voxels per target class and case, drawn at random with a fixed seed (the sub-sampling
-keeps it cheap; ``nan`` for a network without a convolution, e.g. a TorchScript module).
+keeps it cheap; ``nan`` for a network without a reachable convolution, see below).
 
 Candidates are sorted best first by LEEP. Ties (LEEPs equal to 6 decimals, as the CSV writes them: e.g. two copies of one model) go to the
 candidate with the higher mean information over the present foreground classes, then to the name in alphabetical
@@ -25,7 +25,20 @@ a candidate's output classes either: LEEP only sees ``P(y | z)`` through sums ov
 
 Which image a candidate sees: by default the target modality, the image fine-tuning will feed the network
 initialised from it (the risk stage's choice). A candidate entry may name another ``input_modality``: the same
-target cases are then read with that modality's image.
+target cases are then read with that modality's image, or, for a list in channel order or ``"all"``, with those
+modalities' images stacked as channels (as the bundles' loaders stack a multi-modal input; the mask is then where any
+channel is nonzero). Its network's input channels (its first convolution) must be one per such image.
+
+What a candidate can be -- everything the risk stage's source can be (:mod:`~transrisk_components.bundle.source_model`,
+:mod:`~transrisk_components.method.source_outputs`): a ``state_dict`` (or a dict holding one under ``key_in_ckpt``;
+DDP ``module.`` prefixes dropped) of the bundle's network (``network`` overrides) or of any MONAI network
+(``network_def``), or a TorchScript file (``torchscript``, detected from the file; its own network); softmax outputs or
+``k`` sigmoid regions (``output: "sigmoid"``), whose ``2^k`` on/off combinations are the source states of LEEP, as in
+the risk stage. GBC needs the input of the last convolution at every output voxel: ``nan`` for a TorchScript module
+(no forward hook reaches it) or a network whose last convolution is not on the output grid (a UNet ending in a
+transposed convolution), with the reason in the log and the CSV's ``gbc_note``. A ranking with such candidates (or
+sigmoid, multi-channel ones) gets the columns :data:`EXTRA_COLUMNS` at the end of its CSV; a ranking of plain
+softmax single-input candidates keeps the CSV as before.
 
 Every candidate is checked (file present, a readable checkpoint, weights that fit its network and class count)
 before any inference runs, and every problem is reported in one error naming the files; the CSV and the PNG are
@@ -54,8 +67,12 @@ from monai.bundle import ConfigParser
 from monai.inferers import Inferer
 from torch import nn
 
+from transrisk_components.bundle.config_values import as_bool
+from transrisk_components.bundle.source_model import is_torchscript, read_source_state
+from transrisk_components.data.registry import ALL_MODALITIES, modality_channels
 from transrisk_components.method.gbc import gbc_score
 from transrisk_components.method.masks import image_mask
+from transrisk_components.method.source_outputs import SOURCE_OUTPUTS, num_source_states, source_states
 from transrisk_components.method.transferability import (
     LEEPStatistics,
     class_table,
@@ -64,14 +81,20 @@ from transrisk_components.method.transferability import (
     prior_floor_leep,
 )
 from transrisk_components.reporting.figures import plot_source_ranking
-from transrisk_components.utils.io import atomic_write_text, load_checkpoint
+from transrisk_components.utils.io import atomic_write_text
 
-__all__ = ["CANDIDATE_KEYS", "SourceCandidate", "checkpoint_classes", "load_candidates", "rank_sources", "score_candidate"]
+__all__ = [
+    "CANDIDATE_KEYS", "EXTRA_COLUMNS", "SourceCandidate", "checkpoint_classes", "checkpoint_in_channels", "load_candidates",
+    "rank_sources", "score_candidate",
+]
 
 logger = logging.getLogger(__name__)
 
 #: Keys a candidate entry may hold (``name`` and ``ckpt`` are required).
-CANDIDATE_KEYS = ("name", "ckpt", "num_classes", "modality", "input_modality", "network", "network_def")
+CANDIDATE_KEYS = (
+    "name", "ckpt", "num_classes", "modality", "input_modality", "network", "network_def", "torchscript", "key_in_ckpt",
+    "output",
+)
 
 RANKING_CSV = "source_ranking.csv"
 RANKING_PNG = "source_ranking.png"
@@ -85,27 +108,28 @@ class SourceCandidate:
     Attributes:
         name: unique name (CSV row, figure label).
         ckpt: the checkpoint file.
-        network: the network with the checkpoint's weights loaded (on the CPU).
-        num_classes: ``Cs``, its output channels.
+        network: the network with the checkpoint's weights loaded (on the CPU), or the TorchScript module.
+        num_classes: ``Cs``, its source states ``z`` (LEEP's): its output channels for a softmax output, ``2^k`` for
+            ``k`` sigmoid regions.
         modality: what it was trained on (informational), or ``None``.
-        input_modality: the target cases' image it is run on; ``None`` for the target modality.
+        input_modality: the target cases' image(s) it is run on (a name, a list in channel order, or ``"all"``);
+            ``None`` for the target modality.
+        output: ``"softmax"`` or ``"sigmoid"`` (:mod:`~transrisk_components.method.source_outputs`).
+        num_outputs: the network's output channels (``k`` for a sigmoid output); ``None``: ``num_classes``.
+        input_channels: the modalities of its input channels, in order (``None``: not resolved, no dataset given).
+        torchscript: whether ``network`` is a TorchScript module.
     """
 
     name: str
     ckpt: Path
     network: nn.Module
     num_classes: int
-    modality: str | None = None
-    input_modality: str | None = None
-
-
-def _state_dict(loaded: Any) -> dict[str, torch.Tensor] | None:
-    """The weights of a loaded checkpoint: a state_dict, or a dict holding one under ``"model"``."""
-    if isinstance(loaded, Mapping) and "model" in loaded and isinstance(loaded["model"], Mapping):
-        loaded = loaded["model"]
-    if isinstance(loaded, Mapping) and loaded and all(isinstance(v, torch.Tensor) for v in loaded.values()):
-        return dict(loaded)
-    return None
+    modality: str | Sequence[str] | None = None
+    input_modality: str | Sequence[str] | None = None
+    output: str = "softmax"
+    num_outputs: int | None = None
+    input_channels: tuple[str, ...] | None = None
+    torchscript: bool = False
 
 
 def checkpoint_classes(state: Mapping[str, torch.Tensor]) -> int | None:
@@ -115,21 +139,43 @@ def checkpoint_classes(state: Mapping[str, torch.Tensor]) -> int | None:
     return int(biases[-1].shape[0]) if biases else None
 
 
+def checkpoint_in_channels(state: Mapping[str, torch.Tensor]) -> int | None:
+    """The input channels of a segmentation state_dict: dimension 1 of its first convolution weight (the first
+    ``*weight`` of 3 or more dimensions, MONAI's networks' input layer); ``None`` when it has none."""
+    weights = [v for k, v in state.items() if k.endswith("weight") and v.ndim >= 3]
+    return int(weights[0].shape[1]) if weights else None
+
+
 def _build_network(
-    entry: Mapping[str, Any], num_classes: int, network_factory: Callable[..., nn.Module] | None
+    entry: Mapping[str, Any],
+    num_classes: int,
+    network_factory: Callable[..., nn.Module] | None,
+    in_channels: int | None = None,
 ) -> nn.Module:
     """The candidate's network: its own MONAI config (``network_def``) or the default factory with ``network``
-    overrides, with ``out_channels = num_classes``."""
+    overrides, with ``out_channels = num_classes`` and, unless the entry says otherwise, ``in_channels`` one per
+    input modality."""
     if entry.get("network_def") is not None:
         config = dict(entry["network_def"])
         config.setdefault("out_channels", num_classes)
+        if in_channels is not None:
+            config.setdefault("in_channels", in_channels)
         parser = ConfigParser({"imports": ["$import torch", "$import monai"], "network_def": config})
         return parser.get_parsed_content("network_def")
     if network_factory is None:
         raise ValueError("no network: give the candidate a 'network_def' (a MONAI network config)")
     overrides = dict(entry.get("network") or {})
     overrides["out_channels"] = num_classes
+    if in_channels is not None:
+        overrides.setdefault("in_channels", in_channels)
     return network_factory(**overrides)
+
+
+def _modality_text(modality: str | Sequence[str] | None) -> str:
+    """A modality setting as one CSV/log field: a name as it is, a list joined by ``|``."""
+    if modality is None:
+        return ""
+    return modality if isinstance(modality, str) else "|".join(map(str, modality))
 
 
 def _check_entry(entry: Any, index: int, where: str) -> list[str]:
@@ -159,24 +205,128 @@ def _read_candidates_file(path: Path) -> list[Any]:
     return data
 
 
+def _load_candidate(
+    entry: Mapping[str, Any],
+    base: Path,
+    hint: str,
+    network_factory: Callable[..., nn.Module] | None,
+    channels_of: Callable[[Any], tuple[str, ...] | None] | None,
+    problems: list[str],
+) -> SourceCandidate | None:
+    """One checked candidate, or ``None`` with its problem appended to ``problems``."""
+    name = str(entry["name"])
+    ckpt = Path(str(entry["ckpt"])).expanduser()
+    ckpt = ckpt if ckpt.is_absolute() else base / ckpt
+    if not ckpt.is_file():
+        problems.append(f"candidate {name!r}: checkpoint {ckpt} does not exist{hint}")
+        return None
+    output = entry.get("output") or "softmax"
+    if output not in SOURCE_OUTPUTS:
+        problems.append(f"candidate {name!r}: unknown output {output!r}; choose one of {list(SOURCE_OUTPUTS)}")
+        return None
+    try:
+        scripted = is_torchscript(ckpt)
+        wanted_script = scripted if entry.get("torchscript") is None else as_bool(entry["torchscript"], "torchscript")
+    except ValueError as err:
+        problems.append(f"candidate {name!r}: {err}")
+        return None
+    if wanted_script and not scripted:
+        problems.append(f"candidate {name!r}: torchscript is true but {ckpt} is not a TorchScript archive (torch.jit.save)")
+        return None
+    try:
+        state = read_source_state(ckpt, entry.get("key_in_ckpt"))
+    except ValueError as err:
+        problems.append(f"candidate {name!r}: {err}")
+        return None
+    found = checkpoint_classes(state)
+    wanted = entry.get("num_classes")
+    if wanted is not None and found is not None and int(wanted) != found:
+        problems.append(
+            f"candidate {name!r}: checkpoint {ckpt} has {found} output classes (output layer), "
+            f"the candidate entry says num_classes {int(wanted)}"
+        )
+        return None
+    num = int(wanted) if wanted is not None else found
+    if num is None:
+        problems.append(f"candidate {name!r}: cannot read the class count of {ckpt}: give 'num_classes'")
+        return None
+    try:
+        states = num_source_states(num, output)
+    except ValueError as err:
+        problems.append(f"candidate {name!r}: {err}")
+        return None
+    channels = None
+    if channels_of is not None:
+        try:
+            channels = channels_of(entry.get("input_modality"))
+        except ValueError as err:
+            problems.append(f"candidate {name!r}: {err}")
+            return None
+    reads = checkpoint_in_channels(state)
+    if channels is not None and reads is not None and reads != len(channels):
+        problems.append(
+            f"candidate {name!r}: its network takes in_channels={reads} (first convolution of {ckpt}), but its input "
+            f"is {len(channels)} image(s) {list(channels)} (input_modality {entry.get('input_modality')!r}, default the "
+            f"target modality): give input_modality the {reads} modalities it reads, in its channel order (a list, or "
+            f"{ALL_MODALITIES!r})"
+        )
+        return None
+    if wanted_script:
+        try:
+            network = torch.jit.load(str(ckpt), map_location="cpu")
+        except Exception as err:  # noqa: BLE001 -- torch raises several types for a damaged archive
+            problems.append(f"candidate {name!r}: TorchScript file {ckpt} cannot be loaded ({type(err).__name__}: {err})")
+            return None
+        return SourceCandidate(name, ckpt, network.eval(), states, entry.get("modality"), entry.get("input_modality"),
+                               output, num, channels, torchscript=True)
+    try:
+        network = _build_network(entry, num, network_factory, None if channels is None else len(channels))
+    except Exception as err:  # a bad network config: name the candidate
+        cause = err.__cause__ or err
+        problems.append(f"candidate {name!r}: its network cannot be built ({type(cause).__name__}: {cause})")
+        return None
+    try:
+        network.load_state_dict(state)
+    except RuntimeError as err:
+        summary = str(err).split("\n\t", 1)[-1].replace("\n\t", "; ")[:600]
+        problems.append(
+            f"candidate {name!r}: checkpoint {ckpt} does not fit its network {type(network).__name__} with "
+            f"out_channels={num} (expected {sum(p.numel() for p in network.state_dict().values())} values in "
+            f"{len(network.state_dict())} tensors): {summary}"
+        )
+        return None
+    return SourceCandidate(name, ckpt, network.eval(), states, entry.get("modality"), entry.get("input_modality"),
+                           output, num, channels)
+
+
 def load_candidates(
     candidates: Sequence[Mapping[str, Any]] | None = None,
     candidates_file: str | Path | None = None,
     default: Mapping[str, Any] | None = None,
     network_factory: Callable[..., nn.Module] | None = None,
+    channels_of: Callable[[Any], tuple[str, ...] | None] | None = None,
 ) -> list[SourceCandidate]:
     """Check every candidate and load its weights; one error lists every problem, before any inference.
 
     Args:
         candidates: candidate entries ``{"name", "ckpt", ...}`` (see :data:`CANDIDATE_KEYS`): ``num_classes``
-            (default: read from the checkpoint's output layer), ``modality`` (what it was trained on, reported),
-            ``input_modality`` (the image it sees; default the target modality), ``network`` (keyword overrides of
-            the default network, e.g. ``{"init_filters": 16}``) or ``network_def`` (a whole MONAI network config,
-            e.g. ``{"_target_": "UNet", ...}``).
+            (the network's output channels, for a sigmoid output its ``k`` regions; default: read from the
+            checkpoint's output layer), ``modality`` (what it was trained on, reported), ``input_modality`` (the
+            image(s) it sees: a name, a list in channel order, or ``"all"``; default the target modality),
+            ``network`` (keyword overrides of the default network, e.g. ``{"init_filters": 16}``) or ``network_def``
+            (a whole MONAI network config, e.g. ``{"_target_": "UNet", ...}``; ``in_channels`` defaults to one per
+            input modality), ``torchscript`` (the checkpoint is a TorchScript file, its own network; default: detected
+            from the file), ``key_in_ckpt`` (the checkpoint dict's entry holding the state_dict; default: the file
+            is one, or holds one under ``"model"``; a DDP ``module.`` prefix is dropped) and ``output``
+            (``"softmax"``, default, or ``"sigmoid"``: ``k`` independent regions whose ``2^k`` on/off combinations
+            are the source states, as in the risk stage).
         candidates_file: a JSON file with such a list (or ``{"candidates": [...]}``); relative ``ckpt`` paths are
             read from the file's folder. Used when ``candidates`` is ``None``.
         default: the one candidate used when neither is given (the bundle's own source model).
         network_factory: ``factory(out_channels=Cs, **overrides) -> nn.Module``, the default network.
+        channels_of: ``input_modality -> modality names``, one per input channel (``None`` -> the target's); when
+            given, a candidate whose network's input channels (its first convolution) are not one per such image is
+            refused. ``None``: no such check.
 
     Raises:
         FileNotFoundError: the candidates file or every problem's checkpoint is missing.
@@ -205,55 +355,17 @@ def load_candidates(
         raise ValueError("bad candidate list:\n  " + "\n  ".join(problems))
     loaded: list[SourceCandidate] = []
     for entry in candidates:
-        name = str(entry["name"])
-        ckpt = Path(str(entry["ckpt"])).expanduser()
-        ckpt = ckpt if ckpt.is_absolute() else base / ckpt
-        if not ckpt.is_file():
-            problems.append(f"candidate {name!r}: checkpoint {ckpt} does not exist{hint}")
-            continue
-        try:
-            state = _state_dict(load_checkpoint(ckpt, "replace it or drop the candidate", map_location="cpu", weights_only=True))
-        except ValueError as err:
-            problems.append(f"candidate {name!r}: {err}")
-            continue
-        if state is None:
-            problems.append(f"candidate {name!r}: checkpoint {ckpt} holds no state_dict (tensors by parameter name)")
-            continue
-        found = checkpoint_classes(state)
-        wanted = entry.get("num_classes")
-        if wanted is not None and found is not None and int(wanted) != found:
-            problems.append(
-                f"candidate {name!r}: checkpoint {ckpt} has {found} output classes (output layer), "
-                f"the candidate entry says num_classes {int(wanted)}"
-            )
-            continue
-        num = int(wanted) if wanted is not None else found
-        if num is None:
-            problems.append(f"candidate {name!r}: cannot read the class count of {ckpt}: give 'num_classes'")
-            continue
-        try:
-            network = _build_network(entry, num, network_factory)
-        except Exception as err:  # a bad network config: name the candidate
-            cause = err.__cause__ or err
-            problems.append(f"candidate {name!r}: its network cannot be built ({type(cause).__name__}: {cause})")
-            continue
-        try:
-            network.load_state_dict(state)
-        except RuntimeError as err:
-            summary = str(err).split("\n\t", 1)[-1].replace("\n\t", "; ")[:600]
-            problems.append(
-                f"candidate {name!r}: checkpoint {ckpt} does not fit its network {type(network).__name__} with "
-                f"out_channels={num} (expected {sum(p.numel() for p in network.state_dict().values())} values in "
-                f"{len(network.state_dict())} tensors): {summary}"
-            )
-            continue
-        loaded.append(
-            SourceCandidate(name, ckpt, network.eval(), num, entry.get("modality"), entry.get("input_modality"))
-        )
+        candidate = _load_candidate(entry, base, hint, network_factory, channels_of, problems)
+        if candidate is not None:
+            loaded.append(candidate)
     if problems:
         error = FileNotFoundError if all("does not exist" in p for p in problems) else ValueError
         raise error(f"{len(problems)} of {len(candidates)} candidate source model(s) cannot be used:\n  " + "\n  ".join(problems))
     return loaded
+
+
+class _FeatureSizeError(ValueError):
+    """The last convolution's input is not on the output's grid: no per-voxel features for GBC."""
 
 
 class _WithFeatures(nn.Module):
@@ -277,8 +389,10 @@ class _WithFeatures(nn.Module):
         features = self._features[-1]
         self._features.clear()
         if features.shape[2:] != logits.shape[2:]:
-            raise ValueError(f"the last convolution of {type(self.network).__name__} changes the spatial size "
-                             f"({tuple(features.shape[2:])} -> {tuple(logits.shape[2:])}): GBC needs a 1x1x1 output layer")
+            raise _FeatureSizeError(
+                f"the last convolution of {type(self.network).__name__} is not on the output grid "
+                f"({tuple(features.shape[2:])} vs {tuple(logits.shape[2:])}): GBC needs a 1x1x1 output layer"
+            )
         return torch.cat([logits, features.to(logits.dtype)], dim=1)
 
 
@@ -312,12 +426,13 @@ def score_candidate(
     amp: bool = False,
     dead_class_margin: float = 0.05,
     gbc_voxels_per_class: int = 1000,
+    output: str = "softmax",
 ) -> dict[str, Any]:
     """LEEP, prior floor, per-class transferability and GBC of one source network over the target cases.
 
     Args:
         network: the source network (``num_classes`` logits per voxel).
-        num_classes: ``Cs``.
+        num_classes: its output channels: ``Cs`` classes for a softmax output, ``k`` regions for a sigmoid one.
         datalist: target cases ``{"case_id", "image", "label"}``.
         preprocessing: whole-volume loading (the bundle's ``validate#preprocessing``): ``image [C, *S]``,
             ``label [1, *S]`` target classes.
@@ -329,16 +444,23 @@ def score_candidate(
         dead_class_margin: see :func:`~transrisk_components.method.transferability.dead_classes`.
         gbc_voxels_per_class: masked voxels per target class and case whose features enter the GBC (random,
             seeded by the case's position in ``datalist``).
+        output: ``"softmax"`` or ``"sigmoid"``: how the channels become the source states ``z``
+            (:func:`~transrisk_components.method.source_outputs.source_states`; ``2^k`` states for ``k`` regions).
 
     Returns:
-        ``{"leep", "leep_floor", "leep_gain_over_floor", "gbc", "num_voxels", "classes": class_table(...),
-        "dead_classes": [names]}``; ``gbc`` is ``nan`` when the network has no convolution.
+        ``{"leep", "leep_floor", "leep_gain_over_floor", "gbc", "gbc_note", "num_voxels", "classes":
+        class_table(...), "dead_classes": [names]}``; ``gbc`` is ``nan`` when the network has no convolution a
+        forward hook can reach (a TorchScript module), ``gbc_note`` then says why (``""`` otherwise).
     """
     device = torch.device(device)
     network = network.to(device).eval()
-    last_conv = _last_conv(network)
+    if isinstance(network, torch.jit.ScriptModule):
+        last_conv, gbc_note = None, "TorchScript module: no forward hook reaches its last convolution's input"
+    else:
+        last_conv = _last_conv(network)
+        gbc_note = "" if last_conv is not None else "no convolution layer in the network"
     runner = _WithFeatures(network, last_conv) if last_conv is not None else network
-    stats = LEEPStatistics(len(class_names), num_classes)
+    stats = LEEPStatistics(len(class_names), num_source_states(num_classes, output))
     kept: list[tuple[torch.Tensor, torch.Tensor]] = []  # per case: masked probs [n, Cs] float32, labels [n] uint8
     sampled: list[tuple[torch.Tensor, torch.Tensor]] = []  # per case: features [m, D] float32, labels [m]
     try:
@@ -348,17 +470,23 @@ def score_candidate(
             label = item["label"].as_tensor().unsqueeze(0).to(device, torch.uint8)  # [1, 1, *S]
             inside = image_mask(image, mask, case.get("case_id", "?"), case.get("image"))
             with torch.autocast(device.type, enabled=amp and device.type == "cuda"):
-                output = inferer(image, runner)  # [1, Cs (+ D), *S]
-            probs = torch.softmax(output[:, :num_classes].float(), dim=1)
+                try:
+                    logits = inferer(image, runner)  # [1, Cs (+ D), *S]
+                except _FeatureSizeError as err:  # e.g. a UNet ending in a transposed convolution: LEEP only
+                    runner.remove()
+                    runner, last_conv, gbc_note = network, None, str(err)
+                    sampled.clear()
+                    logits = inferer(image, runner)
+            probs = source_states(logits[:, :num_classes], output)  # [1, Z, *S] float32
             stats.update(probs, label, inside)
             keep = inside[0, 0]
             labels = label[0, 0][keep].to("cpu")
             kept.append((probs[0][:, keep].T.to("cpu"), labels))
             if last_conv is not None:
-                features = output[0, num_classes:][:, keep].T.float().to("cpu")  # [n, D]
+                features = logits[0, num_classes:][:, keep].T.float().to("cpu")  # [n, D]
                 rows = _sample_per_class(labels, gbc_voxels_per_class, torch.Generator().manual_seed(index))
                 sampled.append((features[rows], labels[rows]))
-            del image, label, output, probs, inside
+            del image, label, logits, probs, inside
     finally:
         if isinstance(runner, _WithFeatures):
             runner.remove()
@@ -378,6 +506,7 @@ def score_candidate(
         "leep_floor": floor,
         "leep_gain_over_floor": leep_value - floor,
         "gbc": gbc,
+        "gbc_note": gbc_note,
         "num_voxels": stats.num_voxels,
         "classes": table,
         "dead_classes": dead,
@@ -394,15 +523,28 @@ def _number(value: float) -> str:
     return f"{round(value, 6) + 0.0:.6f}"
 
 
+#: Columns appended to the CSV when a candidate is not a softmax, single-input, hookable network (the columns of
+#: plain candidates' rankings stay as they were).
+EXTRA_COLUMNS = ("source_output", "num_source_outputs", "input_channels", "torchscript", "gbc_note")
+
+
+def _plain(row: Mapping[str, Any]) -> bool:
+    return (row.get("source_output", "softmax") == "softmax" and len(row.get("input_channels") or ()) <= 1
+            and not row.get("torchscript") and not row.get("gbc_note"))
+
+
 def _csv_text(rows: Sequence[Mapping[str, Any]], class_names: Sequence[str]) -> str:
     columns = ["rank", "name", "ckpt", "modality", "input_modality", "num_source_classes", "leep", "leep_floor",
                "leep_gain_over_floor", "gbc", "num_voxels"]
     columns += [f"T_{c}" for c in class_names] + [f"floor_{c}" for c in class_names] + ["dead_classes"]
+    extra = not all(_plain(r) for r in rows)
+    if extra:
+        columns += list(EXTRA_COLUMNS)
     text = io.StringIO()
     writer = csv.writer(text)
     writer.writerow(columns)
     for row in rows:
-        values = [row["rank"], row["name"], row["ckpt"], row["modality"] or "", row["input_modality"],
+        values = [row["rank"], row["name"], row["ckpt"], _modality_text(row["modality"]), row["input_modality"],
                   row["num_source_classes"], _number(row["leep"]), _number(row["leep_floor"]),
                   _number(row["leep_gain_over_floor"]), "nan" if not math.isfinite(row["gbc"]) else _number(row["gbc"]),
                   row["num_voxels"]]
@@ -410,8 +552,35 @@ def _csv_text(rows: Sequence[Mapping[str, Any]], class_names: Sequence[str]) -> 
         values += ["nan" if table[c]["transferability"] is None else _number(table[c]["transferability"]) for c in class_names]
         values += [_number(table[c]["prior"]) for c in class_names]
         values.append("|".join(row["dead_classes"]))
+        if extra:
+            values += [row.get("source_output", "softmax"), row.get("num_source_outputs", row["num_source_classes"]),
+                       _modality_text(row.get("input_channels") or ()), str(bool(row.get("torchscript"))).lower(),
+                       row.get("gbc_note", "")]
         writer.writerow(values)
     return text.getvalue()
+
+
+def _channel_resolver(
+    dataset_spec: Any, target_modality: str | Sequence[str] | None, datalist: Sequence[Mapping[str, Any]]
+) -> Callable[[Any], tuple[str, ...]]:
+    """``input_modality -> modality names, one per input channel`` (``None``: the target's); with a dataset the
+    bundles' rule (:func:`~transrisk_components.data.registry.modality_channels`), without one names as given
+    (``None`` then counts the target cases' images)."""
+
+    def channels_of(modality: Any) -> tuple[str, ...]:
+        modality = target_modality if modality is None else modality
+        if dataset_spec is not None and modality is not None:
+            return modality_channels(dataset_spec, modality, "input_modality", distinct=False)
+        if modality is None:
+            images = datalist[0].get("image") if datalist else None
+            return ("target",) * (len(images) if isinstance(images, (list, tuple)) else 1)
+        if isinstance(modality, str):
+            if modality == ALL_MODALITIES:
+                raise ValueError(f"input_modality {ALL_MODALITIES!r} needs the dataset (rank_sources' dataset_spec)")
+            return (modality,)
+        return tuple(map(str, modality))
+
+    return channels_of
 
 
 def rank_sources(
@@ -424,13 +593,14 @@ def rank_sources(
     candidates_file: str | Path | None = None,
     default: Mapping[str, Any] | None = None,
     network_factory: Callable[..., nn.Module] | None = None,
-    target_modality: str | None = None,
-    datalist_for_modality: Callable[[str], Sequence[Mapping[str, Any]]] | None = None,
+    target_modality: str | Sequence[str] | None = None,
+    datalist_for_modality: Callable[[Any], Sequence[Mapping[str, Any]]] | None = None,
     mask: str = "nonzero",
     device: str | torch.device = "cpu",
     amp: bool = False,
     dead_class_margin: float = 0.05,
     gbc_voxels_per_class: int = 1000,
+    dataset_spec: Any = None,
 ) -> list[dict[str, Any]]:
     """Rank candidate source models by pooled LEEP over the target training cases, best first.
 
@@ -441,38 +611,68 @@ def rank_sources(
         inferer: whole-volume inferer (``validate#inferer``).
         class_names: the target task's class names, index order.
         output_dir: where ``source_ranking.csv`` and ``source_ranking.png`` go; ``None`` writes nothing.
-        target_modality: the modality of ``datalist`` (reported; a candidate whose ``input_modality`` is
-            another one gets ``datalist_for_modality(input_modality)``).
-        datalist_for_modality: the same cases with another modality's image.
+        target_modality: the modality setting of ``datalist`` (reported; a candidate whose ``input_modality`` is
+            another one gets ``datalist_for_modality(input_modality)``, a list of names for several channels).
+        datalist_for_modality: the same cases with another modality's image, or one image per channel for a list
+            (the bundles' ``scenario.split('target_train', modality=...)``).
         mask, device, amp, dead_class_margin, gbc_voxels_per_class: see :func:`score_candidate`.
+        dataset_spec: the dataset (:class:`~transrisk_components.data.registry.DatasetSpec`): resolves
+            ``input_modality`` ``"all"`` and checks names; ``None`` takes them as given.
 
     Returns:
         One row per candidate, best first: ``{"rank", "name", "ckpt", "modality", "input_modality",
-        "num_source_classes", "leep", "leep_floor", "leep_gain_over_floor", "gbc", "num_voxels", "classes",
-        "dead_classes"}``.
+        "num_source_classes", "leep", "leep_floor", "leep_gain_over_floor", "gbc", "gbc_note", "num_voxels",
+        "classes", "dead_classes", "source_output", "num_source_outputs", "input_channels", "torchscript"}``.
+
+    Raises:
+        ValueError: a candidate that cannot be used, e.g. a network whose input channels are not one per input
+            image (every problem in one message, before any inference).
     """
-    loaded = load_candidates(candidates, candidates_file, default, network_factory)
-    needed = {c.input_modality for c in loaded if c.input_modality not in (None, target_modality)}
+    channels_of = _channel_resolver(dataset_spec, target_modality, datalist)
+    loaded = load_candidates(candidates, candidates_file, default, network_factory, channels_of)
+    target_channels = channels_of(None)
+
+    def reads(candidate: SourceCandidate) -> str | tuple[str, ...] | None:
+        """Which datalist a candidate reads: ``None`` the target cases, a name or a channel list another one."""
+        modality = candidate.input_modality
+        if modality is None or modality == target_modality or candidate.input_channels == target_channels:
+            return None
+        if isinstance(modality, str) and modality != ALL_MODALITIES:
+            return modality
+        return tuple(candidate.input_channels or modality)
+
+    needed = {reads(c) for c in loaded} - {None}
     if needed and datalist_for_modality is None:
-        raise ValueError(f"candidates want input modalities {sorted(needed)} but no datalist_for_modality was given")
-    datalists = {m: list(datalist_for_modality(m)) for m in sorted(needed)}  # fails before any inference
+        wanted = sorted(_modality_text(m) for m in needed)
+        raise ValueError(f"candidates want input modalities {wanted} but no datalist_for_modality was given")
+    datalists = {m: list(datalist_for_modality(m if isinstance(m, str) else list(m)))  # fails before any inference
+                 for m in sorted(needed, key=_modality_text)}
+    if target_modality is None or isinstance(target_modality, str):
+        target_seen = target_modality or "target"
+    else:
+        target_seen = _modality_text(target_channels)
     rows = []
     for number, candidate in enumerate(loaded, start=1):
-        cases = datalists.get(candidate.input_modality, datalist)
-        seen = candidate.input_modality or target_modality or "target"
+        source = reads(candidate)
+        cases = datalist if source is None else datalists[source]
+        seen = target_seen if source is None else _modality_text(source)
+        kind = ("" if candidate.output == "softmax"
+                else f"; sigmoid, {candidate.num_outputs} regions -> {candidate.num_classes} on/off states")
         logger.info(
-            "candidate %d/%d: %s (%s, %d classes) over %d target case(s), %s images",
-            number, len(loaded), candidate.name, candidate.ckpt, candidate.num_classes, len(cases), seen,
+            "candidate %d/%d: %s (%s%s, %d classes%s) over %d target case(s), %s images",
+            number, len(loaded), candidate.name, candidate.ckpt, ", TorchScript" if candidate.torchscript else "",
+            candidate.num_classes, kind, len(cases), seen,
         )
+        outputs = candidate.num_outputs or candidate.num_classes
         result = score_candidate(
-            candidate.network, candidate.num_classes, cases, preprocessing, inferer, class_names, mask, device, amp,
-            dead_class_margin, gbc_voxels_per_class,
+            candidate.network, outputs, cases, preprocessing, inferer, class_names, mask, device, amp,
+            dead_class_margin, gbc_voxels_per_class, candidate.output,
         )
         candidate.network.to("cpu")
         logger.info(
-            "candidate %d/%d: %s LEEP %.4f (prior floor %.4f, gain %.4f), GBC %.4f%s",
+            "candidate %d/%d: %s LEEP %.4f (prior floor %.4f, gain %.4f), GBC %.4f%s%s",
             number, len(loaded), candidate.name, result["leep"], result["leep_floor"], result["leep_gain_over_floor"],
-            result["gbc"],
+            result["gbc"], f" ({result['gbc_note']})" if result["gbc_note"] else "",
             f"; no information about {', '.join(result['dead_classes'])}" if result["dead_classes"] else "",
         )
         rows.append({
@@ -482,6 +682,10 @@ def rank_sources(
             "input_modality": seen,
             "num_source_classes": candidate.num_classes,
             **result,
+            "source_output": candidate.output,
+            "num_source_outputs": outputs,
+            "input_channels": list(candidate.input_channels or target_channels),
+            "torchscript": candidate.torchscript,
         })
     rows.sort(key=lambda r: (-round(r["leep"], _TIE_DECIMALS), -_foreground_information(r), r["name"]))
     for rank, row in enumerate(rows, start=1):
