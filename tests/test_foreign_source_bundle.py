@@ -9,11 +9,13 @@ outside the bundle. The phantom is 32^3 with 12 subjects; the bundle settings ar
 from __future__ import annotations
 
 import json
+import shutil
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import nibabel as nib
 import pytest
 import torch
 from bundle_helpers import TINY, risk_maps, run_bundle
@@ -137,6 +139,19 @@ def test_foreign_source_one_to_four_channels(tmp_path: Path, phantom: str, caplo
     splits = json.loads((tmp_path / "eval" / "splits.json").read_text())
     assert splits["modality"] == {"source": "t1", "target": "all"}
     assert all(len(c["image"]) == 4 for c in splits["splits"]["target_train"])
+    # the 4-channel model predicts with inferring: the target-test split, then a folder of case sub-folders
+    inference = {"patch_size": TINY["patch_size"], **{k: v for k, v in TINY.items() if k.startswith("network_def#")}}
+    run_bundle(CONFIGS, "inferring", tmp_path, "", inference, ("inference.json",), target_modality="all")
+    predictions = sorted((tmp_path / "eval" / "predictions").glob("*_seg.nii.gz"))
+    assert len(predictions) == TINY["num_target_test"]
+    subject = Path(splits["splits"]["target_test"][0]["image"][0]).parent
+    cases = tmp_path / "cases"
+    shutil.copytree(subject, cases / subject.name)
+    out = tmp_path / "folder_predictions"
+    run_bundle(CONFIGS, "inferring", tmp_path, "", inference, ("inference.json",), target_modality="all",
+               input=str(cases), output_dir=str(out))
+    [written] = list(out.glob("*_seg.nii.gz"))
+    assert nib.load(written).shape == nib.load(subject / f"{subject.name}_flair.nii.gz").shape
 
 
 def test_foreign_source_torchscript_file(tmp_path: Path, phantom: str, caplog) -> None:
