@@ -4,6 +4,7 @@ files are temporaries, and ``float32`` keeps the cache key the bundles had befor
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import nibabel as nib
@@ -190,3 +191,26 @@ def test_kept_files_of_a_killed_run_are_not_reused_and_a_failing_stage_removes_i
     monkeypatch.undo()
     assert set(stage.run()["cases"]) == {c["case_id"] for c in cases}
     assert not (folder / KEPT).exists()
+
+
+def test_a_cache_without_the_joint_is_reused_and_completed_once_when_the_joint_is_asked_for(
+    cases: list[dict], tmp_path: Path
+) -> None:
+    """Caches written before the manifest held ``P(y, z)`` keep serving their maps; :meth:`RiskStage.joint` (``head_init
+    leep``) computes the same maps under the same key once more to add it."""
+    first = make_stage(cases, tmp_path)
+    manifest = first.run()
+    joint = np.asarray(manifest["joint"])
+    assert joint.shape == (2, 4) and joint.sum() == pytest.approx(1.0)
+    np.testing.assert_allclose(joint / joint.sum(axis=0, keepdims=True), manifest["conditional"], atol=1e-12)
+    path = tmp_path / "cache" / manifest["key"] / MANIFEST
+    old = {k: v for k, v in manifest.items() if k != "joint"}
+    path.write_text(json.dumps(old, indent=2))
+    maps = maps_of(first, cases)
+
+    again = make_stage(cases, tmp_path)
+    assert "joint" not in again.run() and again.passes.inferer.calls == 0, "the older cache is reused for the maps"
+    np.testing.assert_array_equal(again.joint().numpy(), joint)
+    assert again.passes.inferer.calls == len(cases) and "joint" in json.loads(path.read_text())
+    for got, want in zip(maps_of(again, cases), maps):
+        np.testing.assert_array_equal(got, want)

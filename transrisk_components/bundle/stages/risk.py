@@ -186,11 +186,12 @@ class RiskStage:
     def run(self) -> dict[str, Any]:
         """Compute the maps unless a cache for the same key exists; return the manifest.
 
-        Manifest: ``{"key", "fingerprint", "map", "leep", "num_voxels", "conditional", "classes": {name: {"index",
-        "transferability", "prior", "information"}}, "cases": {case_id: {"risk": file name, "leep": float,
+        Manifest: ``{"key", "fingerprint", "map", "leep", "num_voxels", "conditional", "joint", "classes": {name:
+        {"index", "transferability", "prior", "information"}}, "cases": {case_id: {"risk": file name, "leep": float,
         "foreground_voxels": int}}}`` (map files relative to the manifest's folder), plus ``"location_patch"`` and
-        ``"num_locations"`` for the location-wise map. ``conditional`` (``[Ct, Cs]``) and ``classes`` come from the
-        pooled statistics whatever the map; ``leep`` is the mean ``log T`` of the map's own statistics over every
+        ``"num_locations"`` for the location-wise map. ``conditional`` (``P(y | z)``, ``[Ct, Cs]``), ``joint``
+        (``P(y, z)``, ``[Ct, Cs]``; absent from caches written before it was added, see :meth:`joint`) and ``classes``
+        come from the pooled statistics whatever the map; ``leep`` is the mean ``log T`` of the map's own statistics over every
         masked voxel. Dead classes are warned about (and the summary written) once per stage object.
         """
         if self._manifest is None:
@@ -210,6 +211,16 @@ class RiskStage:
         barrier()
         logger.info("computing risk maps of %d target cases in %s", len(self.cases), cache.folder)
         return self._compute(cache.folder)
+
+    def joint(self) -> torch.Tensor:
+        """The pooled LEEP joint ``P(y, z)`` over the target training cases' masked voxels, float64 ``[Ct, Cs]``
+        (runs the stage). A cache written before the manifest held the joint is computed once more (the same maps
+        under the same key) to add it."""
+        manifest = self.run()
+        if "joint" not in manifest:
+            logger.info("risk cache %s predates the joint P(y, z) in its manifest: computing it again", manifest["key"])
+            self._manifest = manifest = self._compute(self.cache_root / manifest["key"])
+        return torch.tensor(manifest["joint"], dtype=torch.float64)
 
     def dead_class_names(self) -> list[str]:
         """Target classes the source gives no information about, at ``dead_class_margin`` (runs the stage)."""
@@ -313,6 +324,7 @@ class RiskStage:
             "leep": result.log_t_sum / max(num_voxels, 1),
             "num_voxels": num_voxels,
             "conditional": result.pooled.conditional().tolist(),
+            "joint": result.pooled.joint.tolist(),
             "classes": class_table(result.pooled, self.target_class_names),
             **result.extra,
             "cases": result.cases,
