@@ -114,7 +114,7 @@ def test_the_method_package_re_exports_the_api_of_each_of_its_modules():
 
     import transrisk_components.method as method
 
-    for name in ("baselines", "gbc", "losses", "masks", "risk", "source_outputs", "transferability"):
+    for name in ("baselines", "gbc", "head_init", "losses", "masks", "risk", "source_outputs", "transferability"):
         module = importlib.import_module(f"transrisk_components.method.{name}")
         missing = set(module.__all__) - set(method.__all__)
         assert not missing, f"method.{name} exports {sorted(missing)} but transrisk_components.method does not"

@@ -256,6 +256,7 @@ def test_foreign_source_risk_stage_with_a_sigmoid_multichannel_source_equals_a_b
 
     from transrisk_components.bundle.fingerprint import StageFingerprint
     from transrisk_components.bundle.stages.risk import RiskStage
+    from transrisk_components.bundle.stages.risk_options import RiskMapOptions
     from transrisk_components.method.masks import image_mask
     from transrisk_components.bundle.transforms import TaskLabelsd
     from transrisk_components.method.transferability import pixel_transferability
@@ -278,8 +279,8 @@ def test_foreign_source_risk_stage_with_a_sigmoid_multichannel_source_equals_a_b
     inferer = SlidingWindowInferer([16, 16, 16])
     fingerprint = StageFingerprint("risk", {"output": "sigmoid"}, datalists=[cases, inputs], upstream={"source_ckpt": str(ckpt)})
     stage = RiskStage(True, "fets", cases, "multiclass", "multiclass", str(ckpt), network, load, inferer,
-                      str(tmp_path / "cache"), fingerprint, num_source_outputs=3, source_output="sigmoid",
-                      key_in_ckpt="model_state", source_datalist=inputs)
+                      str(tmp_path / "cache"), fingerprint, RiskMapOptions(source_output="sigmoid", key_in_ckpt="model_state"),
+                      num_source_outputs=3, source_datalist=inputs)
     manifest = stage.run()
     assert len(manifest["conditional"][0]) == 8
 

@@ -4,6 +4,7 @@ files are temporaries, and ``float32`` keeps the cache key the bundles had befor
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import nibabel as nib
@@ -15,7 +16,9 @@ from monai.inferers import SlidingWindowInferer
 from monai.networks.nets import SegResNet
 
 from transrisk_components.bundle.fingerprint import StageFingerprint
-from transrisk_components.bundle.stages.risk import KEPT, MANIFEST, RiskStage
+from transrisk_components.bundle.stages.risk import RiskStage
+from transrisk_components.bundle.stages.risk_cache import KEPT, MANIFEST, RiskCache
+from transrisk_components.bundle.stages.risk_options import RiskMapOptions
 from transrisk_components.data.registry import get_dataset
 from transrisk_components.data.scenario import Scenario
 from transrisk_components.method.transferability import (
@@ -74,7 +77,7 @@ def make_stage(cases: list[dict], tmp_path: Path, **options) -> RiskStage:
     torch.save(network.state_dict(), ckpt)
     fingerprint = StageFingerprint("risk", dict(options), datalists=[cases], upstream={"source_ckpt": str(ckpt)})
     return RiskStage(True, "fets", cases, "multiclass", "WT", str(ckpt), network, preprocessing(), CountingInferer(),
-                     str(tmp_path / "cache"), fingerprint, **options)
+                     str(tmp_path / "cache"), fingerprint, RiskMapOptions(**options))
 
 
 def maps_of(stage: RiskStage, cases: list[dict]) -> list[np.ndarray]:
@@ -85,19 +88,19 @@ def two_pass_maps(stage: RiskStage, cases: list[dict]) -> tuple[list[np.ndarray]
     """The maps and LEEP by the definition, with a second source pass over every case instead of kept files."""
     network = stage._load_network()
     with torch.no_grad():
-        passes = [stage._source_pass(network, case) for case in cases]  # pass 1: the statistics
-        if stage.map_type == "location":
-            stats = LocationLEEPStatistics(2, 4, passes[0][0].shape[2:], stage.location_patch)
+        passes = [stage.passes.source_pass(network, case) for case in cases]  # pass 1: the statistics
+        if stage.options.map_type == "location":
+            stats = LocationLEEPStatistics(2, 4, passes[0][0].shape[2:], stage.options.location_patch)
             for probs, label, mask, _ in passes:
                 stats.update(probs, label, mask)
             log_t = []
             for case in cases:  # pass 2: the source model again
-                probs, label, mask, _ = stage._source_pass(network, case)
+                probs, label, mask, _ = stage.passes.source_pass(network, case)
                 transferability = stats.transferability(probs, label)
                 stats.update_leep(transferability, mask)
                 log_t.append(torch.log(transferability[mask].double().clamp_min(1e-12)))
             location_t = stats.leep_map().nan_to_num(0.0).exp().to(torch.float32)[None, None]
-            maps = [stage._risk_map(stage._risk(location_t[mask]), mask, c["case_id"])
+            maps = [stage.passes.masked_map(stage.passes.risk(location_t[mask]), mask, c["case_id"])
                     for c, (_, _, mask, _) in zip(cases, passes)]
         else:
             stats = LEEPStatistics(2, 4)
@@ -105,10 +108,10 @@ def two_pass_maps(stage: RiskStage, cases: list[dict]) -> tuple[list[np.ndarray]
                 stats.update(probs, label, mask)
             maps, log_t = [], []
             for case in cases:  # pass 2: the source model again
-                probs, label, mask, _ = stage._source_pass(network, case)
+                probs, label, mask, _ = stage.passes.source_pass(network, case)
                 transferability = pixel_transferability(probs, label, stats.conditional())
                 log_t.append(torch.log(transferability[mask].double().clamp_min(1e-12)))
-                maps.append(stage._risk_map(stage._risk(transferability[mask]), mask, case["case_id"]))
+                maps.append(stage.passes.masked_map(stage.passes.risk(transferability[mask]), mask, case["case_id"]))
     every = torch.cat(log_t)
     return maps, float(every.sum()) / every.numel()
 
@@ -120,7 +123,7 @@ def test_one_source_pass_per_case_gives_the_two_pass_maps_bit_for_bit(
 ) -> None:
     stage = make_stage(cases, tmp_path, **options)
     manifest = stage.run()
-    assert stage.inferer.calls == len(cases), "the source model runs once per case"
+    assert stage.passes.inferer.calls == len(cases), "the source model runs once per case"
     expected, leep = two_pass_maps(stage, cases)
     for case, got, want in zip(cases, maps_of(stage, cases), expected):
         assert got.dtype == want.dtype == np.float32
@@ -137,7 +140,7 @@ def test_float16_storage_moves_the_maps_by_little_and_has_its_own_cache_key(case
     print(f"float16 storage: max |risk(float16) - risk(float32)| = {worst:.2e}")
     assert 0 < worst <= 2e-3
     assert half_manifest["leep"] == pytest.approx(exact_manifest["leep"], abs=1e-3)
-    assert half.inferer.calls == len(cases)
+    assert half.passes.inferer.calls == len(cases)
     with pytest.raises(ValueError, match="unknown risk#probabilities 'int8'"):
         make_stage(cases, tmp_path / "bad", probabilities="int8")
 
@@ -181,10 +184,33 @@ def test_kept_files_of_a_killed_run_are_not_reused_and_a_failing_stage_removes_i
         assert len(list((folder / KEPT).iterdir())) == len(cases), "pass 1 kept one file per case"
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(stage, "_write_map", fail)
+    monkeypatch.setattr(RiskCache, "write_map", fail)
     with pytest.raises(RuntimeError, match="disk full"):
         stage.run()
     assert list((folder / KEPT).iterdir()) == [] and not (folder / MANIFEST).exists()
     monkeypatch.undo()
     assert set(stage.run()["cases"]) == {c["case_id"] for c in cases}
     assert not (folder / KEPT).exists()
+
+
+def test_a_cache_without_the_joint_is_reused_and_completed_once_when_the_joint_is_asked_for(
+    cases: list[dict], tmp_path: Path
+) -> None:
+    """Caches written before the manifest held ``P(y, z)`` keep serving their maps; :meth:`RiskStage.joint` (``head_init
+    leep``) computes the same maps under the same key once more to add it."""
+    first = make_stage(cases, tmp_path)
+    manifest = first.run()
+    joint = np.asarray(manifest["joint"])
+    assert joint.shape == (2, 4) and joint.sum() == pytest.approx(1.0)
+    np.testing.assert_allclose(joint / joint.sum(axis=0, keepdims=True), manifest["conditional"], atol=1e-12)
+    path = tmp_path / "cache" / manifest["key"] / MANIFEST
+    old = {k: v for k, v in manifest.items() if k != "joint"}
+    path.write_text(json.dumps(old, indent=2))
+    maps = maps_of(first, cases)
+
+    again = make_stage(cases, tmp_path)
+    assert "joint" not in again.run() and again.passes.inferer.calls == 0, "the older cache is reused for the maps"
+    np.testing.assert_array_equal(again.joint().numpy(), joint)
+    assert again.passes.inferer.calls == len(cases) and "joint" in json.loads(path.read_text())
+    for got, want in zip(maps_of(again, cases), maps):
+        np.testing.assert_array_equal(got, want)

@@ -18,6 +18,7 @@ from monai.transforms import RandCropByPosNegLabeld, RandWeightedCropd
 
 from transrisk_components.bundle.fingerprint import StageFingerprint
 from transrisk_components.bundle.stages.risk import RiskStage
+from transrisk_components.bundle.stages.risk_options import RiskMapOptions
 from transrisk_components.data.registry import get_dataset
 from transrisk_components.data.scenario import Scenario
 
@@ -61,7 +62,7 @@ def location_stage(cases: list[dict], tmp_path: Path, dataset: str = "fets", **k
     return RiskStage(
         True, dataset, cases, "multiclass", "WT", str(ckpt), network,
         config_item("validate#preprocessing", target_task="WT"), SlidingWindowInferer([16, 16, 16]),
-        str(tmp_path / "cache"), fingerprint, **options,
+        str(tmp_path / "cache"), fingerprint, RiskMapOptions(**options),
     )
 
 

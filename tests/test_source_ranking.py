@@ -31,6 +31,7 @@ from transrisk_components.bundle.engine import SourceWeights, output_layer, rein
 from transrisk_components.bundle.fingerprint import StageFingerprint
 from transrisk_components.bundle.ranking import load_candidates, rank_sources, score_candidate
 from transrisk_components.bundle.stages.risk import RiskStage
+from transrisk_components.bundle.stages.risk_options import RiskMapOptions
 from transrisk_components.bundle.transforms import TaskLabelsd
 from transrisk_components.data.registry import get_dataset
 from transrisk_components.method.transferability import dead_classes, prior_floor_leep
@@ -220,7 +221,7 @@ def _stage(cases: list[dict], ckpt: Path, tmp_path: Path, **kw) -> RiskStage:
     return RiskStage(
         True, "fets", cases, "multiclass", "multiclass", str(ckpt), Pointwise(4), load_transform(),
         SlidingWindowInferer([12, 12, 12]), str(tmp_path / "cache"), fingerprint,
-        summary_path=str(tmp_path / "risk_stage_summary.json"), **kw,
+        options=RiskMapOptions(**kw), summary_path=str(tmp_path / "risk_stage_summary.json"),
     )
 
 

@@ -23,6 +23,7 @@ from transrisk_components.bundle.inference import InferenceCases, inference_data
 from transrisk_components.method.losses import RiskWeightedLoss
 from transrisk_components.bundle.fingerprint import StageFingerprint
 from transrisk_components.bundle.stages.risk import RiskStage
+from transrisk_components.bundle.stages.risk_options import RiskMapOptions
 from transrisk_components.data.scenario import Scenario, resolve_dataset_dir
 from transrisk_components.bundle.engine import (
     RiskTargets,
@@ -236,7 +237,7 @@ def test_risk_stage_writes_maps_on_the_image_grid_and_caches(phantom: str, tmp_p
         )
         return RiskStage(
             enabled, "fets", cases, "multiclass", "WT", str(ckpt), network, load,
-            SlidingWindowInferer([16, 16, 16]), str(tmp_path / "cache"), fingerprint, normalization,
+            SlidingWindowInferer([16, 16, 16]), str(tmp_path / "cache"), fingerprint, RiskMapOptions(normalization),
         )
 
     manifest = stage().run()
@@ -261,7 +262,7 @@ def _risk_stage(cases: list[dict], tmp_path: Path, **kw) -> RiskStage:
     fingerprint = StageFingerprint("risk", dict(kw), datalists=[cases], upstream={"source_ckpt": str(ckpt)})
     return RiskStage(
         True, "fets", cases, "multiclass", "WT", str(ckpt), network, load, SlidingWindowInferer([16, 16, 16]),
-        str(tmp_path / "cache"), fingerprint, **kw,
+        str(tmp_path / "cache"), fingerprint, RiskMapOptions(**kw),
     )
 
 
@@ -323,9 +324,9 @@ def test_case_seeded_permutation_differs_between_cases_of_one_volume(tmp_path: P
     transferability = torch.linspace(0, 1, 512).view(1, 1, 8, 8, 8)
     mask = torch.ones_like(transferability, dtype=torch.bool)
     inside = transferability[mask]  # [512]
-    first, second = stage._risk_map(inside, mask, "a"), stage._risk_map(inside, mask, "b")
+    first, second = stage.passes.masked_map(inside, mask, "a"), stage.passes.masked_map(inside, mask, "b")
     assert not np.array_equal(first, second)
-    np.testing.assert_array_equal(first, stage._risk_map(inside, mask, "a"))
+    np.testing.assert_array_equal(first, stage.passes.masked_map(inside, mask, "a"))
 
 
 def test_foreground_count_travels_from_the_risk_stage_into_every_patch(phantom: str, tmp_path: Path) -> None:

@@ -29,7 +29,7 @@ from monai.losses import DiceCELoss
 from monai.utils import CommonKeys
 from torch import nn
 
-from transrisk_components.bundle.source_model import carry_over, read_source_state
+from transrisk_components.bundle.source_model import HEAD_INITS, carry_over, leep_output_layer, read_source_state
 from transrisk_components.method.losses import RiskWeightedLoss
 from transrisk_components.utils.distributed import is_distributed
 
@@ -277,9 +277,18 @@ class SourceWeights:
         freeze_epochs: for this many epochs only the output layer trains, every other weight carried over from the
             source is frozen (the head first fits the target, then everything is fine-tuned); ``0`` (default) trains
             everything from the first epoch. Nothing is frozen when the network does not start from the source.
+        head_init: how the output layer starts when the network starts from the source (``head_init``,
+            :data:`~transrisk_components.bundle.source_model.HEAD_INITS`): ``"random"`` (default: the carry-over
+            rules, the head re-initialised when the class counts differ) or ``"leep"``: target class ``y``'s output
+            unit is the ``P(z | y)``-weighted mean of the source's units, ``P(y, z)`` the risk stage's pooled joint
+            over the target training cases (:func:`~transrisk_components.bundle.source_model.leep_output_layer`; a
+            copy or permutation of the source's units when ``z -> y`` is one-to-one). Applied before
+            ``dead_classes reinit``, which then re-initialises the dead classes' units.
+        source_output: the source's output semantics (``source_output``); ``head_init="leep"`` needs ``"softmax"``.
 
     Raises:
-        ValueError: unknown ``init`` or ``dead_classes``, or an action without a risk stage (at construction).
+        ValueError: unknown ``init``, ``dead_classes`` or ``head_init``, an action or ``head_init="leep"`` without a
+            risk stage, or ``head_init="leep"`` with a sigmoid source (at construction).
     """
 
     def __init__(
@@ -295,6 +304,8 @@ class SourceWeights:
         target_channels: Sequence[str] = (),
         key_in_ckpt: str | None = None,
         freeze_epochs: int = 0,
+        head_init: str = "random",
+        source_output: str = "softmax",
     ) -> None:
         if init not in ("source", "random"):
             raise ValueError(f"unknown target init {init!r}; choose 'source' or 'random'")
@@ -302,6 +313,16 @@ class SourceWeights:
             raise ValueError(f"unknown risk#dead_classes {dead_classes!r}; choose 'warn', 'reinit' or 'scratch'")
         if dead_classes != "warn" and risk_stage is None:
             raise ValueError(f"risk#dead_classes {dead_classes!r} needs the risk stage to tell the dead classes")
+        if head_init not in HEAD_INITS:
+            raise ValueError(f"unknown head_init {head_init!r}; choose one of {HEAD_INITS}")
+        if head_init == "leep" and risk_stage is None:
+            raise ValueError("head_init 'leep' needs the risk stage: its pooled P(y, z) mixes the source's output units")
+        if head_init == "leep" and source_output != "softmax":
+            raise ValueError(
+                f"head_init 'leep' needs a softmax source, but source_output is {source_output!r}: a sigmoid source's "
+                "LEEP states z are the 2^k on/off combinations of its k channels, and its head has one unit per "
+                "channel, not per state, so there is no source unit to weight by P(z | y); use head_init random"
+            )
         self.network = network
         self.init = init
         self.ckpt_path = ckpt_path
@@ -312,6 +333,7 @@ class SourceWeights:
         self.source_channels = tuple(source_channels)
         self.target_channels = tuple(target_channels)
         self.key_in_ckpt = key_in_ckpt
+        self.head_init = head_init
         if int(freeze_epochs) < 0:
             raise ValueError(f"freeze_epochs must be >= 0, got {freeze_epochs}")
         self.freeze_epochs = int(freeze_epochs)
@@ -342,6 +364,8 @@ class SourceWeights:
             self.target_channels,
             self.key_in_ckpt,
         )
+        if self.head_init == "leep":
+            self._leep_head()
         if self.freeze_epochs:
             self._freeze(engine)
         if self.dead_classes == "reinit":
@@ -357,6 +381,18 @@ class SourceWeights:
                 )
             else:
                 logger.info("risk#dead_classes reinit: no dead class, every source weight kept")
+
+    def _leep_head(self) -> None:
+        """Set the output layer from the source's through the risk stage's ``P(y, z)`` (``head_init leep``)."""
+        name, layer = output_layer(self.network, self.target_classes)
+        state = read_source_state(self.ckpt_path, self.key_in_ckpt)
+        leep_output_layer(layer, name, state, self.risk_stage.joint(), self.ckpt_path)
+        logger.info(
+            "head_init leep: output layer %s set from the source's %d class units through P(z | y) of the target "
+            "training cases",
+            name,
+            self.source_classes,
+        )
 
     def _freeze(self, engine: Engine) -> None:
         """Freeze every parameter but the output head's until ``freeze_epochs`` epochs are done."""

@@ -71,7 +71,7 @@ def export_risk_maps(stage: RiskStage, output_dir: str) -> Path:
         atomic_write(map_path, lambda tmp, src=risk_path: shutil.copyfile(src, tmp), suffix=".nii.gz")
         plot_risk_overlay(image, label, risk, out / f"{case['case_id']}_risk.png", title=case["case_id"])
         foreground = label > 0
-        background = ~foreground & (image != 0) if stage.mask == "nonzero" else ~foreground
+        background = ~foreground & (image != 0) if stage.options.mask == "nonzero" else ~foreground
         rows.append([case["case_id"], _mean(risk[foreground]), _mean(risk[background]), record["leep"]])
     text = io.StringIO()
     writer = csv.writer(text)

@@ -19,7 +19,9 @@ Carrying the weights over (:func:`carry_over`), rule by rule:
 - **output head** (shapes that differ only where they hold the class count, ``Cs`` vs ``Ct``): re-initialised. With
   as many classes on both sides it is copied, whatever the source's output semantics (a sigmoid source's regions then
   start as the target's softmax classes; ``risk#dead_classes reinit`` re-initialises those the source says nothing
-  about);
+  about). With ``head_init leep`` the output layer is then set from the source's through the risk stage's LEEP table
+  instead, whatever the class counts (:func:`leep_output_layer`: target class ``y`` starts as the ``P(z | y)``-weighted
+  mean of the source's class units, :func:`~transrisk_components.method.head_init.leep_head`);
 - anything else -- a missing or unexpected parameter, or another shape -- stops with one ``ValueError`` naming the
   first such layer, both shapes and the remedy. The checkpoint is not touched.
 
@@ -37,9 +39,24 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from transrisk_components.method.head_init import leep_head
 from transrisk_components.utils.io import load_checkpoint
 
-__all__ = ["adapt_input_weight", "carry_over", "default_source_inputs", "is_torchscript", "positional", "read_source_state"]
+__all__ = [
+    "HEAD_INITS",
+    "adapt_input_weight",
+    "carry_over",
+    "default_source_inputs",
+    "is_torchscript",
+    "leep_output_layer",
+    "positional",
+    "read_source_state",
+]
+
+#: How the target's output layer starts when the network starts from the source (``head_init``): ``"random"``
+#: (carried over by :func:`carry_over`'s rules: copied when the class counts agree, re-initialised otherwise) or
+#: ``"leep"`` (:func:`leep_output_layer`).
+HEAD_INITS = ("random", "leep")
 
 logger = logging.getLogger(__name__)
 
@@ -208,3 +225,48 @@ def carry_over(
         )
     network.load_state_dict(loaded, strict=False)
     return {"input": adapted, "head": head}
+
+
+@torch.no_grad()
+def leep_output_layer(
+    layer: nn.Module, name: str, state: Mapping[str, torch.Tensor], joint: torch.Tensor, ckpt_path: str | Path
+) -> None:
+    """Set the target's output layer from the source's through the LEEP joint (``head_init leep``).
+
+    Target class ``y``'s output unit becomes ``W'_y = sum_z P(z | y) W_z``, ``b'_y = sum_z P(z | y) b_z`` over the
+    source's units ``z`` (:func:`~transrisk_components.method.head_init.leep_head`): a copy, or a permutation, of the
+    source's units when the mapping ``z -> y`` is one-to-one.
+
+    Args:
+        layer: the target network's output layer (a convolution, transposed too, or a linear layer with ``Ct``
+            outputs), changed in place.
+        name: its name, the same in the source ``state`` (``<name>.weight``, ``<name>.bias``).
+        state: the source ``state_dict`` (:func:`read_source_state`).
+        joint: ``P(y, z)`` of the target training cases under the source, ``[Ct, Cs]`` (the risk stage's
+            :meth:`~transrisk_components.bundle.stages.risk.RiskStage.joint`).
+        ckpt_path: the checkpoint ``state`` came from (named in messages).
+
+    Raises:
+        ValueError: the source has no such layer, its output units are not the ``Cs`` of ``joint``, the target's are
+            not its ``Ct``, one of the two has a bias and the other not, or the layer is a grouped transposed
+            convolution.
+    """
+    out_dim = 1 if isinstance(layer, nn.modules.conv._ConvTransposeNd) else 0
+    if out_dim == 1 and layer.groups != 1:
+        raise ValueError(f"head_init leep: output layer {name} is a grouped transposed convolution, its units cannot be mixed")
+    weight, bias = state.get(f"{name}.weight"), state.get(f"{name}.bias")
+    if weight is None:
+        raise ValueError(f"head_init leep: source checkpoint {ckpt_path} has no output layer {name}.weight")
+    num_target, num_source = joint.shape
+    if weight.shape[out_dim] != num_source or layer.weight.shape[out_dim] != num_target:
+        raise ValueError(
+            f"head_init leep: output layer {name} has {weight.shape[out_dim]} units in {ckpt_path} and "
+            f"{layer.weight.shape[out_dim]} in the target network, but the risk stage's P(y, z) is {num_target} target "
+            f"x {num_source} source classes: num_source_classes must be the source's outputs"
+        )
+    if (bias is None) != (layer.bias is None):
+        raise ValueError(f"head_init leep: output layer {name} has a bias in one of source and target only")
+    new_weight, new_bias = leep_head(weight.movedim(out_dim, 0), bias, joint)
+    layer.weight.copy_(new_weight.movedim(0, out_dim))
+    if new_bias is not None:
+        layer.bias.copy_(new_bias)

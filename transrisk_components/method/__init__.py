@@ -9,12 +9,14 @@
 - :mod:`~transrisk_components.method.losses` -- the risk-weighted segmentation loss.
 - :mod:`~transrisk_components.method.baselines` -- the comparison losses (L2-SP, top-k Dice-CE).
 - :mod:`~transrisk_components.method.gbc` -- GBC, a feature-based transferability score for ranking sources.
+- :mod:`~transrisk_components.method.head_init` -- a target head from the source head through ``P(z | y)``.
 
 The names below are the method's API: ``from transrisk_components.method import LEEPStatistics, transfer_risk``.
 """
 
 from .baselines import L2SPLoss, TopKDiceCELoss
 from .gbc import gaussian_bhattacharyya, gbc_score
+from .head_init import leep_head
 from .losses import RiskWeightedLoss
 from .masks import RISK_MASKS, image_mask
 from .risk import RISK_NORMALIZATIONS, WEIGHT_SCHEMES, risk_to_weights, transfer_risk
@@ -49,6 +51,7 @@ __all__ = [
     "gbc_score",
     "image_mask",
     "leep",
+    "leep_head",
     "num_source_states",
     "pixel_transferability",
     "prior_floor_leep",
