@@ -123,7 +123,7 @@ RANKING = RankingStudy(targets=("t1ce", "flair"),
 #: The mixed study (``docs/results/ranking_mixed``): the first study's eight candidates and three of other kinds --
 #: a source on all four modalities (4 input channels), a deeper network (the Model Zoo BraTS SegResNet's four
 #: levels, ``blocks_down`` 1-2-2-4, at the bundle's width) and another task (the whole tumour alone, 2 classes) --
-#: at three seeds (``--seeds`` adds more).
+#: at five seeds.
 RANKING_MIXED = RankingStudy(
     targets=("t1ce", "flair"),
     candidates=training_length_candidates(("t1", "t1ce", "t2", "flair"), (10, 2)) + (
@@ -132,7 +132,7 @@ RANKING_MIXED = RankingStudy(
                                          "network_def#blocks_down": [1, 2, 2, 4], "network_def#blocks_up": [1, 1, 1]}),
         StudyCandidate("flair_wt_e10", {"source_modality": "flair", "source_task": "WT", "source_epochs": 10}),
     ),
-    seeds=(0, 1, 2), profile=PROFILES["quick"])
+    seeds=(0, 1, 2, 3, 4), profile=PROFILES["quick"])
 
 #: The studies ``reproduce.py ranking --study`` runs, by name.
 RANKING_STUDIES: dict[str, RankingStudy] = {"modalities": RANKING, "mixed": RANKING_MIXED}
