@@ -45,7 +45,7 @@ from monai.losses import DiceCELoss
 from monai.networks.nets import SegResNet
 from monai.utils import set_determinism
 
-from transrisk_components.bundle.caching import cached_bytes, header_voxels
+from transrisk_components.bundle.engine.caching import cached_bytes, header_voxels
 from transrisk_components.data.phantom import make_fets_phantom
 from transrisk_components.method.losses import RiskWeightedLoss
 from transrisk_components.method.transferability import LEEPStatistics, pixel_transferability

@@ -104,7 +104,7 @@ def test_the_graph_holds_the_real_edges():
     """The checks above could not pass vacuously: the graph holds the package's real edges."""
     assert "transrisk_components.method.losses" in GRAPH["transrisk_components.bundle.engine"]
     assert "transrisk_components.data.registry" in GRAPH["transrisk_components.data.checks"]
-    assert "transrisk_components.bundle.selection" in GRAPH["transrisk_components.experiments.safe"]
+    assert "transrisk_components.bundle.workflow.selection" in GRAPH["transrisk_components.experiments.safe"]
     assert "transrisk_components.reporting.results" in GRAPH["transrisk_components.experiments.reports"]
     assert len(MODULES) > 30
 

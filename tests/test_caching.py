@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from transrisk_components.bundle.caching import cache_num_within_budget, cached_bytes, header_voxels
+from transrisk_components.bundle.engine.caching import cache_num_within_budget, cached_bytes, header_voxels
 from transrisk_components.data import fets2021_datalist
 
 

@@ -19,7 +19,7 @@ import torch
 from bundle_helpers import run_bundle
 from monai.bundle import ConfigParser
 
-from transrisk_components.bundle.inference import inference_datalist
+from transrisk_components.bundle.io.inference import inference_datalist
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "bundles" / "fets" / "configs"

@@ -15,7 +15,7 @@ from monai.engines import SupervisedEvaluator
 from monai.inferers import SimpleInferer
 
 from transrisk_components.bundle.handlers import RegionMetricsWriter, write_case_csv, write_summary_json
-from transrisk_components.bundle.metrics import (
+from transrisk_components.bundle.handlers.metrics import (
     CaseScore,
     RegionMetrics,
     region_masks,

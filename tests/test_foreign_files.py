@@ -21,7 +21,7 @@ from bundle_helpers import TINY, run_bundle
 from monai.bundle import ConfigParser, ConfigWorkflow
 from test_bundle_fets import CONFIGS
 
-from transrisk_components.bundle.errors import real_cause
+from transrisk_components.bundle.workflow.errors import real_cause
 from transrisk_components.bundle.fingerprint import ForeignOutputError, StageFingerprint, named_by_a_record
 from transrisk_components.data.registry import get_dataset
 from transrisk_components.utils.io import file_sha256

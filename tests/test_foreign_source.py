@@ -18,7 +18,7 @@ from monai.networks.nets import SegResNet
 from monai.transforms import LoadImaged
 
 from transrisk_components.bundle.engine import SourceWeights, load_source_weights
-from transrisk_components.bundle.source_model import (
+from transrisk_components.bundle.engine.source_model import (
     adapt_input_weight,
     carry_over,
     default_source_inputs,
@@ -258,7 +258,7 @@ def test_foreign_source_risk_stage_with_a_sigmoid_multichannel_source_equals_a_b
     from transrisk_components.bundle.stages.risk import RiskStage
     from transrisk_components.bundle.stages.risk_options import RiskMapOptions
     from transrisk_components.method.masks import image_mask
-    from transrisk_components.bundle.transforms import TaskLabelsd
+    from transrisk_components.bundle.engine.transforms import TaskLabelsd
     from transrisk_components.method.transferability import pixel_transferability
 
     scenario = Scenario("fets", str(data_fets_phantom), str(tmp_path), "t1", "flair", "multiclass", "multiclass",

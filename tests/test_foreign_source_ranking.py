@@ -20,8 +20,8 @@ from monai.inferers import SlidingWindowInferer
 from monai.networks.nets import SegResNet, UNet
 from monai.transforms import Compose, EnsureTyped, LoadImaged, NormalizeIntensityd
 
-from transrisk_components.bundle.ranking import EXTRA_COLUMNS, rank_sources
-from transrisk_components.bundle.transforms import TaskLabelsd
+from transrisk_components.bundle.stages.ranking import EXTRA_COLUMNS, rank_sources
+from transrisk_components.bundle.engine.transforms import TaskLabelsd
 from transrisk_components.data.registry import get_dataset
 from transrisk_components.data.scenario import Scenario
 from transrisk_components.method.masks import image_mask
@@ -137,7 +137,7 @@ def test_foreign_source_heterogeneous_candidates_in_one_ranking(scenario: Scenar
 def test_foreign_source_bad_entries_are_named_before_any_inference(
     scenario: Scenario, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import transrisk_components.bundle.ranking as ranking
+    import transrisk_components.bundle.stages.ranking as ranking
 
     def no_inference(*args, **kwargs):
         raise AssertionError("inference ran before every candidate was checked")

@@ -13,7 +13,7 @@ from monai.bundle import ConfigParser, ConfigWorkflow
 from torch import nn
 
 from transrisk_components.bundle.engine import SourceWeights, output_layer
-from transrisk_components.bundle.source_model import leep_output_layer, read_source_state
+from transrisk_components.bundle.engine.source_model import leep_output_layer, read_source_state
 from transrisk_components.method.head_init import leep_head
 
 REPO = Path(__file__).resolve().parents[1]

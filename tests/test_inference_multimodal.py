@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from monai.transforms import LoadImage
 
-from transrisk_components.bundle.inference import check_inference_inputs, inference_datalist
+from transrisk_components.bundle.io.inference import check_inference_inputs, inference_datalist
 from transrisk_components.data.scenario import Scenario
 
 CHANNELS = ["t1ce", "flair"]

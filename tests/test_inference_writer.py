@@ -11,7 +11,7 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import LoadImaged
 
-from transrisk_components.bundle.inference import (
+from transrisk_components.bundle.io.inference import (
     RawLabels,
     RawLabelsd,
     prediction_saver,

@@ -16,7 +16,7 @@ from transrisk_components.experiments import (
     SCRATCH,
     safe_transfer_rows,
 )
-from transrisk_components.bundle.selection import (
+from transrisk_components.bundle.workflow.selection import (
     RACE_MARGIN,
     STALL_DICE,
     TIE_MARGIN,

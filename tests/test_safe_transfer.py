@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from bundle_helpers import TINY, exception_messages, run_bundle
 
-from transrisk_components.bundle.selection import choose_candidate
+from transrisk_components.bundle.workflow.selection import choose_candidate
 from transrisk_components.bundle.stages.safe import VALIDATION_CSV, _read_validation
 from transrisk_components.data.registry import get_dataset
 from transrisk_components.utils.io import file_sha256

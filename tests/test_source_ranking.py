@@ -29,10 +29,10 @@ from torch import nn
 
 from transrisk_components.bundle.engine import SourceWeights, output_layer, reinit_output_channels
 from transrisk_components.bundle.fingerprint import StageFingerprint
-from transrisk_components.bundle.ranking import load_candidates, rank_sources, score_candidate
+from transrisk_components.bundle.stages.ranking import load_candidates, rank_sources, score_candidate
 from transrisk_components.bundle.stages.risk import RiskStage
 from transrisk_components.bundle.stages.risk_options import RiskMapOptions
-from transrisk_components.bundle.transforms import TaskLabelsd
+from transrisk_components.bundle.engine.transforms import TaskLabelsd
 from transrisk_components.data.registry import get_dataset
 from transrisk_components.method.transferability import dead_classes, prior_floor_leep
 
@@ -174,7 +174,7 @@ def save_state(state: dict, path: Path) -> Path:
 def test_bad_candidate_files_are_named_before_any_inference(
     cases: list[dict], checkpoints: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import transrisk_components.bundle.ranking as ranking
+    import transrisk_components.bundle.stages.ranking as ranking
 
     def no_inference(*args, **kwargs):
         raise AssertionError("inference ran before every candidate was checked")

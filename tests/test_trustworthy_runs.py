@@ -19,7 +19,7 @@ import torch.distributed as dist
 from bundle_helpers import TINY, exception_messages, folder_locked_by_another_process, risk_maps, run_bundle
 from test_bundle_fets import CONFIGS
 
-from transrisk_components.bundle.errors import real_cause
+from transrisk_components.bundle.workflow.errors import real_cause
 from transrisk_components.data.registry import get_dataset
 from transrisk_components.utils.distributed import shutdown_process_group
 from transrisk_components.utils.io import atomic_write_text, remove_partial_writes

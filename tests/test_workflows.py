@@ -16,10 +16,10 @@ from monai.transforms import Compose, Randomizable
 from monai.inferers import SlidingWindowInferer
 from monai.networks.nets import SegResNet, UNet
 
-from transrisk_components.bundle.paths import _from_argv
+from transrisk_components.bundle.io.paths import _from_argv
 from transrisk_components.bundle.config_values import as_bool
 from transrisk_components.data.registry import get_dataset
-from transrisk_components.bundle.inference import InferenceCases, inference_datalist
+from transrisk_components.bundle.io.inference import InferenceCases, inference_datalist
 from transrisk_components.method.losses import RiskWeightedLoss
 from transrisk_components.bundle.fingerprint import StageFingerprint
 from transrisk_components.bundle.stages.risk import RiskStage
@@ -34,7 +34,7 @@ from transrisk_components.bundle.engine import (
     training_loss,
 )
 from transrisk_components.bundle.handlers import ResumableCheckpoints
-from transrisk_components.bundle.transforms import TaskLabelsd
+from transrisk_components.bundle.engine.transforms import TaskLabelsd
 
 FETS_TRAIN = Path(__file__).resolve().parents[1] / "bundles" / "fets" / "configs" / "train.json"
 
@@ -368,7 +368,7 @@ def test_inference_checks_every_input_before_predicting_any(phantom: str, tmp_pa
     values = np.asarray(data.dataobj, dtype=np.float32)
     values[0, 0, 0] = np.nan
     nib.save(nib.Nifti1Image(values, data.affine), nan)
-    readers = ["ITKReader", "transrisk_components.bundle.inference.NibabelAnalyzeReader"]
+    readers = ["ITKReader", "transrisk_components.bundle.io.inference.NibabelAnalyzeReader"]
     with pytest.raises(ValueError) as info:
         list(InferenceCases(str(folder), reader=readers))
     lines = str(info.value).splitlines()

@@ -1,11 +1,13 @@
-"""What the bundles' configs reach through their ``_target_``s: the MONAI / Ignite plumbing around the method.
+"""What the bundles' configs reach where MONAI has no component, in rooms that depend downward only:
 
-- :mod:`~transrisk_components.bundle.paths`, :mod:`~transrisk_components.bundle.config_values` -- config helpers.
-- :mod:`~transrisk_components.bundle.transforms` -- ``TaskLabelsd``, the one transform MONAI lacks (the rest of
-  the pipeline, the network and the trainers are MONAI's, spelled out in the configs).
-- :mod:`~transrisk_components.bundle.engine` -- the risk map's way into the loss, source-weight transfer (``SourceWeights``).
-- :mod:`~transrisk_components.bundle.stages` -- the one-off stages before fine-tuning (source model, risk maps).
-- :mod:`~transrisk_components.bundle.handlers` -- checkpoints, learning curves, metric reports.
-- :mod:`~transrisk_components.bundle.metrics` -- evaluation regions and per-case metrics.
-- :mod:`~transrisk_components.bundle.inference`, :mod:`~transrisk_components.bundle.risk_export` -- outputs for users.
+- :mod:`~transrisk_components.bundle.io` -- where a run reads and writes (bundle folder, models), fingerprint records,
+  the risk maps' manifest, inference inputs and outputs, typed config values;
+- :mod:`~transrisk_components.bundle.engine` -- engine adapters: the task-label transform, the risk map's way into
+  the loss, source-weight transfer, cache budgets;
+- :mod:`~transrisk_components.bundle.handlers` -- resumable checkpoints, learning curves, region metrics and their
+  files;
+- :mod:`~transrisk_components.bundle.stages` -- the components the stages run: the source model, the risk maps (and
+  their export), the ranking of candidate sources;
+- :mod:`~transrisk_components.bundle.workflow` -- the stage graph: what a run was asked, every setting checked,
+  fingerprints from the resolved config, the plan, the candidates, the selection rule, the transfer report.
 """

@@ -1,8 +1,8 @@
 """A transfer scenario: which cases, modality and task the source and the target use, split once.
 
 The splits are deterministic, stable per case and disjoint (a subject is in at most one of source /
-target-train / target-val / target-test), and written to ``<output_dir>/splits.json`` so a run can be audited and
-repeated. Stable per case: every case has a rank of its own, the SHA-256 of ``"<seed>:<case_id>"``, and the
+target-train / target-val / target-test); :meth:`Scenario.write_splits` writes them to ``<output_dir>/splits.json``
+(a run does once it has been accepted) so that it can be audited and repeated. Stable per case: every case has a rank of its own, the SHA-256 of ``"<seed>:<case_id>"``, and the
 splits take cases in rank order: target-test, then target-val from the target cases; then the source from the
 remaining labelled source cases; then target-train from the target cases neither of those took. Test,
 validation and source cases therefore do not depend on the number of target training cases, and the training
@@ -111,7 +111,9 @@ class Scenario:
         source_partitions: partitions (institutions) the source cases come from; ``None`` for all.
         target_partitions: partitions the target cases come from; ``None`` for all.
         check_inputs: run :func:`~transrisk_components.data.checks.check_cases` on every selected case: headers
-            every time, voxels once per file version (remembered in ``<output_dir>/input_checks.json``).
+            every time, voxels once per file version (remembered in ``check_cache``).
+        check_cache: the file remembering which files passed the voxel checks (default
+            ``<output_dir>/input_checks.json``).
     """
 
     def __init__(
@@ -133,6 +135,7 @@ class Scenario:
         source_partitions: Sequence[str | int] | None = None,
         target_partitions: Sequence[str | int] | None = None,
         check_inputs: bool = True,
+        check_cache: str | None = None,
     ) -> None:
         self.spec = get_dataset(dataset)
         for role, task in (("source_task", source_task), ("target_task", target_task)):
@@ -162,6 +165,7 @@ class Scenario:
             "target": None if target_partitions is None else {_partition_key(p) for p in target_partitions},
         }
         self.check_inputs = check_inputs
+        self.check_cache = Path(check_cache) if check_cache else self.output_dir / CHECK_CACHE
         self._root: str | None = None
         self._unlabelled: set[str] = set()
         self._splits: dict[str, list[dict]] | None = None
@@ -204,8 +208,9 @@ class Scenario:
         return {c["case_id"]: c for c in cases if c.get("label") is not None}
 
     def prepare(self) -> dict[str, list[dict]]:
-        """Resolve the dataset (generating the phantom on first use), split it, check the cases and write
-        ``<output_dir>/splits.json``; later calls return the same splits without doing anything.
+        """Resolve the dataset (generating the phantom on first use), split it and check the cases; later calls return
+        the same splits without doing anything. Nothing is written but the voxel-check cache (see
+        :meth:`write_splits`).
 
         Returns:
             Split name -> datalist, for every name in :data:`SPLIT_NAMES`.
@@ -246,9 +251,8 @@ class Scenario:
             check_cases(
                 [case for name in SPLIT_NAMES for case in splits[name]],
                 self.spec,
-                cache_path=self.output_dir / CHECK_CACHE,
+                cache_path=self.check_cache,
             )
-        self._write(splits)
         self._splits = splits
         return splits
 
@@ -289,10 +293,12 @@ class Scenario:
         """A datalist entry holding only what the transforms read."""
         return {"case_id": case["case_id"], "image": list(case["image"]), "label": case["label"]}
 
-    def _write(self, splits: dict[str, list[dict]]) -> None:
-        """Write the scenario and its splits to ``<output_dir>/splits.json`` (rank 0 only)."""
+    def write_splits(self) -> Path:
+        """Write the scenario and its splits to ``<output_dir>/splits.json`` (rank 0 only); return its path."""
+        splits = self.prepare()
+        path = self.output_dir / "splits.json"
         if not is_rank0():
-            return
+            return path
         record = {
             "dataset": self.dataset,
             "dataset_dir": self._root,
@@ -304,10 +310,6 @@ class Scenario:
             "unlabelled": sorted(self._unlabelled),
             "splits": splits,
         }
-        path = self.output_dir / "splits.json"
         atomic_write_text(path, json.dumps(record, indent=2))
-        logger.info(
-            "splits written to %s: %s",
-            path,
-            ", ".join(f"{name} {len(splits[name])}" for name in SPLIT_NAMES),
-        )
+        logger.info("splits written to %s: %s", path, ", ".join(f"{name} {len(splits[name])}" for name in SPLIT_NAMES))
+        return path

@@ -101,7 +101,7 @@ class Method:
 
 def _loss_override(loss: Mapping[str, Any]) -> dict[str, Any]:
     """Override of the ``loss`` id with a plain (map-free) loss wrapped as the trainer expects."""
-    return {"risk#enabled": False, "loss": {"_target_": "transrisk_components.bundle.engine.TransferLoss", "loss": dict(loss)}}
+    return {"risk#enabled": False, "loss": {"_target_": "transrisk_components.bundle.engine.batches.TransferLoss", "loss": dict(loss)}}
 
 
 _DICE_CE = {"_target_": "DiceCELoss", "to_onehot_y": True, "softmax": True}

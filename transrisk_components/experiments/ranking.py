@@ -54,7 +54,7 @@ class StudyCandidate:
         return list(modality) if isinstance(modality, (list, tuple)) else str(modality)
 
     def ranking_entry(self, ckpt: Path) -> dict[str, Any]:
-        """The candidate as ``rank_sources`` reads it (:data:`~transrisk_components.bundle.ranking.CANDIDATE_KEYS`):
+        """The candidate as ``rank_sources`` reads it (:data:`~transrisk_components.bundle.stages.ranking.CANDIDATE_KEYS`):
         its checkpoint, its network's overrides and the images it is run on: a one-modality source sees the
         target's image (the image the model fine-tuned from it is fed), a multi-modal one its own modalities of the
         target cases (the channels it was made for)."""

@@ -1,6 +1,6 @@
 """Safe transfer over the grid's cells: the rows of the methods derived from the candidates' results.
 
-The choice is the bundles' own rule (:mod:`transrisk_components.bundle.selection`), applied to the validation Dice
+The choice is the bundles' own rule (:mod:`transrisk_components.bundle.workflow.selection`), applied to the validation Dice
 that the candidates' cells recorded, so the grid never picks by another rule than the product does.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from transrisk_components.bundle.selection import choose_candidate, race, rung_epochs
+from transrisk_components.bundle.workflow.selection import choose_candidate, race, rung_epochs
 from transrisk_components.experiments.catalogue import (
     BETTER_OF_PLAIN_AND_SCRATCH,
     DEFAULT_RISK,
@@ -33,9 +33,9 @@ def safe_transfer_rows(
 ) -> list[dict[str, Any]]:
     """Rows of the methods that safe transfer derives from the candidates' cells, per (scenario, seed).
 
-    - ``SAFE``: the candidate :func:`~transrisk_components.bundle.selection.choose_candidate` picks from the
+    - ``SAFE``: the candidate :func:`~transrisk_components.bundle.workflow.selection.choose_candidate` picks from the
       candidates' per-case validation Dice (the bundles' rule, validation only);
-    - ``SAFE_RACED``: the same rule among the candidates that :func:`~transrisk_components.bundle.selection.race`
+    - ``SAFE_RACED``: the same rule among the candidates that :func:`~transrisk_components.bundle.workflow.selection.race`
       lets finish, replayed on the candidates' validation curves (a resumed run continues as the uninterrupted one
       did, so the replay is the race's outcome); its ``cost`` is the epochs trained over one full run's;
     - ``BETTER_OF_PLAIN_AND_SCRATCH``: per seed, whichever of plain fine-tuning and scratch has the higher mean

@@ -9,7 +9,7 @@ Inputs:
   per epoch; ``val_dice`` left empty on epochs without validation; other columns ignored), or the same
   as a mapping of column name -> per-epoch values (``None``/NaN for missing).
 - :func:`plot_region_dice`: summary JSON files written by
-  :func:`transrisk_components.bundle.metrics.write_summary_json` (or their loaded dicts), one per method.
+  :func:`transrisk_components.bundle.handlers.metrics.write_summary_json` (or their loaded dicts), one per method.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from transrisk_components.utils.io import atomic_write  # noqa: E402
 
@@ -142,13 +143,18 @@ def validation_curve(path: str | os.PathLike) -> dict[int, dict[str, float]]:
     }
 
 
-def plot_learning_curves(metrics: str | os.PathLike | Mapping[str, Sequence[Any]], out_png: str | os.PathLike) -> Path:
-    """Training loss and validation Dice per epoch, side by side.
+def plot_learning_curves(
+    metrics: str | os.PathLike | Mapping[str, Sequence[Any]], out_png: str | os.PathLike, title: str = ""
+) -> Path:
+    """Training loss and validation Dice per epoch, side by side; the Dice of each region (``val_dice_<region>``
+    columns) beside their mean.
 
     Args:
         metrics: a learning-curve CSV path, or a mapping with the columns ``epoch``, ``train_loss`` and
-            ``val_dice`` (equal lengths; ``None``/NaN where an epoch has no value).
+            ``val_dice`` (equal lengths; ``None``/NaN where an epoch has no value), and optionally
+            ``val_dice_<region>`` columns.
         out_png: destination PNG.
+        title: the figure's title (e.g. the candidate's name); the epochs are added to it.
 
     Raises:
         ValueError: a column is missing, the columns differ in length, or there is no epoch.
@@ -157,7 +163,7 @@ def plot_learning_curves(metrics: str | os.PathLike | Mapping[str, Sequence[Any]
         missing = [c for c in LEARNING_CURVE_COLUMNS if c not in metrics]
         if missing:
             raise ValueError(f"learning curves for {out_png}: missing column(s) {missing}")
-        columns = {c: [_float_or_nan(v) for v in metrics[c]] for c in LEARNING_CURVE_COLUMNS}
+        columns = {c: [_float_or_nan(v) for v in metrics[c]] for c in metrics}
     else:
         columns = read_learning_curves(metrics)
     lengths = {c: len(v) for c, v in columns.items()}
@@ -165,14 +171,22 @@ def plot_learning_curves(metrics: str | os.PathLike | Mapping[str, Sequence[Any]
         raise ValueError(f"learning curves for {out_png}: need equally long, non-empty columns, got {lengths}")
     epoch = np.asarray(columns["epoch"])
     figure, (loss_ax, dice_ax) = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, column, colour in ((loss_ax, "train_loss", "tab:blue"), (dice_ax, "val_dice", "tab:green")):
-        values = np.asarray(columns[column])
+    regions = [c for c in columns if c.startswith("val_dice_")]
+    series = [(loss_ax, "train_loss", "train loss", "tab:blue", 2.0), (dice_ax, "val_dice", "mean over regions", "black", 2.0)]
+    series += [(dice_ax, c, c[len("val_dice_"):], None, 1.0) for c in regions]
+    for ax, column, label, colour, width in series:
+        values = np.asarray(columns[column], dtype=float)
         shown = ~np.isnan(values)
-        ax.plot(epoch[shown], values[shown], marker="o", markersize=3, color=colour)
+        ax.plot(epoch[shown], values[shown], marker="o", markersize=3, color=colour, linewidth=width, label=label)
+    for ax, label in ((loss_ax, "training loss"), (dice_ax, "validation Dice")):
         ax.set_xlabel("epoch")
-        ax.set_ylabel(column.replace("_", " "))
+        ax.set_ylabel(label)
         ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if regions:
+        dice_ax.legend(fontsize=8)
     dice_ax.set_ylim(0.0, 1.0)
+    figure.suptitle(f"{title + ': ' if title else ''}{int(epoch.max())} epochs")
     return _save(figure, out_png)
 
 
@@ -241,7 +255,7 @@ def plot_source_ranking(
 
     Args:
         rows: ranked candidates, each ``{"name", "leep", "leep_floor", "classes": {class: {"transferability",
-            "prior"}}}`` (see :func:`transrisk_components.bundle.ranking.rank_sources`).
+            "prior"}}}`` (see :func:`transrisk_components.bundle.stages.ranking.rank_sources`).
         class_names: target classes, index order.
         out_png: the PNG path (written atomically).
     """

@@ -34,18 +34,20 @@ probabilities exactly (maps bit-identical to recomputing them with a second sour
 the disk and moves the maps by 3e-4 at most on the test phantom (``tests/test_risk_stage_one_pass.py`` bounds it at
 2e-3), so it enters the cache key.
 
-Cache: ``<cache_root>/<key>/`` where ``key`` is the stage's fingerprint key
-(:func:`~transrisk_components.bundle.stages.risk_cache.cache_key`). Maps and ``manifest.json`` are written
-atomically, the manifest last; a folder with a complete manifest is reused.
+Cache: ``<cache_root>/<key>/`` where ``key`` is the digest of the stage's fingerprint (its resolved config, its input
+files, the source model's identity and the package version; see :mod:`transrisk_components.bundle.workflow.fingerprint`),
+given by the run. Maps and ``manifest.json`` are written atomically, the manifest last; a folder with a complete
+manifest is reused. The fine-tuning stage reads the maps through the manifest
+(:class:`~transrisk_components.bundle.io.risk_manifest.RiskManifest`).
 
 Classes that will not transfer: the manifest also holds, per target class, the mean transferability ``T_y``, its
 prior floor ``P(y)`` (what a source that knows nothing scores) and the information ``(T_y - P(y)) / (1 - P(y))``
 (:func:`~transrisk_components.method.transferability.class_information`). A class whose information is below
 ``dead_class_margin`` (default 0.05: the source reaches less than 5% of the headroom above the floor) is *dead*:
-the stage logs a WARNING naming it every time it runs (computed or reused), and writes the classes, the dead ones
-and the chosen action to ``summary_path`` (``eval/risk_stage_summary.json`` in the bundles). The action itself
-(``dead_classes``: ``"warn"``, ``"reinit"``, ``"scratch"``) is carried out when the target network is initialised
-from the source, by :class:`~transrisk_components.bundle.engine.SourceWeights`.
+:func:`report_risk_classes` logs a WARNING naming it on every run that uses the maps (computed or reused), and writes
+the classes, the dead ones and the chosen action to ``eval/risk_stage_summary.json`` once the run has been accepted.
+The action itself (``dead_classes``: ``"warn"``, ``"reinit"``, ``"scratch"``) is carried out when the target network
+is initialised from the source, by :class:`~transrisk_components.bundle.engine.source_weights.SourceWeights`.
 """
 
 from __future__ import annotations
@@ -60,9 +62,8 @@ import torch
 from monai.inferers import Inferer
 from torch import nn
 
-from transrisk_components.bundle.fingerprint import StageFingerprint
-from transrisk_components.bundle.source_model import read_source_state
-from transrisk_components.bundle.stages.risk_cache import RiskCache, cache_key
+from transrisk_components.bundle.engine.source_model import read_source_state
+from transrisk_components.bundle.stages.risk_cache import RiskCache
 from transrisk_components.bundle.stages.risk_options import RiskMapOptions
 from transrisk_components.bundle.stages.risk_passes import SourcePasses, common_grid
 from transrisk_components.data.registry import get_dataset, num_classes
@@ -71,7 +72,7 @@ from transrisk_components.method.transferability import class_table, dead_class_
 from transrisk_components.utils.distributed import barrier, rank_and_world
 from transrisk_components.utils.io import atomic_write_text
 
-__all__ = ["RiskDatalist", "RiskStage"]
+__all__ = ["RiskStage", "report_risk_classes"]
 
 logger = logging.getLogger(__name__)
 
@@ -80,13 +81,12 @@ class RiskStage:
     """Risk maps of the target training cases under one source model.
 
     Args:
-        enabled: when false, :meth:`datalist` returns the cases unchanged and nothing is computed.
         dataset: registry name (``"fets"``, ``"iseg"``).
         datalist: target training cases ``{"case_id", "image", "label"}`` (target modality).
         source_task: task of the source model (sets ``Cs``).
         target_task: task of the target labels (sets ``Ct``).
         source_ckpt: source network weights: a ``state_dict``, a dict holding one under ``options.key_in_ckpt``, or a
-            TorchScript file (:func:`~transrisk_components.bundle.source_model.read_source_state`); only read.
+            TorchScript file (:func:`~transrisk_components.bundle.engine.source_model.read_source_state`); only read.
         network: the source network architecture (weights are loaded from ``source_ckpt``).
         transform: the whole-volume preprocessing of a case (the config's ``validate#preprocessing``):
             ``{"image", "label", ...}`` paths -> ``image [C, *S]`` and ``label [1, *S]`` target-task classes on
@@ -94,14 +94,12 @@ class RiskStage:
             written on the image file's grid.
         inferer: whole-volume inferer, e.g. ``SlidingWindowInferer``.
         cache_root: folder holding one sub-folder per cache key.
-        fingerprint: what determines the maps (its ``key()`` names the cache folder).
+        key: the cache key (the stage fingerprint's digest, from the run): the maps go to ``cache_root/key``.
         options: the maps' and statistics' options (normalisation, mask, map type, kept-probability dtype, shuffle
-            ablation and its seed, dead-class action and margin, source output, checkpoint entry), see
+            ablation and its seed, source output, checkpoint entry), see
             :class:`~transrisk_components.bundle.stages.risk_options.RiskMapOptions`; its defaults when ``None``.
         device: device of the source model.
         amp: autocast on CUDA.
-        summary_path: JSON file (rank 0 writes it on every run) with the LEEP, the per-class table (``T_y``,
-            floor ``P(y)``, information), the dead classes and the action; ``None`` writes nothing.
         num_source_outputs: output channels of the source network (``None``: the classes of ``source_task``).
         source_datalist: the same cases with the images the source network reads, one per its input channel (e.g.
             the T1ce, T1, T2, FLAIR images for a 4-channel source and a FLAIR target); ``None`` feeds it the cases'
@@ -114,7 +112,6 @@ class RiskStage:
 
     def __init__(
         self,
-        enabled: bool,
         dataset: str,
         datalist: list[dict],
         source_task: str,
@@ -124,16 +121,14 @@ class RiskStage:
         transform: Callable[[dict], dict],
         inferer: Inferer,
         cache_root: str,
-        fingerprint: StageFingerprint,
+        key: str,
         options: RiskMapOptions | None = None,
         device: str | torch.device = "cpu",
         amp: bool = False,
-        summary_path: str | None = None,
         num_source_outputs: int | None = None,
         source_datalist: Sequence[dict] | None = None,
     ) -> None:
         self.options = RiskMapOptions() if options is None else options
-        self.enabled = enabled
         self.dataset = dataset
         self.cases = list(datalist)
         self.source_task = source_task
@@ -141,7 +136,7 @@ class RiskStage:
         self.source_ckpt = Path(source_ckpt)
         self.network = network
         self.cache_root = Path(cache_root)
-        self.fingerprint = fingerprint
+        self.key = str(key)
         spec = get_dataset(dataset)
         if self.options.map_type == "location" and not spec.co_registered:
             raise ValueError(
@@ -149,7 +144,6 @@ class RiskStage:
                 f"co-registered to one grid; {dataset} cases are not (each subject is in its own space): "
                 "use risk map 'pooled'"
             )
-        self.summary_path = None if summary_path is None else Path(summary_path)
         self.device = torch.device(device)
         outputs = num_classes(spec, source_task) if num_source_outputs is None else int(num_source_outputs)
         self.num_source_classes = num_source_states(outputs, self.options.source_output)
@@ -172,119 +166,28 @@ class RiskStage:
             amp and self.device.type == "cuda",
             source_images,
         )
-        self._manifest: dict[str, Any] | None = None
-
-    def cache_key(self) -> str:
-        """The fingerprint key of the maps (16 hex digits), the name of their cache folder."""
-        return cache_key(self.fingerprint, self.source_ckpt)
-
-    def map_path(self, case_id: str) -> str:
-        """The path of a case's cached risk map (runs the stage first if needed)."""
-        manifest = self.run()
-        return str(RiskCache(self.cache_root, manifest["key"]).map_path(manifest, case_id))
 
     def run(self) -> dict[str, Any]:
-        """Compute the maps unless a cache for the same key exists; return the manifest.
+        """Compute the maps unless the cache folder ``cache_root/key`` holds a complete manifest; return the manifest.
 
-        Manifest: ``{"key", "fingerprint", "map", "leep", "num_voxels", "conditional", "joint", "classes": {name:
+        Manifest: ``{"key", "source_ckpt", "map", "leep", "num_voxels", "conditional", "joint", "classes": {name:
         {"index", "transferability", "prior", "information"}}, "cases": {case_id: {"risk": file name, "leep": float,
         "foreground_voxels": int}}}`` (map files relative to the manifest's folder), plus ``"location_patch"`` and
         ``"num_locations"`` for the location-wise map. ``conditional`` (``P(y | z)``, ``[Ct, Cs]``), ``joint``
-        (``P(y, z)``, ``[Ct, Cs]``; absent from caches written before it was added, see :meth:`joint`) and ``classes``
-        come from the pooled statistics whatever the map; ``leep`` is the mean ``log T`` of the map's own statistics over every
-        masked voxel. Dead classes are warned about (and the summary written) once per stage object.
+        (``P(y, z)``, ``[Ct, Cs]``) and ``classes`` come from the pooled statistics whatever the map; ``leep`` is the
+        mean ``log T`` of the map's own statistics over every masked voxel.
         """
-        if self._manifest is None:
-            self._manifest = self._run()
-            self._report_classes(self._manifest)
-        return self._manifest
-
-    def _run(self) -> dict[str, Any]:
-        cache = RiskCache(self.cache_root, self.cache_key())
+        cache = RiskCache(self.cache_root, self.key)
         barrier()  # every rank decides on the same cache state
         manifest = cache.complete_manifest()
         if manifest is not None:
-            logger.info("risk maps reused from %s (fingerprint unchanged)", cache.folder)
+            logger.info("risk maps reused from %s", cache.folder)
             return manifest
         if rank_and_world()[0] == 0:  # left by a killed run; this run holds the bundle's lock
             cache.remove_leftovers()
         barrier()
         logger.info("computing risk maps of %d target cases in %s", len(self.cases), cache.folder)
         return self._compute(cache.folder)
-
-    def joint(self) -> torch.Tensor:
-        """The pooled LEEP joint ``P(y, z)`` over the target training cases' masked voxels, float64 ``[Ct, Cs]``
-        (runs the stage). A cache written before the manifest held the joint is computed once more (the same maps
-        under the same key) to add it."""
-        manifest = self.run()
-        if "joint" not in manifest:
-            logger.info("risk cache %s predates the joint P(y, z) in its manifest: computing it again", manifest["key"])
-            self._manifest = manifest = self._compute(self.cache_root / manifest["key"])
-        return torch.tensor(manifest["joint"], dtype=torch.float64)
-
-    def dead_class_names(self) -> list[str]:
-        """Target classes the source gives no information about, at ``dead_class_margin`` (runs the stage)."""
-        return dead_class_names(self.run()["classes"], self.options.dead_class_margin)
-
-    def dead_class_indices(self) -> list[int]:
-        """Indices (output channels of the target network) of :meth:`dead_class_names` (runs the stage)."""
-        table = self.run()["classes"]
-        return [table[name]["index"] for name in self.dead_class_names()]
-
-    def foreground_transfers(self) -> bool:
-        """Whether at least one present foreground class (index > 0) is not dead (runs the stage)."""
-        table, dead = self.run()["classes"], set(self.dead_class_names())
-        return any(v["index"] > 0 and v["prior"] > 0 and name not in dead for name, v in table.items())
-
-    def _report_classes(self, manifest: dict[str, Any]) -> None:
-        """Log a WARNING per dead class and write the summary (rank 0)."""
-        table = manifest["classes"]
-        dead = dead_class_names(table, self.options.dead_class_margin)
-        for name in dead:
-            entry = table[name]
-            logger.warning(
-                "the source gives no information about class %s (T_%s = %.4f, prior floor = %.4f, information %.3f "
-                "< margin %.3f): consider re-initialising the head for it (--risk#dead_classes reinit) or training "
-                "from scratch (--risk#dead_classes scratch, or --target_init random)",
-                name,
-                name,
-                entry["transferability"],
-                entry["prior"],
-                entry["information"],
-                self.options.dead_class_margin,
-            )
-        if not dead:
-            logger.info(
-                "every target class gets information from the source (information >= %.3f): %s",
-                self.options.dead_class_margin,
-                ", ".join(f"{n} {v['information']:.3f}" for n, v in table.items() if v["information"] is not None),
-            )
-        if self.summary_path is not None and rank_and_world()[0] == 0:
-            summary = {
-                "source_ckpt": str(self.source_ckpt),
-                "cache": str(self.cache_root / manifest["key"]),
-                "leep": manifest["leep"],
-                "num_voxels": manifest["num_voxels"],
-                "mask": self.options.mask,
-                "classes": table,
-                "dead_class_margin": self.options.dead_class_margin,
-                "dead_classes": dead,
-                "dead_class_action": self.options.dead_classes,
-            }
-            atomic_write_text(self.summary_path, json.dumps(summary, indent=2) + "\n")
-
-    def datalist(self) -> Sequence[dict]:
-        """The target training cases; when the stage is enabled each also holds its ``"risk"`` map path and its
-        ``"foreground_voxels"`` (label > 0 under the target task, whole case: the foreground-normalised loss's
-        normaliser, copied into every patch by the crop transforms).
-
-        With the stage enabled this is a :class:`RiskDatalist`: its length is known at once, the maps are
-        computed (or found in the cache) on first access to an entry, so a config can build its dataset and
-        trainer before the source model exists.
-        """
-        if not self.enabled:
-            return [dict(c) for c in self.cases]
-        return RiskDatalist(self)
 
     def _load_network(self) -> nn.Module:
         state = read_source_state(self.source_ckpt, self.options.key_in_ckpt)
@@ -319,7 +222,6 @@ class RiskStage:
         manifest = {
             "key": cache.key,
             "source_ckpt": str(self.source_ckpt),
-            "fingerprint": self.fingerprint.current(),
             "map": self.options.map_type,
             "leep": result.log_t_sum / max(num_voxels, 1),
             "num_voxels": num_voxels,
@@ -344,27 +246,62 @@ class RiskStage:
         return manifest
 
 
-class RiskDatalist(Sequence):
-    """The risk stage's datalist, resolved lazily: ``len`` is the number of cases, an entry runs the stage.
+def report_risk_classes(
+    manifest: dict[str, Any],
+    margin: float,
+    action: str,
+    mask: str,
+    summary_path: str | Path | None,
+    source_ckpt: str | Path,
+) -> list[str]:
+    """Log a WARNING per class the source gives no information about, and write the risk stage's summary.
 
-    Entries are ``{**case, "risk": path, "foreground_voxels": count}``. The first access to an entry calls
-    :meth:`RiskStage.run` (computing the maps, or reading the cache); run ids call ``risk_stage.run()`` before
-    the trainer so that this happens in the main process and not inside data-loader workers.
+    Called by the run on every run that uses the maps (computed or reused), once the run has been accepted.
+
+    Args:
+        manifest: the risk stage's manifest (:meth:`RiskStage.run`).
+        margin: information below which a class is dead (``risk#dead_class_margin``).
+        action: what fine-tuning does about dead classes (``risk#dead_classes``), named in the summary.
+        mask: the statistics mask of the maps (``risk#mask``), named in the summary.
+        summary_path: JSON file (rank 0 writes it) with the LEEP, the per-class table (``T_y``, floor ``P(y)``,
+            information), the dead classes and the action (``eval/risk_stage_summary.json``); ``None`` writes nothing.
+        source_ckpt: the source model the maps came from (named in the summary).
+
+    Returns:
+        The dead classes' names.
     """
-
-    def __init__(self, stage: RiskStage) -> None:
-        self.stage = stage
-
-    def __len__(self) -> int:
-        return len(self.stage.cases)
-
-    def __getitem__(self, index: int | slice) -> dict | list[dict]:
-        if isinstance(index, slice):
-            return [_with_map(c, self.stage) for c in self.stage.cases[index]]
-        return _with_map(self.stage.cases[index], self.stage)
-
-
-def _with_map(case: dict, stage: RiskStage) -> dict:
-    """``case`` with its ``"risk"`` path and ``"foreground_voxels"`` from the stage's manifest."""
-    entry = stage.run()["cases"][case["case_id"]]
-    return {**case, "risk": stage.map_path(case["case_id"]), "foreground_voxels": entry["foreground_voxels"]}
+    table = manifest["classes"]
+    dead = dead_class_names(table, margin)
+    for name in dead:
+        entry = table[name]
+        logger.warning(
+            "the source gives no information about class %s (T_%s = %.4f, prior floor = %.4f, information %.3f "
+            "< margin %.3f): consider re-initialising the head for it (--risk#dead_classes reinit) or training "
+            "from scratch (--risk#dead_classes scratch, or --target_init random)",
+            name,
+            name,
+            entry["transferability"],
+            entry["prior"],
+            entry["information"],
+            margin,
+        )
+    if not dead:
+        logger.info(
+            "every target class gets information from the source (information >= %.3f): %s",
+            margin,
+            ", ".join(f"{n} {v['information']:.3f}" for n, v in table.items() if v["information"] is not None),
+        )
+    if summary_path is not None and rank_and_world()[0] == 0:
+        summary = {
+            "source_ckpt": str(source_ckpt),
+            "cache": manifest["key"],
+            "leep": manifest["leep"],
+            "num_voxels": manifest["num_voxels"],
+            "mask": mask,
+            "classes": table,
+            "dead_class_margin": margin,
+            "dead_classes": dead,
+            "dead_class_action": action,
+        }
+        atomic_write_text(summary_path, json.dumps(summary, indent=2) + "\n")
+    return dead

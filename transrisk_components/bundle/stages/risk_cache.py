@@ -10,10 +10,9 @@ Layout of one cache folder ``<cache_root>/<key>/`` (:class:`RiskCache`):
   later passes, one file per case. They are the stage's own temporaries: deleted when the maps are written (or the
   stage fails), and any a killed run left are deleted before the stage computes again, so they are never reused.
 
-``key`` (:func:`cache_key`) is the stage's fingerprint key
-(:class:`~transrisk_components.bundle.fingerprint.StageFingerprint`: the settings listed under ``fingerprint#risk``
-in the bundle config -- inferer, risk options, amp --, the size and mtime of every image and label file, the source
-checkpoint's SHA-256 and the package version).
+``key`` is the digest of the risk stage's fingerprint (:mod:`transrisk_components.bundle.workflow.fingerprint`: its
+resolved config, the size and mtime of every image and label file, the source model's identity and the package
+version), given by the run.
 """
 
 from __future__ import annotations
@@ -30,7 +29,7 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from transrisk_components.bundle.fingerprint import StageFingerprint
+from transrisk_components.bundle.io.risk_manifest import MANIFEST
 from transrisk_components.utils.io import (
     atomic_torch_save,
     atomic_write,
@@ -39,22 +38,10 @@ from transrisk_components.utils.io import (
     remove_partial_writes,
 )
 
-__all__ = ["KEPT", "MANIFEST", "KeptPass", "RiskCache", "cache_key"]
+__all__ = ["KEPT", "MANIFEST", "KeptPass", "RiskCache"]
 
-MANIFEST = "manifest.json"
 #: Sub-folder of a cache folder holding what pass 1 keeps for the later passes (one file per case, temporary).
 KEPT = ".source_probabilities"
-
-
-def cache_key(fingerprint: StageFingerprint, source_ckpt: Path) -> str:
-    """The fingerprint key of the maps (16 hex digits), the name of their cache folder.
-
-    Raises:
-        FileNotFoundError: no source checkpoint at ``source_ckpt`` (its hash is part of the key).
-    """
-    if not source_ckpt.is_file():
-        raise FileNotFoundError(f"source checkpoint not found: {source_ckpt} (run the 'pretrain' stage first)")
-    return fingerprint.key()
 
 
 @dataclass
@@ -112,7 +99,7 @@ class RiskCache:
 
     Args:
         root: folder holding one sub-folder per cache key (the bundles' ``risk_dir``).
-        key: the cache key (:func:`cache_key`).
+        key: the cache key.
     """
 
     def __init__(self, root: Path, key: str) -> None:

@@ -3,9 +3,11 @@
 :class:`RiskMapOptions` gathers every setting of :class:`~transrisk_components.bundle.stages.risk.RiskStage` that is
 a choice rather than an input (the cases, the networks, the transforms, the cache folder are inputs). The bundles
 build it from their ``risk#...`` ids (``risk#map_normalization``, ``risk#mask``, ``risk#map``, ``risk#location_patch``,
-``risk#probabilities``, ``risk#shuffle``, ``risk#dead_classes``, ``risk#dead_class_margin``) and the top-level
-``seed``, ``source_output`` and ``key_in_ckpt``; a wrong value stops the run when the object is built, with an error
-naming the config id and the allowed values.
+``risk#probabilities``, ``risk#shuffle``) and the top-level ``seed``, ``source_output`` and ``key_in_ckpt``; a wrong
+value stops the run when the object is built, with an error naming the config id and the allowed values. What
+fine-tuning does about classes the source gives no information about (``risk#dead_classes``,
+``risk#dead_class_margin``) is not an option of the maps: it does not change them, so it is not part of their cache
+key.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from transrisk_components.bundle.config_values import as_bool
+from transrisk_components.bundle.io.config_values import as_bool
 from transrisk_components.method.masks import RISK_MASKS
 from transrisk_components.method.risk import RISK_NORMALIZATIONS
 from transrisk_components.method.source_outputs import SOURCE_OUTPUTS
@@ -27,8 +29,10 @@ PROBABILITY_STORAGE = {"float32": torch.float32, "float16": torch.float16}
 #: Where the conditional ``P(y | z)`` is pooled, or the label-only control (see :attr:`RiskMapOptions.map_type`).
 RISK_MAPS = ("pooled", "location", "foreground")
 
-#: What fine-tuning does about target classes the source gives no information about
-#: (see :attr:`RiskMapOptions.dead_classes`).
+#: What fine-tuning does about target classes the source gives no information about (``risk#dead_classes``):
+#: ``"warn"`` only warns; ``"reinit"`` re-initialises their output channels after the source weights are loaded;
+#: ``"scratch"`` starts from random weights when no foreground class transfers (carried out by
+#: :class:`~transrisk_components.bundle.engine.source_weights.SourceWeights`).
 DEAD_CLASS_ACTIONS = ("warn", "reinit", "scratch")
 
 
@@ -64,16 +68,6 @@ class RiskMapOptions:
             permutation, seeded by a hash of ``seed`` and its case id. Strings such as ``"false"`` (what ``fire``
             passes from the command line) are read as booleans.
         seed: seed of the permutations when ``shuffle`` is set (the bundle's ``seed``).
-        dead_classes: what fine-tuning does about target classes the source gives no information about
-            (``risk#dead_classes``, :data:`DEAD_CLASS_ACTIONS`): ``"warn"`` (default) only warns; ``"reinit"``
-            re-initialises their output channels after the source weights are loaded; ``"scratch"`` starts from
-            random weights when no foreground class transfers. Carried out by
-            :class:`~transrisk_components.bundle.engine.SourceWeights`; the stage names it in its warning and writes
-            it to the summary.
-        dead_class_margin: a class is dead when its information ``(T_y - P(y)) / (1 - P(y))`` is below this, in
-            ``[0, 1]`` (``risk#dead_class_margin``, see
-            :func:`~transrisk_components.method.transferability.dead_classes`). Not part of the cache key: the maps
-            do not depend on it.
         source_output: how the source network's output channels become the source states ``z`` of LEEP
             (``source_output``, :func:`~transrisk_components.method.source_outputs.source_states`): ``"softmax"``
             (default: ``Cs`` classes) or ``"sigmoid"`` (independent regions: their ``2^Cs`` on/off combinations).
@@ -91,8 +85,6 @@ class RiskMapOptions:
     probabilities: str = "float32"
     shuffle: bool = False
     seed: int = 0
-    dead_classes: str = "warn"
-    dead_class_margin: float = 0.05
     source_output: str = "softmax"
     key_in_ckpt: str | None = None
 
@@ -103,7 +95,6 @@ class RiskMapOptions:
             "mask": ("risk mask", "risk#mask", RISK_MASKS),
             "map_type": ("risk map", "risk#map", RISK_MAPS),
             "probabilities": ("risk#probabilities", "risk#probabilities", tuple(PROBABILITY_STORAGE)),
-            "dead_classes": ("risk#dead_classes", "risk#dead_classes", DEAD_CLASS_ACTIONS),
             "source_output": ("source output", "source_output", SOURCE_OUTPUTS),
         }
         for field, (what, name, allowed) in choices.items():
@@ -114,11 +105,8 @@ class RiskMapOptions:
         # frozen: the normalised values are set once, here
         object.__setattr__(self, "shuffle", as_bool(self.shuffle, "risk#shuffle"))
         object.__setattr__(self, "location_patch", int(self.location_patch))
-        object.__setattr__(self, "dead_class_margin", float(self.dead_class_margin))
         if self.location_patch < 1:
             raise ValueError(f"risk#location_patch must be >= 1 voxel, got {self.location_patch}")
-        if not 0.0 <= self.dead_class_margin <= 1.0:
-            raise ValueError(f"risk#dead_class_margin must be in [0, 1], got {self.dead_class_margin}")
 
     @property
     def probability_dtype(self) -> torch.dtype:

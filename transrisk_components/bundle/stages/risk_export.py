@@ -13,14 +13,16 @@ import csv
 import io
 import logging
 import shutil
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
 
 from transrisk_components.reporting.figures import plot_risk_overlay
 from transrisk_components.utils.io import atomic_write, atomic_write_text
-from transrisk_components.bundle.stages.risk import RiskStage
+from transrisk_components.bundle.io.risk_manifest import RiskManifest
 
 __all__ = ["export_risk_maps"]
 
@@ -41,12 +43,14 @@ def _mean(values: np.ndarray) -> float:
     return float(values.mean()) if values.size else float("nan")
 
 
-def export_risk_maps(stage: RiskStage, output_dir: str) -> Path:
+def export_risk_maps(manifest: str | Path, cases: Sequence[Mapping[str, Any]], output_dir: str | Path, mask: str) -> Path:
     """Write ``<case>_risk.nii.gz``, ``<case>_risk.png`` and ``risk_summary.csv`` under ``output_dir``.
 
     Args:
-        stage: the risk stage; its cached maps are reused (computed first when missing).
+        manifest: the risk stage's ``manifest.json`` of ``cases``.
+        cases: the target training cases (``{"case_id", "image", "label"}``).
         output_dir: destination folder.
+        mask: the maps' statistics mask (``risk#mask``): ``"nonzero"`` counts the background inside the head only.
 
     Returns:
         The CSV path.
@@ -56,23 +60,23 @@ def export_risk_maps(stage: RiskStage, output_dir: str) -> Path:
     """
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    manifest = stage.run()
+    maps = RiskManifest(manifest)
     rows = []
-    for case in stage.cases:
-        record = manifest["cases"][case["case_id"]]
-        risk_path = stage.cache_root / manifest["key"] / record["risk"]
-        image, label, risk = _volume(case["image"][0]), _volume(case["label"]), _volume(str(risk_path))
+    for case in cases:
+        case_id = case["case_id"]
+        risk_path = maps.map_path(case_id)
+        image, label, risk = _volume(case["image"][0]), _volume(case["label"]), _volume(risk_path)
         if not image.shape == label.shape == risk.shape:
             raise ValueError(
-                f"{case['case_id']}: image {case['image'][0]} {image.shape}, label {case['label']} {label.shape} "
+                f"{case_id}: image {case['image'][0]} {image.shape}, label {case['label']} {label.shape} "
                 f"and risk map {risk_path} {risk.shape} must share one shape"
             )
-        map_path = out / f"{case['case_id']}_risk.nii.gz"
+        map_path = out / f"{case_id}_risk.nii.gz"
         atomic_write(map_path, lambda tmp, src=risk_path: shutil.copyfile(src, tmp), suffix=".nii.gz")
-        plot_risk_overlay(image, label, risk, out / f"{case['case_id']}_risk.png", title=case["case_id"])
+        plot_risk_overlay(image, label, risk, out / f"{case_id}_risk.png", title=case_id)
         foreground = label > 0
-        background = ~foreground & (image != 0) if stage.options.mask == "nonzero" else ~foreground
-        rows.append([case["case_id"], _mean(risk[foreground]), _mean(risk[background]), record["leep"]])
+        background = ~foreground & (image != 0) if mask == "nonzero" else ~foreground
+        rows.append([case_id, _mean(risk[foreground]), _mean(risk[background]), maps.data["cases"][case_id]["leep"]])
     text = io.StringIO()
     writer = csv.writer(text)
     writer.writerow(CSV_COLUMNS)

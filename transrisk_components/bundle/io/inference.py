@@ -372,7 +372,7 @@ class AnalyzeWriter(NibabelWriter):
     """MONAI image writer for Analyze 7.5 ``.hdr`` / ``.img`` pairs (nibabel ``AnalyzeImage``).
 
     Use as ``SaveImaged(..., writer=AnalyzeWriter, output_ext=".hdr", output_dtype=np.uint8)`` (or the
-    dotted path ``"transrisk_components.bundle.inference.AnalyzeWriter"`` in a config).
+    dotted path ``"transrisk_components.bundle.io.inference.AnalyzeWriter"`` in a config).
 
     Analyze stores voxel sizes but neither origin nor direction: nibabel reads every Analyze file as
     L, A, S axes centred on the volume. The writer therefore reorients the array to L, A, S

@@ -29,7 +29,7 @@ target cases are then read with that modality's image, or, for a list in channel
 modalities' images stacked as channels (as the bundles' loaders stack a multi-modal input; the mask is then where any
 channel is nonzero). Its network's input channels (its first convolution) must be one per such image.
 
-What a candidate can be -- everything the risk stage's source can be (:mod:`~transrisk_components.bundle.source_model`,
+What a candidate can be -- everything the risk stage's source can be (:mod:`~transrisk_components.bundle.engine.source_model`,
 :mod:`~transrisk_components.method.source_outputs`): a ``state_dict`` (or a dict holding one under ``key_in_ckpt``;
 DDP ``module.`` prefixes dropped) of the bundle's network (``network`` overrides) or of any MONAI network
 (``network_def``), or a TorchScript file (``torchscript``, detected from the file; its own network); softmax outputs or
@@ -67,8 +67,8 @@ from monai.bundle import ConfigParser
 from monai.inferers import Inferer
 from torch import nn
 
-from transrisk_components.bundle.config_values import as_bool
-from transrisk_components.bundle.source_model import is_torchscript, read_source_state
+from transrisk_components.bundle.io.config_values import as_bool
+from transrisk_components.bundle.engine.source_model import is_torchscript, read_source_state
 from transrisk_components.data.registry import ALL_MODALITIES, modality_channels
 from transrisk_components.method.gbc import gbc_score
 from transrisk_components.method.masks import image_mask

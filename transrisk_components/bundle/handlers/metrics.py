@@ -138,7 +138,7 @@ class RegionChannels:
     measure the evaluation reports. In a bundle config::
 
         {"_target_": "MeanDice", "include_background": true,
-         "output_transform": {"_target_": "transrisk_components.bundle.metrics.RegionChannels",
+         "output_transform": {"_target_": "transrisk_components.bundle.handlers.metrics.RegionChannels",
                               "dataset": "fets", "task": "multiclass"}}
 
     Args:

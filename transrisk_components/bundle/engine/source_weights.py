@@ -1,146 +1,31 @@
-"""Engine adapters: the risk map's path into the loss, and source-weight transfer into the target network.
+"""Source-weight transfer into the target network when fine-tuning starts.
 
-How the risk map reaches the loss: the batch dict holds ``risk [B, 1, *S]`` next to ``label`` (and
-``foreground_voxels [B]``, the whole case's foreground count that the risk stage puts into each datalist entry
-and the crop transforms copy into every patch); :func:`prepare_risk_batch` hands the trainer
-``(image, RiskTargets(label, risk, foreground_voxels))`` as its targets, and :class:`TransferLoss` unpacks them
-into ``RiskWeightedLoss(logits, label, risk, foreground_voxels)``. MONAI's
-``SupervisedTrainer`` passes targets to the loss untouched, so no trainer code is replaced.
-
-The trainers' batches reach the network as plain tensors (:func:`prepare_plain_batch`): a ``MetaTensor`` carries
-its metadata through every layer, which cost 10-20% of a CPU fine-tuning iteration in the FeTS bundle (measured
-with one thread on a 48^3 SegResNet step) for nothing the training uses -- the numbers are the same to the bit.
-The evaluators keep MONAI's default, so predictions keep their image's metadata.
+:class:`SourceWeights` is the fine-tuning trainer's first handler: at ``Events.STARTED`` it copies the source
+checkpoint's weights into the target network wherever shapes allow (the rules of
+:mod:`~transrisk_components.bundle.engine.source_model`), optionally sets the output head from the source's through
+the risk stage's ``P(z | y)`` (``head_init leep``), re-initialises the classes the source gives no information about
+(``risk#dead_classes reinit``) and freezes everything but the head for the first epochs (``freeze_epochs``). What the
+risk stage found is read from its manifest (:class:`~transrisk_components.bundle.io.risk_manifest.RiskManifest`).
 """
 
 from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
 
 import torch
 from ignite.engine import Engine, Events
-from monai.data import MetaTensor
-from monai.engines.utils import default_prepare_batch
-from monai.losses import DiceCELoss
-from monai.utils import CommonKeys
 from torch import nn
 
-from transrisk_components.bundle.source_model import HEAD_INITS, carry_over, leep_output_layer, read_source_state
-from transrisk_components.method.losses import RiskWeightedLoss
+from transrisk_components.bundle.engine.source_model import HEAD_INITS, carry_over, leep_output_layer, read_source_state
+from transrisk_components.bundle.io.risk_manifest import RiskManifest
 from transrisk_components.utils.distributed import is_distributed
 
-__all__ = [
-    "RiskTargets",
-    "SourceWeights",
-    "TransferLoss",
-    "batch_loss",
-    "batch_preparer",
-    "load_source_weights",
-    "output_layer",
-    "prepare_plain_batch",
-    "prepare_risk_batch",
-    "reinit_output_channels",
-    "training_loss",
-]
+__all__ = ["SourceWeights", "load_source_weights", "output_layer", "reinit_output_channels"]
 
 logger = logging.getLogger(__name__)
-
-
-class RiskTargets(NamedTuple):
-    """Targets of one fine-tuning batch: ``label [B, 1, *S]`` class indices, ``risk [B, 1, *S]`` in [0, 1] and
-    ``foreground_voxels [B]``, each sample's whole-case foreground count (``None`` when the batch has none)."""
-
-    label: torch.Tensor
-    risk: torch.Tensor
-    foreground_voxels: torch.Tensor | None = None
-
-
-def _plain(tensor: torch.Tensor) -> torch.Tensor:
-    """``tensor`` without MONAI metadata: a ``MetaTensor``'s plain ``torch.Tensor`` (same storage, no copy)."""
-    return tensor.as_tensor() if isinstance(tensor, MetaTensor) else tensor
-
-
-def prepare_plain_batch(
-    batchdata: dict[str, torch.Tensor], device: str | torch.device | None = None, non_blocking: bool = False, **kwargs: Any
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``prepare_batch`` for ``SupervisedTrainer``: MONAI's default ``(image [B, C, *S], label [B, 1, *S])`` on
-    ``device``, as plain tensors (see the module notes)."""
-    image, label = default_prepare_batch(batchdata, device, non_blocking, **kwargs)
-    return _plain(image), _plain(label)
-
-
-def prepare_risk_batch(
-    batchdata: dict[str, torch.Tensor], device: str | torch.device | None = None, non_blocking: bool = False, **kwargs: Any
-) -> tuple[torch.Tensor, RiskTargets]:
-    """``prepare_batch`` for ``SupervisedTrainer``: ``(image [B, C, *S], RiskTargets(label, risk,
-    foreground_voxels))`` on ``device``, plain tensors; ``foreground_voxels`` is ``None`` when the batch has no such
-    entry.
-
-    Raises:
-        KeyError: the batch has no ``risk`` entry (the risk stage did not run for these cases).
-    """
-    if "risk" not in batchdata:
-        raise KeyError("batch has no 'risk' map: fine-tuning with risk.enabled needs the risk stage's datalist")
-    image, label = prepare_plain_batch(batchdata, device, non_blocking, **kwargs)
-    risk = _plain(batchdata["risk"].to(device=device, non_blocking=non_blocking, **kwargs))
-    foreground = batchdata.get("foreground_voxels")
-    if foreground is not None:
-        foreground = torch.as_tensor(foreground).to(device=device, non_blocking=non_blocking)
-    return image, RiskTargets(label, risk, foreground)
-
-
-def batch_preparer(risk_enabled: bool) -> Callable:
-    """The trainer's ``prepare_batch``: :func:`prepare_risk_batch` with a risk map, :func:`prepare_plain_batch`
-    otherwise (the source trainer, plain fine-tuning)."""
-    return prepare_risk_batch if risk_enabled else prepare_plain_batch
-
-
-def batch_loss(output: dict[str, Any] | list[dict[str, Any]]) -> float:
-    """The loss of one trainer iteration's output, for stats handlers.
-
-    ``output`` is the batch's dict (``decollate=False``, the loss a 0-d tensor) or the list of per-sample dicts
-    (``decollate=True``, each holding the batch loss as a number).
-    """
-    loss = (output[0] if isinstance(output, list) else output)[CommonKeys.LOSS]
-    return float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss)
-
-
-class TransferLoss(nn.Module):
-    """Adapts a segmentation loss to the trainer's targets: a label tensor, or :class:`RiskTargets`.
-
-    Args:
-        loss: ``RiskWeightedLoss`` (called with ``(logits, label, risk, foreground_voxels)``) or a plain loss such as
-            ``DiceCELoss`` (called with ``(logits, label)``; only valid without a risk map).
-    """
-
-    def __init__(self, loss: nn.Module) -> None:
-        super().__init__()
-        self.loss = loss
-
-    def forward(self, logits: torch.Tensor, targets: torch.Tensor | RiskTargets) -> torch.Tensor:
-        """Loss of ``logits [B, C, *S]`` against a ``label [B, 1, *S]`` or ``RiskTargets``; a scalar."""
-        if isinstance(targets, RiskTargets):
-            if not isinstance(self.loss, RiskWeightedLoss):
-                raise TypeError(f"a risk map was given but the loss {type(self.loss).__name__} cannot use it")
-            return self.loss(logits, targets.label, targets.risk, targets.foreground_voxels)
-        return self.loss(logits, targets)
-
-
-def training_loss(risk_enabled: bool, **risk_loss_args: Any) -> TransferLoss:
-    """The fine-tuning loss: ``RiskWeightedLoss(**risk_loss_args)`` with the map, else MONAI ``DiceCELoss``.
-
-    Args:
-        risk_enabled: fine-tune with the transfer risk map.
-        risk_loss_args: ``RiskWeightedLoss`` arguments (``scheme``, ``strength``, ``normalization``, ...);
-            ignored for plain fine-tuning.
-    """
-    if risk_enabled:
-        return TransferLoss(RiskWeightedLoss(**risk_loss_args))
-    return TransferLoss(DiceCELoss(to_onehot_y=True, softmax=True))
 
 
 def load_source_weights(
@@ -154,12 +39,12 @@ def load_source_weights(
 ) -> nn.Module:
     """Copy source weights into ``network`` wherever shapes allow: the input layer adapted when the input channels
     differ, the output head re-initialised when the class counts differ (the rules of
-    :mod:`transrisk_components.bundle.source_model`).
+    :mod:`transrisk_components.bundle.engine.source_model`).
 
     Args:
         network: target network (already built with ``target_classes`` outputs and ``len(target_channels)`` inputs).
         ckpt_path: source checkpoint: a ``state_dict``, a dict holding one (``key_in_ckpt``; ``"model"`` by default)
-            or a TorchScript file (see :func:`~transrisk_components.bundle.source_model.read_source_state`).
+            or a TorchScript file (see :func:`~transrisk_components.bundle.engine.source_model.read_source_state`).
         source_classes: output channels of the source network.
         target_classes: output classes of ``network``.
         source_channels: the modalities of the source's input channels, in order (``()``: as many as the target's).
@@ -268,8 +153,9 @@ class SourceWeights:
             ``"warn"`` (default: nothing here, the risk stage warns), ``"reinit"`` (re-initialise those classes'
             output channels after loading the source weights), ``"scratch"`` (random initialisation, as
             ``init="random"``, when no foreground class transfers; the source weights otherwise).
-        risk_stage: the :class:`~transrisk_components.bundle.stages.risk.RiskStage` that tells the dead classes
-            (``dead_class_indices()``, ``foreground_transfers()``); needed unless ``dead_classes="warn"``.
+        risk_manifest: the risk stage's ``manifest.json`` (the run's ``risk_manifest``), which tells the dead classes
+            and holds the pooled ``P(y, z)``; needed when ``dead_classes`` acts or ``head_init="leep"``.
+        dead_class_margin: information below which a class is dead (``risk#dead_class_margin``).
         source_channels: the modalities of the source's input channels, in order (``source_modality``; ``()``: as
             many as the target's).
         target_channels: the modalities of ``network``'s input channels (``target_modality``).
@@ -278,10 +164,10 @@ class SourceWeights:
             source is frozen (the head first fits the target, then everything is fine-tuned); ``0`` (default) trains
             everything from the first epoch. Nothing is frozen when the network does not start from the source.
         head_init: how the output layer starts when the network starts from the source (``head_init``,
-            :data:`~transrisk_components.bundle.source_model.HEAD_INITS`): ``"random"`` (default: the carry-over
+            :data:`~transrisk_components.bundle.engine.source_model.HEAD_INITS`): ``"random"`` (default: the carry-over
             rules, the head re-initialised when the class counts differ) or ``"leep"``: target class ``y``'s output
             unit is the ``P(z | y)``-weighted mean of the source's units, ``P(y, z)`` the risk stage's pooled joint
-            over the target training cases (:func:`~transrisk_components.bundle.source_model.leep_output_layer`; a
+            over the target training cases (:func:`~transrisk_components.bundle.engine.source_model.leep_output_layer`; a
             copy or permutation of the source's units when ``z -> y`` is one-to-one). Applied before
             ``dead_classes reinit``, which then re-initialises the dead classes' units.
         source_output: the source's output semantics (``source_output``); ``head_init="leep"`` needs ``"softmax"``.
@@ -299,7 +185,8 @@ class SourceWeights:
         source_classes: int,
         target_classes: int,
         dead_classes: str = "warn",
-        risk_stage: Any = None,
+        risk_manifest: str | Path | None = None,
+        dead_class_margin: float = 0.05,
         source_channels: Sequence[str] = (),
         target_channels: Sequence[str] = (),
         key_in_ckpt: str | None = None,
@@ -311,11 +198,11 @@ class SourceWeights:
             raise ValueError(f"unknown target init {init!r}; choose 'source' or 'random'")
         if dead_classes not in ("warn", "reinit", "scratch"):
             raise ValueError(f"unknown risk#dead_classes {dead_classes!r}; choose 'warn', 'reinit' or 'scratch'")
-        if dead_classes != "warn" and risk_stage is None:
+        if dead_classes != "warn" and init == "source" and risk_manifest is None:
             raise ValueError(f"risk#dead_classes {dead_classes!r} needs the risk stage to tell the dead classes")
         if head_init not in HEAD_INITS:
             raise ValueError(f"unknown head_init {head_init!r}; choose one of {HEAD_INITS}")
-        if head_init == "leep" and risk_stage is None:
+        if head_init == "leep" and init == "source" and risk_manifest is None:
             raise ValueError("head_init 'leep' needs the risk stage: its pooled P(y, z) mixes the source's output units")
         if head_init == "leep" and source_output != "softmax":
             raise ValueError(
@@ -329,7 +216,8 @@ class SourceWeights:
         self.source_classes = source_classes
         self.target_classes = target_classes
         self.dead_classes = dead_classes
-        self.risk_stage = risk_stage
+        self.manifest = None if risk_manifest is None else RiskManifest(risk_manifest)
+        self.dead_class_margin = float(dead_class_margin)
         self.source_channels = tuple(source_channels)
         self.target_channels = tuple(target_channels)
         self.key_in_ckpt = key_in_ckpt
@@ -347,11 +235,11 @@ class SourceWeights:
         if self.init == "random":
             logger.info("target network starts from random initialisation (no-transfer baseline)")
             return
-        if self.dead_classes == "scratch" and not self.risk_stage.foreground_transfers():
+        if self.dead_classes == "scratch" and not self.manifest.foreground_transfers(self.dead_class_margin):
             logger.warning(
                 "risk#dead_classes scratch: no foreground class gets information from the source (dead: %s): the "
                 "target network starts from random initialisation instead of %s",
-                ", ".join(self.risk_stage.dead_class_names()),
+                ", ".join(self.manifest.dead_class_names(self.dead_class_margin)),
                 self.ckpt_path,
             )
             return
@@ -369,14 +257,14 @@ class SourceWeights:
         if self.freeze_epochs:
             self._freeze(engine)
         if self.dead_classes == "reinit":
-            channels = self.risk_stage.dead_class_indices()
+            channels = self.manifest.dead_class_indices(self.dead_class_margin)
             if channels:
                 layer = reinit_output_channels(self.network, channels, self.target_classes)
                 logger.warning(
                     "risk#dead_classes reinit: output channels %s (%s) of layer %s re-initialised: the source gives "
                     "no information about them",
                     channels,
-                    ", ".join(self.risk_stage.dead_class_names()),
+                    ", ".join(self.manifest.dead_class_names(self.dead_class_margin)),
                     layer,
                 )
             else:
@@ -386,7 +274,7 @@ class SourceWeights:
         """Set the output layer from the source's through the risk stage's ``P(y, z)`` (``head_init leep``)."""
         name, layer = output_layer(self.network, self.target_classes)
         state = read_source_state(self.ckpt_path, self.key_in_ckpt)
-        leep_output_layer(layer, name, state, self.risk_stage.joint(), self.ckpt_path)
+        leep_output_layer(layer, name, state, self.manifest.joint(), self.ckpt_path)
         logger.info(
             "head_init leep: output layer %s set from the source's %d class units through P(z | y) of the target "
             "training cases",

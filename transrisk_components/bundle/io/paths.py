@@ -1,14 +1,11 @@
-"""Locate the bundle folder a config was read from, so outputs land in the bundle and not in the cwd.
+"""Where a bundle run reads and writes: the bundle folder, the folder it trains into, the model it evaluates.
 
 MONAI sets no config id for the bundle folder: a Model Zoo config usually says ``"bundle_root": "."``, which
 writes into whatever directory the command was started from. :func:`bundle_root` derives the folder from the
-config file instead, in this order:
-
-1. the ``ConfigWorkflow`` that is parsing the config (``python -m monai.bundle run ...``, ``torchrun``, or a
-   ``ConfigWorkflow`` built in Python): the folder above its ``configs/`` directory;
-2. the ``--config_file`` argument on the command line (``ckpt_export``, ``verify_net_in_out``, which parse
-   configs without a workflow);
-3. otherwise an error: pass ``--bundle_root`` explicitly.
+``--config_file`` argument of the command line instead (``python -m monai.bundle run ...``, ``ckpt_export``,
+``verify_net_in_out``): the folder above that file's ``configs/`` directory. A workflow built in Python passes
+``bundle_root`` itself (:class:`~transrisk_components.bundle.workflow.entry.TransferWorkflow` does it from its config
+files); the stages of a run get it from the run, explicitly.
 
 Where the bundle keeps its models (``models_dir``, ``<bundle_root>/models``) and the files a Model Zoo download ships
 there can coexist: :func:`ckpt_dir` is the folder the bundle trains into -- ``models_dir``, or
@@ -20,15 +17,13 @@ the downloaded one until then.
 from __future__ import annotations
 
 import ast
-import inspect
 import logging
 import sys
 from pathlib import Path
-from typing import Any
 
-from transrisk_components.bundle.fingerprint import RECORD_SUFFIX, named_by_a_record
+from transrisk_components.bundle.io.records import RECORD_SUFFIX, named_by_a_record
 
-__all__ = ["TRAINED", "active_workflow", "bundle_root", "ckpt_dir", "model_file", "workflow_on_stack"]
+__all__ = ["MODEL", "TRAINED", "bundle_root", "ckpt_dir", "folder_of", "model_file"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,48 +33,10 @@ TRAINED = "trained"
 MODEL = "model.pt"
 
 
-def _folder_of(config_file: str | Path) -> Path:
+def folder_of(config_file: str | Path) -> Path:
     """The bundle folder for a config file: the parent of ``configs/``, else the file's own folder."""
     folder = Path(config_file).expanduser().resolve().parent
     return folder.parent if folder.name == "configs" else folder
-
-
-def workflow_on_stack() -> Any:
-    """The innermost MONAI ``ConfigWorkflow`` on the call stack (the one parsing or running this config), or ``None``."""
-    from monai.bundle import ConfigWorkflow
-
-    frame = inspect.currentframe()
-    while frame is not None:
-        owner = frame.f_locals.get("self")
-        if isinstance(owner, ConfigWorkflow) and hasattr(owner, "config_root_path"):
-            return owner
-        frame = frame.f_back
-    return None
-
-
-def active_workflow(purpose: str) -> Any:
-    """The ``ConfigWorkflow`` running the current config, for a stage that parses the configuration again.
-
-    Args:
-        purpose: the run id that needs it, for the error message.
-
-    Raises:
-        RuntimeError: no ``ConfigWorkflow`` is on the call stack.
-    """
-    workflow = workflow_on_stack()
-    if workflow is None:
-        raise RuntimeError(f"{purpose} parses the bundle's configuration again and must run inside a MONAI "
-                           "ConfigWorkflow: python -m monai.bundle run ... or ConfigWorkflow(...).run()")
-    return workflow
-
-
-def _from_workflow() -> Path | None:
-    """The bundle folder of the ``ConfigWorkflow`` found on the call stack, if any."""
-    owner = workflow_on_stack()
-    if owner is None:
-        return None
-    root = Path(owner.config_root_path).expanduser().resolve()
-    return root.parent if root.name == "configs" else root
 
 
 def _from_argv(argv: list[str]) -> Path | None:
@@ -94,7 +51,7 @@ def _from_argv(argv: list[str]) -> Path | None:
             continue
         if value.startswith("["):  # fire passes a list of files as a Python literal
             value = ast.literal_eval(value)[0]
-        return _folder_of(value)
+        return folder_of(value)
     return None
 
 
@@ -102,13 +59,13 @@ def bundle_root() -> str:
     """Return the absolute path of the bundle folder holding the config being parsed.
 
     Raises:
-        RuntimeError: neither a ``ConfigWorkflow`` nor a ``--config_file`` argument names the config.
+        RuntimeError: no ``--config_file`` argument names the config.
     """
-    root = _from_workflow() or _from_argv(sys.argv)
+    root = _from_argv(sys.argv)
     if root is None:
         raise RuntimeError(
-            "cannot tell which bundle folder this config belongs to (no ConfigWorkflow on the call stack and "
-            "no --config_file argument); pass bundle_root explicitly, e.g. --bundle_root bundles/fets"
+            "cannot tell which bundle folder this config belongs to (the command line has no --config_file); pass "
+            "bundle_root explicitly (--bundle_root bundles/fets, or bundle_root=... in Python)"
         )
     logger.debug("bundle_root = %s", root)
     return str(root)

@@ -1,0 +1,1 @@
+"""Ignite handlers: resumable checkpoints, learning curves, region metrics and their files."""

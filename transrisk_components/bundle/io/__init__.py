@@ -1,0 +1,1 @@
+"""Where a bundle run reads and writes: paths, fingerprint records, the risk maps' manifest, inference I/O."""

@@ -1,0 +1,114 @@
+"""The transfer report: what safe transfer chose, why, and where transfer hurt, as JSON, a figure and log lines.
+
+Written by the run (:mod:`.pipeline`) after the selection rule (:mod:`.selection`) chose among the candidates on the
+validation cases: ``eval/transfer_report.json`` and ``eval/transfer_report.png`` -- each candidate's validation Dice
+per region with its CI over cases, the choice and its reason, each region where training from scratch beat every
+transfer candidate on validation (negative transfer, named), the classes the risk stage found the source gives no
+information about beside what the candidates then learnt -- and the same in the last lines of the log.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from transrisk_components.bundle.workflow.selection import RaceOutcome, Selection
+from transrisk_components.reporting.figures import plot_region_dice
+from transrisk_components.utils.io import atomic_write_text
+
+__all__ = ["negative_transfer", "transfer_report", "transfer_report_lines", "write_transfer_report"]
+
+logger = logging.getLogger(__name__)
+
+
+def negative_transfer(selection: Selection, scratch: Sequence[str], transfer: Sequence[str]) -> list[dict[str, Any]]:
+    """The regions where the best candidate trained from scratch beat the best transfer candidate on validation:
+    ``[{"region", "scratch", "best_transfer", "difference"}]`` (difference in Dice, 0-1)."""
+    if not scratch or not transfer:
+        return []
+    found = []
+    for region in selection.candidate(transfer[0]).regions:
+        best_transfer = max(transfer, key=lambda n: selection.candidate(n).regions[region])
+        best_scratch = max(scratch, key=lambda n: selection.candidate(n).regions[region])
+        gap = selection.candidate(best_scratch).regions[region] - selection.candidate(best_transfer).regions[region]
+        if gap > 0:
+            found.append({"region": region, "scratch": best_scratch, "best_transfer": best_transfer, "difference": gap})
+    return found
+
+
+def transfer_report(
+    selection: Selection,
+    outcome: RaceOutcome,
+    validation_cases: int,
+    scratch: Sequence[str],
+    dead_classes: Sequence[str],
+    model_path: Path,
+) -> dict[str, Any]:
+    """The report as data (the JSON's content).
+
+    Args:
+        selection: the rule's outcome over the candidates that finished.
+        outcome: which candidates finished, which racing dropped, the cost in runs.
+        validation_cases: the number of validation cases the choice rests on.
+        scratch: the candidates that do not start from the source.
+        dead_classes: the classes the risk stage found the source gives no information about.
+        model_path: where the chosen model was installed.
+    """
+    names = [c.name for c in selection.candidates]
+    scratch = [n for n in scratch if n in names]
+    transfer = [n for n in names if n not in scratch]
+    return {
+        "chosen": selection.chosen,
+        "reason": selection.reason,
+        "tied": list(selection.tied),
+        "model": str(model_path),
+        "validation_cases": validation_cases,
+        "candidates": {
+            c.name: {"score": c.score, "score_ci": list(c.score_ci), "regions": c.regions,
+                     "difference_to_chosen": c.difference, "difference_ci": list(c.difference_ci),
+                     "stalled_regions": list(c.stalled), "epochs": outcome.epochs.get(c.name)}
+            for c in selection.candidates
+        },
+        "dropped_by_racing": outcome.dropped,
+        "cost_in_runs": outcome.cost,
+        "negative_transfer": negative_transfer(selection, scratch, transfer),
+        "scratch_candidates": scratch,
+        "leep_dead_classes": {"classes": list(dead_classes),
+                              "stalled_regions_of_transfer_candidates": {n: list(selection.candidate(n).stalled) for n in transfer}},
+    }
+
+
+def write_transfer_report(report: Mapping[str, Any], summaries: Mapping[str, Mapping[str, Any]], output_dir: Path) -> Path:
+    """Write ``transfer_report.json`` and its figure (the candidates' validation Dice per region) under
+    ``output_dir``; return the JSON's path."""
+    path = atomic_write_text(output_dir / "transfer_report.json", json.dumps(report, indent=2) + "\n")
+    plot_region_dice(dict(summaries), output_dir / "transfer_report.png",
+                     title=f"validation Dice per region, mean ± SD over cases; chosen: {report['chosen']}")
+    return path
+
+
+def transfer_report_lines(report: Mapping[str, Any], report_path: Path) -> str:
+    """The last lines of the run: the candidates, the choice, negative transfer, where the model is."""
+    lines = ["safe transfer, validation Dice (%) on "
+             f"{report['validation_cases']} cases, mean over regions [95% CI over cases]:"]
+    for name, entry in report["candidates"].items():
+        regions = ", ".join(f"{r} {100 * v:.1f}" for r, v in entry["regions"].items())
+        stalled = f"; never learnt {', '.join(entry['stalled_regions'])}" if entry["stalled_regions"] else ""
+        marker = "  <- chosen" if name == report["chosen"] else ""
+        lines.append(f"  {name}: {100 * entry['score']:.1f} [{100 * entry['score_ci'][0]:.1f}, "
+                     f"{100 * entry['score_ci'][1]:.1f}] ({regions}{stalled}){marker}")
+    for name, rung in report["dropped_by_racing"].items():
+        lines.append(f"  {name}: dropped by racing at epoch {rung}")
+    for item in report["negative_transfer"]:
+        lines.append(f"  negative transfer in {item['region']}: {item['scratch']} beat {item['best_transfer']} by "
+                     f"{100 * item['difference']:.1f} points on validation")
+    if not report["negative_transfer"] and report["scratch_candidates"]:
+        lines.append("  no region where training from scratch beat transfer on validation")
+    if report["leep_dead_classes"]["classes"]:
+        lines.append(f"  LEEP warned that the source sees nothing of {', '.join(report['leep_dead_classes']['classes'])}")
+    lines.append(f"  chosen: {report['reason']}")
+    lines.append(f"  model: {report['model']}; report: {report_path} (and .png)")
+    return "\n".join(lines)
