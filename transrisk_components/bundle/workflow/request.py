@@ -40,10 +40,27 @@ def _config_files(config_file: str | os.PathLike | Sequence[str | os.PathLike]) 
 
 
 class _Parsed:
-    """The arguments ``fire`` gave to ``run``, wrapped so that ``fire`` does not print or call into them."""
+    """The arguments ``fire`` gave to ``run``, wrapped so that ``fire`` does not call into them."""
 
-    def __init__(self, run_id: str | None = None, **kwargs: Any) -> None:
-        self.arguments = {"run_id": run_id, **kwargs}
+    def __init__(self, arguments: dict[str, Any]) -> None:
+        self.arguments = arguments
+
+
+def _run_arguments(
+    run_id: str | None = None,
+    init_id: str | None = None,
+    final_id: str | None = None,
+    meta_file: str | None = None,
+    config_file: Any = None,
+    logging_file: Any = None,
+    tracking: Any = None,
+    args_file: str | None = None,
+    **override: Any,
+) -> _Parsed:
+    """What ``monai.bundle.scripts.run`` receives (its signature), as ``fire`` parses a command line for it."""
+    workflow = {"run_id": run_id, "init_id": init_id, "final_id": final_id, "meta_file": meta_file,
+                "config_file": config_file, "logging_file": logging_file, "tracking": tracking, "args_file": args_file}
+    return _Parsed({**workflow, **override})
 
 
 @dataclass(frozen=True)
@@ -90,7 +107,7 @@ class BundleRequest:
         from monai.bundle.scripts import update_kwargs
 
         with contextlib.redirect_stdout(io.StringIO()):  # fire describes the object it returns
-            parsed = fire.Fire({"run": _Parsed}, command=list(argv[1:]), name="monai.bundle")
+            parsed = fire.Fire({"run": _run_arguments}, command=list(argv[1:]), name="monai.bundle")
         arguments = update_kwargs(args=parsed.arguments.pop("args_file", None), **parsed.arguments)
         if arguments.get("config_file") is None:
             return None
