@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from monai.bundle import ConfigParser, ConfigWorkflow, ckpt_export, verify_net_in_out
+from monai.bundle import ConfigParser, ckpt_export, verify_net_in_out
+
+from transrisk_components.bundle.workflow.entry import TransferWorkflow
 
 #: Bundle settings small enough for tests: a tiny SegResNet, 16^3 patches, one epoch per stage, few cases.
 TINY = {
@@ -41,8 +43,9 @@ def run_bundle(
     settings: Mapping[str, Any],
     configs: Sequence[str] = ("train.json",),
     **overrides: Any,
-) -> ConfigWorkflow:
-    """Initialise and run ``run_id`` of the bundle configs ``configs`` with ``settings`` and ``overrides``.
+) -> TransferWorkflow:
+    """Initialise and run ``run_id`` of the bundle configs ``configs`` with ``settings`` and ``overrides``, as a
+    :class:`~transrisk_components.bundle.workflow.entry.TransferWorkflow` (what Python callers use).
 
     ``dataset_dir`` is the training data of ``train.json``; ``inference.json`` alone keeps its own default (the
     folder of the training run's ``splits.json``). A nested setting (``section#id``) whose section none of the
@@ -53,7 +56,7 @@ def run_bundle(
     data = {"dataset_dir": dataset_dir} if "train.json" in configs else {}
     settings = {k: v for k, v in settings.items() if "#" not in k or k.split("#")[0] in sections}
     values = {**settings, "bundle_root": str(bundle_root), **data, **overrides}
-    workflow = ConfigWorkflow(config_file=files, run_id=run_id, logging_file=False, workflow_type=None, **values)
+    workflow = TransferWorkflow(config_file=files, run_id=run_id, logging_file=False, **values)
     workflow.initialize()
     workflow.run()
     workflow.finalize()

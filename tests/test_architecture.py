@@ -3,7 +3,9 @@
 Layers, lowest first: ``utils`` < ``method`` < ``data`` < ``reporting`` < ``bundle`` < ``experiments`` (see
 docs/architecture.md): the experiment grid may use every other layer, and none of them imports it.
 ``method`` is the paper on its own: it imports nothing of the package but itself. matplotlib is imported by
-``reporting`` alone. The imports are read from the source (ast), so lazy imports inside functions count too.
+``reporting`` alone. Inside ``bundle`` the rooms are layers too: ``io`` < ``engine`` < ``handlers`` < ``stages`` <
+``workflow`` (the stage graph uses everything, nothing imports it but the run ids' configs). The imports are read
+from the source (ast), so lazy imports inside functions count too.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import pytest
 PACKAGE = "transrisk_components"
 ROOT = Path(__file__).resolve().parents[1] / PACKAGE
 LAYERS = ("utils", "method", "data", "reporting", "bundle", "experiments")
+#: The rooms of ``bundle``, lowest first.
+BUNDLE_ROOMS = ("io", "engine", "handlers", "stages", "workflow")
 
 
 def _module_name(path: Path) -> str:
@@ -68,6 +72,22 @@ def test_imports_point_down_or_sideways(module):
     assert not upward, f"{module} imports from a higher layer: {upward}"
 
 
+def _room(module: str) -> int | None:
+    parts = module.split(".")
+    return BUNDLE_ROOMS.index(parts[2]) if len(parts) > 2 and parts[1] == "bundle" and parts[2] in BUNDLE_ROOMS else None
+
+
+def test_every_bundle_module_is_in_a_room():
+    strays = [m for m in MODULES if _layer(m) == LAYERS.index("bundle") and m != f"{PACKAGE}.bundle" and _room(m) is None]
+    assert not strays, f"bundle modules outside the rooms {BUNDLE_ROOMS}: {strays}"
+
+
+@pytest.mark.parametrize("module", sorted(m for m in MODULES if _room(m) is not None))
+def test_bundle_rooms_import_down_or_sideways(module):
+    upward = [i for i in GRAPH[module] if _room(i) is not None and _room(i) > _room(module)]
+    assert not upward, f"{module} imports from a higher room of bundle: {upward}"
+
+
 def test_method_layer_is_torch_only():
     for name, path in MODULES.items():
         if _layer(name) == LAYERS.index("method"):
@@ -102,7 +122,8 @@ def test_no_import_cycles():
 
 def test_the_graph_holds_the_real_edges():
     """The checks above could not pass vacuously: the graph holds the package's real edges."""
-    assert "transrisk_components.method.losses" in GRAPH["transrisk_components.bundle.engine"]
+    assert "transrisk_components.method.losses" in GRAPH["transrisk_components.bundle.engine.batches"]
+    assert "transrisk_components.bundle.workflow.fingerprint" in GRAPH["transrisk_components.bundle.workflow.pipeline"]
     assert "transrisk_components.data.registry" in GRAPH["transrisk_components.data.checks"]
     assert "transrisk_components.bundle.workflow.selection" in GRAPH["transrisk_components.experiments.safe"]
     assert "transrisk_components.reporting.results" in GRAPH["transrisk_components.experiments.reports"]

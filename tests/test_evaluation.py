@@ -14,7 +14,7 @@ from monai.data import DataLoader, Dataset, MetaTensor
 from monai.engines import SupervisedEvaluator
 from monai.inferers import SimpleInferer
 
-from transrisk_components.bundle.handlers import RegionMetricsWriter, write_case_csv, write_summary_json
+from transrisk_components.bundle.handlers.metric_files import RegionMetricsWriter, write_case_csv, write_summary_json
 from transrisk_components.bundle.handlers.metrics import (
     CaseScore,
     RegionMetrics,

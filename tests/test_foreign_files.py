@@ -1,6 +1,6 @@
 """Files the bundle did not make are never deleted or changed, and a downloaded model coexists with the user's runs.
 
-An output is the bundle's own only when a fingerprint record of ours names it (``StageFingerprint.prepare``);
+An output is the bundle's own only when a fingerprint record of ours names it (``workflow.plan.decide``);
 a checkpoint the user brought (``--source_ckpt`` elsewhere) and a Model Zoo download's ``models/model.pt`` are not,
 whatever ``--overwrite`` says. Beside such a ``models/model.pt`` the bundle trains into ``models/trained/``, and
 evaluation and inference use the downloaded model until the bundle trained its own. The bundle runs use the FeTS
@@ -18,11 +18,14 @@ from pathlib import Path
 import pytest
 import torch
 from bundle_helpers import TINY, run_bundle
-from monai.bundle import ConfigParser, ConfigWorkflow
+from monai.bundle import ConfigParser
 from test_bundle_fets import CONFIGS
 
+from transrisk_components.bundle.io.records import ForeignOutputError, StaleOutputError, named_by_a_record
+from transrisk_components.bundle.workflow.entry import TransferWorkflow
 from transrisk_components.bundle.workflow.errors import real_cause
-from transrisk_components.bundle.fingerprint import ForeignOutputError, StageFingerprint, named_by_a_record
+from transrisk_components.bundle.workflow.plan import StagePlan, decide
+from transrisk_components.bundle.workflow.stage import StageConfig
 from transrisk_components.data.registry import get_dataset
 from transrisk_components.utils.io import file_sha256
 
@@ -42,10 +45,10 @@ def run(run_id: str, bundle_root: Path, dataset_dir: str, configs: tuple[str, ..
 def refusal(run_id: str, bundle_root: Path, dataset_dir: str, **overrides) -> BaseException:
     """The real cause of a run that must stop (its folder lock released, so that another process can run there)."""
     values = {**TINY, "bundle_root": str(bundle_root), "dataset_dir": dataset_dir, **overrides}
-    workflow = ConfigWorkflow(config_file=str(CONFIGS / "train.json"), run_id=run_id, logging_file=False, workflow_type=None, **values)
+    workflow = TransferWorkflow(config_file=str(CONFIGS / "train.json"), run_id=run_id, logging_file=False, **values)
     workflow.initialize()
     try:
-        with pytest.raises(RuntimeError) as error:
+        with pytest.raises(Exception) as error:
             workflow.run()
     finally:
         workflow.finalize()
@@ -70,18 +73,30 @@ def snapshot(path: Path) -> tuple[bytes, int]:
 # --- the rule itself, on files -------------------------------------------------------------------------------
 
 
+def _stage(folder: Path, outputs: list[Path], seed: int = 0) -> StagePlan:
+    """A fine-tuning stage whose fingerprint is ``{"seed": seed}``, writing ``outputs``."""
+    fingerprint = {"stage": "finetune", "version": "test", "config": {"seed": seed}, "resolved": {}, "inputs": {}, "upstream": {}}
+    return StagePlan(StageConfig("finetune", ()), fingerprint, folder / "finetune.fingerprint.json", tuple(outputs),
+                     tuple(outputs[:1]), None, 1)
+
+
 def test_a_record_names_its_outputs_and_nothing_beside_them(tmp_path: Path) -> None:
     own, beside = tmp_path / "model.pt", tmp_path / "user_model.pt"
     run_dir = tmp_path / "finetune_run"
-    fingerprint = StageFingerprint("finetune", {"seed": 0}, record=tmp_path / "finetune.fingerprint.json", outputs=[own, run_dir])
-    assert fingerprint.prepare() is False
+    stage = decide(_stage(tmp_path, [own, run_dir]), overwrite=False, upstream_reused=True)
+    assert stage.decision == "run"
+    stage.start()
     record = json.loads((tmp_path / "finetune.fingerprint.json").read_text())
-    assert record["outputs"] == ["model.pt", "finetune_run"], "outputs are named relative to the record's folder"
+    assert record["outputs"] == ["finetune_run", "model.pt"], "outputs are named relative to the record's folder"
     assert named_by_a_record(own) and named_by_a_record(run_dir)
     assert not named_by_a_record(beside) and not named_by_a_record(tmp_path / "elsewhere" / "model.pt")
     # the outputs list is where, not what: the same settings still match
     own.write_bytes(b"weights")
-    assert StageFingerprint("finetune", {"seed": 0}, record=tmp_path / "finetune.fingerprint.json", outputs=[own, run_dir]).prepare()
+    assert decide(_stage(tmp_path, [own, run_dir]), overwrite=False, upstream_reused=True).decision == "resume"
+    stage.finish()
+    assert decide(_stage(tmp_path, [own, run_dir]), overwrite=False, upstream_reused=True).decision == "reuse"
+    assert decide(_stage(tmp_path, [own, run_dir]), overwrite=True, upstream_reused=False).decision == "redo", (
+        "a stage built on one that runs again is not reused")
 
 
 def test_a_record_from_before_0_5_names_everything_in_its_folder(tmp_path: Path) -> None:
@@ -97,34 +112,34 @@ def test_overwrite_never_deletes_a_foreign_output(tmp_path: Path, overwrite: boo
     shipped = tmp_path / "model.pt"
     shipped.write_bytes(b"downloaded weights")
     before = snapshot(shipped)
-    fingerprint = StageFingerprint("finetune", {}, record=tmp_path / "finetune.fingerprint.json", outputs=[shipped], overwrite=overwrite)
     with pytest.raises(ForeignOutputError, match="never deleted or changed, whatever --overwrite says") as error:
-        fingerprint.prepare()
+        decide(_stage(tmp_path, [shipped]), overwrite=overwrite, upstream_reused=True)
     assert str(shipped) in str(error.value)
     assert snapshot(shipped) == before and not (tmp_path / "finetune.fingerprint.json").exists()
 
 
 def test_overwrite_never_deletes_what_the_stage_builds_on(tmp_path: Path) -> None:
     model = tmp_path / "model.pt"
-    StageFingerprint("finetune", {"seed": 0}, record=tmp_path / "finetune.fingerprint.json", outputs=[model]).prepare()
+    _stage(tmp_path, [model]).start()
     model.write_bytes(b"our fine-tuned model, now the source of the next run")
     before = snapshot(model)
-    again = StageFingerprint(
-        "finetune", {"seed": 1}, upstream={"source_ckpt": model}, record=tmp_path / "finetune.fingerprint.json",
-        outputs=[model], overwrite=True,
-    )
-    with pytest.raises(ValueError, match="builds on source_ckpt .* also one of its outputs"):
-        again.prepare()
+    with pytest.raises(ValueError, match="builds on .*model.pt, which is also one of its outputs"):
+        decide(_stage(tmp_path, [model], seed=1), overwrite=True, upstream_reused=True, builds_on=[model])
     assert snapshot(model) == before
 
 
-def test_overwrite_still_deletes_the_bundle_s_own_outputs(tmp_path: Path) -> None:
+def test_overwrite_still_deletes_the_bundle_s_own_outputs_and_names_what_changed(tmp_path: Path) -> None:
     model = tmp_path / "model.pt"
-    StageFingerprint("finetune", {"seed": 0}, record=tmp_path / "finetune.fingerprint.json", outputs=[model]).prepare()
+    _stage(tmp_path, [model]).start()
     model.write_bytes(b"ours")
-    StageFingerprint("finetune", {"seed": 1}, record=tmp_path / "finetune.fingerprint.json", outputs=[model], overwrite=True).prepare()
+    with pytest.raises(StaleOutputError, match=r"config\.seed: 0 -> 1") as error:
+        decide(_stage(tmp_path, [model], seed=1), overwrite=False, upstream_reused=True)
+    assert "--overwrite true" in str(error.value) and model.is_file()
+    again = decide(_stage(tmp_path, [model], seed=1), overwrite=True, upstream_reused=True)
+    assert again.decision == "redo"
+    again.start()
     assert not model.exists()
-    assert json.loads((tmp_path / "finetune.fingerprint.json").read_text())["settings"] == {"seed": 1}
+    assert json.loads((tmp_path / "finetune.fingerprint.json").read_text())["config"] == {"seed": 1}
 
 
 # --- a new user's run: their own source checkpoint -- ----------------------------------------------------------
@@ -139,13 +154,13 @@ def test_overwrite_never_deletes_a_foreign_source_checkpoint(tmp_path: Path, pha
     cause = refusal("training", bundle, phantom, source_ckpt=str(user_model), overwrite="true")
     assert isinstance(cause, ForeignOutputError), repr(cause)
     assert f"source checkpoint {user_model} was not made by this bundle" in str(cause)
-    assert "--fingerprint#source '$None'" in str(cause)
+    assert "--train_source false" in str(cause)
     assert snapshot(user_model) == before, "the user's checkpoint must not be deleted or changed"
 
     command = [
         sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", str(CONFIGS / "train.json"),
         "--bundle_root", str(bundle), "--dataset_dir", phantom, "--source_ckpt", str(user_model),
-        "--fingerprint#source", "$None", "--overwrite", "true",
+        "--train_source", "false", "--overwrite", "true",
     ]
     for key, value in TINY.items():
         command += [f"--{key}", json.dumps(value) if isinstance(value, list) else str(value)]
@@ -155,7 +170,7 @@ def test_overwrite_never_deletes_a_foreign_source_checkpoint(tmp_path: Path, pha
     assert snapshot(user_model) == before
     assert not list((bundle / "models").glob("source_run/*.pt")), "a declared source is used as it is, never trained"
     record = json.loads((bundle / "models" / "finetune.fingerprint.json").read_text())
-    assert record["upstream"]["source_ckpt"] == f"sha256={file_sha256(user_model)}"
+    assert record["upstream"]["source"] == f"sha256={file_sha256(user_model)}"
     assert (bundle / "models" / "model.pt").is_file()
 
 
@@ -195,10 +210,10 @@ def test_a_downloaded_model_survives_training_with_overwrite_and_is_used_until_t
 def test_the_downloaded_model_serves_as_a_foreign_source_model(tmp_path: Path, phantom: str) -> None:
     shipped = random_weights("network_def", tmp_path / "models" / "model.pt")
     before = snapshot(shipped)
-    workflow = run("training", tmp_path, phantom, source_ckpt=str(shipped), overwrite="true", **{"fingerprint#source": None})
-    assert workflow.parser.get_parsed_content("source#trainer").state.iteration == 0, "the source is not retrained"
-    assert snapshot(shipped) == before
+    run("training", tmp_path, phantom, source_ckpt=str(shipped), overwrite="true", train_source=False)
     trained = tmp_path / "models" / "trained"
+    assert not (trained / "source_run").exists() and not (trained / "source.pt").exists(), "the source is not trained"
+    assert snapshot(shipped) == before
     record = json.loads((trained / "finetune.fingerprint.json").read_text())
-    assert record["upstream"]["source_ckpt"] == f"sha256={file_sha256(shipped)}"
+    assert record["upstream"]["source"] == f"sha256={file_sha256(shipped)}"
     assert (trained / "model.pt").is_file()

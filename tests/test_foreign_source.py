@@ -17,7 +17,7 @@ import torch
 from monai.networks.nets import SegResNet
 from monai.transforms import LoadImaged
 
-from transrisk_components.bundle.engine import SourceWeights, load_source_weights
+from transrisk_components.bundle.engine.source_weights import SourceWeights, load_source_weights
 from transrisk_components.bundle.engine.source_model import (
     adapt_input_weight,
     carry_over,
@@ -235,15 +235,12 @@ def test_foreign_source_freeze_epochs_train_only_the_head_first(tmp_path: Path) 
         SourceWeights(target, "source", ckpt, 4, 4, freeze_epochs=-1)
 
 
-def test_foreign_source_sigmoid_output_is_never_trained_here(tmp_path: Path) -> None:
-    from transrisk_components.bundle.fingerprint import StageFingerprint
-    from transrisk_components.bundle.stages.source import SourceStage
+def test_foreign_source_sigmoid_output_is_never_trained_here() -> None:
+    from transrisk_components.bundle.workflow.settings import SettingsError, check_settings
 
-    fingerprint = StageFingerprint("source", {}, record=tmp_path / "source.fingerprint.json", outputs=[tmp_path / "source.pt"])
-    stage = SourceStage(str(tmp_path / "source.pt"), trainer=None, network=None, fingerprint=fingerprint, output="sigmoid")
-    with pytest.raises(ValueError, match=r"source_output 'sigmoid' describes a source from elsewhere.*--fingerprint#source '\$None'"):
-        stage.run()
-    assert not (tmp_path / "source.fingerprint.json").exists(), "refused before anything is recorded"
+    with pytest.raises(SettingsError, match=r"source_output 'sigmoid': describes a source from elsewhere.*--train_source false"):
+        check_settings({"source_output": "sigmoid", "train_source": True}, "the source stage")
+    check_settings({"source_output": "sigmoid", "train_source": False}, "the run")
 
 
 def test_foreign_source_risk_stage_with_a_sigmoid_multichannel_source_equals_a_brute_force_leep(
@@ -254,7 +251,6 @@ def test_foreign_source_risk_stage_with_a_sigmoid_multichannel_source_equals_a_b
     from monai.inferers import SlidingWindowInferer
     from monai.transforms import Compose, EnsureTyped, NormalizeIntensityd
 
-    from transrisk_components.bundle.fingerprint import StageFingerprint
     from transrisk_components.bundle.stages.risk import RiskStage
     from transrisk_components.bundle.stages.risk_options import RiskMapOptions
     from transrisk_components.method.masks import image_mask
@@ -277,9 +273,8 @@ def test_foreign_source_risk_stage_with_a_sigmoid_multichannel_source_equals_a_b
         EnsureTyped("image", dtype=torch.float32),
     ])
     inferer = SlidingWindowInferer([16, 16, 16])
-    fingerprint = StageFingerprint("risk", {"output": "sigmoid"}, datalists=[cases, inputs], upstream={"source_ckpt": str(ckpt)})
-    stage = RiskStage(True, "fets", cases, "multiclass", "multiclass", str(ckpt), network, load, inferer,
-                      str(tmp_path / "cache"), fingerprint, RiskMapOptions(source_output="sigmoid", key_in_ckpt="model_state"),
+    stage = RiskStage("fets", cases, "multiclass", "multiclass", str(ckpt), network, load, inferer,
+                      str(tmp_path / "cache"), "sigmoid", RiskMapOptions(source_output="sigmoid", key_in_ckpt="model_state"),
                       num_source_outputs=3, source_datalist=inputs)
     manifest = stage.run()
     assert len(manifest["conditional"][0]) == 8

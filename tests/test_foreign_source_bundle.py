@@ -24,7 +24,6 @@ from monai.networks.nets import SegResNet
 from test_bundle_fets import CONFIGS
 from test_foreign_files import refusal
 
-from transrisk_components.bundle.fingerprint import _plain
 from transrisk_components.data.registry import get_dataset
 from transrisk_components.utils.io import file_sha256
 
@@ -70,21 +69,19 @@ def cli(run_id: str, configs: list[str], bundle: Path, settings: dict) -> str:
     return done.stdout + done.stderr
 
 
-def test_foreign_source_defaults_leave_the_headline_fingerprints_as_they_were(tmp_path: Path, phantom: str) -> None:
-    """No new option given: one input channel, and none of the new settings in any stage's fingerprint (so the
-    headline's cache keys, records and numbers are those of before)."""
+def _parser(**overrides: object) -> ConfigParser:
+    """The FeTS bundle's fine-tuning and risk configs with ``overrides``."""
     parser = ConfigParser()
-    parser.read_config(str(CONFIGS / "train.json"))
-    parser.update({**TINY, "bundle_root": str(tmp_path), "dataset_dir": phantom})
+    parser.read_config([str(CONFIGS / "train.json"), str(CONFIGS / "risk.json")])
+    parser.update(overrides)
+    return parser
+
+
+def test_foreign_source_defaults_read_one_channel_and_feed_the_source_the_cases_own_images(tmp_path: Path, phantom: str) -> None:
+    parser = _parser(**TINY, bundle_root=str(tmp_path), dataset_dir=phantom)
     assert parser.get_parsed_content("network_def#in_channels") == 1
     assert parser.get_parsed_content("source#network_def#in_channels") == 1
     assert parser.get_parsed_content("risk_stage#source_datalist") is None
-    new = {"risk": {"source_inputs", "source_output", "key_in_ckpt"}, "finetune": {"source_channels", "key_in_ckpt", "freeze_epochs"}}
-    for stage, keys in new.items():
-        fingerprint = parser.get_parsed_content(f"fingerprint#{stage}")
-        settings = _plain({k: fingerprint.settings[k] for k in keys})
-        kept = {k for k in keys if settings[k] != fingerprint.defaults[k]}
-        assert not kept, f"fingerprint#{stage} would change by {kept}"
 
 
 def test_foreign_source_zoo_brats_model_end_to_end_through_the_bundle_cli(tmp_path: Path, phantom: str, zoo: Path) -> None:
@@ -96,22 +93,22 @@ def test_foreign_source_zoo_brats_model_end_to_end_through_the_bundle_cli(tmp_pa
     bundle = tmp_path / "bundle"
     settings = {
         **TINY, **ZOO_TARGET, "bundle_root": str(bundle), "dataset_dir": phantom,
-        "source_ckpt": str(ckpt), "fingerprint#source": "$None",
+        "source_ckpt": str(ckpt), "train_source": "false",
         "source#network_def": f"%{zoo}/configs/inference.json::network_def",
         "num_source_classes": 3, "source_output": "sigmoid", "source_modality": "all", "target_modality": "flair",
         "overwrite": "true",
     }
     log = cli("training", [str(CONFIGS / "train.json")], bundle, settings)
-    assert "given from outside: source stage skipped" in log
+    assert "source model: given (train_source false), only read" in log
     assert "input layer convInit.conv.weight adapted" in log and "output head re-initialised" in log
-    manifest = json.loads(next((bundle / "outputs" / "risk_maps").glob("*/manifest.json")).read_text())
+    cache = next((bundle / "outputs" / "risk_maps").glob("*/manifest.json")).parent
+    manifest = json.loads((cache / "manifest.json").read_text())
     assert len(manifest["conditional"]) == 4 and len(manifest["conditional"][0]) == 8, "P(y | z): 4 classes x 2^3 states"
     assert len(risk_maps(bundle)) == TINY["num_target_train"]
-    fingerprint = manifest["fingerprint"]
-    assert fingerprint["settings"]["source_inputs"] == ["t1ce", "t1", "t2", "flair"]
-    assert fingerprint["settings"]["source_output"] == "sigmoid"
+    fingerprint = json.loads((cache / "risk.fingerprint.json").read_text())
+    assert fingerprint["config"]["source_output"] == "sigmoid"
     assert any(name.endswith("_t1ce.nii.gz") for name in fingerprint["inputs"]), "the source's inputs are inputs"
-    assert fingerprint["upstream"]["source_ckpt"] == f"sha256={file_sha256(ckpt)}"
+    assert fingerprint["upstream"]["source"] == f"sha256={file_sha256(ckpt)}"
     model = torch.load(bundle / "models" / "model.pt", weights_only=True)
     assert model["convInit.conv.weight"].shape == (16, 1, 3, 3, 3) and model["conv_final.2.conv.weight"].shape[0] == 4
 
@@ -129,12 +126,13 @@ def test_foreign_source_one_to_four_channels(tmp_path: Path, phantom: str, caplo
     """A T1 source trained here, fine-tuned on all four modalities: the source reads the target cases' T1, the
     target's first layer gets four channels by the documented rule."""
     with caplog.at_level("INFO"):
-        workflow = run_bundle(CONFIGS, "training", tmp_path, phantom, TINY, target_modality="all")
+        run_bundle(CONFIGS, "training", tmp_path, phantom, TINY, target_modality="all")
     assert "source reads ['t1'], target ['t1ce', 't1', 't2', 'flair']: input layer convInit.conv.weight adapted" in caplog.text
     source = torch.load(tmp_path / "models" / "source.pt", weights_only=True)
     assert source["convInit.conv.weight"].shape[1] == 1
     assert torch.load(tmp_path / "models" / "model.pt", weights_only=True)["convInit.conv.weight"].shape[1] == 4
-    source_cases = workflow.parser.get_parsed_content("risk_stage#source_datalist")
+    source_cases = _parser(**TINY, bundle_root=str(tmp_path), dataset_dir=phantom, target_modality="all").get_parsed_content(
+        "risk_stage#source_datalist")
     assert all(len(c["image"]) == 1 and c["image"][0].endswith("_t1.nii.gz") for c in source_cases)
     splits = json.loads((tmp_path / "eval" / "splits.json").read_text())
     assert splits["modality"] == {"source": "t1", "target": "all"}
@@ -163,7 +161,7 @@ def test_foreign_source_torchscript_file(tmp_path: Path, phantom: str, caplog) -
     torch.jit.script(network.eval()).save(str(scripted))
     before = snapshot(scripted)
     bundle = tmp_path / "bundle"
-    overrides = {"source_ckpt": str(scripted), "fingerprint#source": None,
+    overrides = {"source_ckpt": str(scripted), "train_source": False,
                  "source#network_def": "$torch.jit.load(@source_ckpt)"}  # as the README says
     with caplog.at_level("INFO"):
         run_bundle(CONFIGS, "training", bundle, phantom, TINY, **overrides)
@@ -177,7 +175,7 @@ def test_foreign_source_checkpoint_that_does_not_fit_stops_the_bundle(tmp_path: 
     ckpt = zoo / "models" / "model.pt"
     before = snapshot(ckpt)
     cause = refusal(
-        "training", tmp_path, phantom, source_ckpt=str(ckpt), **{"fingerprint#source": None},
+        "training", tmp_path, phantom, source_ckpt=str(ckpt), train_source=False,
         **{"source#network_def": f"%{zoo}/configs/inference.json::network_def", "num_source_classes": 3,
            "source_output": "sigmoid", "source_modality": "all", "risk#enabled": "false"},
     )
@@ -196,6 +194,6 @@ def test_foreign_source_freeze_epochs_is_a_safe_transfer_candidate(tmp_path: Pat
         run_bundle(CONFIGS, "safe_training", tmp_path, phantom, {**TINY, "max_epochs": 2}, **{"safe#candidates": candidates})
     assert "transfer weights frozen for the first 1 epochs" in caplog.text and "every weight trains from now on" in caplog.text
     frozen = tmp_path / "models" / "candidates" / "frozen_head_first"
-    assert json.loads((frozen / "finetune.fingerprint.json").read_text())["settings"]["freeze_epochs"] == 1
-    assert "freeze_epochs" not in json.loads((frozen.parent / "risk_map" / "finetune.fingerprint.json").read_text())["settings"]
+    assert json.loads((frozen / "finetune.fingerprint.json").read_text())["config"]["freeze_epochs"] == 1
+    assert json.loads((frozen.parent / "risk_map" / "finetune.fingerprint.json").read_text())["config"]["freeze_epochs"] == 0
     assert (tmp_path / "models" / "model.pt").is_file()

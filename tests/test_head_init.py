@@ -7,12 +7,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from bundle_helpers import TINY, exception_messages, run_bundle
+from bundle_helpers import TINY, run_bundle
 from ignite.engine import Engine, Events
-from monai.bundle import ConfigParser, ConfigWorkflow
 from torch import nn
 
-from transrisk_components.bundle.engine import SourceWeights, output_layer
+from transrisk_components.bundle.engine.source_weights import SourceWeights, output_layer
+from transrisk_components.bundle.workflow.fingerprint import differences
+from transrisk_components.bundle.workflow.pipeline import TransferPipeline
+from transrisk_components.bundle.workflow.request import BundleRequest
+from transrisk_components.bundle.workflow.settings import SettingsError
 from transrisk_components.bundle.engine.source_model import leep_output_layer, read_source_state
 from transrisk_components.method.head_init import leep_head
 
@@ -94,7 +97,7 @@ def test_the_output_layer_is_set_along_its_output_dimension(layer_type: type) ->
 def test_head_init_leep_refuses_a_sigmoid_source_and_a_missing_risk_stage_naming_the_option() -> None:
     network = nn.Conv3d(1, 2, 1)
     with pytest.raises(ValueError, match=r"head_init 'leep' needs a softmax source, but source_output is 'sigmoid'.*2\^k"):
-        SourceWeights(network, "source", "source.pt", 3, 2, risk_stage=object(), head_init="leep", source_output="sigmoid")
+        SourceWeights(network, "source", "source.pt", 3, 2, risk_manifest="manifest.json", head_init="leep", source_output="sigmoid")
     with pytest.raises(ValueError, match="head_init 'leep' needs the risk stage"):
         SourceWeights(network, "source", "source.pt", 3, 2, head_init="leep")
     with pytest.raises(ValueError, match=r"unknown head_init 'copy'; choose one of \('random', 'leep'\)"):
@@ -104,35 +107,32 @@ def test_head_init_leep_refuses_a_sigmoid_source_and_a_missing_risk_stage_naming
 # --- the bundles ----------------------------------------------------------------------------------------------------
 
 
-def _parser(bundle: str = "fets", **overrides: object) -> ConfigParser:
-    parser = ConfigParser()
-    parser.read_config(str(REPO / "bundles" / bundle / "configs" / "train.json"))
-    parser.update(overrides)
-    return parser
+def _plan(bundle: str, tmp_path: Path, dataset_dir: Path, **overrides: object):
+    """The plan of a fine-tuning run of ``bundle`` (fingerprints only; nothing runs or is written)."""
+    request = BundleRequest.create(REPO / "bundles" / bundle / "configs" / "train.json",
+                                   {**TINY, "bundle_root": str(tmp_path), "dataset_dir": str(dataset_dir), **overrides})
+    return TransferPipeline(request, "finetune").plan(check_outputs=False)
 
 
 @pytest.mark.parametrize("bundle", ["fets", "iseg"])
-def test_foreign_source_head_init_leep_needs_the_risk_statistics_and_enters_the_fingerprint_only_when_set(
-    bundle: str, tmp_path: Path
+def test_foreign_source_head_init_leep_needs_the_risk_statistics_and_enters_the_fingerprint(
+    bundle: str, tmp_path: Path, data_fets_phantom: Path, data_iseg_phantom: Path
 ) -> None:
-    """``head_init leep`` makes the risk stage run with the map off; the default keeps the fine-tuning fingerprint's
-    settings as they were (no ``head_init`` entry), ``leep`` adds one naming the risk cache it read; from random
-    weights (the scratch candidate) it changes nothing."""
-    plain = {"risk#enabled": False, "bundle_root": str(tmp_path)}
-    (tmp_path / "models").mkdir()
-    (tmp_path / "models" / "source.pt").write_bytes(b"weights")  # hashed by the fingerprint, never read here
-    assert _parser(bundle, **plain).get_parsed_content("risk_stage_needed") is False
-    assert _parser(bundle, **plain, head_init="leep").get_parsed_content("risk_stage_needed") is True
-    assert _parser(bundle, **plain, head_init="leep", target_init="random").get_parsed_content("risk_stage_needed") is False
-    default = _parser(bundle, **plain).get_parsed_content("fingerprint#finetune")
-    assert "head_init" not in default.current()["settings"]
-    leep = _parser(bundle, **plain, head_init="leep")
-    handler = leep.get_parsed_content("train#handlers")[0]
-    assert isinstance(handler, SourceWeights) and handler.head_init == "leep"
-    assert leep.get("fingerprint#finetune#settings#head_init").startswith("$['leep', @risk_stage.cache_key]")
-    with pytest.raises(Exception) as error:
-        _parser(bundle, **plain, head_init="leep", source_output="sigmoid", num_source_classes=3).get_parsed_content("train#handlers")
-    assert "needs a softmax source" in exception_messages(error.value)
+    """``head_init leep`` makes the risk stage run with the map off and changes the fine-tuning fingerprint, naming
+    the risk maps it read; from random weights (the scratch candidate) it reads no maps; a sigmoid source is refused
+    before anything runs."""
+    data = data_fets_phantom if bundle == "fets" else data_iseg_phantom
+    plain = {"risk#enabled": False}
+    default = _plan(bundle, tmp_path, data, **plain)
+    assert not default.risks and default.candidates[0].risk_key is None
+    leep = _plan(bundle, tmp_path, data, **plain, head_init="leep")
+    assert list(leep.risks) == [leep.candidates[0].risk_key]
+    found = differences(default.candidates[0].finetune.fingerprint, leep.candidates[0].finetune.fingerprint)
+    assert "config.head_init: random -> leep" in found
+    assert f"upstream.risk: <absent> -> {leep.candidates[0].risk_key}" in found
+    assert not _plan(bundle, tmp_path, data, **plain, head_init="leep", target_init="random").risks
+    with pytest.raises(SettingsError, match="head_init 'leep': needs a softmax source"):
+        _plan(bundle, tmp_path, data, **plain, head_init="leep", source_output="sigmoid")
 
 
 def test_foreign_source_head_init_leep_starts_the_fine_tuned_head_at_the_formula(
@@ -141,11 +141,10 @@ def test_foreign_source_head_init_leep_starts_the_fine_tuned_head_at_the_formula
     """A 4-class source (multiclass) fine-tuned on the binary WT task with ``--head_init leep`` and the risk map off:
     the target network's head at the start of fine-tuning is ``W'_y = sum_z P(z | y) W_z`` with ``P(y, z)`` from
     the risk stage's manifest, and the fingerprint records the option."""
-    run_bundle(CONFIGS, "pretrain", tmp_path, str(data_fets_phantom), TINY)
-    overrides = {**TINY, "target_task": "WT", "head_init": "leep", "risk#enabled": False}
-    workflow = ConfigWorkflow(config_file=str(CONFIGS / "train.json"), run_id="finetune", logging_file=False,
-                              workflow_type=None, bundle_root=str(tmp_path), dataset_dir=str(data_fets_phantom),
-                              **overrides)
+    overrides = {"target_task": "WT", "head_init": "leep", "risk#enabled": False}
+    run_bundle(CONFIGS, "risk_map", tmp_path, str(data_fets_phantom), TINY, **overrides)
+    candidate = _plan("fets", tmp_path, data_fets_phantom, **overrides).candidates[0]
+    workflow = candidate.finetune.config.workflow()
     workflow.initialize()
     trainer = workflow.parser.get_parsed_content("train#trainer")
     network = workflow.parser.get_parsed_content("network_def")
@@ -154,13 +153,12 @@ def test_foreign_source_head_init_leep_starts_the_fine_tuned_head_at_the_formula
     def record(engine: Engine) -> None:  # registered after SourceWeights: sees the weights it set
         name, layer = output_layer(network, 2)
         started.update(name=name, weight=layer.weight.detach().clone(), bias=layer.bias.detach().clone())
+        engine.terminate()
 
     trainer.add_event_handler(Events.STARTED, record)
-    workflow.run()
-    workflow.finalize()
+    trainer.run()
 
-    stage = workflow.parser.get_parsed_content("risk_stage")
-    manifest = json.loads((tmp_path / "outputs" / "risk_maps" / stage.cache_key() / "manifest.json").read_text())
+    manifest = json.loads((tmp_path / "outputs" / "risk_maps" / candidate.risk_key / "manifest.json").read_text())
     joint = torch.tensor(manifest["joint"], dtype=torch.float64)  # [Ct=2, Cs=4]
     assert joint.shape == (2, 4) and joint.sum().item() == pytest.approx(1.0)
     state = read_source_state(tmp_path / "models" / "source.pt")
@@ -170,6 +168,5 @@ def test_foreign_source_head_init_leep_starts_the_fine_tuned_head_at_the_formula
     expected_bias = (given_y @ source_bias.double()).float()
     torch.testing.assert_close(started["weight"].cpu(), expected_weight)
     torch.testing.assert_close(started["bias"].cpu(), expected_bias)
-    recorded = json.loads((tmp_path / "models" / "finetune.fingerprint.json").read_text())
-    assert recorded["settings"]["head_init"] == ["leep", stage.cache_key()]
+    assert candidate.finetune.fingerprint["config"]["head_init"] == "leep"
     assert all("risk" not in case for case in workflow.parser.get_parsed_content("train#datalist"))

@@ -1,6 +1,6 @@
 """The risk stage runs the source model once per case: what pass 1 keeps on disk gives the maps a second source
 pass would give (bit for bit with ``probabilities="float32"``, within a measured bound with ``"float16"``); the kept
-files are temporaries, and ``float32`` keeps the cache key the bundles had before the option existed."""
+files are temporaries; the cache key follows what changes the maps and nothing else."""
 
 from __future__ import annotations
 
@@ -12,10 +12,12 @@ import numpy as np
 import pytest
 import torch
 from monai.bundle import ConfigParser
+from bundle_helpers import TINY
 from monai.inferers import SlidingWindowInferer
 from monai.networks.nets import SegResNet
 
-from transrisk_components.bundle.fingerprint import StageFingerprint
+from transrisk_components.bundle.workflow.pipeline import TransferPipeline
+from transrisk_components.bundle.workflow.request import BundleRequest
 from transrisk_components.bundle.stages.risk import RiskStage
 from transrisk_components.bundle.stages.risk_cache import KEPT, MANIFEST, RiskCache
 from transrisk_components.bundle.stages.risk_options import RiskMapOptions
@@ -75,13 +77,14 @@ def make_stage(cases: list[dict], tmp_path: Path, **options) -> RiskStage:
     ckpt = tmp_path / "source.pt"
     ckpt.parent.mkdir(parents=True, exist_ok=True)
     torch.save(network.state_dict(), ckpt)
-    fingerprint = StageFingerprint("risk", dict(options), datalists=[cases], upstream={"source_ckpt": str(ckpt)})
-    return RiskStage(True, "fets", cases, "multiclass", "WT", str(ckpt), network, preprocessing(), CountingInferer(),
-                     str(tmp_path / "cache"), fingerprint, RiskMapOptions(**options))
+    key = "-".join(f"{k}={v}" for k, v in sorted(options.items())) or "default"
+    return RiskStage("fets", cases, "multiclass", "WT", str(ckpt), network, preprocessing(), CountingInferer(),
+                     str(tmp_path / "cache"), key, RiskMapOptions(**options))
 
 
 def maps_of(stage: RiskStage, cases: list[dict]) -> list[np.ndarray]:
-    return [np.asarray(nib.load(stage.map_path(c["case_id"])).dataobj) for c in cases]
+    manifest = stage.run()
+    return [np.asarray(nib.load(stage.cache_root / stage.key / manifest["cases"][c["case_id"]]["risk"]).dataobj) for c in cases]
 
 
 def two_pass_maps(stage: RiskStage, cases: list[dict]) -> tuple[list[np.ndarray], float]:
@@ -146,35 +149,28 @@ def test_float16_storage_moves_the_maps_by_little_and_has_its_own_cache_key(case
 
 
 @pytest.mark.parametrize("bundle", ["fets", "iseg"])
-def test_float32_keeps_the_cache_key_of_before_the_option_and_float16_gets_another(bundle: str, tmp_path: Path) -> None:
-    """The bundles' risk fingerprint: ``risk#probabilities float32`` gives the key the config gave without the
-    option (caches made before it stay valid), ``float16`` another."""
+def test_the_cache_key_follows_what_changes_the_maps(bundle: str, tmp_path: Path) -> None:
+    """The risk stage's key is its fingerprint's digest: ``risk#probabilities float16`` and the risk mask change it;
+    what fine-tuning does with the maps (the loss's strength, the dead-class margin) and where outputs go do not."""
     root = str(get_dataset(bundle).make_phantom(tmp_path / "data", subjects=9 if bundle == "fets" else 10, seed=0,
                                                 shape=(16, 16, 16)))
 
-    def key(probabilities: str | None) -> str:
-        parser = ConfigParser()
-        parser.read_config(str(CONFIGS / bundle / "configs" / "train.json"))
-        parser.update({"bundle_root": str(tmp_path / "b"), "dataset_dir": root, "num_target_train": 2,
-                       "num_target_val": 1, "num_target_test": 1})
-        if probabilities is None:  # the config as it was before the option
-            del parser["fingerprint"]["risk"]["settings"]["probabilities"]
-            del parser["fingerprint"]["risk"]["defaults"]["probabilities"]
-        else:
-            parser["risk"]["probabilities"] = probabilities
-        ckpt = Path(parser.get_parsed_content("source_ckpt"))
-        ckpt.parent.mkdir(parents=True, exist_ok=True)
-        ckpt.write_bytes(b"weights")
-        return parser.get_parsed_content("fingerprint#risk").key()
+    def key(**overrides: object) -> str:
+        settings = {**TINY, "bundle_root": str(tmp_path / "b"), "dataset_dir": root, "num_target_train": 2,
+                    "num_target_val": 1, "num_target_test": 1, **overrides}
+        request = BundleRequest.create(CONFIGS / bundle / "configs" / "train.json", settings)
+        return next(iter(TransferPipeline(request, "risk_map").plan(check_outputs=False).risks))
 
-    assert key("float32") == key(None) != key("float16")
+    default = key()
+    assert key(**{"risk#probabilities": "float16"}) != default != key(**{"risk#mask": "all"})
+    assert key(**{"risk#strength": 2.0, "risk#dead_class_margin": 0.2, "output_dir": str(tmp_path / "elsewhere")}) == default
 
 
 def test_kept_files_of_a_killed_run_are_not_reused_and_a_failing_stage_removes_its_own(
     cases: list[dict], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     stage = make_stage(cases, tmp_path)
-    folder = tmp_path / "cache" / stage.cache_key()
+    folder = tmp_path / "cache" / stage.key
     stale = folder / KEPT / "FeTS21_Training_999.pt"  # what a killed run left
     stale.parent.mkdir(parents=True)
     stale.write_bytes(b"half")
@@ -193,24 +189,20 @@ def test_kept_files_of_a_killed_run_are_not_reused_and_a_failing_stage_removes_i
     assert not (folder / KEPT).exists()
 
 
-def test_a_cache_without_the_joint_is_reused_and_completed_once_when_the_joint_is_asked_for(
-    cases: list[dict], tmp_path: Path
-) -> None:
-    """Caches written before the manifest held ``P(y, z)`` keep serving their maps; :meth:`RiskStage.joint` (``head_init
-    leep``) computes the same maps under the same key once more to add it."""
+def test_a_cache_without_the_joint_is_computed_again(cases: list[dict], tmp_path: Path) -> None:
+    """A manifest written before it held ``P(y, z)`` (which ``head_init leep`` reads) is not a complete cache: the
+    stage computes the same maps once more, with the joint."""
     first = make_stage(cases, tmp_path)
     manifest = first.run()
     joint = np.asarray(manifest["joint"])
     assert joint.shape == (2, 4) and joint.sum() == pytest.approx(1.0)
     np.testing.assert_allclose(joint / joint.sum(axis=0, keepdims=True), manifest["conditional"], atol=1e-12)
-    path = tmp_path / "cache" / manifest["key"] / MANIFEST
-    old = {k: v for k, v in manifest.items() if k != "joint"}
-    path.write_text(json.dumps(old, indent=2))
     maps = maps_of(first, cases)
+    path = tmp_path / "cache" / manifest["key"] / MANIFEST
+    path.write_text(json.dumps({k: v for k, v in manifest.items() if k != "joint"}, indent=2))
 
     again = make_stage(cases, tmp_path)
-    assert "joint" not in again.run() and again.passes.inferer.calls == 0, "the older cache is reused for the maps"
-    np.testing.assert_array_equal(again.joint().numpy(), joint)
+    np.testing.assert_array_equal(np.asarray(again.run()["joint"]), joint)
     assert again.passes.inferer.calls == len(cases) and "joint" in json.loads(path.read_text())
     for got, want in zip(maps_of(again, cases), maps):
         np.testing.assert_array_equal(got, want)

@@ -3,6 +3,7 @@ is not co-registered), risk-guided patch sampling in ``train#preprocessing``, an
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -10,13 +11,13 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from bundle_helpers import TINY, exception_messages, risk_maps, run_bundle
+from bundle_helpers import TINY, risk_maps, run_bundle
 from monai.bundle import ConfigParser
 from monai.inferers import SlidingWindowInferer
 from monai.networks.nets import SegResNet
 from monai.transforms import RandCropByPosNegLabeld, RandWeightedCropd
 
-from transrisk_components.bundle.fingerprint import StageFingerprint
+from transrisk_components.bundle.workflow.settings import SettingsError, check_settings
 from transrisk_components.bundle.stages.risk import RiskStage
 from transrisk_components.bundle.stages.risk_options import RiskMapOptions
 from transrisk_components.data.registry import get_dataset
@@ -58,11 +59,10 @@ def location_stage(cases: list[dict], tmp_path: Path, dataset: str = "fets", **k
     ckpt = tmp_path / "source.pt"
     torch.save(network.state_dict(), ckpt)
     options = {"map_type": "location", "location_patch": 8, **kw}
-    fingerprint = StageFingerprint("risk", options, datalists=[cases], upstream={"source_ckpt": str(ckpt)})
     return RiskStage(
-        True, dataset, cases, "multiclass", "WT", str(ckpt), network,
+        dataset, cases, "multiclass", "WT", str(ckpt), network,
         config_item("validate#preprocessing", target_task="WT"), SlidingWindowInferer([16, 16, 16]),
-        str(tmp_path / "cache"), fingerprint, RiskMapOptions(**options),
+        str(tmp_path / "cache"), "location", RiskMapOptions(**options),
     )
 
 
@@ -73,7 +73,8 @@ def test_location_map_is_one_map_per_location_shared_by_every_case(cases: list[d
     manifest = stage.run()
     assert manifest["map"] == "location" and manifest["num_locations"] == 4**3 and manifest["leep"] <= 0
     assert np.asarray(manifest["conditional"]).shape == (2, 4) and set(manifest["classes"]) == {"background", "WT"}
-    maps = [np.asarray(nib.load(stage.map_path(c["case_id"])).dataobj) for c in cases]
+    maps = [np.asarray(nib.load(tmp_path / "cache" / "location" / manifest["cases"][c["case_id"]]["risk"]).dataobj)
+            for c in cases]
     brains = [np.asarray(nib.load(c["image"][0]).dataobj) != 0 for c in cases]
     for risk, brain in zip(maps, brains):
         assert np.all(risk[~brain] == 0) and np.all((risk >= 0) & (risk <= 1)) and risk[brain].max() > 0
@@ -122,12 +123,10 @@ def test_risk_sampling_centres_every_patch_where_the_map_is(cases: list[dict], t
     assert RandWeightedCropd not in [type(t) for t in by_label.transforms]
     by_label.set_random_state(0)
     assert any(s["risk"].sum() == 0 for s in by_label({**case, "risk": str(risk_path)})), "label sampling ignores it"
-    with pytest.raises(Exception) as wrong:
-        config_item("train#preprocessing", **{"risk#sampling": "risky"})
-    assert "risk#sampling must be one of ['posneg', 'risk']" in exception_messages(wrong.value)
-    with pytest.raises(Exception) as no_map:
-        config_item("train#preprocessing", **{"risk#sampling": "risk", "risk#enabled": False})
-    assert "risk#sampling must be one of ['posneg']" in exception_messages(no_map.value)
+    with pytest.raises(SettingsError, match=r"risk#sampling 'risky': must be one of \['posneg', 'risk'\]"):
+        check_settings({"risk#sampling": "risky"}, "the run")
+    with pytest.raises(SettingsError, match="risk#sampling 'risk': samples patch centres by the risk map, so risk#enabled"):
+        check_settings({"risk#sampling": "risk", "risk#enabled": False}, "the run")
 
 
 def test_training_with_the_location_map_and_risk_sampling(phantom: str, tmp_path: Path) -> None:
@@ -135,5 +134,5 @@ def test_training_with_the_location_map_and_risk_sampling(phantom: str, tmp_path
                "risk#ce_voxels": "foreground", "risk#ce_denominator": "foreground"}
     run_bundle(CONFIGS, "training", tmp_path, phantom, TINY, **options)
     assert (tmp_path / "models" / "model.pt").is_file() and len(risk_maps(tmp_path)) == TINY["num_target_train"]
-    fingerprint = (tmp_path / "models" / "finetune.fingerprint.json").read_text()
-    assert '"sampling": "risk"' in fingerprint and '"ce_voxels": "foreground"' in fingerprint
+    config = json.loads((tmp_path / "models" / "finetune.fingerprint.json").read_text())["config"]
+    assert config["risk#sampling"] == "risk" and config["risk#ce_voxels"] == "foreground"

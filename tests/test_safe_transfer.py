@@ -1,4 +1,5 @@
-"""The bundles' ``safe_training`` run id: candidate starts, the choice on validation, the report, the chosen model."""
+"""Safe transfer (``training``, ``safe_training``): candidate starts, the choice on validation, the report, the chosen
+model."""
 
 from __future__ import annotations
 
@@ -9,12 +10,23 @@ import pytest
 from bundle_helpers import TINY, exception_messages, run_bundle
 
 from transrisk_components.bundle.workflow.selection import choose_candidate
-from transrisk_components.bundle.stages.safe import VALIDATION_CSV, _read_validation
+
 from transrisk_components.data.registry import get_dataset
 from transrisk_components.utils.io import file_sha256
 
 REPO = Path(__file__).resolve().parents[1]
 CANDIDATES = ("risk_map", "plain", "scratch")
+
+
+def _read_validation(path: Path) -> dict[str, dict[str, float]]:
+    """``{case_id: {region: dice}}`` of a candidate's validation metrics CSV."""
+    import csv
+
+    cases: dict[str, dict[str, float]] = {}
+    with path.open(newline="") as handle:
+        for row in csv.DictReader(handle):
+            cases.setdefault(row["case_id"], {})[row["region"]] = float(row["dice"])
+    return cases
 
 
 @pytest.fixture(scope="module")
@@ -38,14 +50,15 @@ def test_safe_training_chooses_on_validation_and_installs_the_chosen_model(safe_
     report = json.loads((safe_run / "eval" / "transfer_report.json").read_text())
     assert list(report["candidates"]) == list(CANDIDATES)
     # the choice is the rule's on the candidates' own per-case validation files
-    validation = {n: _read_validation(safe_run / "eval" / "candidates" / n / VALIDATION_CSV) for n in CANDIDATES}
+    validation = {n: _read_validation(safe_run / "eval" / "candidates" / n / "validation" / "metrics_per_case.csv")
+                  for n in CANDIDATES}
     assert all(len(cases) == 2 and set(next(iter(cases.values()))) == {"ET", "TC", "WT"} for cases in validation.values())
     assert report["chosen"] == choose_candidate(validation).chosen
     chosen_model = safe_run / "models" / "candidates" / report["chosen"] / "model.pt"
     assert file_sha256(safe_run / "models" / "model.pt") == file_sha256(chosen_model)
     provenance = json.loads((safe_run / "models" / "safe.fingerprint.json").read_text())
     assert provenance["chosen"] == report["chosen"] and provenance["model_sha256"] == file_sha256(chosen_model)
-    assert provenance["candidates"]["scratch"]["fingerprint"]["settings"]["init"] == "random"
+    assert provenance["candidates"]["scratch"]["fingerprint"]["config"]["target_init"] == "random"
     for entry in report["candidates"].values():
         low, high = entry["score_ci"]
         assert low <= entry["score"] <= high and set(entry["regions"]) == {"ET", "TC", "WT"}
@@ -96,9 +109,11 @@ def test_safe_training_replaces_the_training_run_s_model_only_when_told(tmp_path
     assert file_sha256(tmp_path / "models" / "model.pt") == file_sha256(tmp_path / "models" / "candidates" / "plain" / "model.pt")
 
 
-def test_a_candidate_with_an_unknown_config_id_is_named(tmp_path: Path, fets_phantom: str) -> None:
+def test_a_candidate_with_an_unknown_config_id_is_named_before_any_training(tmp_path: Path, fets_phantom: str) -> None:
     candidates = tmp_path / "candidates.json"
     candidates.write_text(json.dumps({"plain": {"risk#enabled": False}, "typo": {"risk#strenght": 2.0}}))
     with pytest.raises(Exception) as error:
         _run("safe_training", tmp_path / "bundle", fets_phantom, **{"safe#candidates_file": str(candidates)})
-    assert "candidate 'typo'" in exception_messages(error.value) and "risk#strenght" in exception_messages(error.value)
+    message = exception_messages(error.value)
+    assert "candidate 'typo'" in message and "risk#strenght" in message and "did you mean risk#strength" in message
+    assert not (tmp_path / "bundle" / "models").exists(), "refused before the source stage"

@@ -27,10 +27,10 @@ from monai.networks.nets import SegResNet
 from monai.transforms import Compose, EnsureTyped, LoadImaged
 from torch import nn
 
-from transrisk_components.bundle.engine import SourceWeights, output_layer, reinit_output_channels
-from transrisk_components.bundle.fingerprint import StageFingerprint
+from transrisk_components.bundle.engine.source_weights import SourceWeights, output_layer, reinit_output_channels
+from transrisk_components.bundle.io.risk_manifest import RiskManifest
 from transrisk_components.bundle.stages.ranking import load_candidates, rank_sources, score_candidate
-from transrisk_components.bundle.stages.risk import RiskStage
+from transrisk_components.bundle.stages.risk import RiskStage, report_risk_classes
 from transrisk_components.bundle.stages.risk_options import RiskMapOptions
 from transrisk_components.bundle.engine.transforms import TaskLabelsd
 from transrisk_components.data.registry import get_dataset
@@ -216,46 +216,41 @@ def test_candidates_file_reads_paths_relative_to_itself(checkpoints: dict[str, P
 # --- the risk stage's per-class warning and its action ------------------------------------------------------------
 
 
-def _stage(cases: list[dict], ckpt: Path, tmp_path: Path, **kw) -> RiskStage:
-    fingerprint = StageFingerprint("risk", {}, datalists=[cases], upstream={"source_ckpt": str(ckpt)})
-    return RiskStage(
-        True, "fets", cases, "multiclass", "multiclass", str(ckpt), Pointwise(4), load_transform(),
-        SlidingWindowInferer([12, 12, 12]), str(tmp_path / "cache"), fingerprint,
-        options=RiskMapOptions(**kw), summary_path=str(tmp_path / "risk_stage_summary.json"),
-    )
+def _manifest(cases: list[dict], ckpt: Path, tmp_path: Path) -> Path:
+    """The risk stage's manifest of ``cases`` under the source ``ckpt`` (computed once per checkpoint)."""
+    stage = RiskStage("fets", cases, "multiclass", "multiclass", str(ckpt), Pointwise(4), load_transform(),
+                      SlidingWindowInferer([12, 12, 12]), str(tmp_path / "cache"), ckpt.stem, RiskMapOptions())
+    stage.run()
+    return tmp_path / "cache" / ckpt.stem / "manifest.json"
 
 
 def test_a_dead_class_is_warned_about_and_summarised(
     cases: list[dict], checkpoints: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    manifest = json.loads(_manifest(cases, checkpoints["oracle"], tmp_path).read_text())
+    summary_path = tmp_path / "risk_stage_summary.json"
     with caplog.at_level(logging.INFO):
-        stage = _stage(cases, checkpoints["oracle"], tmp_path)
-        stage.run()
+        dead = report_risk_classes(manifest, 0.05, "warn", "nonzero", summary_path, checkpoints["oracle"])
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings) == 1 and "no information about class enhancing" in warnings[0]
+    assert dead == ["enhancing"] and len(warnings) == 1 and "no information about class enhancing" in warnings[0]
     assert "--risk#dead_classes reinit" in warnings[0] and "prior floor" in warnings[0]
-    summary = json.loads((tmp_path / "risk_stage_summary.json").read_text())
+    summary = json.loads(summary_path.read_text())
     assert summary["dead_classes"] == ["enhancing"] and summary["dead_class_action"] == "warn"
     enhancing = summary["classes"]["enhancing"]
     assert enhancing["information"] < 0.05 and enhancing["transferability"] >= enhancing["prior"]
     assert summary["classes"]["edema"]["information"] > 0.5
-    assert stage.dead_class_indices() == [3] and stage.foreground_transfers()
-    caplog.clear()
-    with caplog.at_level(logging.INFO):
-        _stage(cases, checkpoints["oracle"], tmp_path).run()  # reused from the cache: the warning again
-    assert "risk maps reused" in caplog.text and "no information about class enhancing" in caplog.text
-    assert _stage(cases, checkpoints["oracle"], tmp_path, dead_class_margin=0.0).dead_class_names() == []
-    with pytest.raises(ValueError, match="dead_classes"):
-        _stage(cases, checkpoints["oracle"], tmp_path, dead_classes="drop")
+    read = RiskManifest(_manifest(cases, checkpoints["oracle"], tmp_path))
+    assert read.dead_class_indices(0.05) == [3] and read.foreground_transfers(0.05)
+    assert read.dead_class_names(0.0) == []
 
 
 def test_reinit_changes_exactly_the_dead_output_channels(
     cases: list[dict], checkpoints: dict[str, Path], tmp_path: Path
 ) -> None:
-    stage = _stage(cases, checkpoints["oracle"], tmp_path, dead_classes="reinit")
+    manifest = _manifest(cases, checkpoints["oracle"], tmp_path)
     target = Pointwise(4)
     torch.manual_seed(1)
-    SourceWeights(target, "source", checkpoints["oracle"], 4, 4, dead_classes="reinit", risk_stage=stage)(Engine(lambda e, b: None))
+    SourceWeights(target, "source", checkpoints["oracle"], 4, 4, dead_classes="reinit", risk_manifest=manifest)(Engine(lambda e, b: None))
     source = torch.load(checkpoints["oracle"])
     for key in ("conv.weight", "conv.bias"):
         assert torch.equal(target.state_dict()[key][:3], source[key][:3])
@@ -263,6 +258,8 @@ def test_reinit_changes_exactly_the_dead_output_channels(
     plain = Pointwise(4)
     SourceWeights(plain, "source", checkpoints["oracle"], 4, 4, dead_classes="warn")(Engine(lambda e, b: None))
     assert all(torch.equal(v, source[k]) for k, v in plain.state_dict().items())
+    with pytest.raises(ValueError, match="dead_classes"):
+        SourceWeights(plain, "source", checkpoints["oracle"], 4, 4, dead_classes="drop")
 
 
 def test_reinit_touches_only_the_output_layer_of_a_segresnet() -> None:
@@ -282,16 +279,16 @@ def test_scratch_starts_from_random_weights_when_no_foreground_class_transfers(
     cases: list[dict], checkpoints: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     constant = save(Pointwise(4, [0.0, 0.0, 0.0, 0.0]), tmp_path / "constant4.pt")
-    stage = _stage(cases, constant, tmp_path, dead_classes="scratch")
-    assert not stage.foreground_transfers()
+    manifest = _manifest(cases, constant, tmp_path)
+    assert not RiskManifest(manifest).foreground_transfers(0.05)
     target = Pointwise(4)
     before = {k: v.clone() for k, v in target.state_dict().items()}
     with caplog.at_level(logging.WARNING):
-        SourceWeights(target, "source", constant, 4, 4, dead_classes="scratch", risk_stage=stage)(Engine(lambda e, b: None))
+        SourceWeights(target, "source", constant, 4, 4, dead_classes="scratch", risk_manifest=manifest)(Engine(lambda e, b: None))
     assert "random initialisation" in caplog.text
     assert all(torch.equal(v, before[k]) for k, v in target.state_dict().items())
-    informed = _stage(cases, checkpoints["oracle"], tmp_path, dead_classes="scratch")
-    SourceWeights(target, "source", checkpoints["oracle"], 4, 4, dead_classes="scratch", risk_stage=informed)(Engine(lambda e, b: None))
+    informed = _manifest(cases, checkpoints["oracle"], tmp_path)
+    SourceWeights(target, "source", checkpoints["oracle"], 4, 4, dead_classes="scratch", risk_manifest=informed)(Engine(lambda e, b: None))
     assert torch.equal(target.conv.weight, torch.load(checkpoints["oracle"])["conv.weight"])
 
 
@@ -304,12 +301,12 @@ def test_dead_classes_method_ignores_absent_classes() -> None:
 
 
 @pytest.mark.parametrize("bundle", ["fets", "iseg"])
-def test_dead_class_action_is_in_the_finetune_fingerprint(bundle: str) -> None:
+def test_dead_class_action_is_what_the_fine_tuning_trainer_reads(bundle: str) -> None:
+    """The action and margin reach the fine-tuning stage's handler (so they are in its fingerprint), default warn."""
     parser = ConfigParser()
     parser.read_config(str(REPO / "bundles" / bundle / "configs" / "train.json"))
-    settings = parser["fingerprint"]["finetune"]["settings"]
-    assert settings["dead_classes"]["action"] == "@risk#dead_classes"
-    assert settings["dead_classes"]["margin"] == "@risk#dead_class_margin"
+    [weights] = [h for h in parser["train"]["handlers"] if h["_target_"].endswith("SourceWeights")]
+    assert weights["dead_classes"] == "@risk#dead_classes" and weights["dead_class_margin"] == "@risk#dead_class_margin"
     assert parser["risk"]["dead_classes"] == "warn"
 
 
@@ -374,8 +371,8 @@ def test_dead_class_action_runs_in_the_bundle(tmp_path: Path, data_fets_phantom:
     assert summary["dead_class_action"] == "reinit" and set(summary["classes"]) == set(CLASSES)
     assert "risk#dead_classes reinit" in caplog.text
     recorded = json.loads((tmp_path / "models" / "finetune.fingerprint.json").read_text())
-    assert recorded["settings"]["dead_classes"]["action"] == "reinit"
-    assert recorded["settings"]["dead_classes"]["classes"] == [summary["classes"][c]["index"] for c in summary["dead_classes"]]
+    assert recorded["config"]["risk#dead_classes"] == "reinit"
+    assert recorded["upstream"]["risk"] == summary["cache"], "the maps that tell the dead classes are what it builds on"
 
 
 class TwoLayer(nn.Module):

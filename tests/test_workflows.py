@@ -17,23 +17,23 @@ from monai.inferers import SlidingWindowInferer
 from monai.networks.nets import SegResNet, UNet
 
 from transrisk_components.bundle.io.paths import _from_argv
-from transrisk_components.bundle.config_values import as_bool
+from transrisk_components.bundle.io.config_values import as_bool
 from transrisk_components.data.registry import get_dataset
 from transrisk_components.bundle.io.inference import InferenceCases, inference_datalist
 from transrisk_components.method.losses import RiskWeightedLoss
-from transrisk_components.bundle.fingerprint import StageFingerprint
+from transrisk_components.bundle.io.risk_manifest import TrainingCases
 from transrisk_components.bundle.stages.risk import RiskStage
 from transrisk_components.bundle.stages.risk_options import RiskMapOptions
 from transrisk_components.data.scenario import Scenario, resolve_dataset_dir
-from transrisk_components.bundle.engine import (
+from transrisk_components.bundle.engine.batches import (
     RiskTargets,
     TransferLoss,
     batch_preparer,
-    load_source_weights,
     prepare_risk_batch,
     training_loss,
 )
-from transrisk_components.bundle.handlers import ResumableCheckpoints
+from transrisk_components.bundle.engine.source_weights import load_source_weights
+from transrisk_components.bundle.handlers.checkpoints import ResumableCheckpoints
 from transrisk_components.bundle.engine.transforms import TaskLabelsd
 
 FETS_TRAIN = Path(__file__).resolve().parents[1] / "bundles" / "fets" / "configs" / "train.json"
@@ -94,7 +94,8 @@ def test_as_bool_reads_command_line_spellings() -> None:
 def test_splits_are_deterministic_disjoint_and_written(phantom: str, tmp_path: Path) -> None:
     first = _scenario(phantom, tmp_path / "a").prepare()
     second = _scenario(phantom, tmp_path / "b").prepare()
-    assert first == second
+    assert first == second and not (tmp_path / "a" / "splits.json").exists(), "preparing writes no splits.json"
+    _scenario(phantom, tmp_path / "a").write_splits()
     ids = [c["case_id"] for cases in first.values() for c in cases]
     assert len(ids) == len(set(ids)) == 9
     assert all(c["image"][0].endswith("_flair.nii.gz") for c in first["target_train"])
@@ -131,7 +132,9 @@ def test_a_case_without_label_is_named_and_the_other_cases_keep_their_places(
         shutil.copytree(phantom, copy)
         next(copy.rglob(f"{gone}_seg.nii.gz")).unlink()
         with caplog.at_level("WARNING"):
-            splits = _scenario(str(copy), tmp_path / f"out_{gone}").prepare()
+            scenario = _scenario(str(copy), tmp_path / f"out_{gone}")
+            splits = scenario.prepare()
+            scenario.write_splits()
         assert f"have no label file and are left out of every split: {gone}" in caplog.text
         assert json.loads((tmp_path / f"out_{gone}" / "splits.json").read_text())["unlabelled"] == [gone]
         assert _ranked(splits) == [i for i in _ranked(full) if i != gone]
@@ -224,34 +227,9 @@ def test_source_weights_transfer_with_a_new_head(name: str, tmp_path: Path, capl
         load_source_weights(target, tmp_path / "none.pt", 4, 2)
 
 
-def test_risk_stage_writes_maps_on_the_image_grid_and_caches(phantom: str, tmp_path: Path) -> None:
-    cases = _scenario(phantom, tmp_path).split('target_train')
-    network = small_network("segresnet", 4)
-    load = config_item("validate#preprocessing", target_task="WT")
-    ckpt = tmp_path / "source.pt"
-    torch.save(network.state_dict(), ckpt)
-
-    def stage(normalization: str = "complement", enabled: bool = True) -> RiskStage:
-        fingerprint = StageFingerprint(
-            "risk", {"normalization": normalization}, datalists=[cases], upstream={"source_ckpt": str(ckpt)}
-        )
-        return RiskStage(
-            enabled, "fets", cases, "multiclass", "WT", str(ckpt), network, load,
-            SlidingWindowInferer([16, 16, 16]), str(tmp_path / "cache"), fingerprint, RiskMapOptions(normalization),
-        )
-
-    manifest = stage().run()
-    assert set(manifest["cases"]) == {c["case_id"] for c in cases} and manifest["leep"] <= 0
-    for case in stage().datalist():
-        image, risk = nib.load(case["image"][0]), nib.load(case["risk"])
-        assert risk.shape == image.shape
-        np.testing.assert_allclose(risk.affine, image.affine, atol=1e-5)
-    assert stage().cache_key() == stage().cache_key() != stage("minmax").cache_key()
-    assert all("risk" not in c for c in stage(enabled=False).datalist())
-
-
-def _risk_stage(cases: list[dict], tmp_path: Path, **kw) -> RiskStage:
-    """A risk stage over ``cases`` with a tiny source network of fixed random weights (same in every folder)."""
+def _risk_stage(cases: list[dict], tmp_path: Path, key: str = "test", **kw) -> RiskStage:
+    """A risk stage over ``cases`` with a tiny source network of fixed random weights (same in every folder); the
+    cache key is the test's (the run computes it from the stage's fingerprint)."""
     torch.manual_seed(0)
     network = small_network("segresnet", 4)
     ckpt = tmp_path / "source.pt"
@@ -259,11 +237,32 @@ def _risk_stage(cases: list[dict], tmp_path: Path, **kw) -> RiskStage:
         ckpt.parent.mkdir(parents=True, exist_ok=True)
         torch.save(network.state_dict(), ckpt)
     load = config_item("validate#preprocessing", target_task="WT")
-    fingerprint = StageFingerprint("risk", dict(kw), datalists=[cases], upstream={"source_ckpt": str(ckpt)})
+    key = key if not kw else key + "-" + "-".join(f"{k}={v}" for k, v in sorted(kw.items()))
     return RiskStage(
-        True, "fets", cases, "multiclass", "WT", str(ckpt), network, load, SlidingWindowInferer([16, 16, 16]),
-        str(tmp_path / "cache"), fingerprint, RiskMapOptions(**kw),
+        "fets", cases, "multiclass", "WT", str(ckpt), network, load, SlidingWindowInferer([16, 16, 16]),
+        str(tmp_path / "cache"), key, RiskMapOptions(**kw),
     )
+
+
+def _map(stage: RiskStage, case_id: str) -> str:
+    """The path of a case's map in a stage's cache."""
+    return str(stage.cache_root / stage.key / stage.run()["cases"][case_id]["risk"])
+
+
+def test_risk_stage_writes_maps_on_the_image_grid_and_caches(phantom: str, tmp_path: Path) -> None:
+    cases = _scenario(phantom, tmp_path).split('target_train')
+    manifest = _risk_stage(cases, tmp_path).run()
+    assert set(manifest["cases"]) == {c["case_id"] for c in cases} and manifest["leep"] <= 0
+    for case in TrainingCases(cases, tmp_path / "cache" / "test" / "manifest.json"):
+        image, risk = nib.load(case["image"][0]), nib.load(case["risk"])
+        assert risk.shape == image.shape
+        np.testing.assert_allclose(risk.affine, image.affine, atol=1e-5)
+    stamp = (tmp_path / "cache" / "test" / "manifest.json").stat().st_mtime_ns
+    assert _risk_stage(cases, tmp_path).run() == manifest, "a complete cache folder is reused"
+    assert (tmp_path / "cache" / "test" / "manifest.json").stat().st_mtime_ns == stamp
+    assert all("risk" not in c for c in TrainingCases(cases, None))
+    with pytest.raises(FileNotFoundError, match="risk maps not found.*run 'training'"):
+        TrainingCases(cases, tmp_path / "nowhere" / "manifest.json")[0]
 
 
 def test_risk_stage_statistics_and_maps_cover_the_brain_only(phantom: str, tmp_path: Path) -> None:
@@ -277,7 +276,7 @@ def test_risk_stage_statistics_and_maps_cover_the_brain_only(phantom: str, tmp_p
     assert full["num_voxels"] == sum(b.size for b in brain) > masked["num_voxels"]
     assert masked["leep"] != full["leep"]
     for case, inside in zip(cases, brain):
-        risk = np.asarray(nib.load(masked_stage.map_path(case["case_id"])).dataobj)
+        risk = np.asarray(nib.load(_map(masked_stage, case["case_id"])).dataobj)
         assert np.all(risk[~inside] == 0) and np.any(risk[inside] > 0)
     with pytest.raises(ValueError, match="unknown risk mask"):
         _risk_stage(cases, tmp_path, mask="brain")
@@ -290,16 +289,16 @@ def test_random_map_ablation_permutes_inside_the_mask_per_case(phantom: str, tmp
     shuffled = _risk_stage(cases, tmp_path, shuffle=True)
     for case in cases:
         inside = np.asarray(nib.load(case["image"][0]).dataobj) != 0
-        original = np.asarray(nib.load(plain.map_path(case["case_id"])).dataobj)
-        permuted = np.asarray(nib.load(shuffled.map_path(case["case_id"])).dataobj)
+        original = np.asarray(nib.load(_map(plain, case["case_id"])).dataobj)
+        permuted = np.asarray(nib.load(_map(shuffled, case["case_id"])).dataobj)
         assert np.all(permuted[~inside] == 0)
         np.testing.assert_array_equal(np.sort(permuted[inside]), np.sort(original[inside]))
         assert not np.array_equal(permuted, original)
     again = _risk_stage(cases, tmp_path / "again", shuffle=True)
     for case in cases:
         np.testing.assert_array_equal(
-            np.asarray(nib.load(again.map_path(case["case_id"])).dataobj),
-            np.asarray(nib.load(shuffled.map_path(case["case_id"])).dataobj),
+            np.asarray(nib.load(_map(again, case["case_id"])).dataobj),
+            np.asarray(nib.load(_map(shuffled, case["case_id"])).dataobj),
         )
 
 
@@ -313,7 +312,7 @@ def test_foreground_map_control_is_the_target_foreground_with_the_pooled_leep(ph
         assert stage.run()["leep"] == pytest.approx(pooled["leep"])
         for case in cases:
             label = np.asarray(nib.load(case["label"]).dataobj)
-            risk = np.asarray(nib.load(stage.map_path(case["case_id"])).dataobj)
+            risk = np.asarray(nib.load(_map(stage, case["case_id"])).dataobj)
             assert (label > 0).any(), f"{case['case_id']} needs tumour for this test"
             np.testing.assert_array_equal(risk, (label > 0).astype(np.float32))
 
@@ -331,7 +330,8 @@ def test_case_seeded_permutation_differs_between_cases_of_one_volume(tmp_path: P
 
 def test_foreground_count_travels_from_the_risk_stage_into_every_patch(phantom: str, tmp_path: Path) -> None:
     cases = _scenario(phantom, tmp_path).split("target_train")
-    datalist = _risk_stage(cases, tmp_path).datalist()
+    _risk_stage(cases, tmp_path).run()
+    datalist = TrainingCases(cases, tmp_path / "cache" / "test" / "manifest.json")
     for case in datalist:
         wt = np.asarray(nib.load(case["label"]).dataobj) > 0  # WT = every tumour label
         assert case["foreground_voxels"] == int(wt.sum()) > 0
@@ -344,7 +344,7 @@ def test_foreground_count_travels_from_the_risk_stage_into_every_patch(phantom: 
 
 
 def test_inference_datalist_from_folder_and_splits(phantom: str, tmp_path: Path) -> None:
-    _scenario(phantom, tmp_path).prepare()
+    _scenario(phantom, tmp_path).write_splits()
     cases = inference_datalist(str(tmp_path / "splits.json"))
     assert len(cases) == 2 and all(isinstance(c["image"], str) for c in cases)
     folder = Path(cases[0]["image"]).parent
@@ -395,11 +395,12 @@ def test_patches_come_from_the_brain_on_cached_indices(phantom: str, tmp_path: P
 def test_checkpoint_interval_saves_every_n_epochs_and_the_last(tmp_path: Path) -> None:
     model = torch.nn.Linear(1, 1)
     engine = Engine(lambda engine, batch: None)
-    ResumableCheckpoints(str(tmp_path), {"model": model}, prefix="t", interval=2).attach(engine)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    ResumableCheckpoints(str(tmp_path), model, optimizer, prefix="t", interval=2).attach(engine)
     saved: list[list[str]] = []
     engine.add_event_handler(Events.EPOCH_COMPLETED, lambda _: saved.append(sorted(p.name for p in tmp_path.iterdir())))
     engine.run([0], max_epochs=3)
     assert saved[0] == [] and saved[1] == ["t_checkpoint_epoch=2.pt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t_checkpoint_epoch=3.pt"], "the last epoch is always kept"
     with pytest.raises(ValueError, match="interval"):
-        ResumableCheckpoints(str(tmp_path), {"model": model}, prefix="t", interval=0)
+        ResumableCheckpoints(str(tmp_path), model, optimizer, prefix="t", interval=0)

@@ -1,14 +1,16 @@
 """Running the grid's cells with the bundles' own run ids: one after the other, or side by side.
 
-Every cell runs the bundles' run ids through :class:`monai.bundle.ConfigWorkflow` -- ``training`` on
-``train.json``, then ``evaluating`` on ``train.json + evaluate.json`` once on the target-validation cases and once on
-the target-test cases -- with config overrides that select the scenario, the method and the seed
-(:func:`~transrisk_components.experiments.cells.cell_overrides`). There is no second training loop here.
+Every cell runs the bundles' run ids through
+:class:`~transrisk_components.bundle.workflow.entry.TransferWorkflow` -- ``finetune`` on ``train.json`` (the source
+stage, the risk maps when the method uses them, one fine-tuning run), then ``evaluating`` on ``train.json +
+evaluate.json`` once on the target-validation cases and once on the target-test cases -- with config overrides that
+select the scenario, the method and the seed (:func:`~transrisk_components.experiments.cells.cell_overrides`).
+There is no second training loop here: a cell is the run a safe-transfer candidate with the same overrides is.
 
 A cell whose ``result.json`` exists is done and skipped -- after checking that the fine-tuning fingerprint it
-records (the bundle's ``fingerprint#finetune``: settings, split cases, input files, source checkpoint) is the one
-the cell resolves to now; a cell made with other settings (e.g. before a bundle default changed) stops the grid
-with the differences. A killed grid continues where it stopped; a cell killed mid-training resumes from its last
+records (the bundle's fine-tuning stage fingerprint: its resolved config, split cases, input files, source model)
+is the one the cell resolves to now; a cell made with other settings (e.g. before a bundle default changed) stops
+the grid with the differences. A killed grid continues where it stopped; a cell killed mid-training resumes from its last
 epoch checkpoint.
 
 :func:`run_grid_in_parallel` runs independent cells side by side (a GPU machine's cores): first one cell per source
@@ -30,7 +32,11 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from pathlib import Path
 from typing import Any
 
-from transrisk_components.bundle.fingerprint import StageFingerprint, StaleOutputError
+from transrisk_components.bundle.io.records import StaleOutputError
+from transrisk_components.bundle.workflow.entry import TransferWorkflow
+from transrisk_components.bundle.workflow.fingerprint import differences
+from transrisk_components.bundle.workflow.pipeline import TransferPipeline
+from transrisk_components.bundle.workflow.request import BundleRequest
 from transrisk_components.experiments.catalogue import SCENARIOS
 from transrisk_components.experiments.cells import Cell, bundle_config, cell_overrides
 from transrisk_components.experiments.profiles import Profile
@@ -44,15 +50,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-def _workflow(config_files: list[str], run_id: str, overrides: Mapping[str, Any]) -> Any:
-    from monai.bundle import ConfigWorkflow
-
-    return ConfigWorkflow(config_file=config_files, run_id=run_id, workflow_type=None, **overrides)
-
-
 def run_workflow(config_files: list[str], run_id: str, overrides: Mapping[str, Any]) -> None:
     """Initialise, run and finalise the bundle run id ``run_id`` of ``config_files`` (merged in order)."""
-    workflow = _workflow(config_files, run_id, overrides)
+    workflow = TransferWorkflow(config_file=config_files, run_id=run_id, **overrides)
     workflow.initialize()
     workflow.run()
     workflow.finalize()
@@ -88,27 +88,24 @@ def prepare_phantoms(profile: Profile, root: Path, dataset_dirs: Mapping[str, st
     return resolved
 
 
-def finetune_fingerprint(cell: Cell, root: Path, profile: Profile, dataset_dirs: Mapping[str, str | None]) -> StageFingerprint:
-    """The bundle's fine-tuning stage fingerprint (``fingerprint#finetune``) as the cell would resolve it now.
-
-    Resolving it builds the scenario's splits and the risk stage's cache key (the source checkpoint must exist);
-    nothing is trained.
-    """
+def finetune_fingerprint(cell: Cell, root: Path, profile: Profile, dataset_dirs: Mapping[str, str | None]) -> dict[str, Any]:
+    """The bundle's fine-tuning stage fingerprint as the cell would resolve it now (its resolved config, its split
+    cases' files, the source and risk stages it builds on); nothing is trained or written."""
     overrides = cell_overrides(cell, root, profile, dataset_dirs)
-    parser = _workflow([bundle_config(cell.scenario.bundle, "train")], "training", overrides).parser
-    return parser.get_parsed_content("fingerprint#finetune")
+    request = BundleRequest.create(bundle_config(cell.scenario.bundle, "train"), overrides)
+    return TransferPipeline(request, "finetune").plan(check_outputs=False).candidates[0].finetune.fingerprint
 
 
-def _check_reuse(cell: Cell, row: Mapping[str, Any], current: StageFingerprint, result_path: Path) -> None:
+def _check_reuse(cell: Cell, row: Mapping[str, Any], current: Mapping[str, Any], result_path: Path) -> None:
     """Refuse a finished cell's ``result.json`` unless the fine-tuning fingerprint it records is the current one.
 
     Raises:
         StaleOutputError: the cell was trained with other settings or inputs (e.g. a bundle default changed since),
             naming the differences and the remedy.
     """
-    differences = current.differences(row.get("finetune_fingerprint"))
-    if differences:
-        lines = current.listed_differences(differences)
+    found = differences(row.get("finetune_fingerprint"), current)
+    if found:
+        lines = "\n  ".join(found[:12] + ([f"... and {len(found) - 12} more"] if len(found) > 12 else []))
         raise StaleOutputError(
             f"grid cell {cell.scenario.name} | {cell.method.id} | seed {cell.seed}: {result_path} was made with "
             f"other fine-tuning settings or inputs than the current ones, so it is not reused. Differences "
@@ -158,11 +155,12 @@ def run_cell(cell: Cell, root: Path, profile: Profile, dataset_dirs: Mapping[str
     train = bundle_config(cell.scenario.bundle, "train")
     evaluate = [train, bundle_config(cell.scenario.bundle, "evaluate")]
     start = time.perf_counter()
-    run_workflow([train], "training", overrides)
+    run_workflow([train], "finetune", overrides)
     seconds = time.perf_counter() - start
     val_dir = folder / "eval_val"
-    run_workflow(evaluate, "evaluating", {**overrides, "output_dir": str(val_dir), "validate#dataset#data": "$@scenario.split('target_val')"})
-    run_workflow(evaluate, "evaluating", overrides)
+    quiet = {"print_metrics": False}
+    run_workflow(evaluate, "evaluating", {**overrides, **quiet, "output_dir": str(val_dir), "eval_split": "target_val"})
+    run_workflow(evaluate, "evaluating", {**overrides, **quiet})
     test_summary = json.loads((folder / "eval" / "metrics_summary.json").read_text())
     val_summary = json.loads((val_dir / "metrics_summary.json").read_text())
     row: dict[str, Any] = {

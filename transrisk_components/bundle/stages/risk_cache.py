@@ -113,14 +113,14 @@ class RiskCache:
     def complete_manifest(self) -> dict[str, Any] | None:
         """The manifest when the folder holds a complete one and every map it names, else ``None``.
 
-        A manifest of an older version, without the per-class table ``"classes"``, is not complete (the stage
-        recomputes).
+        A manifest of an older version, without the per-class table ``"classes"`` or the joint ``"joint"``, is not
+        complete (the stage recomputes).
         """
         path = self.folder / MANIFEST
         if not path.is_file():
             return None
         manifest = json.loads(path.read_text())
-        if "classes" in manifest and all((self.folder / c["risk"]).is_file() for c in manifest["cases"].values()):
+        if {"classes", "joint"} <= set(manifest) and all((self.folder / c["risk"]).is_file() for c in manifest["cases"].values()):
             return manifest
         return None
 

@@ -180,6 +180,7 @@ class TransferPipeline:
         self.paths = {name: Path(value(name)) for name in ("ckpt_dir", "output_dir", "log_dir", "risk_dir", "source_ckpt")}
         self.paths["dataset_dir"] = Path(value("dataset_dir"))
         self.overwrite = bool(value("overwrite"))
+        self._check_outputs = True
 
     # -- planning --------------------------------------------------------------------------------------------------
     def _shared(self) -> dict[str, Any]:
@@ -215,6 +216,10 @@ class TransferPipeline:
         loaded = load_candidates(self._parser.get("safe#candidates"), self._parser.get_parsed_content("safe#candidates_file"))
         return {name: normalized_overrides(overrides) for name, overrides in loaded.items()}
 
+    def _decide(self, plan: StagePlan, upstream_reused: bool, builds_on: Sequence[Path] = ()) -> None:
+        if self._check_outputs:
+            decide(plan, self.overwrite, upstream_reused, builds_on)
+
     def _plan_source(self) -> tuple[StagePlan | None, str]:
         source_ckpt = self.paths["source_ckpt"]
         if not self.base.value(self._parser, "train_source"):
@@ -231,7 +236,7 @@ class TransferPipeline:
                          (source_ckpt, checkpoints), (source_ckpt,), checkpoints, int(parser.get_parsed_content("source_epochs")),
                          request=self.request.overrides)
         try:
-            decide(plan, self.overwrite, upstream_reused=True)
+            self._decide(plan, upstream_reused=True)
         except ForeignOutputError:
             raise ForeignOutputError(
                 f"source checkpoint {source_ckpt} was not made by this bundle (no fingerprint record of ours names it), "
@@ -292,7 +297,7 @@ class TransferPipeline:
                           checkpoints, int(values["max_epochs"]), request=self.request.overrides)
         upstream_reused = (not from_source or plan.source is None or plan.source.decision == "reuse") and (
             risk_key is None or plan.risks[risk_key].decision == "reuse")
-        decide(stage, self.overwrite, upstream_reused)
+        self._decide(stage, upstream_reused, [self.paths["source_ckpt"]] if from_source else [])
         validation = None
         if self.safe:
             validation = self._stage(f"validation {name}", STAGE_FILES["evaluate"], {
@@ -323,14 +328,19 @@ class TransferPipeline:
                 f"safe transfer would replace it with the chosen candidate. Pass --overwrite true to replace it (that "
                 f"run's checkpoints in {self.paths['ckpt_dir'] / 'finetune_run'} are kept), or another --bundle_root to keep both")
 
-    def plan(self) -> RunPlan:
+    def plan(self, check_outputs: bool = True) -> RunPlan:
         """Check every setting, compute every stage's fingerprint and decide what to do with it; write nothing.
+
+        Args:
+            check_outputs: decide what to do with each stage's outputs on disk (``False``: compute the fingerprints
+                only, e.g. to compare them with a record made elsewhere).
 
         Raises:
             SettingsError: a setting's value is not allowed, or an override names an id no config has.
             StaleOutputError / ForeignOutputError: outputs are in the way (naming them and the remedy).
             FileNotFoundError: a file the run needs is missing.
         """
+        self._check_outputs = check_outputs
         candidates = self._candidates() if self.run_id in ("training", "safe_training", "finetune") else {}
         self._check_ids(candidates)
         check_settings(_values(self._parser), "the run")
@@ -345,7 +355,7 @@ class TransferPipeline:
             first = by_digest.setdefault(candidate.finetune.digest, candidate.name)
             if first != candidate.name and candidate.finetune.decision != "reuse":
                 candidate.same_as = first
-        if plan.safe:
+        if plan.safe and check_outputs:
             self._check_model_path()
         return plan
 

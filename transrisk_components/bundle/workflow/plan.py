@@ -147,7 +147,7 @@ def release_outputs(paths: Sequence[Path]) -> None:
             path.unlink(missing_ok=True)
 
 
-def decide(plan: StagePlan, overwrite: bool, upstream_reused: bool) -> StagePlan:
+def decide(plan: StagePlan, overwrite: bool, upstream_reused: bool, builds_on: Sequence[Path] = ()) -> StagePlan:
     """Set ``plan.decision`` (see the module docstring) and return ``plan``.
 
     Args:
@@ -155,10 +155,12 @@ def decide(plan: StagePlan, overwrite: bool, upstream_reused: bool) -> StagePlan
         overwrite: ``--overwrite true``: redo a stage whose outputs were made otherwise.
         upstream_reused: whether every stage this one builds on is reused (a stage built on one that runs again is
             not reused, even with an equal fingerprint).
+        builds_on: files the stage reads (the source checkpoint): a redo that would delete one of them is refused.
 
     Raises:
         ForeignOutputError: outputs sit there that no record of ours names.
         StaleOutputError: outputs of ours were made otherwise and ``overwrite`` is false.
+        ValueError: a redo would delete a file the stage builds on.
     """
     present = _present(plan.outputs)
     foreign = [p for p in present if not named_by_a_record(p, [plan.record])]
@@ -201,5 +203,13 @@ def decide(plan: StagePlan, overwrite: bool, upstream_reused: bool) -> StagePlan
             f"Either pass --overwrite true to redo the stage in place (its outputs are deleted; stages whose "
             f"fingerprint still matches are kept), or pass another --bundle_root to keep both."
         )
+    for read in builds_on:
+        read = read.resolve()
+        for output in present:
+            if output.resolve() == read or output.resolve() in read.parents:
+                raise ValueError(
+                    f"the {plan.config.name} stage builds on {read}, which is also one of its outputs ({output}): "
+                    f"--overwrite would delete it. Copy it elsewhere and point source_ckpt there."
+                )
     plan.decision = "redo"
     return plan

@@ -154,6 +154,10 @@ def _cross_checks(values: Mapping[str, Any]) -> list[str]:
         problems.append(f"freeze_epochs {freeze}: must be below max_epochs ({max_epochs})")
     if values.get("risk#sampling") == "risk" and values.get("risk#enabled") is False:
         problems.append("risk#sampling 'risk': samples patch centres by the risk map, so risk#enabled must be true")
+    if values.get("source_output") == "sigmoid" and values.get("train_source") is True:
+        problems.append("source_output 'sigmoid': describes a source from elsewhere, but the source stage would train one "
+                        "here, and it trains softmax networks: pass --train_source false (the source_ckpt given is used "
+                        "as it is), or --source_output softmax")
     if values.get("head_init") == "leep" and values.get("source_output") == "sigmoid":
         problems.append("head_init 'leep': needs a softmax source (source_output softmax), a sigmoid source has no unit "
                         "per LEEP state")
