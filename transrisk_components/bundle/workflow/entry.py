@@ -20,7 +20,6 @@ from typing import Any
 
 from monai.bundle import ConfigWorkflow
 
-from transrisk_components.bundle.io.config_values import as_bool
 from transrisk_components.bundle.io.paths import folder_of
 from transrisk_components.bundle.workflow.errors import command_line_errors
 from transrisk_components.bundle.workflow.pipeline import TransferPipeline
@@ -57,9 +56,9 @@ def run_stages(run_id: str, bundle_root: str) -> None:
     if request.bundle_root != Path(bundle_root).resolve():
         raise RuntimeError(f"this config's bundle_root {bundle_root} is not the command line's {request.bundle_root}: "
                            "build the workflow with TransferWorkflow to run its stages from Python")
-    pipeline = TransferPipeline(request, run_id)
-    with command_line_errors(pipeline.paths["log_dir"], as_bool(request.overrides.get("debug", False), "debug"), sys.argv):
-        pipeline.run()
+    debug = request.overrides.get("debug", False)
+    with command_line_errors(request.bundle_root / "runs" / "last_error.log", debug in (True, "true", "True", 1), sys.argv):
+        TransferPipeline(request, run_id).run()
 
 
 class TransferWorkflow(ConfigWorkflow):

@@ -6,7 +6,7 @@ chained tracebacks. :func:`command_line_errors` wraps a run started from the com
 
 - an error ends the run with one paragraph on stderr -- ``transrisk: the run stopped: <the real cause>`` (what went
   wrong, where, and the remedy, as the stage's message says them; :func:`real_cause` is the error under MONAI's
-  wrappers) -- and the full traceback in ``<log_dir>/last_error.log`` (``--debug true`` prints it too);
+  wrappers) -- and the full traceback in ``<bundle_root>/runs/last_error.log`` (``--debug true`` prints it too);
 - ``Ctrl-C`` (SIGINT) and ``kill`` (SIGTERM) end it with one line: what is kept and the command that resumes it.
 
 A workflow built in Python gets the exceptions themselves.
@@ -69,11 +69,11 @@ def _say(text: str) -> None:
 
 
 @contextlib.contextmanager
-def command_line_errors(log_dir: Path, debug: bool, argv: list[str]) -> Iterator[None]:
+def command_line_errors(log: Path, debug: bool, argv: list[str]) -> Iterator[None]:
     """Run the block; end an error or an interruption as the module docstring says (``SystemExit``).
 
     Args:
-        log_dir: the run's log folder; the traceback goes to ``<log_dir>/last_error.log``.
+        log: the file the traceback goes to.
         debug: print the traceback on stderr too.
         argv: the command line (named as the command that resumes the run).
     """
@@ -88,7 +88,6 @@ def command_line_errors(log_dir: Path, debug: bool, argv: list[str]) -> Iterator
         raise SystemExit(128 + number) from None
     except Exception as error:
         cause = real_cause(error)
-        log = log_dir / "last_error.log"
         text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
         try:
             atomic_write_text(log, text)

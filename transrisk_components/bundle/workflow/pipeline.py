@@ -234,7 +234,7 @@ class TransferPipeline:
         checkpoints = _checkpoint_folder(parser, "source#handlers")
         plan = StagePlan(config, fingerprint, source_ckpt.with_name(source_ckpt.stem + RECORD_SUFFIX),
                          (source_ckpt, checkpoints), (source_ckpt,), checkpoints, int(parser.get_parsed_content("source_epochs")),
-                         request=self.request.overrides)
+                         request=self.request.overrides, rebuilt_from_checkpoint=True)
         try:
             self._decide(plan, upstream_reused=True)
         except ForeignOutputError:
@@ -276,7 +276,7 @@ class TransferPipeline:
     def _plan_candidate(self, name: str, overrides: Mapping[str, Any], plan: RunPlan) -> CandidatePlan:
         shared = {**self._shared(), **overrides}
         where = f"safe transfer candidate {name!r}" if self.safe else "the fine-tuning stage"
-        config = self._stage(f"fine-tuning {name}", None, {**shared, **self._candidate_paths(name)}, "train#trainer")
+        config = self._stage(f"fine-tuning {name}" if self.safe else "fine-tuning", None, {**shared, **self._candidate_paths(name)}, "train#trainer")
         parser = config.parser()
         values = _values(parser)
         check_settings(values, where)

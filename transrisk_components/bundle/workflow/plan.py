@@ -38,6 +38,7 @@ from transrisk_components.bundle.io.records import (
 from transrisk_components.bundle.workflow.fingerprint import differences, digest, identity
 from transrisk_components.bundle.workflow.stage import StageConfig
 from transrisk_components.utils.distributed import barrier, is_rank0
+from transrisk_components.utils.io import load_checkpoint
 
 __all__ = ["DECISIONS", "StagePlan", "decide", "latest_checkpoint_epoch", "release_outputs"]
 
@@ -81,6 +82,9 @@ class StagePlan:
         decision: one of :data:`DECISIONS`.
         reasons: why it is redone (the fingerprint's differences).
         request: the overrides the run was given (recorded, so that a later command can name them).
+        rebuilt_from_checkpoint: whether a finished run's missing ``required`` outputs are made again from its last
+            checkpoint (the source model: its final weights), rather than by running the stage again (a fine-tuning
+            run's best model is not its last epoch).
     """
 
     config: StageConfig
@@ -93,6 +97,7 @@ class StagePlan:
     decision: str = "run"
     reasons: list[str] = field(default_factory=list)
     request: Mapping[str, Any] = field(default_factory=dict)
+    rebuilt_from_checkpoint: bool = False
 
     @property
     def digest(self) -> str:
@@ -180,7 +185,14 @@ def decide(plan: StagePlan, overwrite: bool, upstream_reused: bool, builds_on: S
         done = old.get("epochs") if complete else latest_checkpoint_epoch(plan.checkpoints) if plan.checkpoints else None
         missing = [p for p in plan.required if not p.is_file()]
         if complete and done == plan.epochs and not missing:
+            for path in plan.required:
+                if path.suffix == ".pt":
+                    load_checkpoint(path, f"delete it and run again: the {plan.config.name} stage makes it again",
+                                    map_location="cpu", weights_only=True)
             plan.decision = "reuse"
+            return plan
+        if complete and missing and plan.rebuilt_from_checkpoint:
+            plan.decision = "resume"
             return plan
         if complete and missing:
             plan.decision, plan.reasons = "redo", [f"{', '.join(map(str, missing))} missing"]
