@@ -43,6 +43,7 @@ def test_multimodal_inference_inputs_from_folders_and_splits(data_fets_phantom: 
     scenario = Scenario("fets", str(data_fets_phantom), str(tmp_path / "run"), "t1", CHANNELS, "multiclass",
                         "multiclass", 2, 1, 1, num_source=2, check_inputs=False)
     expected = scenario.split("target_test")
+    scenario.write_splits()
     listed = inference_datalist(str(tmp_path / "run" / "splits.json"), modalities=CHANNELS)
     assert [c["image"] for c in listed] == [list(c["image"]) for c in expected] and len(listed[0]["image"]) == 2
     with pytest.raises(ValueError, match="needs 3 images per case, got 2"):

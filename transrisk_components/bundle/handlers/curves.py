@@ -55,10 +55,12 @@ class LearningCurveWriter:
         self.rows: list[dict[str, float]] = []
         self._losses: list[float] = []
         self._validated_at = -1
+        self._resumed = False
 
     def attach(self, engine: Engine) -> None:
         """Collect losses every iteration, write the curves every epoch and draw them at the end."""
-        engine.add_event_handler(Events.STARTED, self._keep_resumed_rows)
+        engine.add_event_handler(Events.STARTED, lambda _: setattr(self, "_resumed", False))
+        engine.add_event_handler(Events.EPOCH_STARTED, self._keep_resumed_rows)
         engine.add_event_handler(Events.EPOCH_STARTED, lambda _: self._losses.clear())
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect_loss)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._write_epoch)
@@ -66,13 +68,17 @@ class LearningCurveWriter:
         self.evaluator.add_event_handler(Events.COMPLETED, lambda _: setattr(self, "_validated_at", engine.state.epoch))
 
     def _keep_resumed_rows(self, engine: Engine) -> None:
-        """Keep the rows of the epochs a resumed run already did (none for a fresh run, which starts at 0)."""
+        """At the first epoch of a run, keep the rows of the epochs a resumed run already did (none for a fresh run):
+        by then every handler that restores a checkpoint at ``Events.STARTED`` has set the engine's epoch."""
+        if self._resumed:
+            return
+        self._resumed = True
         if not self.csv_path.is_file():
             return
         columns = read_learning_curves(self.csv_path)
         rows = [{c: columns.get(c, [math.nan] * len(columns["epoch"]))[i] for c in self.columns}
                 for i in range(len(columns["epoch"]))]
-        self.rows = [row for row in rows if row["epoch"] <= engine.state.epoch]
+        self.rows = [row for row in rows if row["epoch"] < engine.state.epoch]
 
     def _collect_loss(self, engine: Engine) -> None:
         output = engine.state.output

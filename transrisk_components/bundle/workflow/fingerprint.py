@@ -15,8 +15,8 @@ A stage (source training, risk maps, one fine-tuning run) runs one component of 
 - the package version.
 
 Left out are the ids that say where outputs go or how a run shows itself, not what it computes
-(:data:`WHERE_IDS`), and the run's length (:data:`LENGTH_IDS`): a run asked for more epochs continues one that did
-fewer. :func:`differences` names every id whose value changed, as ``config.train#random_transforms#4#prob: 0.5 ->
+(:data:`WHERE_IDS`), the data split (:data:`INPUT_IDS`: the files it gives the stage are its inputs), and the run's
+length (:data:`LENGTH_IDS`): a run asked for more epochs continues one that did fewer. :func:`differences` names every id whose value changed, as ``config.train#random_transforms#4#prob: 0.5 ->
 0.25``.
 """
 
@@ -38,17 +38,20 @@ import transrisk_components
 from transrisk_components.bundle.io.records import datalist_files, file_identity
 from transrisk_components.utils.io import file_sha256
 
-__all__ = ["LENGTH_IDS", "WHERE_IDS", "differences", "digest", "file_digest", "identity", "reachable_ids", "stage_fingerprint"]
+__all__ = ["INPUT_IDS", "LENGTH_IDS", "WHERE_IDS", "differences", "digest", "file_digest", "identity", "reachable_ids", "stage_fingerprint"]
 
 #: Ids that say where a run writes, where it reads from (the files' identities are recorded instead), or how it
 #: shows itself -- not what it computes.
 WHERE_IDS = frozenset({
     "bundle_root", "dataset_dir", "phantom_dir", "output_dir", "models_dir", "ckpt_dir", "log_dir", "risk_dir",
-    "source_ckpt", "risk_manifest", "risk_key", "risk_export_dir", "check_cache", "run_name", "progress", "overwrite",
+    "source_ckpt", "risk_manifest", "risk_key", "risk_export_dir", "run_name", "progress", "overwrite",
     "debug", "is_main_process", "ckpt_interval",
 })
 #: The length of a training stage: left out of its fingerprint and recorded beside it (a longer run continues a shorter).
 LENGTH_IDS = frozenset({"max_epochs", "source_epochs"})
+#: The data split: recorded by the files it gives each stage (its ``inputs``), so that a setting that does not change
+#: a stage's cases (the target task, for the source stage) does not change the stage's fingerprint.
+INPUT_IDS = frozenset({"scenario"})
 #: Record keys that are not part of what made the outputs.
 _BOOKKEEPING = ("outputs", "complete", "epochs", "request")
 
@@ -71,10 +74,10 @@ def _references(parser: ConfigParser, monai_id: str) -> set[str]:
 
 
 def reachable_ids(parser: ConfigParser, roots: Iterable[str]) -> list[str]:
-    """The ids ``roots`` reach through ``@`` references (themselves included), less :data:`WHERE_IDS` and
-    :data:`LENGTH_IDS` (whose references are not followed), and less any id inside another one found: each as
-    MONAI writes it (``train::trainer``), sorted."""
-    skipped = WHERE_IDS | LENGTH_IDS
+    """The ids ``roots`` reach through ``@`` references (themselves included), less :data:`WHERE_IDS`,
+    :data:`LENGTH_IDS` and :data:`INPUT_IDS` (whose references are not followed), and less any id inside another one
+    found: each as MONAI writes it (``train::trainer``), sorted."""
+    skipped = WHERE_IDS | LENGTH_IDS | INPUT_IDS
     todo = [ReferenceResolver.normalize_id(r) for r in roots]
     seen: set[str] = set()
     while todo:

@@ -72,6 +72,12 @@ __all__ = ["ORCHESTRATED_RUN_IDS", "STAGE_FILES", "CandidatePlan", "RunPlan", "T
 
 logger = logging.getLogger(__name__)
 
+
+def _say(message: str, *args: Any) -> None:
+    """Log a line of the run once (on rank 0 under ``torchrun``)."""
+    if is_rank0():
+        logger.info(message, *args)
+
 #: The run ids whose stages this module runs, and the last stage each reaches.
 ORCHESTRATED_RUN_IDS = ("training", "safe_training", "finetune", "pretrain", "risk_map", "export_risk")
 #: The bundle's stage files (in the folder of ``train.json``), merged after the run's own files.
@@ -273,19 +279,25 @@ class TransferPipeline:
                 "output_dir": str(self.paths["output_dir"] / "candidates" / name),
                 "log_dir": str(self.paths["log_dir"] / "candidates" / name), "run_name": name}
 
-    def _plan_candidate(self, name: str, overrides: Mapping[str, Any], plan: RunPlan) -> CandidatePlan:
+    def _candidate_config(self, name: str, overrides: Mapping[str, Any]) -> tuple[StageConfig, dict[str, Any]]:
+        """A fine-tuning run's config and its checked settings."""
         shared = {**self._shared(), **overrides}
         where = f"safe transfer candidate {name!r}" if self.safe else "the fine-tuning stage"
-        config = self._stage(f"fine-tuning {name}" if self.safe else "fine-tuning", None, {**shared, **self._candidate_paths(name)}, "train#trainer")
-        parser = config.parser()
-        values = _values(parser)
+        config = self._stage(f"fine-tuning {name}" if self.safe else "fine-tuning", None,
+                             {**shared, **self._candidate_paths(name)}, "train#trainer")
+        values = _values(config.parser())
         check_settings(values, where)
+        return config, values
+
+    def _plan_candidate(
+        self, name: str, overrides: Mapping[str, Any], config: StageConfig, values: Mapping[str, Any], plan: RunPlan
+    ) -> CandidatePlan:
         risk_key = None
         if needs_risk_maps(values):
-            risk_key = self._plan_risk(name, shared, plan.source_digest, plan)
+            risk_key = self._plan_risk(name, {**self._shared(), **overrides}, plan.source_digest, plan)
             manifest = self.paths["risk_dir"] / risk_key / MANIFEST
             config = dataclasses.replace(config, overrides={**config.overrides, "risk_manifest": str(manifest)})
-            parser = config.parser()
+        parser = config.parser()
         from_source = values.get("target_init") == "source"
         upstream = {**({"source": plan.source_digest} if from_source else {}), **({"risk": risk_key} if risk_key else {})}
         fingerprint = stage_fingerprint(parser, "finetune", ["train#trainer"],
@@ -344,12 +356,15 @@ class TransferPipeline:
         candidates = self._candidates() if self.run_id in ("training", "safe_training", "finetune") else {}
         self._check_ids(candidates)
         check_settings(_values(self._parser), "the run")
-        source, source_digest = self._plan_source()
+        configs = {name: self._candidate_config(name, overrides) for name, overrides in candidates.items()}
+        needs_source = self.run_id in ("pretrain", "risk_map", "export_risk") or any(
+            values.get("target_init") == "source" or needs_risk_maps(values) for _, values in configs.values())
+        source, source_digest = self._plan_source() if needs_source else (None, None)
         plan = RunPlan(source, source_digest, safe=self.safe)
         if self.run_id in ("risk_map", "export_risk"):
             self._plan_risk("run", self._shared(), source_digest, plan)
         for name, overrides in candidates.items():
-            plan.candidates.append(self._plan_candidate(name, overrides, plan))
+            plan.candidates.append(self._plan_candidate(name, overrides, *configs[name], plan))
         by_digest: dict[str, str] = {}
         for candidate in plan.candidates:
             first = by_digest.setdefault(candidate.finetune.digest, candidate.name)
@@ -366,10 +381,10 @@ class TransferPipeline:
         lock.acquire()
         try:
             plan = self.plan()
-            logger.info("transrisk %s: %s", self.run_id, plan.summary())
+            _say("transrisk %s: %s", self.run_id, plan.summary())
             if is_rank0():
                 remove_partial_writes(self.request.bundle_root)
-                self._parser.get_parsed_content("scenario").write_splits()
+            self._parser.get_parsed_content("scenario").write_splits()  # every rank: its checks are collective
             barrier()
             self._execute(plan)
         finally:
@@ -377,9 +392,9 @@ class TransferPipeline:
 
     def _run_stage(self, stage: StagePlan, what: str) -> None:
         if stage.decision == "reuse":
-            logger.info("%s: reused (its fingerprint matches %s)", stage.config.name, stage.record)
+            _say("%s: reused (its fingerprint matches %s)", stage.config.name, stage.record)
             return
-        logger.info("%s: %s%s", stage.config.name, what,
+        _say("%s: %s%s", stage.config.name, what,
                     f" (redone: {stage.reasons[0]}{' ...' if len(stage.reasons) > 1 else ''})" if stage.decision == "redo" else "")
         stage.start()
         stage.config.run()
@@ -401,7 +416,7 @@ class TransferPipeline:
             return
         single = plan.candidates[0]
         self._run_stage(single.finetune, "fine-tuning" if single.finetune.decision != "resume" else "resuming")
-        logger.info(
+        _say(
             "fine-tuned one start (the risk-weighted default; --safe#enabled false): %s. Transfer can hurt; without "
             "--safe#enabled false, training fine-tunes the candidate starts (risk map, plain fine-tuning, from "
             "scratch), keeps the one validation prefers and reports where transfer hurt", single.model)
@@ -426,7 +441,7 @@ class TransferPipeline:
             self._take_outputs(candidate, by_name[candidate.same_as])
             return
         if stage.decision == "reuse" and (stage.epochs or 0) >= epochs:
-            logger.info("%s: reused (its fingerprint matches %s)", stage.config.name, stage.record)
+            _say("%s: reused (its fingerprint matches %s)", stage.config.name, stage.record)
             return
         stage.epochs = epochs
         stage.config = dataclasses.replace(stage.config, overrides={**stage.config.overrides, "max_epochs": epochs})
@@ -435,7 +450,7 @@ class TransferPipeline:
 
     def _take_outputs(self, candidate: CandidatePlan, same: CandidatePlan) -> None:
         """Give ``candidate`` the outputs of ``same``, whose run it is (an equal fingerprint)."""
-        logger.info("%s: the same run as candidate %s (equal fingerprints): its model and curves are copied",
+        _say("%s: the same run as candidate %s (equal fingerprints): its model and curves are copied",
                     candidate.finetune.config.name, same.name)
         candidate.finetune.start()
         if is_rank0():
@@ -462,7 +477,7 @@ class TransferPipeline:
             outcome = race({n: self._curve(by_name[n]) for n in by_name}, rungs[: index + 1], max_epochs)
             for name in running:
                 if name in outcome.dropped:
-                    logger.info("candidate %s dropped at epoch %d (more than the racing margin below the leader on "
+                    _say("candidate %s dropped at epoch %d (more than the racing margin below the leader on "
                                 "validation)", name, rung)
             running = list(outcome.finished)
         for name in running:
@@ -502,7 +517,7 @@ class TransferPipeline:
             summaries = {n: json.loads((Path(by_name[n].validation.overrides["output_dir"]) / "metrics_summary.json").read_text())
                          for n in validation}
             path = write_transfer_report(report, summaries, self.paths["output_dir"])
-            logger.info("%s", transfer_report_lines(report, path))
+            _say("%s", transfer_report_lines(report, path))
         barrier()
 
     def _install(self, chosen: str, by_name: Mapping[str, CandidatePlan], outcome: RaceOutcome, model: Path, reason: str) -> None:
