@@ -46,6 +46,9 @@ from monai.networks.nets import SegResNet
 from monai.utils import set_determinism
 
 from transrisk_components.bundle.engine.caching import cached_bytes, header_voxels
+from transrisk_components.bundle.workflow.entry import TransferWorkflow
+from transrisk_components.bundle.workflow.pipeline import TransferPipeline
+from transrisk_components.bundle.workflow.request import BundleRequest
 from transrisk_components.data.phantom import make_fets_phantom
 from transrisk_components.method.losses import RiskWeightedLoss
 from transrisk_components.method.transferability import LEEPStatistics, pixel_transferability
@@ -141,10 +144,25 @@ def core(size: int = 128, classes: int = 4, repeats: int = 9, seed: int = 0) -> 
 
 
 def _bundle_workflow(config_file: str | list[str], run_id: str, **overrides: object) -> ConfigWorkflow:
-    """An initialised ``ConfigWorkflow`` of the bundle config."""
-    workflow = ConfigWorkflow(config_file=config_file, run_id=run_id, logging_file=False, workflow_type=None, **overrides)
+    """An initialised workflow of the bundle config (its run ids that run stages build them from its files and
+    overrides)."""
+    workflow = TransferWorkflow(config_file=config_file, run_id=run_id, logging_file=False, **overrides)
     workflow.initialize()
     return workflow
+
+
+def _stage_workflows(files: list[str], **overrides: object) -> tuple[ConfigWorkflow, ConfigWorkflow | None]:
+    """The initialised workflows of the fine-tuning stage and of the risk stage it reads (``None`` without the map),
+    as ``finetune`` would run them, after the source model and the maps were made (``risk_map``)."""
+    _bundle_workflow(files, "risk_map", **overrides).run()
+    plan = TransferPipeline(BundleRequest.create(files, overrides), "finetune").plan(check_outputs=False)
+    candidate = plan.candidates[0]
+    workflows = [candidate.finetune.config.workflow(),
+                 plan.risks[candidate.risk_key].config.workflow() if candidate.risk_key else None]
+    for workflow in workflows:
+        if workflow is not None:
+            workflow.initialize()
+    return workflows[0], workflows[1]
 
 
 def _forever(loader: Any) -> Iterator[Any]:
@@ -193,9 +211,8 @@ def bundle(
     root = Path(tempfile.mkdtemp(prefix="transrisk-bench-"))
     prepared = root / "bundle"
     common = {"progress": False, "source_epochs": 2, "seed": seed, **_json_arg(overrides), "bundle_root": str(prepared)}
-    _bundle_workflow(files, "pretrain", **common).run()
-    with_risk = _bundle_workflow(files, "finetune", **common)
-    without = _bundle_workflow(files, "finetune", **common, **{"risk#enabled": False})
+    with_risk, risk_workflow = _stage_workflows(files, **common)
+    without, _ = _stage_workflows(files, **common, **{"risk#enabled": False})
     trainers = {name: wf.parser.get_parsed_content("train#trainer") for name, wf in (("risk", with_risk), ("plain", without))}
     batches = {name: _forever(trainer.data_loader) for name, trainer in trainers.items()}
     set_determinism(seed)
@@ -207,7 +224,7 @@ def bundle(
             trainer._iteration(trainer, next(batches[name]))
 
     step = _interleaved_medians({name: functools.partial(train_steps, name) for name in trainers}, repeats, device)
-    stage = with_risk.parser.get_parsed_content("risk_stage")
+    stage = risk_workflow.parser.get_parsed_content("risk_stage")
     inferer = with_risk.parser.get_parsed_content("validate#inferer")
     load = with_risk.parser.get_parsed_content("validate#preprocessing")
     network = stage._load_network()
@@ -248,7 +265,6 @@ def _safe_over_one_run(
     if parser.get("safe_training") is None:
         print("(c) safe workflow / one fine-tuning run    n/a: the config has no 'safe_training' run id")
         return "n/a (no safe_training run id)"
-    prepared.parser.get_parsed_content("risk_stage").run()
     folder = Path(common["bundle_root"])
     phantom = Path(prepared.parser.get_parsed_content("phantom_dir")).resolve()
     settings = {**common, "dataset_dir": prepared.parser.get_parsed_content("dataset_dir"),
@@ -341,7 +357,7 @@ HEADLINE_STAGES = (
     "imports and interpreter start-up",
     "phantom generation",
     "input checks",
-    "fingerprints (file hashes)",
+    "planning (settings, fingerprints)",
     "source training: data loading",
     "source training: iterations",
     "risk stage",
@@ -361,11 +377,11 @@ def _headline_timers(timer: StageTimer) -> Iterator[None]:
     from ignite.engine import Events
     from ignite.handlers import Checkpoint
     from monai.engines import SupervisedEvaluator, SupervisedTrainer
-    from monai.handlers import TensorBoardImageHandler, TensorBoardStatsHandler
+    from monai.handlers import TensorBoardStatsHandler
 
+    import transrisk_components.bundle.workflow.pipeline as pipeline
     import transrisk_components.data.scenario as scenario
-    from transrisk_components.bundle.fingerprint import StageFingerprint
-    from transrisk_components.bundle.handlers import LearningCurveWriter
+    from transrisk_components.bundle.handlers.curves import LearningCurveWriter
     from transrisk_components.bundle.stages.risk import RiskStage
     from transrisk_components.bundle.stages.source import SourceStage
 
@@ -377,7 +393,7 @@ def _headline_timers(timer: StageTimer) -> Iterator[None]:
 
     timer.wrap(scenario, "resolve_dataset_dir", "phantom generation")
     timer.wrap(scenario, "check_cases", "input checks")
-    timer.wrap(StageFingerprint, "current", "fingerprints (file hashes)")
+    timer.wrap(pipeline.TransferPipeline, "plan", "planning (settings, fingerprints)")
     timer.wrap(SourceStage, "run", "source training: iterations")
     timer.wrap(RiskStage, "run", "risk stage")
     timer.wrap(SupervisedTrainer, "run", trainer_stage)
@@ -385,7 +401,6 @@ def _headline_timers(timer: StageTimer) -> Iterator[None]:
     timer.wrap(Checkpoint, "__call__", "checkpoints")
     timer.wrap(TensorBoardStatsHandler, "iteration_completed", "TensorBoard")
     timer.wrap(TensorBoardStatsHandler, "epoch_completed", "TensorBoard")
-    timer.wrap(TensorBoardImageHandler, "__call__", "TensorBoard")
     timer.wrap(LearningCurveWriter, "_draw", "figures")
     try:
         yield
@@ -394,16 +409,17 @@ def _headline_timers(timer: StageTimer) -> Iterator[None]:
 
 
 def headline_stages(configs: str, overrides: str) -> None:
-    """Child of :func:`headline`: ``monai.bundle.run("training", ...)`` -- what ``python -m monai.bundle run
-    training`` calls -- on the bundle ``configs`` (JSON list) with ``overrides`` (JSON dict), its stages timed;
-    prints ``{"main_seconds", "stages": {stage: seconds}}`` (stages as in :data:`HEADLINE_STAGES`)."""
-    from monai.bundle import run
-
+    """Child of :func:`headline`: ``training`` -- what ``python -m monai.bundle run training`` runs -- on the bundle
+    ``configs`` (JSON list) with ``overrides`` (JSON dict), its stages timed; prints ``{"main_seconds", "stages":
+    {stage: seconds}}`` (stages as in :data:`HEADLINE_STAGES`)."""
     start = time.perf_counter()
     timer = StageTimer()
     with _headline_timers(timer):
         timer.enter("other (config parsing, building objects, logging)")
-        run(run_id="training", config_file=_json_arg(configs), **_json_arg(overrides))
+        workflow = TransferWorkflow(config_file=_json_arg(configs), run_id="training", **_json_arg(overrides))
+        workflow.initialize()
+        workflow.run()
+        workflow.finalize()
         timer.exit()
     if timer.current is not None:
         raise RuntimeError(f"stage timer left inside {timer.current!r}: a timed stage was entered and never left")
@@ -415,34 +431,46 @@ def headline(
     work_dir: str | None = None,
 ) -> None:
     """The headline command (``python -m monai.bundle run training --config_file bundles/fets/configs/train.json``:
-    phantom, source, risk maps, the safe-transfer candidates' fine-tuning) in a fresh bundle folder, stage by stage,
-    in one child process.
+    phantom, source, risk maps, the safe-transfer candidates' fine-tuning, validation, choice) in a fresh bundle
+    folder, stage by stage, in one child process; then the same with ``--safe#enabled false`` (the paper's method,
+    one fine-tuning run) in another fresh folder, for the ratio of the two.
 
     Each stage's time is exclusive (a validation inside fine-tuning counts as validation only); "imports and
-    interpreter start-up" is the child's wall time before the run starts. The last line is the total
-    (target <= 300 s on 2 CPU cores).
+    interpreter start-up" is the child's wall time before the run starts. The last line is the safe headline's total
+    (target <= 300 s on 2 CPU cores) and its ratio to the one-run headline (target <= 1.5).
 
     Args:
         config_file: the bundle's ``train.json``, or a JSON list of config files.
         overrides: JSON dict of config overrides (none: the headline itself).
-        work_dir: folder for the bundle outputs and the child's log (default: a temporary folder).
+        work_dir: folder for the bundle outputs and the children's logs (default: a temporary folder).
     """
     work = Path(work_dir or tempfile.mkdtemp(prefix="transrisk-headline-")).resolve()
     work.mkdir(parents=True, exist_ok=True)
     files = _config_files(config_file)
-    settings = {**_json_arg(overrides), "bundle_root": str(work / "bundle")}
-    start = time.perf_counter()
-    result, rss = _child(["headline_stages", json.dumps(files), json.dumps(settings)], work / "headline.log")
-    total = time.perf_counter() - start
-    stages = {"imports and interpreter start-up": total - result["main_seconds"], **result["stages"]}
+    totals, tables = {}, {}
+    for name, more in (("safe", {}), ("one run", {"safe#enabled": False})):
+        folder = "bundle" if name == "safe" else "bundle_one_run"
+        settings = {**_json_arg(overrides), **more, "bundle_root": str(work / folder)}
+        log = work / f"headline_{folder}.log"
+        start = time.perf_counter()
+        result, rss = _child(["headline_stages", json.dumps(files), json.dumps(settings)], log)
+        totals[name] = time.perf_counter() - start
+        tables[name] = ({"imports and interpreter start-up": totals[name] - result["main_seconds"], **result["stages"]},
+                        rss, log, settings)
+    stages, rss, log, settings = tables["safe"]
+    total = totals["safe"]
     print(f"threads: {torch.get_num_threads()}, bundle config: {' + '.join(files)}, overrides: {json.dumps(settings)}")
-    print(f"log: {work / 'headline.log'}, peak RSS {rss:.2f} GB")
+    print(f"log: {log}, peak RSS {rss:.2f} GB")
     print("| stage | wall time | share |")
     print("|---|---|---|")
     for name in HEADLINE_STAGES:
         print(f"| {name} | {stages.get(name, 0.0):.2f} s | {100 * stages.get(name, 0.0) / total:.0f}% |")
     print(f"| total | {total:.2f} s | 100% |")
-    print(f"headline: total = {total:.1f} s (target <= 300 s on 2 CPU cores)")
+    one = totals["one run"]
+    print(f"one-run headline (--safe#enabled false): {one:.2f} s, its fine-tuning iterations "
+          f"{tables['one run'][0].get('fine-tuning: iterations', 0.0):.2f} s (log: {tables['one run'][2]})")
+    print(f"headline: total = {total:.1f} s (target <= 300 s on 2 CPU cores), safe/one run = {total / one:.2f} "
+          "(target <= 1.5)")
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -483,7 +511,9 @@ def run_id(configs: str, run: str, overrides: str) -> None:
 def source_pipeline(configs: str, overrides: str) -> None:
     """Child: one epoch of the source stage's data loader (``source#dataloader``, no network); print cache
     figures as JSON."""
-    workflow = _bundle_workflow(_json_arg(configs), "pretrain", **_json_arg(overrides))
+    plan = TransferPipeline(BundleRequest.create(_json_arg(configs), _json_arg(overrides)), "pretrain").plan(check_outputs=False)
+    workflow = plan.source.config.workflow()
+    workflow.initialize()
     loader = workflow.parser.get_parsed_content("source#dataloader")
     start = time.perf_counter()
     for _ in loader:
@@ -653,17 +683,20 @@ def gpu(
               "num_target_train": cases, "num_target_val": 1, "num_target_test": 0, "num_source": 1,
               "source_epochs": 1, "num_workers": 0, "seed": 0, **_json_arg(overrides)}
     _bundle_workflow(files, "pretrain", **common).run()
-    with_risk = _bundle_workflow(files, "finetune", **common)
-    device = torch.device(with_risk.parser.get_parsed_content("device"))
+    request = BundleRequest.create(files, common)
+    risk_stage = next(iter(TransferPipeline(request, "risk_map").plan(check_outputs=False).risks.values()))
+    risk_workflow = risk_stage.config.workflow()
+    risk_workflow.initialize()
+    device = torch.device(risk_workflow.parser.get_parsed_content("device"))
     cuda = device.type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
-    stage = with_risk.parser.get_parsed_content("risk_stage")
     start = time.perf_counter()
-    stage.run()
+    risk_workflow.parser.get_parsed_content("risk_stage").run()
     risk_seconds = time.perf_counter() - start
     risk_memory = torch.cuda.max_memory_allocated(device) / 1e9 if cuda else float("nan")
-    without = _bundle_workflow(files, "finetune", **common, **{"risk#enabled": False})
+    with_risk, _ = _stage_workflows(files, **common)
+    without, _ = _stage_workflows(files, **common, **{"risk#enabled": False})
     trainers = {name: wf.parser.get_parsed_content("train#trainer") for name, wf in (("risk", with_risk), ("plain", without))}
     trainers["monai"] = SupervisedTrainer(
         device=device, max_epochs=1, train_data_loader=trainers["plain"].data_loader,

@@ -259,10 +259,13 @@ Without `--dataset_dir`, the first run generates the built-in phantom in the dat
 
 ## Training configuration
 
-`configs/train.json` runs three stages (`training` runs all of them; each is also a run id): `pretrain` trains a
-source network on the source modality ({train['source_modality']}), `risk_map` runs it once over the target training
-cases and writes one transfer risk map per case, and `finetune` fine-tunes it on the target modality
-({train['target_modality']}) with every voxel's cross-entropy weighted by `1 + {train['risk']['strength']:g} * risk`.
+`training` runs the stages, each a configuration of its own: `configs/source.json` trains a source network on the
+source modality ({train['source_modality']}); `configs/risk.json` runs it once over the target training cases and
+writes one transfer risk map per case; `configs/train.json` fine-tunes it on the target modality
+({train['target_modality']}) with every voxel's cross-entropy weighted by `1 + {train['risk']['strength']:g} * risk`,
+and, by default, fine-tunes plain and from-scratch starts beside it and keeps the one the validation cases prefer
+(`eval/transfer_report.json`). `pretrain`, `risk_map` and `finetune` stop after the source, the maps, one fine-tuning
+run.
 Network: MONAI `{net['_target_']}` (init_filters {net['init_filters']}, blocks_down {net['blocks_down']}); patches
 {train['patch_size']}; {train['source_epochs']} source and {train['max_epochs']} fine-tuning epochs; learning rate
 {train['learning_rate']}; {train['num_target_train']} target training, {train['num_target_val']} validation and
@@ -302,12 +305,16 @@ Training (all stages; `--dataset_dir` for real data):
 python -m monai.bundle run training --config_file configs/train.json
 ```
 
-Fine-tuning from the downloaded model as the source model (declared as weights from outside; `$None`, since MONAI
-drops a plain `None` on the command line):
+Fine-tuning from the downloaded model as the source model (`--train_source false`: the checkpoint is given, only
+read), in a bundle folder of its own so that it does not meet the outputs of a run made here before:
 
 ```bash
-python -m monai.bundle run training --config_file configs/train.json --source_ckpt models/model.pt --fingerprint#source '$None'
+python -m monai.bundle run training --config_file configs/train.json --source_ckpt models/model.pt --train_source false \
+    --bundle_root ../finetuned_from_download
 ```
+
+From Python, build the workflow with `transrisk_components.bundle.workflow.entry.TransferWorkflow` (MONAI's
+`ConfigWorkflow`, which also hands its config files and overrides to the stages `training` runs).
 
 Evaluation on the target test split (`eval/metrics_per_case.csv`, `eval/metrics_summary.json`):
 

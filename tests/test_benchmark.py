@@ -60,8 +60,9 @@ def test_headline_prints_a_stage_table_that_adds_up_to_its_total(phantom: str, t
 
     HEADLINE_STAGES = load_script("benchmark").HEADLINE_STAGES
 
-    lines = benchmark("headline", "--overrides", tiny(phantom), "--work_dir", str(tmp_path))
-    match = re.fullmatch(rf"headline: total = ({NUMBER}) s \(target <= 300 s on 2 CPU cores\)", lines[-1])
+    lines = benchmark("headline", "--overrides", tiny(phantom, **{"safe#enabled": True}), "--work_dir", str(tmp_path))
+    match = re.fullmatch(rf"headline: total = ({NUMBER}) s \(target <= 300 s on 2 CPU cores\), safe/one run = "
+                         rf"({NUMBER}) \(target <= 1\.5\)", lines[-1])
     assert match, lines[-1]
     rows = {m.group(1): float(m.group(2)) for line in lines if (m := re.fullmatch(rf"\| (.+) \| ({NUMBER}) s \| \d+% \|", line))}
     assert set(rows) == {*HEADLINE_STAGES, "total"}
@@ -69,6 +70,8 @@ def test_headline_prints_a_stage_table_that_adds_up_to_its_total(phantom: str, t
     assert all(value >= 0 for value in rows.values()) and rows["total"] > 0
     assert sum(rows[name] for name in HEADLINE_STAGES) == pytest.approx(rows["total"], abs=0.01 * len(HEADLINE_STAGES))
     assert (tmp_path / "bundle" / "models" / "model.pt").is_file(), "the headline ran to its end"
+    assert (tmp_path / "bundle" / "eval" / "transfer_report.json").is_file(), "the safe headline"
+    assert not (tmp_path / "bundle_one_run" / "eval" / "transfer_report.json").exists(), "and the one run beside it"
 
 
 @pytest.mark.slow

@@ -67,21 +67,21 @@ def test_a_killed_grid_continues_with_the_missing_cells_only(tiny_grid):
 
 
 def test_a_finished_cell_is_reused_only_with_its_fine_tuning_fingerprint(tiny_grid):
-    """A changed risk setting (as when a bundle default changes) stops the grid at the risk-map cell with the
-    difference; the plain fine-tuning cell, which no risk setting affects, is still reused."""
+    """A changed risk-map setting (as when a bundle default changes) stops the grid at the risk-map cell with the
+    difference; the plain fine-tuning cell, which reads no risk map, is still reused."""
     import dataclasses
 
-    from transrisk_components.bundle.fingerprint import StaleOutputError
+    from transrisk_components.bundle.io.records import StaleOutputError
 
     phantom, work, _ = tiny_grid
-    changed = dataclasses.replace(TINY, overrides={**TINY.overrides, "risk#strength": 3.0})
+    changed = dataclasses.replace(TINY, overrides={**TINY.overrides, "risk#map_normalization": "minmax"})
     cells = {c.method.id: c for c in experiments.grid(changed) if c.seed == 0}
     dirs = {"fets": str(phantom)}
     stamp = (cells[experiments.PLAIN].folder(work) / "result.json").stat().st_mtime_ns
     row = experiments.run_cell(cells[experiments.PLAIN], work, changed, dirs)
-    assert row["method"] == experiments.PLAIN and row["finetune_fingerprint"]["settings"]["risk"]["strength"] is None
+    assert row["method"] == experiments.PLAIN and "risk" not in row["finetune_fingerprint"]["upstream"]
     assert (cells[experiments.PLAIN].folder(work) / "result.json").stat().st_mtime_ns == stamp
-    with pytest.raises(StaleOutputError, match=r"settings\.risk\.strength: 8\.0 -> 3\.0"):
+    with pytest.raises(StaleOutputError, match=r"upstream\.risk: [0-9a-f]{16} -> [0-9a-f]{16}"):
         experiments.run_cell(cells[experiments.DEFAULT_RISK], work, changed, dirs)
 
 
@@ -102,7 +102,7 @@ def test_ranking_study_on_the_tiny_grid(tiny_grid):
     assert sorted(p.parent.parent.name for p in work.glob("sources/fets_*_e*_to_*/seed0/source.pt")) == sorted(
         f"fets_{c.id}_to_flair" for c in candidates)
     made = json.loads((work / "sources" / "fets_t1_e2_to_flair" / "seed0" / "source.fingerprint.json").read_text())
-    assert made["settings"]["epochs"] == 2 and made["settings"]["modality"] == "t1", "the candidate's settings are used"
+    assert made["epochs"] == 2 and made["config"]["source_modality"] == "t1", "the candidate's settings are used"
     csv_path = work / "ranking" / "t2" / "seed0" / "source_ranking.csv"
     ranking = csv_path.read_text()
     assert ranking.startswith("rank,name") and ranking.count("\n") == 5 and ",gbc," in ranking.splitlines()[0]
@@ -139,7 +139,7 @@ def test_ranking_study_with_candidates_of_other_kinds_foreign_source(tiny_grid):
         classes = {r["name"]: int(r["num_source_classes"]) for r in csv.DictReader(handle)}
     assert classes == {"all_e1": 4, "t1_deep_e1": 4, "t1_wt_e1": 2}
     made = json.loads((work / "sources" / "fets_all_e1_to_flair" / "seed0" / "source.fingerprint.json").read_text())
-    assert made["settings"]["modality"] == "all", "the four-modality candidate's source is trained on all four"
+    assert made["config"]["source_modality"] == "all", "the four-modality candidate's source is trained on all four"
 
 
 def test_the_tiny_grid_in_two_worker_processes_gives_the_same_cells(tiny_grid, tmp_path):

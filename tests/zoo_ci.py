@@ -14,8 +14,10 @@ re-implemented here, offline):
    ``verify_net_in_out`` and ``ckpt_export`` (plus ``torch.jit.load``) on ``configs/inference.json``.
 2. ``infer_as_downloaded``: ``python -m monai.bundle run inferring`` from the bundle folder with no ``PYTHONPATH`` at
    all (as a user types it after ``monai.bundle download``) predicts with the downloaded ``models/model.pt``.
-3. ``unit_tests``: ``ConfigWorkflow`` train, then train + evaluate, then infer, each ``initialize``,
-   ``check_properties`` (no missing property), ``run``, ``finalize``, with small settings; then the downloaded
+3. ``unit_tests``: the Zoo's pattern -- train, then train + evaluate, then infer, each ``initialize``,
+   ``check_properties`` (no missing property), ``run``, ``finalize``, with small settings -- with the bundle's
+   ``TransferWorkflow`` (a ``ConfigWorkflow`` that hands its config files and overrides to the stages ``training``
+   runs; a plain ``ConfigWorkflow`` cannot tell them); then the downloaded
    ``models/model.pt`` is byte-identical, training wrote ``models/trained/model.pt``, the evaluation scored that model,
    and inference wrote one prediction per test case.
 
@@ -122,12 +124,14 @@ def unit_tests(bundle: Path, dataset_dir: str, settings: dict[str, Any]) -> None
     train = {"bundle_root": str(bundle), "dataset_dir": dataset_dir, **settings}
     shipped = bundle / "models" / "model.pt"
     shipped_sha = _sha256(shipped)
+    from transrisk_components.bundle.workflow.entry import TransferWorkflow  # the bundle's own copy
 
-    _check_workflow(bundle, ConfigWorkflow(workflow_type="train", config_file=str(configs / "train.json"), **common, **train), "train")
+    workflow = TransferWorkflow
+    _check_workflow(bundle, workflow(workflow_type="train", config_file=str(configs / "train.json"), **common, **train), "train")
     evaluate = [str(configs / "train.json"), str(configs / "evaluate.json")]
-    _check_workflow(bundle, ConfigWorkflow(workflow_type="train", config_file=evaluate, **common, **train), "train + evaluate")
+    _check_workflow(bundle, workflow(workflow_type="train", config_file=evaluate, **common, **train), "train + evaluate")
     infer = {"bundle_root": str(bundle), "patch_size": settings["patch_size"]}
-    _check_workflow(bundle, ConfigWorkflow(workflow_type="infer", config_file=str(configs / "inference.json"), **common, **infer), "infer")
+    _check_workflow(bundle, workflow(workflow_type="infer", config_file=str(configs / "inference.json"), **common, **infer), "infer")
 
     trained = bundle / "models" / "trained" / "model.pt"
     assert _sha256(shipped) == shipped_sha, f"{shipped} was changed by training"

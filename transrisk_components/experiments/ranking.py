@@ -208,10 +208,11 @@ def _ranking_inputs(cells: Mapping[str, Cell], own: Cell, root: Path) -> dict[st
     """What a target's source ranking is made from: each candidate source's checkpoint (SHA-256) and the target's
     training cases and dataset (from the fine-tuning fingerprint of ``own``, a finished cell of that target).
     A ranking on disk is reused only while this matches."""
-    settings = json.loads((own.folder(root) / "result.json").read_text())["finetune_fingerprint"]["settings"]
+    fingerprint = json.loads((own.folder(root) / "result.json").read_text())["finetune_fingerprint"]
     return {
         "sources": {name: file_sha256(source_checkpoint(cell, root)) for name, cell in cells.items()},
-        "target": {key: settings[key] for key in ("dataset_dir", "modality", "task", "train_cases")},
+        "target": {"modality": fingerprint["config"]["target_modality"], "task": fingerprint["config"]["target_task"],
+                   "files": fingerprint["inputs"]},
     }
 
 
@@ -225,6 +226,6 @@ def _source_val_dice(
         configs = [bundle_config("fets", "train"), bundle_config("fets", "evaluate")]
         run_workflow(configs, "evaluating", {**cell_overrides(cell, root, profile, dataset_dirs),
                                              **candidate.evaluation_overrides(), "output_dir": str(out),
-                                             "validate#dataset#data": "$@scenario.split('target_val')",
-                                             "validate#handlers#0#load_path": str(source_checkpoint(cell, root))})
+                                             "eval_split": "target_val", "print_metrics": False,
+                                             "model_file": str(source_checkpoint(cell, root))})
     return mean_over_regions(json.loads((out / "metrics_summary.json").read_text()), "dice")
