@@ -108,3 +108,54 @@ def test_a_run_whose_length_is_shorter_than_what_was_trained_is_refused(tmp_path
     run_bundle(CONFIGS, "training", tmp_path, phantom, {**TINY, "max_epochs": 2})
     cause = refused(CONFIGS, tmp_path, phantom, TINY)
     assert isinstance(cause, StaleOutputError) and "epochs: 2 done -> 1 asked" in str(cause), exception_messages(cause)
+
+
+class _Stop(KeyboardInterrupt):
+    """What Ctrl-C raises, at a chosen moment of a run."""
+
+
+def test_a_run_stopped_and_resumed_is_the_run_it_resumes(tmp_path: Path, phantom: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue #33, finding 1: the same command stopped twice -- once between two source epochs, once in the middle of
+    a candidate's epoch -- and run again gives the uninterrupted run's choice, scores and models, bit for bit."""
+    from transrisk_components.bundle.handlers.checkpoints import ResumableCheckpoints
+    from transrisk_components.bundle.handlers.curves import LearningCurveWriter
+
+    settings = {**SAFE, "source_epochs": 2, "max_epochs": 4, "val_interval": 2}
+    straight = tmp_path / "straight"
+    run_bundle(CONFIGS, "training", straight, phantom, settings)
+
+    stopped = tmp_path / "stopped"
+    prune = ResumableCheckpoints._prune
+
+    def stop_after_source_epoch_1(self: ResumableCheckpoints, engine) -> None:
+        prune(self, engine)
+        if self.prefix == "source" and engine.state.epoch == 1:
+            raise _Stop()
+
+    monkeypatch.setattr(ResumableCheckpoints, "_prune", stop_after_source_epoch_1)
+    with pytest.raises(KeyboardInterrupt):
+        run_bundle(CONFIGS, "training", stopped, phantom, settings)
+    monkeypatch.undo()
+    collect = LearningCurveWriter._collect_loss
+
+    def stop_in_plain_epoch_3(self: LearningCurveWriter, engine) -> None:
+        collect(self, engine)
+        if self.title == "plain" and engine.state.epoch == 3 and engine.state.iteration % engine.state.epoch_length == 1:
+            raise _Stop()
+
+    monkeypatch.setattr(LearningCurveWriter, "_collect_loss", stop_in_plain_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        run_bundle(CONFIGS, "training", stopped, phantom, settings)
+    monkeypatch.undo()
+    assert (stopped / "models" / "candidates" / "risk_map" / "model.pt").is_file()
+    assert not json.loads((stopped / "models" / "candidates" / "plain" / "finetune.fingerprint.json").read_text())["complete"]
+    run_bundle(CONFIGS, "training", stopped, phantom, settings)
+
+    reports = [json.loads((root / "eval" / "transfer_report.json").read_text()) for root in (straight, stopped)]
+    for report in reports:
+        report.pop("model")
+    assert reports[0] == reports[1], "the resumed run chose and scored as the uninterrupted one"
+    for name in ("source.pt", "model.pt", "candidates/risk_map/model.pt", "candidates/plain/model.pt", "candidates/scratch/model.pt"):
+        assert (straight / "models" / name).read_bytes() == (stopped / "models" / name).read_bytes(), name
+    assert (straight / "eval" / "candidates" / "plain" / "learning_curves.csv").read_text() == (
+        stopped / "eval" / "candidates" / "plain" / "learning_curves.csv").read_text()
