@@ -91,7 +91,7 @@ def test_a_record_names_its_outputs_and_nothing_beside_them(tmp_path: Path) -> N
     assert named_by_a_record(own) and named_by_a_record(run_dir)
     assert not named_by_a_record(beside) and not named_by_a_record(tmp_path / "elsewhere" / "model.pt")
     # the outputs list is where, not what: the same settings still match
-    own.write_bytes(b"weights")
+    torch.save({"weights": torch.zeros(1)}, own)
     assert decide(_stage(tmp_path, [own, run_dir]), overwrite=False, upstream_reused=True).decision == "resume"
     stage.finish()
     assert decide(_stage(tmp_path, [own, run_dir]), overwrite=False, upstream_reused=True).decision == "reuse"

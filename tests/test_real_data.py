@@ -62,4 +62,4 @@ def test_profile_trains_one_iteration_on_a_full_size_case(bundle, tmp_path):
                 "source_epochs": 1, "num_samples": 1, "num_workers": 0, "progress": False}
     workflow = run_bundle(REPO / "bundles" / bundle / "configs", "pretrain", tmp_path / "bundle", str(root), settings,
                           ("train.json", "real_data.json"))
-    assert workflow.parser.get_parsed_content("source#stage").ckpt_path.is_file()
+    assert Path(workflow.parser.get_parsed_content("source_ckpt")).is_file()

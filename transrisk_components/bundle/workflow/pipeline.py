@@ -236,7 +236,7 @@ class TransferPipeline:
         config = self._stage("source", STAGE_FILES["source"], self._shared(), "source#stage")
         parser = config.parser()
         check_settings(_values(parser), "the source stage")
-        fingerprint = stage_fingerprint(parser, "source", ["source#stage"], [_scenario_split(parser, "source")])
+        fingerprint = stage_fingerprint(parser, "source", ["initialize", "source#stage"], [_scenario_split(parser, "source")])
         checkpoints = _checkpoint_folder(parser, "source#handlers")
         plan = StagePlan(config, fingerprint, source_ckpt.with_name(source_ckpt.stem + RECORD_SUFFIX),
                          (source_ckpt, checkpoints), (source_ckpt,), checkpoints, int(parser.get_parsed_content("source_epochs")),
@@ -300,7 +300,7 @@ class TransferPipeline:
         parser = config.parser()
         from_source = values.get("target_init") == "source"
         upstream = {**({"source": plan.source_digest} if from_source else {}), **({"risk": risk_key} if risk_key else {})}
-        fingerprint = stage_fingerprint(parser, "finetune", ["train#trainer"],
+        fingerprint = stage_fingerprint(parser, "finetune", ["initialize", "train#trainer"],
                                         [_scenario_split(parser, "target_train"), _scenario_split(parser, "target_val")], upstream)
         ckpt_dir = Path(config.overrides["ckpt_dir"])
         checkpoints = _checkpoint_folder(parser, "train#handlers")
