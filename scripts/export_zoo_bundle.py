@@ -19,7 +19,9 @@ Examples::
 - with ``--weights RUN``: ``models/model.pt``, the model that ``RUN``'s evaluation scored. ``RUN`` is the bundle folder
   of a run the user made (``training``, then ``evaluating``); its ``eval/metrics_summary.json`` names the checkpoint
   it evaluated and that checkpoint's SHA-256, which must still match. ``eval_metrics`` in the metadata are that
-  evaluation's means, and ``eval_data`` names the data they came from (split, cases, dataset or phantom). Weights
+  evaluation's means, and ``eval_data`` names the data they came from (split, cases, dataset or phantom) and how
+  the weights were trained (epochs, the chosen candidate and its validation cases, from the run's records); the
+  README says the same, with a warning when the weights are a phantom run or shorter than the defaults. Weights
   are never committed to git: they come from the user's run;
 - with ``--weights_url URL`` as well: ``large_files.yml``, which tells the Zoo to download ``models/model.pt`` from
   ``URL`` (checked against its SHA-256): upload ``models/model.pt`` there and leave it out of the Zoo pull request.
@@ -151,6 +153,77 @@ def _describe_data(splits_path: Path, summary: dict[str, Any], cases: list[str])
     )
 
 
+@dataclass(frozen=True)
+class TrainingRun:
+    """How the shipped weights were trained, from the records the run left beside them.
+
+    Attributes:
+        source_epochs: epochs of the source stage (``None``: the source checkpoint was given, not trained).
+        finetune_epochs: epochs of the fine-tuning run that made the weights.
+        chosen: the safe-transfer candidate the weights are (``None``: one fine-tuning run, no choice).
+        reason: the selection rule's reason, with its uncertainty warning when there was one.
+        validation_cases: the number of validation cases the choice rested on (``None`` without a choice).
+        phantom: whether the weights were trained on the built-in phantom.
+    """
+
+    source_epochs: int | None
+    finetune_epochs: int | None
+    chosen: str | None
+    reason: str | None
+    validation_cases: int | None
+    phantom: bool
+
+    def sentence(self) -> str:
+        """One sentence on the weights' training, for the README and ``eval_data``."""
+        source = "a given source model" if self.source_epochs is None else f"{self.source_epochs} source epochs"
+        text = f"trained with {source} and {self.finetune_epochs} fine-tuning epochs"
+        if self.chosen is not None:
+            text += f"; safe transfer kept the {self.chosen} candidate on {self.validation_cases} validation case(s)"
+        return text + (" on the built-in phantom" if self.phantom else "")
+
+    def warning(self, defaults: dict[str, Any]) -> str:
+        """A warning when the weights are a phantom run or shorter than the bundle's defaults; empty otherwise."""
+        short = [f"{n} {name} epochs (default {defaults[key]})" for name, key, n in
+                 (("source", "source_epochs", self.source_epochs), ("fine-tuning", "max_epochs", self.finetune_epochs))
+                 if n is not None and n < defaults[key]]
+        reasons = (["they were trained on the built-in phantom, not on real images"] if self.phantom else [])
+        reasons += [f"they are a short run: {', '.join(short)}"] if short else []
+        if not reasons:
+            return ""
+        return (f"**Warning: these weights test the pipeline, they are not a model for clinical images**: "
+                f"{'; '.join(reasons)}.")
+
+
+def read_training(model: Path, eval_dir: Path) -> TrainingRun:
+    """The :class:`TrainingRun` of ``model`` from the records of the run that made it: its provenance
+    (``safe.fingerprint.json`` after safe transfer, else ``finetune.fingerprint.json``), the source model's record,
+    the transfer report and ``splits.json``.
+
+    Raises:
+        FileNotFoundError: ``model`` has no record beside it (not made by this bundle's ``training``).
+    """
+    folder = model.parent
+    safe, single = folder / "safe.fingerprint.json", folder / "finetune.fingerprint.json"
+    chosen = reason = cases = None
+    if safe.is_file():
+        record = json.loads(safe.read_text(encoding="utf-8"))
+        chosen, reason = record["chosen"], record.get("reason")
+        finetune = record["candidates"][chosen].get("epochs")
+        report = eval_dir / "transfer_report.json"
+        if report.is_file():
+            cases = json.loads(report.read_text(encoding="utf-8")).get("validation_cases")
+    elif single.is_file():
+        finetune = json.loads(single.read_text(encoding="utf-8")).get("epochs")
+    else:
+        raise FileNotFoundError(f"{model} has no record of how it was trained ({safe.name} or {single.name} beside it): "
+                                "export weights that this bundle's training made")
+    source_record = folder / "source.fingerprint.json"
+    source = json.loads(source_record.read_text(encoding="utf-8")).get("epochs") if source_record.is_file() else None
+    splits = eval_dir / "splits.json"
+    phantom = splits.is_file() and (Path(json.loads(splits.read_text(encoding="utf-8"))["dataset_dir"]) / MARKER).is_file()
+    return TrainingRun(source, finetune, chosen, reason, cases, phantom)
+
+
 def eval_metrics(template: dict[str, Any], summary: dict[str, Any]) -> dict[str, float | None]:
     """The metadata's ``eval_metrics`` keys (``mean_<metric>_<region>``) filled from an evaluation summary.
 
@@ -215,7 +288,7 @@ def _large_files_yml(url: str, sha256: str) -> str:
     )
 
 
-def _performance(metadata: dict[str, Any], evaluation: Evaluation | None) -> str:
+def _performance(metadata: dict[str, Any], evaluation: Evaluation | None, training: TrainingRun | None) -> str:
     if evaluation is None:
         return (
             "No weights ship with this export (`eval_metrics` are `null`): train them with the commands below, or "
@@ -223,14 +296,21 @@ def _performance(metadata: dict[str, Any], evaluation: Evaluation | None) -> str
         )
     rows = "\n".join(f"| `{key}` | {'n/a' if value is None else value} |" for key, value in metadata["eval_metrics"].items())
     return (
-        f"`models/model.pt` (SHA-256 `{evaluation.sha256}`), evaluated with `evaluating` on {evaluation.data}.\n\n"
+        f"`models/model.pt` (SHA-256 `{evaluation.sha256}`), {training.sentence()}, evaluated with `evaluating` on "
+        f"{evaluation.data}.\n\n"
         f"| metric | value |\n| --- | --- |\n{rows}\n\n"
         "Dice is in [0, 1]; HD95 in mm (`n/a`: no case with both a predicted and a true region). "
         "Numbers on the phantom test the pipeline on a known anatomy, not the method's value on real images."
     )
 
 
-def _readme(metadata: dict[str, Any], train: dict[str, Any], evaluation: Evaluation | None) -> str:
+def _weights_warning(train: dict[str, Any], training: TrainingRun | None) -> str:
+    """The README's warning paragraph on the shipped weights (with its blank line), or nothing."""
+    warning = training.warning(train) if training is not None else ""
+    return f"{warning}\n\n" if warning else ""
+
+
+def _readme(metadata: dict[str, Any], train: dict[str, Any], evaluation: Evaluation | None, training: TrainingRun | None) -> str:
     """``docs/README.md`` of the exported bundle, in the Model Zoo's template."""
     net = train["network_def"]
     image = metadata["network_data_format"]["inputs"]["image"]
@@ -267,7 +347,7 @@ and, by default, fine-tunes plain and from-scratch starts beside it and keeps th
 (`eval/transfer_report.json`). `pretrain`, `risk_map` and `finetune` stop after the source, the maps, one fine-tuning
 run.
 Network: MONAI `{net['_target_']}` (init_filters {net['init_filters']}, blocks_down {net['blocks_down']}); patches
-{train['patch_size']}; {train['source_epochs']} source and {train['max_epochs']} fine-tuning epochs; learning rate
+{train['patch_size']}; by default {train['source_epochs']} source and {train['max_epochs']} fine-tuning epochs; learning rate
 {train['learning_rate']}; {train['num_target_train']} target training, {train['num_target_val']} validation and
 {train['num_target_test']} test cases.
 
@@ -287,7 +367,7 @@ until then.
 
 ## Performance
 
-{_performance(metadata, evaluation)}
+{_weights_warning(train, training)}{_performance(metadata, evaluation, training)}
 
 ## MONAI Bundle Commands
 
@@ -404,6 +484,7 @@ def export_zoo_bundle(bundle: str, out: str | os.PathLike, weights: str | None =
         raise FileExistsError(f"{target} exists: remove it or choose another --out (an export never replaces a folder)")
     target.parent.mkdir(parents=True, exist_ok=True)
     evaluation = read_evaluation(weights) if weights is not None else None
+    training = None
     partial = Path(tempfile.mkdtemp(prefix=f".{bundle}.partial-", dir=target.parent))
     try:
         for name in BUNDLE_FILES:
@@ -414,15 +495,16 @@ def export_zoo_bundle(bundle: str, out: str | os.PathLike, weights: str | None =
         _vendor_package(partial / "transrisk_components")
         if evaluation is not None:
             _check_weights_fit(partial / "configs", evaluation.model, partial)
+            training = read_training(evaluation.model, Path(weights).expanduser().resolve() / "eval")
             (partial / "models").mkdir()
             shutil.copy2(evaluation.model, partial / "models" / "model.pt")
             metadata["eval_metrics"] = eval_metrics(metadata["eval_metrics"], evaluation.summary)
-            metadata["eval_data"] = f"{evaluation.data}; models/model.pt sha256 {evaluation.sha256}"
+            metadata["eval_data"] = f"{evaluation.data}; models/model.pt sha256 {evaluation.sha256}, {training.sentence()}"
             atomic_write_text(partial / "configs" / "metadata.json", json.dumps(metadata, indent=4) + "\n")
         if weights_url is not None:
             atomic_write_text(partial / "large_files.yml", _large_files_yml(weights_url, evaluation.sha256))
         train = json.loads((source / "configs" / "train.json").read_text(encoding="utf-8"))
-        atomic_write_text(partial / "docs" / "README.md", _readme(metadata, train, evaluation))
+        atomic_write_text(partial / "docs" / "README.md", _readme(metadata, train, evaluation, training))
         atomic_write_text(partial / "docs" / "guide.md", _guide(bundle, readme))
         shutil.copy2(SHARED_DOCS / REUSE_DOC, partial / "docs" / REUSE_DOC)
         umask = os.umask(0)
@@ -450,7 +532,10 @@ def main(bundle: str, out: str, weights: str | None = None, weights_url: str | N
         weights_url: where models/model.pt will be hosted (writes large_files.yml).
     """
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    print(f"exported: {export_zoo_bundle(bundle, out, weights, weights_url)}")
+    try:
+        print(f"exported: {export_zoo_bundle(bundle, out, weights, weights_url)}")
+    except (FileExistsError, FileNotFoundError, ValueError) as error:
+        raise SystemExit(f"export_zoo_bundle: {error}") from None
 
 
 if __name__ == "__main__":

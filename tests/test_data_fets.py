@@ -165,3 +165,23 @@ def test_monai_loads_every_file(data_fets_phantom):
         assert data["label"].shape == (1, 32, 32, 32)
         torch.testing.assert_close(data["image"].affine, data["label"].affine)
         assert set(torch.unique(data["label"]).tolist()) <= {0.0, 1.0, 2.0, 4.0}
+
+
+def test_a_misnamed_case_folder_and_every_missing_file_in_one_error(data_fets_phantom, tmp_path):
+    """A renamed case folder is named with its files, not left out in silence; every case's missing files come in the
+    same error, with what each folder holds."""
+    shutil.copytree(data_fets_phantom, tmp_path / "data")
+    root = tmp_path / "data"
+    cases = sorted(p for p in root.iterdir() if p.is_dir())
+    renamed = cases[0].rename(root / cases[0].name.replace("FeTS21_", "FeTS2021_"))
+    for case in cases[1:3]:
+        (case / f"{case.name}_t2.nii.gz").unlink()
+    (cases[3] / f"{cases[3].name}_flair.nii.gz").unlink()
+    with pytest.raises(FileNotFoundError) as error:
+        fets2021_datalist(root)
+    message = str(error.value)
+    assert "4 problem(s)" in message
+    assert renamed.name in message and f"{cases[0].name}_t1.nii.gz" in message, "the misnamed folder and its files"
+    for case in cases[1:3]:
+        assert f"{case.name}: missing {case.name}_t2.nii.gz; the folder holds {case.name}_flair.nii.gz" in message
+    assert f"{cases[3].name}: missing {cases[3].name}_flair.nii.gz" in message

@@ -125,3 +125,19 @@ def test_monai_loads_every_file(data_iseg_phantom):
             torch.testing.assert_close(data["image"].affine, data["label"].affine)
             assert set(torch.unique(data["label"]).tolist()) <= {0.0, 10.0, 150.0, 250.0}
         assert data["image"].shape == (2, 32, 32, 32)
+
+
+def test_every_missing_file_and_a_misnamed_header_in_one_error(data_iseg_phantom, tmp_path):
+    for n in (1, 2, 3):
+        _copy_subject(data_iseg_phantom, tmp_path, n)
+    (tmp_path / "subject-1-T2.hdr").unlink()
+    (tmp_path / "subject-1-T2.img").unlink()
+    (tmp_path / "subject-2-T1.img").unlink()
+    (tmp_path / "subject-3-T1.hdr").rename(tmp_path / "subject3-T1.hdr")
+    with pytest.raises(FileNotFoundError) as error:
+        iseg2019_datalist(tmp_path)
+    message = str(error.value)
+    assert "4 problem(s)" in message
+    assert "subject-1: missing subject-1-T2.hdr" in message and "it holds subject-1-T1.hdr" in message
+    assert "subject-2: missing subject-2-T1.img (the data half of subject-2-T1.hdr)" in message
+    assert "subject3-T1.hdr: an Analyze header not named" in message and "subject-3: missing subject-3-T1.hdr" in message

@@ -36,8 +36,9 @@ NOT_RESULTS: dict[str, dict[str, str]] = {
         "44.4": "the time of a replaced quick run, quoted from git history",
     },
     "bundles/fets/docs/README.md": {"0.0005": "a learning rate in a command", "2105.05874": "an arXiv id",
-                                    "2211.02701": "an arXiv id"},
-    "bundles/iseg/docs/README.md": {"0.0005": "a learning rate in a command", "2211.02701": "an arXiv id"},
+                                    "2211.02701": "an arXiv id", "1.96": "the normal quantile of a 95% interval"},
+    "bundles/iseg/docs/README.md": {"0.0005": "a learning rate in a command", "2211.02701": "an arXiv id",
+                                    "1.96": "the normal quantile of a 95% interval"},
 }
 
 _NUMBER = re.compile(r"-?\d+\.\d+(?:[eE][-+]?\d+)?")

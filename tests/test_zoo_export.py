@@ -99,6 +99,28 @@ def test_the_export_never_replaces_a_folder_and_needs_weights_for_a_url(tmp_path
     assert (tmp_path / "fets" / "mine.txt").read_text() == "the user's"
 
 
+def test_the_export_describes_the_weights_own_run_and_warns_of_a_short_one(tmp_path: Path) -> None:
+    models, eval_dir = tmp_path / "models", tmp_path / "eval"
+    models.mkdir()
+    eval_dir.mkdir()
+    (models / "safe.fingerprint.json").write_text(json.dumps({
+        "chosen": "scratch", "reason": "scratch: highest validation score 35.7; uncertain: ...",
+        "candidates": {"risk_map": {"epochs": 4}, "scratch": {"epochs": 4}}}))
+    (models / "source.fingerprint.json").write_text(json.dumps({"epochs": 2}))
+    (eval_dir / "transfer_report.json").write_text(json.dumps({"validation_cases": 2}))
+    (eval_dir / "splits.json").write_text(json.dumps({"dataset_dir": str(tmp_path / "real")}))
+    training = EXPORT.read_training(models / "model.pt", eval_dir)
+    assert training.sentence() == ("trained with 2 source epochs and 4 fine-tuning epochs; safe transfer kept the "
+                                   "scratch candidate on 2 validation case(s)")
+    warning = training.warning({"source_epochs": 60, "max_epochs": 100})
+    assert "short run: 2 source epochs (default 60), 4 fine-tuning epochs (default 100)" in warning
+    assert "phantom" not in warning
+    assert EXPORT.TrainingRun(60, 100, None, None, None, False).warning({"source_epochs": 60, "max_epochs": 100}) == ""
+    (models / "safe.fingerprint.json").unlink()
+    with pytest.raises(FileNotFoundError, match="no record of how it was trained"):
+        EXPORT.read_training(models / "model.pt", eval_dir)
+
+
 # --- both bundles, exported with weights from a run, through the Zoo's CI (slow) ---------------------------------
 
 
@@ -159,6 +181,12 @@ def test_the_export_is_self_contained(zoo: Path, bundle: str) -> None:
     for section in ("Model Overview", "Data", "Training configuration", "Performance", "MONAI Bundle Commands", "License"):
         assert f"\n## {section}\n" in readme, section
     assert "run inferring" in readme and summary["model"]["sha256"] in readme
+    assert SETTINGS["safe#enabled"] is False, "one fine-tuning run: no candidate to name"
+    trained = (f"trained with {SETTINGS['source_epochs']} source epochs and {SETTINGS['max_epochs']} fine-tuning epochs "
+               "on the built-in phantom")
+    assert trained in metadata["eval_data"] and trained in readme, "the weights' own run, not the defaults"
+    assert "**Warning: these weights test the pipeline, they are not a model for clinical images**" in readme
+    assert "trained on the built-in phantom" in readme and f"{SETTINGS['max_epochs']} fine-tuning epochs (default" in readme
     guide = (exported / "docs" / "guide.md").read_text(encoding="utf-8")
     assert guide.startswith("> From the transrisk repository's")
     # the shared document the bundle README links to travels with it, and the link points inside the bundle

@@ -120,6 +120,20 @@ def _find_file(folder: Path, case_id: str, kind: str) -> Path | None:
     return None
 
 
+def _images_in(folder: Path) -> list[str]:
+    """The names of the NIfTI files directly in ``folder``, sorted."""
+    return sorted(p.name for p in folder.iterdir() if p.is_file() and p.name.endswith(_EXTENSIONS))
+
+
+def _holds(folder: Path, shown: int = 6) -> str:
+    """What a case folder holds, for an error message: its NIfTI files (the first ``shown``), or that it holds none."""
+    names = _images_in(folder)
+    if not names:
+        return "no NIfTI file"
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
+
+
 def _normalise_modalities(modalities: tuple[str, ...] | list[str]) -> list[str]:
     names = [_MODALITY_ALIASES.get(m.lower(), m.lower()) for m in modalities]
     unknown = [m for m, n in zip(modalities, names) if n not in FETS_MODALITIES]
@@ -144,7 +158,8 @@ def fets2021_datalist(
 
     Args:
         root: the folder holding ``FeTS21_Training_###`` subject folders
-            (e.g. ``MICCAI_FeTS2021_TrainingData``). Other files and folders are skipped.
+            (e.g. ``MICCAI_FeTS2021_TrainingData``). Other files, and folders without NIfTI files, are skipped; a
+            folder of NIfTI files whose name does not match is an error (a misnamed case).
         modalities: which images, in channel order; names from ``t1, t1ce, t2, flair`` (``t1gd`` is an
             alias of ``t1ce``), case-insensitive.
         partition_csv: optional partitioning CSV (``partitioning_1.csv`` / ``partitioning_2.csv``): a
@@ -155,8 +170,9 @@ def fets2021_datalist(
         ``_seg`` or None, "partition": "01" or None}, ...]``
 
     Raises:
-        FileNotFoundError: ``root``, the CSV, or a requested modality of some subject is missing (the
-            message names the missing path).
+        FileNotFoundError: ``root`` or the CSV is missing; or, in one error listing every problem, a subject
+            lacks a requested modality (named, with the files its folder holds) or a misnamed folder holds NIfTI
+            files.
         ValueError: unknown modality, or ``root`` holds no ``FeTS21_Training_###`` folders.
     """
     names = _normalise_modalities(modalities)
@@ -165,24 +181,31 @@ def fets2021_datalist(
         raise FileNotFoundError(f"FeTS2021 root folder not found: {root}")
     partitions = read_fets_partitions(_resolve_csv(root, partition_csv)) if partition_csv is not None else {}
     folders = sorted(p for p in root.iterdir() if p.is_dir() and _SUBJECT_DIR.match(p.name))
-    if not folders:
+    problems = [
+        f"{folder.name}: a folder that does not match the FeTS naming FeTS21_Training_### holds {_holds(folder)}: "
+        "rename it to its case id (as it is, it would be left out)"
+        for folder in sorted(root.iterdir())
+        if folder.is_dir() and not _SUBJECT_DIR.match(folder.name) and _images_in(folder)
+    ]
+    if not folders and not problems:
         raise ValueError(f"no FeTS21_Training_### subject folders in {root}")
     cases = []
     for folder in folders:
         case_id = folder.name
-        images = []
-        for name in names:
-            path = _find_file(folder, case_id, name)
-            if path is None:
-                raise FileNotFoundError(f"{case_id}: missing {name} image {folder / f'{case_id}_{name}.nii.gz'}")
-            images.append(str(path))
+        paths = {name: _find_file(folder, case_id, name) for name in names}
+        missing = [f"{case_id}_{name}.nii.gz" for name, path in paths.items() if path is None]
+        if missing:
+            problems.append(f"{case_id}: missing {', '.join(missing)}; the folder holds {_holds(folder)}")
+            continue
         label = _find_file(folder, case_id, "seg")
         cases.append(
             {
                 "case_id": case_id,
-                "image": images,
+                "image": [str(paths[name]) for name in names],
                 "label": None if label is None else str(label),
                 "partition": partitions.get(case_id),
             }
         )
+    if problems:
+        raise FileNotFoundError(f"{len(problems)} problem(s) with the FeTS2021 folder {root}:\n  " + "\n  ".join(problems))
     return cases

@@ -78,25 +78,25 @@ def _subject_files(folder: Path) -> dict[int, dict[str, Path]]:
     return found
 
 
-def _collect(root: Path) -> dict[int, dict[str, Path]]:
-    """Subject files in ``root``, or else in its direct subfolders (an unzipped archive nests one level)."""
+def _misnamed(folder: Path) -> list[str]:
+    """Analyze headers directly in ``folder`` whose names do not follow ``subject-<N>-<T1|T2|label>.hdr``."""
+    return sorted(p.name for p in folder.iterdir() if p.is_file() and p.suffix.lower() == ".hdr" and not _FILE.match(p.name))
+
+
+def _collect(root: Path) -> tuple[dict[int, dict[str, Path]], list[Path]]:
+    """Subject files in ``root``, or else in its direct subfolders (an unzipped archive nests one level), and the
+    folders they were looked for in."""
     found = _subject_files(root)
     if found:
-        return found
-    for sub in sorted(p for p in root.iterdir() if p.is_dir()):
+        return found, [root]
+    subfolders = sorted(p for p in root.iterdir() if p.is_dir())
+    for sub in subfolders:
         for n, files in _subject_files(sub).items():
             if n in found:
                 first = next(iter(found[n].values())).parent
                 raise ValueError(f"subject-{n} appears in two folders: {first} and {sub}")
             found[n] = files
-    return found
-
-
-def _analyze_pair(hdr: Path, case_id: str) -> str:
-    img = hdr.with_suffix(".img")
-    if not img.is_file():
-        raise FileNotFoundError(f"{case_id}: Analyze header {hdr} has no data file {img}")
-    return str(hdr)
+    return found, [root, *subfolders]
 
 
 def _normalise_modalities(modalities: tuple[str, ...] | list[str]) -> list[str]:
@@ -121,26 +121,34 @@ def iseg2019_datalist(root: str | PathLike, modalities: tuple[str, ...] | list[s
         stands for the pair; ``NibabelReader`` finds the ``.img`` next to it.
 
     Raises:
-        FileNotFoundError: ``root`` is missing, or a subject lacks a requested modality or the ``.img``
-            half of a pair (the message names the path).
+        FileNotFoundError: ``root`` is missing; or, in one error listing every problem, a subject lacks a
+            requested modality or the ``.img`` half of a pair (named, with the subject's files that are there), or
+            an Analyze header is misnamed.
         ValueError: unknown modality, no subjects found, or one subject number in two subfolders.
     """
     names = _normalise_modalities(modalities)
     root = Path(root).expanduser().resolve()
     if not root.is_dir():
         raise FileNotFoundError(f"iSeg-2019 root folder not found: {root}")
-    found = _collect(root)
-    if not found:
+    found, folders = _collect(root)
+    problems = [f"{folder / name}: an Analyze header not named subject-<N>-<T1|T2|label>.hdr: rename it (as it is, it "
+                "would be left out)" for folder in folders for name in _misnamed(folder)]
+    if not found and not problems:
         raise ValueError(f"no iSeg-2019 subjects (subject-<N>-T1.hdr ...) in {root} or its direct subfolders")
     cases = []
     for n in sorted(found):
         files, case_id = found[n], f"subject-{n}"
         folder = next(iter(files.values())).parent
-        images = []
-        for name in names:
-            if name not in files:
-                raise FileNotFoundError(f"{case_id}: missing {name} image {folder / f'subject-{n}-{name}.hdr'}")
-            images.append(_analyze_pair(files[name], case_id))
-        label = _analyze_pair(files["label"], case_id) if "label" in files else None
-        cases.append({"case_id": case_id, "image": images, "label": label})
+        wanted = [*names, *(["label"] if "label" in files else [])]
+        missing = [f"subject-{n}-{name}.hdr" for name in names if name not in files]
+        missing += [f"{files[name].with_suffix('.img').name} (the data half of {files[name].name})"
+                    for name in wanted if name in files and not files[name].with_suffix(".img").is_file()]
+        if missing:
+            held = sorted(p.name for p in folder.iterdir() if p.name.startswith(f"subject-{n}-"))
+            problems.append(f"{case_id}: missing {', '.join(missing)} in {folder}; it holds {', '.join(held) or 'nothing of it'}")
+            continue
+        label = str(files["label"]) if "label" in files else None
+        cases.append({"case_id": case_id, "image": [str(files[name]) for name in names], "label": label})
+    if problems:
+        raise FileNotFoundError(f"{len(problems)} problem(s) with the iSeg-2019 folder {root}:\n  " + "\n  ".join(problems))
     return cases

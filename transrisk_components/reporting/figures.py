@@ -10,6 +10,8 @@ Inputs:
   as a mapping of column name -> per-epoch values (``None``/NaN for missing).
 - :func:`plot_region_dice`: summary JSON files written by
   :func:`transrisk_components.bundle.handlers.metrics.write_summary_json` (or their loaded dicts), one per method.
+- :func:`plot_transfer_report`: safe transfer's report
+  (:func:`transrisk_components.bundle.workflow.report.transfer_report`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import csv
 import json
 import math
 import os
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -40,6 +43,7 @@ __all__ = [
     "plot_region_dice",
     "plot_risk_overlay",
     "plot_source_ranking",
+    "plot_transfer_report",
     "read_learning_curves",
     "validation_curve",
 ]
@@ -245,6 +249,58 @@ def plot_region_dice(
         ax.set_title(title)
     ax.grid(axis="y", alpha=0.3)
     return _save(figure, out_png)
+
+
+def _ci_text(ci: Sequence[float]) -> str:
+    return "no CI (1 case)" if any(math.isnan(float(v)) for v in ci) else f"[{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
+
+
+def plot_transfer_report(report: Mapping[str, Any], out_png: str | os.PathLike) -> Path:
+    """Safe transfer's report as one figure: each candidate's mean validation Dice per region (a bar of 0 is drawn
+    as a marked line, labelled ``0``), the legend giving each candidate's score and its 95% CI over the validation
+    cases; below, the number of validation cases, the choice and its reason (with the uncertainty warning), the
+    regions of negative transfer and the LEEP warning.
+
+    Args:
+        report: ``{"chosen", "reason", "validation_cases", "candidates": {name: {"score", "score_ci", "regions",
+            "stalled_regions"}}, "negative_transfer": [{"region", "scratch", "best_transfer", "difference"}],
+            "leep_dead_classes": {"classes"}}`` (Dice in [0, 1]).
+        out_png: the PNG path (written atomically).
+    """
+    candidates = dict(report["candidates"])
+    regions = list(next(iter(candidates.values()))["regions"])
+    width = 0.8 / len(candidates)
+    x = np.arange(len(regions))
+    figure, ax = plt.subplots(figsize=(max(6.0, 1.8 * len(regions) * max(1, len(candidates) / 2)), 5.2))
+    for i, (name, entry) in enumerate(candidates.items()):
+        values = np.array([_float_or_nan(entry["regions"].get(r)) for r in regions])
+        positions = x + (i - (len(candidates) - 1) / 2) * width
+        chosen = " (chosen)" if name == report["chosen"] else ""
+        label = f"{name}{chosen}: {100 * float(entry['score']):.1f} {_ci_text(entry['score_ci'])}"
+        bars = ax.bar(positions, np.nan_to_num(values), width, label=label,
+                      edgecolor="black" if chosen else "none", linewidth=1.5)
+        for position, value, bar in zip(positions, values, bars):
+            if not np.isnan(value) and value < 0.005:
+                ax.plot([position - width / 2, position + width / 2], [0.0, 0.0], color=bar.get_facecolor(), linewidth=3)
+                ax.text(position, 0.02, "0", ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(x, regions)
+    ax.set_ylabel("mean validation Dice")
+    ax.set_ylim(0.0, 1.05)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(title="score over regions [95% CI over cases]", fontsize=8, title_fontsize=8, loc="upper left")
+    ax.set_title(f"safe transfer: validation Dice per region on {report['validation_cases']} case(s)")
+    notes = [f"chosen: {report['reason']}"]
+    notes += [f"negative transfer in {item['region']}: {item['scratch']} beat {item['best_transfer']} by "
+              f"{100 * float(item['difference']):.1f} points" for item in report.get("negative_transfer", [])]
+    dead = report.get("leep_dead_classes", {}).get("classes", [])
+    if dead:
+        notes.append(f"LEEP warned that the source sees nothing of {', '.join(dead)}")
+    figure.text(0.01, -0.02, "\n".join(_wrapped(note, 110) for note in notes), ha="left", va="top", fontsize=8)
+    return _save(figure, out_png)
+
+
+def _wrapped(text: str, width: int) -> str:
+    return "\n".join(textwrap.wrap(text, width, subsequent_indent="    "))
 
 
 def plot_source_ranking(

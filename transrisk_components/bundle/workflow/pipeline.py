@@ -51,6 +51,7 @@ from transrisk_components.bundle.stages.risk_cache import RiskCache
 from transrisk_components.bundle.stages.risk_export import export_risk_maps
 from transrisk_components.bundle.workflow.candidates import load_candidates, needs_risk_maps
 from transrisk_components.bundle.workflow.fingerprint import digest, file_digest, stage_fingerprint
+from transrisk_components.bundle.workflow.parallel import ParallelJob, resolve_workers, run_side_by_side
 from transrisk_components.bundle.workflow.plan import StagePlan, decide, release_outputs
 from transrisk_components.bundle.workflow.report import transfer_report, transfer_report_lines, write_transfer_report
 from transrisk_components.bundle.workflow.request import BundleRequest
@@ -64,7 +65,7 @@ from transrisk_components.bundle.workflow.settings import (
 )
 from transrisk_components.bundle.workflow.stage import StageConfig
 from transrisk_components.reporting.figures import validation_curve
-from transrisk_components.utils.distributed import barrier, is_rank0
+from transrisk_components.utils.distributed import barrier, is_distributed, is_rank0
 from transrisk_components.utils.io import atomic_write, file_sha256, remove_partial_writes
 from transrisk_components.utils.lock import FolderLock
 
@@ -435,18 +436,43 @@ class TransferPipeline:
         export_risk_maps(self.paths["risk_dir"] / key / MANIFEST, _scenario_split(self._parser, "target_train"), folder, mask)
 
     # -- safe transfer -----------------------------------------------------------------------------------------------
-    def _train_candidate(self, candidate: CandidatePlan, by_name: Mapping[str, CandidatePlan], epochs: int) -> None:
-        stage = candidate.finetune
-        if candidate.same_as is not None:
-            self._take_outputs(candidate, by_name[candidate.same_as])
-            return
-        if stage.decision == "reuse" and (stage.epochs or 0) >= epochs:
-            _say("%s: reused (its fingerprint matches %s)", stage.config.name, stage.record)
-            return
-        stage.epochs = epochs
-        stage.config = dataclasses.replace(stage.config, overrides={**stage.config.overrides, "max_epochs": epochs})
-        self._run_stage(stage, f"fine-tuning to epoch {epochs}")
-        stage.decision = "reuse"
+    def _train_to(self, names: Sequence[str], by_name: Mapping[str, CandidatePlan], epochs: int) -> None:
+        """Train the candidates ``names`` to ``epochs``: those whose run is reused or is another's copy here, the
+        rest one after another or side by side in child processes (``safe#workers``; under ``torchrun`` one after
+        another, each on all ranks)."""
+        to_run = [n for n in names if by_name[n].same_as is None
+                  and not (by_name[n].finetune.decision == "reuse" and (by_name[n].finetune.epochs or 0) >= epochs)]
+        for name in names:
+            if name not in to_run and by_name[name].same_as is None:
+                _say("%s: reused (its fingerprint matches %s)", by_name[name].finetune.config.name, by_name[name].finetune.record)
+        for name in to_run:
+            stage = by_name[name].finetune
+            stage.epochs = epochs
+            stage.config = dataclasses.replace(stage.config, overrides={**stage.config.overrides, "max_epochs": epochs})
+        setting = self._parser.get_parsed_content("safe#workers")
+        workers = 1 if is_distributed() else resolve_workers(setting, len(to_run))
+        if is_distributed() and setting != "auto" and int(setting) > 1:
+            _say("under torchrun the candidates run one after another, each on all ranks (safe#workers %s applies to "
+                 "one process)", setting)
+        if workers == 1:
+            for name in to_run:
+                self._run_stage(by_name[name].finetune, f"fine-tuning to epoch {epochs}")
+                by_name[name].finetune.decision = "reuse"
+        else:
+            _say("fine-tuning %d candidates to epoch %d, %d side by side (safe#workers %s)", len(to_run), epochs, workers, setting)
+
+            def started(job: ParallelJob) -> None:
+                by_name[job.name].finetune.start()
+
+            def finished(job: ParallelJob) -> None:
+                by_name[job.name].finetune.finish()
+                by_name[job.name].finetune.decision = "reuse"
+
+            run_side_by_side([ParallelJob(n, by_name[n].finetune.config, by_name[n].output_dir / "train.log") for n in to_run],
+                             workers, started, finished)
+        for name in names:
+            if by_name[name].same_as is not None:
+                self._take_outputs(by_name[name], by_name[by_name[name].same_as])
 
     def _take_outputs(self, candidate: CandidatePlan, same: CandidatePlan) -> None:
         """Give ``candidate`` the outputs of ``same``, whose run it is (an equal fingerprint)."""
@@ -472,16 +498,14 @@ class TransferPipeline:
         by_name = {c.name: c for c in plan.candidates}
         running = list(by_name)
         for index, rung in enumerate(rungs):
-            for name in running:
-                self._train_candidate(by_name[name], by_name, rung)
+            self._train_to(running, by_name, rung)
             outcome = race({n: self._curve(by_name[n]) for n in by_name}, rungs[: index + 1], max_epochs)
             for name in running:
                 if name in outcome.dropped:
                     _say("candidate %s dropped at epoch %d (more than the racing margin below the leader on "
                                 "validation)", name, rung)
             running = list(outcome.finished)
-        for name in running:
-            self._train_candidate(by_name[name], by_name, max_epochs)
+        self._train_to(running, by_name, max_epochs)
         if not rungs:
             return RaceOutcome(finished=tuple(by_name), epochs={n: max_epochs for n in by_name}, cost=float(len(by_name)))
         return race({n: self._curve(by_name[n]) for n in by_name}, rungs, max_epochs)
@@ -512,11 +536,8 @@ class TransferPipeline:
             self._install(selection.chosen, by_name, outcome, model, selection.reason)
             summary = json.loads((self.paths["output_dir"] / "risk_stage_summary.json").read_text()) if plan.risks else {}
             scratch = [c.name for c in plan.candidates if not c.from_source]
-            report = transfer_report(selection, outcome, len(next(iter(validation.values()))), scratch,
-                                     summary.get("dead_classes", []), model)
-            summaries = {n: json.loads((Path(by_name[n].validation.overrides["output_dir"]) / "metrics_summary.json").read_text())
-                         for n in validation}
-            path = write_transfer_report(report, summaries, self.paths["output_dir"])
+            report = transfer_report(selection, outcome, selection.cases, scratch, summary.get("dead_classes", []), model)
+            path = write_transfer_report(report, self.paths["output_dir"])
             _say("%s", transfer_report_lines(report, path))
         barrier()
 

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from transrisk_components.bundle.workflow.selection import RaceOutcome, Selection
-from transrisk_components.reporting.figures import plot_region_dice
+from transrisk_components.reporting.figures import plot_transfer_report
 from transrisk_components.utils.io import atomic_write_text
 
 __all__ = ["negative_transfer", "transfer_report", "transfer_report_lines", "write_transfer_report"]
@@ -66,6 +67,8 @@ def transfer_report(
         "tied": list(selection.tied),
         "model": str(model_path),
         "validation_cases": validation_cases,
+        "uncertain": selection.uncertain,
+        "uncertainty": selection.warning,
         "candidates": {
             c.name: {"score": c.score, "score_ci": list(c.score_ci), "regions": c.regions,
                      "difference_to_chosen": c.difference, "difference_ci": list(c.difference_ci),
@@ -81,13 +84,20 @@ def transfer_report(
     }
 
 
-def write_transfer_report(report: Mapping[str, Any], summaries: Mapping[str, Mapping[str, Any]], output_dir: Path) -> Path:
-    """Write ``transfer_report.json`` and its figure (the candidates' validation Dice per region) under
+def write_transfer_report(report: Mapping[str, Any], output_dir: Path) -> Path:
+    """Write ``transfer_report.json`` and its figure (:func:`~transrisk_components.reporting.figures.
+    plot_transfer_report`: the candidates' validation Dice per region, the choice, its reason and warnings) under
     ``output_dir``; return the JSON's path."""
     path = atomic_write_text(output_dir / "transfer_report.json", json.dumps(report, indent=2) + "\n")
-    plot_region_dice(dict(summaries), output_dir / "transfer_report.png",
-                     title=f"validation Dice per region, mean ± SD over cases; chosen: {report['chosen']}")
+    plot_transfer_report(report, output_dir / "transfer_report.png")
     return path
+
+
+def _interval(ci: Sequence[float]) -> str:
+    """``[low, high]`` in Dice points, or why there is none."""
+    if any(math.isnan(v) for v in ci):
+        return "[no CI from one case]"
+    return f"[{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
 
 
 def transfer_report_lines(report: Mapping[str, Any], report_path: Path) -> str:
@@ -98,8 +108,7 @@ def transfer_report_lines(report: Mapping[str, Any], report_path: Path) -> str:
         regions = ", ".join(f"{r} {100 * v:.1f}" for r, v in entry["regions"].items())
         stalled = f"; never learnt {', '.join(entry['stalled_regions'])}" if entry["stalled_regions"] else ""
         marker = "  <- chosen" if name == report["chosen"] else ""
-        lines.append(f"  {name}: {100 * entry['score']:.1f} [{100 * entry['score_ci'][0]:.1f}, "
-                     f"{100 * entry['score_ci'][1]:.1f}] ({regions}{stalled}){marker}")
+        lines.append(f"  {name}: {100 * entry['score']:.1f} {_interval(entry['score_ci'])} ({regions}{stalled}){marker}")
     for name, rung in report["dropped_by_racing"].items():
         lines.append(f"  {name}: dropped by racing at epoch {rung}")
     for item in report["negative_transfer"]:

@@ -1,6 +1,6 @@
 """The safe-transfer selection rule: which candidate fine-tuning run becomes the bundle's model.
 
-Both the bundles' ``safe_training`` run id (:mod:`transrisk_components.bundle.stages.safe`) and the experiment grid
+Both the bundles' safe transfer (:mod:`transrisk_components.bundle.workflow.pipeline`) and the experiment grid
 (:mod:`transrisk_components.experiments.safe`) call :func:`choose_candidate` and :func:`race`, so that the grid never
 picks by another rule than the product does. Only validation cases are read; test cases never enter a choice.
 
@@ -10,7 +10,8 @@ commit):
 1. A candidate's score is the mean over the regions the bundle reports (FeTS: ET, TC, WT; iSeg: CSF, GM, WM; a
    binary task: its own region) of its mean Dice over the validation cases, for its best checkpoint.
 2. The highest score wins. Candidates within :data:`TIE_MARGIN` of it are tied, and the tie goes to the one listed
-   first (the bundles list the risk-weighted default, then plain fine-tuning, then training from scratch).
+   first (the bundles list the risk-weighted default, then plain fine-tuning, then training from scratch: the
+   documented default wins a tie).
 3. A region whose mean validation Dice is below :data:`STALL_DICE` is *stalled* for that candidate (it never
    learnt it). Stalls are reported beside the choice; they act only through the score, and in :func:`race`.
 
@@ -22,14 +23,18 @@ finished.
 
 Validation Dice of four cases is noisy: two candidates 5 points apart are often not told apart. The rule does not
 hide that: :func:`choose_candidate` returns each candidate's paired difference to the chosen one with a bootstrap
-CI over the validation cases (:attr:`CandidateScore.difference_ci`).
+CI over the validation cases (:attr:`CandidateScore.difference_ci`; none from a single case), and a choice on fewer
+than :data:`MIN_VALIDATION_CASES` cases is marked uncertain (:attr:`Selection.uncertain`), with the difference the
+cases can resolve (:attr:`Selection.resolvable`). Both figures come from the confirmatory study's case-level spread
+(``python scripts/validation_size.py``): the median over its scenarios of the SD over cases of a paired difference
+between two candidates is :data:`CASE_DIFFERENCE_SD`; ``1.96 * sd / sqrt(n)`` falls to 5 points at 5 cases.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -37,6 +42,8 @@ __all__ = [
     "RACE_MARGIN",
     "STALL_DICE",
     "TIE_MARGIN",
+    "CASE_DIFFERENCE_SD",
+    "MIN_VALIDATION_CASES",
     "CandidateScore",
     "RaceOutcome",
     "Selection",
@@ -52,6 +59,13 @@ TIE_MARGIN = 0.005
 STALL_DICE = 0.05
 #: At a racing rung, a candidate more than this below the leader's best score so far is dropped.
 RACE_MARGIN = 0.10
+
+#: The SD over validation cases of the per-case score difference of two candidates (Dice, 0-1): the median over the
+#: confirmatory study's scenarios (``python scripts/validation_size.py``: 5.47 points).
+CASE_DIFFERENCE_SD = 0.0547
+#: Below this many validation cases the choice is marked uncertain: ``1.96 * CASE_DIFFERENCE_SD / sqrt(n)`` is above
+#: 5 points of Dice (``python scripts/validation_size.py``).
+MIN_VALIDATION_CASES = 5
 
 #: candidate -> case id -> region -> Dice in [0, 1]
 ValidationDice = Mapping[str, Mapping[str, Mapping[str, float]]]
@@ -78,10 +92,11 @@ def _case_scores(per_case: Mapping[str, Mapping[str, float]]) -> dict[str, float
 
 
 def _bootstrap_mean_ci(values: np.ndarray, seed: int = 0, resamples: int = 9999) -> tuple[float, float]:
-    """95% percentile-bootstrap CI of the mean of ``values`` (a single value gives a zero-width interval)."""
-    if values.size == 0:
+    """95% percentile-bootstrap CI of the mean of ``values``; ``(nan, nan)`` from fewer than two values (one case has
+    no spread to estimate)."""
+    if values.size < 2:
         return math.nan, math.nan
-    if values.size == 1 or np.all(values == values[0]):
+    if np.all(values == values[0]):
         return float(values[0]), float(values[0])
     rng = np.random.default_rng(seed)
     means = values[rng.integers(0, values.size, size=(resamples, values.size))].mean(axis=1)
@@ -97,11 +112,11 @@ class CandidateScore:
         name: the candidate's name.
         score: rule step 1, in [0, 1].
         regions: region -> mean validation Dice.
-        score_ci: 95% bootstrap CI over validation cases of the score.
+        score_ci: 95% bootstrap CI over validation cases of the score (NaN from one case).
         stalled: regions with a mean validation Dice below :data:`STALL_DICE`.
         difference: score minus the chosen candidate's score (0 for the chosen one).
         difference_ci: 95% bootstrap CI over the validation cases of the paired per-case difference to the chosen
-            candidate (cases both were validated on).
+            candidate (cases both were validated on; NaN from one case).
     """
 
     name: str
@@ -115,12 +130,41 @@ class CandidateScore:
 
 @dataclass(frozen=True)
 class Selection:
-    """The outcome of :func:`choose_candidate`: the chosen candidate, why, and every candidate's scores."""
+    """The outcome of :func:`choose_candidate`: the chosen candidate, why, and every candidate's scores.
+
+    Attributes:
+        chosen: the chosen candidate's name.
+        tied: the candidates within :data:`TIE_MARGIN` of the best score, in candidate order.
+        candidates: every candidate's scores, in candidate order.
+        reason: the choice in one sentence, with the uncertainty warning when there is one.
+        cases: the number of validation cases the choice rests on (the chosen candidate's).
+    """
 
     chosen: str
     tied: tuple[str, ...]
     candidates: tuple[CandidateScore, ...]
     reason: str
+    cases: int = 0
+
+    @property
+    def uncertain(self) -> bool:
+        """Whether the choice rests on fewer than :data:`MIN_VALIDATION_CASES` validation cases."""
+        return self.cases < MIN_VALIDATION_CASES
+
+    @property
+    def resolvable(self) -> float:
+        """The score difference (Dice, 0-1) the validation cases can tell apart: the 95% half-width
+        ``1.96 * CASE_DIFFERENCE_SD / sqrt(cases)``."""
+        return 1.96 * CASE_DIFFERENCE_SD / math.sqrt(self.cases) if self.cases else math.inf
+
+    @property
+    def warning(self) -> str:
+        """One sentence on how uncertain the choice is; empty when the cases suffice."""
+        if not self.uncertain:
+            return ""
+        return (f"uncertain: {self.cases} validation case{'s' if self.cases != 1 else ''} (fewer than "
+                f"{MIN_VALIDATION_CASES}) cannot tell apart candidates within about {100 * self.resolvable:.0f} points "
+                "of Dice; add validation cases (num_target_val) to make the choice firm")
 
     def candidate(self, name: str) -> CandidateScore:
         """The :class:`CandidateScore` of ``name``."""
@@ -173,7 +217,10 @@ def choose_candidate(validation: ValidationDice, seed: int = 0) -> Selection:
                   f"with {', '.join(t for t in tied if t != chosen)}; the tie goes to the one listed first")
     else:
         reason = f"{chosen}: highest validation score {100 * scores[chosen]:.1f}"
-    return Selection(chosen=chosen, tied=tied, candidates=tuple(results), reason=reason)
+    selection = Selection(chosen=chosen, tied=tied, candidates=tuple(results), reason=reason, cases=len(chosen_cases))
+    if selection.warning:
+        return replace(selection, reason=f"{reason}; {selection.warning}")
+    return selection
 
 
 @dataclass(frozen=True)
