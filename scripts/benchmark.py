@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import shlex
 import shutil
@@ -656,6 +657,7 @@ def gpu(
     cases: int = 4,
     repeats: int = 9,
     steps: int = 4,
+    run_epochs: int = 2,
     overrides: str | dict = "{}",
     work_dir: str | None = None,
 ) -> None:
@@ -664,24 +666,34 @@ def gpu(
     (a) fine-tuning throughput, ``steps`` training steps per round (a batch from the bundle's loader and one
         iteration), of the bundle with the risk map and without it, each against **plain MONAI**: the same network,
         data loader and optimiser in a ``SupervisedTrainer`` with MONAI's default ``prepare_batch`` and
-        ``DiceCELoss`` (goal: >= 0.95 of its throughput);
+        ``DiceCELoss`` (goal: >= 0.95 of its throughput) -- at the profile's ``num_workers`` (what users run; the
+        headline figure) and at 0 (the loader in the training process);
     (b) the risk stage over ``cases`` full-size target cases: wall time per case and the peak GPU memory
-        (``torch.cuda.max_memory_allocated``) of the stage and of the training steps.
+        (``torch.cuda.max_memory_allocated``) of the stage and of one candidate's training steps;
+    (c) the safe workflow's wall time (``run safe_training``, its candidates side by side as ``safe#workers auto``
+        places them) over one fine-tuning run's (``run finetune``), ``run_epochs`` epochs each, fresh copies of the
+        prepared bundle folder (goal <= 1.3).
 
     Args:
         phantom: a full-size FeTS phantom root with at least ``cases + 2`` subjects; default: generate one.
         cases: target training cases (risk stage and fine-tuning loader).
         repeats: interleaved rounds of (a); medians are reported.
         steps: training steps per round.
+        run_epochs: ``max_epochs`` of the runs of (c).
         overrides: JSON dict of further overrides (after ``real_data.json``), e.g. a smaller patch for a test.
         work_dir: folder for the phantom and bundle outputs (default: a temporary folder).
+
+    Last line: ``gpu: throughput with map/plain MONAI = <a> (>= 0.95), safe/one run wall = <b> (<= 1.3), peak GPU
+    memory = <m> GB`` (``a`` at the profile's ``num_workers``).
     """
     work = Path(work_dir or tempfile.mkdtemp(prefix="transrisk-gpu-")).resolve()
     work.mkdir(parents=True, exist_ok=True)
     files = [str(FETS_CONFIGS / "train.json"), str(FETS_CONFIGS / "real_data.json")]
+    extra = dict(_json_arg(overrides))
+    profile_workers = int(extra.pop("num_workers", json.loads((FETS_CONFIGS / "real_data.json").read_text())["num_workers"]))
     common = {"bundle_root": str(work / "bundle"), "dataset_dir": _phantom(phantom, cases + 2, work), "progress": False,
               "num_target_train": cases, "num_target_val": 1, "num_target_test": 0, "num_source": 1,
-              "source_epochs": 1, "num_workers": 0, "seed": 0, **_json_arg(overrides)}
+              "source_epochs": 1, "seed": 0, "num_workers": profile_workers, **extra}
     _bundle_workflow(files, "pretrain", **common).run()
     request = BundleRequest.create(files, common)
     risk_stage = next(iter(TransferPipeline(request, "risk_map").plan(check_outputs=False).risks.values()))
@@ -695,8 +707,35 @@ def gpu(
     risk_workflow.parser.get_parsed_content("risk_stage").run()
     risk_seconds = time.perf_counter() - start
     risk_memory = torch.cuda.max_memory_allocated(device) / 1e9 if cuda else float("nan")
-    with_risk, _ = _stage_workflows(files, **common)
-    without, _ = _stage_workflows(files, **common, **{"risk#enabled": False})
+    name = torch.cuda.get_device_name(device) if cuda else f"cpu, {torch.get_num_threads()} threads"
+    print(f"device: {name}, bundle config: {' + '.join(files)}, {cases} full-size cases, repeats: {repeats}", flush=True)
+    ratios: dict[int, tuple[float, float]] = {}
+    train_memory = float("nan")
+    for loader_workers in dict.fromkeys((profile_workers, 0)):
+        loader = {"train#dataloader#num_workers": loader_workers,  # the fine-tuning loader alone: the source is made
+                  "train#dataset#runtime_cache": "processes" if loader_workers > 0 else True}  # as train.json derives it
+        step, memory = _throughput(files, {**common, **loader}, device, repeats, steps)
+        train_memory = memory if math.isnan(train_memory) else max(train_memory, memory)
+        ratios[loader_workers] = (step["monai"] / step["risk"], step["monai"] / step["plain"])
+        print(f"num_workers {loader_workers}:")
+        for label, key in (("with the risk map", "risk"), ("without (plain fine-tuning)", "plain"), ("plain MONAI", "monai")):
+            print(f"  fine-tuning step {label + ':':<30} {step[key] / steps:.3f} s ({steps / step[key]:.2f} steps/s)")
+        print(f"  (a) throughput with map / plain MONAI      {ratios[loader_workers][0]:.3f}   (goal >= 0.95)")
+        print(f"      throughput without map / plain MONAI   {ratios[loader_workers][1]:.3f}   (goal >= 0.95)", flush=True)
+    print(f"(b) risk stage: {risk_seconds / cases:.1f} s per case, peak GPU memory {risk_memory:.2f} GB; "
+          f"one candidate's training steps: peak GPU memory {train_memory:.2f} GB", flush=True)
+    prepared, _ = _stage_workflows(files, **common)
+    safe = _safe_over_one_run(files, prepared, common, 1, run_epochs, work / "runs")
+    print(f"gpu: throughput with map/plain MONAI = {ratios[profile_workers][0]:.3f} (>= 0.95), safe/one run wall = "
+          f"{float(safe):.2f} (<= 1.3), peak GPU memory = {max(risk_memory, train_memory):.2f} GB")
+
+
+def _throughput(files: list[str], settings: dict[str, Any], device: torch.device, repeats: int,
+                steps: int) -> tuple[dict[str, float], float]:
+    """(a) of :func:`gpu` at one loader setting: the median seconds of ``steps`` training steps of the bundle with
+    the map (``risk``), without (``plain``) and of plain MONAI (``monai``), and the peak GPU memory (GB; NaN on CPU)."""
+    with_risk, _ = _stage_workflows(files, **settings)
+    without, _ = _stage_workflows(files, **settings, **{"risk#enabled": False})
     trainers = {name: wf.parser.get_parsed_content("train#trainer") for name, wf in (("risk", with_risk), ("plain", without))}
     trainers["monai"] = SupervisedTrainer(
         device=device, max_epochs=1, train_data_loader=trainers["plain"].data_loader,
@@ -710,21 +749,11 @@ def gpu(
         for _ in range(steps):
             trainer._iteration(trainer, next(batches[name]))
 
+    cuda = device.type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
     step = _interleaved_medians({name: functools.partial(train_steps, name) for name in trainers}, repeats, device)
-    train_memory = torch.cuda.max_memory_allocated(device) / 1e9 if cuda else float("nan")
-    with_map, plain = step["monai"] / step["risk"], step["monai"] / step["plain"]
-    name = torch.cuda.get_device_name(device) if cuda else f"cpu, {torch.get_num_threads()} threads"
-    print(f"device: {name}, bundle config: {' + '.join(files)}, {cases} full-size cases, repeats: {repeats}")
-    for label, key in (("with the risk map", "risk"), ("without (plain fine-tuning)", "plain"), ("plain MONAI", "monai")):
-        print(f"fine-tuning step {label + ':':<30} {step[key] / steps:.3f} s ({steps / step[key]:.2f} steps/s)")
-    print(f"(a) throughput with map / plain MONAI      {with_map:.3f}   (goal >= 0.95)")
-    print(f"    throughput without map / plain MONAI   {plain:.3f}   (goal >= 0.95)")
-    print(f"(b) risk stage: {risk_seconds / cases:.1f} s per case, peak GPU memory {risk_memory:.2f} GB; "
-          f"training steps: peak GPU memory {train_memory:.2f} GB")
-    print(f"gpu: throughput with map/plain MONAI = {with_map:.3f} (>= 0.95), without map = {plain:.3f}, "
-          f"risk stage = {risk_seconds / cases:.1f} s per case, peak GPU memory = {max(risk_memory, train_memory):.2f} GB")
+    return step, torch.cuda.max_memory_allocated(device) / 1e9 if cuda else float("nan")
 
 
 if __name__ == "__main__":

@@ -89,11 +89,12 @@ def test_fullsize_ends_with_the_peak_rss_over_every_run_id(phantom: str, tmp_pat
 
 def test_gpu_runs_on_the_cpu_at_tiny_size_and_ends_with_its_figures(phantom: str, tmp_path: Path) -> None:
     small = {key: TINY[key] for key in ("network_def#init_filters", "network_def#blocks_down", "network_def#blocks_up", "patch_size")}
-    lines = benchmark("gpu", "--phantom", phantom, "--cases", "2", "--repeats", "1", "--steps", "1",
-                      "--overrides", json.dumps({**small, "num_samples": 1}), "--work_dir", str(tmp_path))
-    assert any("(goal >= 0.95)" in line for line in lines)
+    lines = benchmark("gpu", "--phantom", phantom, "--cases", "2", "--repeats", "1", "--steps", "1", "--run_epochs", "1",
+                      "--overrides", json.dumps({**small, "num_samples": 1, "num_workers": 1}), "--work_dir", str(tmp_path))
+    assert "num_workers 1:" in lines and "num_workers 0:" in lines, "the profile's loader setting and 0, both printed"
+    assert sum("(goal >= 0.95)" in line for line in lines) == 4
     assert re.fullmatch(
-        rf"gpu: throughput with map/plain MONAI = {NUMBER} \(>= 0\.95\), without map = {NUMBER}, "
-        rf"risk stage = {NUMBER} s per case, peak GPU memory = nan GB",
+        rf"gpu: throughput with map/plain MONAI = {NUMBER} \(>= 0\.95\), safe/one run wall = {NUMBER} \(<= 1\.3\), "
+        rf"peak GPU memory = nan GB",
         lines[-1],
     ), lines[-1]

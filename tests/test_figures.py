@@ -5,11 +5,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import matplotlib.axes
+import matplotlib.figure
 import matplotlib.image as mpimg
 import numpy as np
 import pytest
 
 from transrisk_components.reporting.figures import (
+    leep_axis_limits,
+    plot_transfer_report,
     axial_slice,
     plot_learning_curves,
     plot_region_dice,
@@ -83,3 +87,30 @@ def test_plot_region_dice_one_and_several_methods(tmp_path: Path) -> None:
     _assert_real_png(plot_region_dice(methods, tmp_path / "two" / "dice.png", title="FeTS"))
     with pytest.raises(ValueError, match="regions"):
         plot_region_dice({"x": {"dice": 1.0}}, tmp_path / "bad.png")
+
+
+def test_the_ranking_plot_shows_the_whole_leep_scale() -> None:
+    """Three candidates 0.01 nats apart, just above a floor of -0.9: the axis runs from the floor to 0, so they look
+    as close as they are."""
+    low, high = leep_axis_limits([-0.9, -0.9, -0.9], [-0.89, -0.885, -0.88])
+    assert low < -0.9 and high > 0.0
+    assert 0.01 / (high - low) < 0.02, "a 0.01-nat spread is a sliver of the axis"
+
+
+def test_the_transfer_report_figure_states_the_cases_choice_and_warnings(tmp_path: Path, monkeypatch) -> None:
+    report = {
+        "chosen": "scratch", "validation_cases": 1,
+        "reason": "scratch: highest validation score 40.0; uncertain: 1 validation case (fewer than 5) ...",
+        "candidates": {"risk_map": {"score": 0.2, "score_ci": [float("nan"), float("nan")], "regions": {"ET": 0.0, "WT": 0.4}},
+                       "scratch": {"score": 0.4, "score_ci": [float("nan"), float("nan")], "regions": {"ET": 0.3, "WT": 0.5}}},
+        "negative_transfer": [{"region": "ET", "scratch": "scratch", "best_transfer": "risk_map", "difference": 0.3}],
+        "leep_dead_classes": {"classes": ["ET"]},
+    }
+    texts: list[str] = []
+    original_text, original_title = matplotlib.figure.Figure.text, matplotlib.axes.Axes.set_title
+    monkeypatch.setattr(matplotlib.figure.Figure, "text", lambda self, x, y, s, *a, **k: texts.append(s) or original_text(self, x, y, s, *a, **k))
+    monkeypatch.setattr(matplotlib.axes.Axes, "set_title", lambda self, s, *a, **k: texts.append(s) or original_title(self, s, *a, **k))
+    _assert_real_png(plot_transfer_report(report, tmp_path / "report.png"))
+    shown = " ".join(texts).replace("\n", " ").replace("     ", " ")
+    assert "on 1 case(s)" in shown and "chosen: scratch" in shown and "uncertain" in shown
+    assert "negative transfer in ET" in shown and "LEEP warned that the source sees nothing of ET" in shown

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import os
 import platform
+import subprocess
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
+
+import transrisk_components
 
 from transrisk_components.experiments.catalogue import DEFAULT_RISK, method_label
 from transrisk_components.experiments.cells import REPO_ROOT, grid
@@ -179,4 +182,17 @@ def _machine_notes(
         f"- machine: {platform.platform()}, {os.cpu_count()} CPU cores, "
         f"{'CUDA ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'}\n"
         f"- python {platform.python_version()}, torch {torch.__version__}\n"
+        f"- code: {_code_version()}\n"
     )
+
+
+def _code_version() -> str:
+    """The commit the code was checked out at (``git rev-parse HEAD``), with ``+ uncommitted changes`` when the work
+    tree differs from it; ``transrisk <version>, not a git checkout`` outside one."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT, capture_output=True,
+                               text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return f"transrisk {transrisk_components.__version__}, not a git checkout"
+    return f"commit {head}{' + uncommitted changes' if dirty else ''} (transrisk {transrisk_components.__version__})"

@@ -44,6 +44,7 @@ __all__ = [
     "plot_risk_overlay",
     "plot_source_ranking",
     "plot_transfer_report",
+    "leep_axis_limits",
     "read_learning_curves",
     "validation_curve",
 ]
@@ -303,11 +304,20 @@ def _wrapped(text: str, width: int) -> str:
     return "\n".join(textwrap.wrap(text, width, subsequent_indent="    "))
 
 
+def leep_axis_limits(floors: Sequence[float], leeps: Sequence[float]) -> tuple[float, float]:
+    """The LEEP axis of the ranking plot: the whole scale from the lowest floor or LEEP to 0 (a perfect source), with
+    a margin; candidates that barely clear their floor look as close as they are instead of filling the frame."""
+    low = min([*floors, *leeps])
+    pad = 0.05 * (abs(low) or 1.0)
+    return low - pad, pad
+
+
 def plot_source_ranking(
     rows: Sequence[Mapping[str, Any]], class_names: Sequence[str], out_png: str | os.PathLike
 ) -> Path:
-    """Two panels: pooled LEEP per candidate source (best first) with its prior floor, and per target class the
-    mean transferability ``T_y`` of each candidate next to the floor ``P(y)``.
+    """Two panels: pooled LEEP per candidate source (best first) with its prior floor, on the whole scale from the
+    lowest floor to 0 (a perfect source), and per target class the mean transferability ``T_y`` of each candidate
+    next to the floor ``P(y)``.
 
     Args:
         rows: ranked candidates, each ``{"name", "leep", "leep_floor", "classes": {class: {"transferability",
@@ -323,12 +333,11 @@ def plot_source_ranking(
     left.barh(positions, gains, left=floors, color="tab:blue", label="LEEP")  # a bar spans floor -> LEEP
     for position, floor in zip(positions, floors):
         left.plot([floor] * 2, [position - 0.4, position + 0.4], color="black", linestyle="--")
-    ends = floors + [float(r["leep"]) for r in rows]
-    pad = 0.08 * ((max(ends) - min(ends)) or 1.0)
-    left.set_xlim(min(ends) - pad, max(ends) + pad)  # the floor lines off the frame
+    left.set_xlim(*leep_axis_limits(floors, [float(r["leep"]) for r in rows]))
+    left.axvline(0.0, color="grey", linewidth=0.8)
     left.set_yticks(positions, names)
     left.invert_yaxis()  # best on top
-    left.set_xlabel("pooled LEEP, bar from the prior floor (higher is better)")
+    left.set_xlabel("pooled LEEP (nats), bar from the prior floor; 0 = a perfect source")
     left.set_title("candidate sources")
     left.legend(handles=[Line2D([], [], color="tab:blue", lw=6, label="LEEP"),
                          Line2D([], [], color="black", linestyle="--", label="prior floor")], fontsize=8, loc="lower right")

@@ -79,6 +79,7 @@ def _say(message: str, *args: Any) -> None:
     if is_rank0():
         logger.info(message, *args)
 
+
 #: The run ids whose stages this module runs, and the last stage each reaches.
 ORCHESTRATED_RUN_IDS = ("training", "safe_training", "finetune", "pretrain", "risk_map", "export_risk")
 #: The bundle's stage files (in the folder of ``train.json``), merged after the run's own files.
