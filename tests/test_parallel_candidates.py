@@ -72,3 +72,12 @@ def test_a_failing_candidate_is_named_and_the_others_are_kept(tmp_path: Path, fe
     with pytest.raises(Exception):  # re-run: plain is reused, broken runs (and fails) again
         _run(tmp_path, fets_phantom, **{"safe#workers": 2, "safe#candidates": candidates})
     assert file_sha256(plain / "model.pt") == kept
+
+
+def test_progress_names_the_epoch_each_child_reached(tmp_path: Path) -> None:
+    from transrisk_components.bundle.workflow.parallel import _progress
+
+    log = tmp_path / "train.log"
+    assert _progress(log) == "starting"
+    log.write_text("INFO - Epoch: 3/10, Iter: 2/2 -- loss: 0.5\nINFO - Epoch: 4/10, Iter: 1/2 -- loss: 0.4\n")
+    assert _progress(log) == "epoch 4/10"

@@ -15,6 +15,7 @@ import concurrent.futures
 import logging
 import multiprocessing
 import os
+import re
 import sys
 import time
 import traceback
@@ -89,6 +90,20 @@ def _run_in_child(config: StageConfig, device: int | None, threads: int, log: st
             raise RuntimeError(f"{type(error).__name__}: {error}") from None
 
 
+_EPOCH = re.compile(rb"Epoch: (\d+)/(\d+)")
+
+
+def _progress(log: Path, tail: int = 65536) -> str:
+    """``"epoch k/N"`` from the last epoch line of a child's log (Ignite's ``StatsHandler`` lines), or ``"starting"``."""
+    try:
+        with open(log, "rb") as stream:
+            stream.seek(max(0, log.stat().st_size - tail))
+            found = _EPOCH.findall(stream.read())
+    except OSError:
+        found = []
+    return f"epoch {int(found[-1][0])}/{int(found[-1][1])}" if found else "starting"
+
+
 def _device_slots(workers: int, gpus: int) -> list[int | None]:
     """One device per worker slot: the visible GPUs in turn, or ``None`` (CPU)."""
     return [index % gpus if gpus else None for index in range(workers)]
@@ -100,8 +115,10 @@ def run_side_by_side(
     started: Callable[[ParallelJob], None],
     finished: Callable[[ParallelJob], None],
     gpus: int | None = None,
+    progress_seconds: float = 60.0,
 ) -> None:
-    """Run ``jobs`` in up to ``workers`` child processes at once.
+    """Run ``jobs`` in up to ``workers`` child processes at once, logging every ``progress_seconds`` the epoch each
+    running candidate has reached.
 
     Args:
         jobs: the candidates' fine-tuning stages, in candidate order (the order they start in).
@@ -109,6 +126,7 @@ def run_side_by_side(
         started: called in this process just before a job's child starts (marks its stage started).
         finished: called in this process when a job's child returned (marks its stage finished).
         gpus: visible GPUs (default ``torch.cuda.device_count()``).
+        progress_seconds: seconds between two progress lines.
 
     Raises:
         CandidateFailedError: after every job ended, naming each failed candidate, its error and its log.
@@ -129,7 +147,11 @@ def run_side_by_side(
                 logger.info("candidate %s: started in its own process (%s; log %s)", job.name, where, job.log)
                 future = pool.submit(_run_in_child, job.config, device, threads, str(job.log))
                 running[future] = (job, device, time.monotonic())
-            done, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
+            done, _ = concurrent.futures.wait(running, timeout=progress_seconds,
+                                              return_when=concurrent.futures.FIRST_COMPLETED)
+            if not done:
+                logger.info("candidates side by side: %s", ", ".join(
+                    f"{job.name} {_progress(job.log)}" for job, _, _ in running.values()))
             for future in done:
                 job, device, start = running.pop(future)
                 free.append(device)
