@@ -5,13 +5,15 @@ documented."""
 from __future__ import annotations
 
 import json
+import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
 from bundle_helpers import TINY, exception_messages, run_bundle
 
-from transrisk_components.bundle.workflow.parallel import resolve_workers
+from transrisk_components.bundle.workflow.parallel import ParallelJob, resolve_workers, run_side_by_side
 from transrisk_components.data.registry import get_dataset
 from transrisk_components.utils.io import file_sha256
 
@@ -81,3 +83,23 @@ def test_progress_names_the_epoch_each_child_reached(tmp_path: Path) -> None:
     assert _progress(log) == "starting"
     log.write_text("INFO - Epoch: 3/10, Iter: 2/2 -- loss: 0.5\nINFO - Epoch: 4/10, Iter: 1/2 -- loss: 0.4\n")
     assert _progress(log) == "epoch 4/10"
+
+
+@dataclass(frozen=True)
+class _RecordsItsProcess:
+    """Stands in for a stage config: ``run()`` writes the child's process id to ``path``."""
+
+    path: str
+
+    def run(self) -> None:
+        Path(self.path).write_text(str(os.getpid()))
+
+
+def test_each_candidate_runs_in_a_fresh_process(tmp_path: Path) -> None:
+    """Three candidates on two workers: three processes (a process that initialised CUDA would keep its device)."""
+    jobs = [ParallelJob(name, _RecordsItsProcess(str(tmp_path / name)), tmp_path / f"{name}.log") for name in "abc"]
+    started, finished = [], []
+    run_side_by_side(jobs, 2, lambda job: started.append(job.name), lambda job: finished.append(job.name), gpus=0)
+    assert started == ["a", "b", "c"] and sorted(finished) == ["a", "b", "c"]
+    pids = {(tmp_path / name).read_text() for name in "abc"}
+    assert len(pids) == 3 and str(os.getpid()) not in pids

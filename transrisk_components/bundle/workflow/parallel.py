@@ -135,25 +135,28 @@ def run_side_by_side(
     threads = max(1, (os.cpu_count() or 1) // workers)
     free = _device_slots(workers, gpus)
     waiting = list(jobs)
-    running: dict[concurrent.futures.Future, tuple[ParallelJob, int | None, float]] = {}
+    running: dict[concurrent.futures.Future, tuple[ParallelJob, int | None, float, concurrent.futures.Executor]] = {}
     failed: list[str] = []
     context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+    try:
         while waiting or running:
             while waiting and free:
                 job, device = waiting.pop(0), free.pop(0)
                 started(job)
                 where = f"GPU {device}" if device is not None else f"CPU, {threads} thread(s)"
                 logger.info("candidate %s: started in its own process (%s; log %s)", job.name, where, job.log)
-                future = pool.submit(_run_in_child, job.config, device, threads, str(job.log))
-                running[future] = (job, device, time.monotonic())
+                # a fresh process per candidate: a process that has initialised CUDA keeps its device
+                child = concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context)
+                future = child.submit(_run_in_child, job.config, device, threads, str(job.log))
+                running[future] = (job, device, time.monotonic(), child)
             done, _ = concurrent.futures.wait(running, timeout=progress_seconds,
                                               return_when=concurrent.futures.FIRST_COMPLETED)
             if not done:
                 logger.info("candidates side by side: %s", ", ".join(
-                    f"{job.name} {_progress(job.log)}" for job, _, _ in running.values()))
+                    f"{job.name} {_progress(job.log)}" for job, _, _, _ in running.values()))
             for future in done:
-                job, device, start = running.pop(future)
+                job, device, start, child = running.pop(future)
+                child.shutdown(wait=True)
                 free.append(device)
                 error = future.exception()
                 if error is None:
@@ -162,6 +165,9 @@ def run_side_by_side(
                 else:
                     failed.append(f"candidate {job.name} failed ({error}); its log: {job.log}")
                     logger.error("candidate %s failed: %s (log %s)", job.name, error, job.log)
+    finally:
+        for _, _, _, child in running.values():  # stopped (e.g. Ctrl-C): the children end with this process
+            child.shutdown(wait=False, cancel_futures=True)
     if failed:
         raise CandidateFailedError(
             "; ".join(failed) + ". The other candidates finished and are kept: fix the cause and re-run the same "
