@@ -13,6 +13,12 @@ a selected case only pulls the next-ranked case across each boundary after it, r
 changes nothing else. Cases without a label file are left out with a warning that names them, and listed in
 ``splits.json`` under ``"unlabelled"``. Each split is a MONAI datalist: ``{"case_id", "image": [path], "label": path}`` with the
 images of the split's modalities only, one path per input channel in channel order (one path for a single modality).
+
+k-fold choice (``folds`` >= 2, used by safe transfer's ``safe#folds``) pools target-train and target-val: the pooled
+cases, in rank order, are dealt to the folds in turn (case ``i`` to fold ``i % folds``). With ``fold=f`` target-val is
+fold ``f`` and target-train the other folds; with ``fold="all"`` target-train is the whole pool and target-val is the
+same pool (the final run of the chosen start, which has no held-out case: its checkpoint is chosen on the cases it
+trains on). Source and target-test do not change.
 """
 
 from __future__ import annotations
@@ -29,11 +35,14 @@ from transrisk_components.data.checks import check_cases
 from transrisk_components.utils.distributed import barrier, is_rank0
 from transrisk_components.utils.io import atomic_write_text
 
-__all__ = ["Scenario", "SPLIT_NAMES", "rank_order", "resolve_dataset_dir"]
+__all__ = ["ALL_FOLDS", "Scenario", "SPLIT_NAMES", "fold_ids", "rank_order", "resolve_dataset_dir"]
 
 logger = logging.getLogger(__name__)
 
 SPLIT_NAMES: tuple[str, ...] = ("source", "target_train", "target_val", "target_test")
+
+#: The ``fold`` of the run that trains on every pooled case (see the module docstring).
+ALL_FOLDS = "all"
 
 #: File under ``output_dir`` remembering which files passed the voxel checks (see :func:`check_cases`).
 CHECK_CACHE = "input_checks.json"
@@ -50,6 +59,18 @@ def _partition_key(partition: str | int | None) -> str | None:
 def rank_order(case_ids: Collection[str], seed: int) -> list[str]:
     """``case_ids`` ordered by the SHA-256 of ``"<seed>:<case_id>"``: a case's place depends on itself alone."""
     return sorted(case_ids, key=lambda case_id: (hashlib.sha256(f"{seed}:{case_id}".encode()).hexdigest(), case_id))
+
+
+def fold_ids(pool: Sequence[str], folds: int) -> list[list[str]]:
+    """The case ids of each of ``folds`` folds: the ``pool`` (in rank order) dealt out in turn.
+
+    Raises:
+        ValueError: fewer than 2 folds, or more folds than pooled cases.
+    """
+    if not 2 <= folds <= len(pool):
+        raise ValueError(f"k-fold choice needs 2 <= folds <= the {len(pool)} pooled target cases "
+                         f"(num_target_train + num_target_val), got {folds}")
+    return [list(pool[index::folds]) for index in range(folds)]
 
 
 def resolve_dataset_dir(dataset: str, dataset_dir: str, phantom_dir: str | None, seed: int = 0) -> str:
@@ -110,6 +131,9 @@ class Scenario:
         partition_csv: partition file for cross-site scenarios (a path, or a file name in ``dataset_dir``).
         source_partitions: partitions (institutions) the source cases come from; ``None`` for all.
         target_partitions: partitions the target cases come from; ``None`` for all.
+        folds: k-fold choice over target-train and target-val pooled (module docstring); ``1``: none.
+        fold: with ``folds`` >= 2, the fold held out as target-val (0 to ``folds - 1``) or :data:`ALL_FOLDS`;
+            ``None``: the ordinary split, whatever ``folds`` says.
         check_inputs: run :func:`~transrisk_components.data.checks.check_cases` on every selected case: headers
             every time, voxels once per file version (remembered in ``check_cache``).
         check_cache: the file remembering which files passed the voxel checks (default
@@ -134,6 +158,8 @@ class Scenario:
         partition_csv: str | None = None,
         source_partitions: Sequence[str | int] | None = None,
         target_partitions: Sequence[str | int] | None = None,
+        folds: int = 1,
+        fold: int | str | None = None,
         check_inputs: bool = True,
         check_cache: str | None = None,
     ) -> None:
@@ -148,6 +174,8 @@ class Scenario:
         for role, count in (("num_target_train", num_target_train), ("num_target_val", num_target_val)):
             if count < 1:
                 raise ValueError(f"{role} must be >= 1, got {count}")
+        if fold is not None and not (fold == ALL_FOLDS or (isinstance(fold, int) and 0 <= fold < folds)):
+            raise ValueError(f"fold {fold!r}: must be 0 to {folds - 1} (the folds of safe#folds {folds}) or {ALL_FOLDS!r}")
         if (source_partitions or target_partitions) and partition_csv is None:
             raise ValueError("source_partitions / target_partitions need a partition_csv")
         self.dataset = dataset
@@ -164,11 +192,13 @@ class Scenario:
             "source": None if source_partitions is None else {_partition_key(p) for p in source_partitions},
             "target": None if target_partitions is None else {_partition_key(p) for p in target_partitions},
         }
+        self.folds, self.fold = folds, fold
         self.check_inputs = check_inputs
         self.check_cache = Path(check_cache) if check_cache else self.output_dir / CHECK_CACHE
         self._root: str | None = None
         self._unlabelled: set[str] = set()
         self._splits: dict[str, list[dict]] | None = None
+        self._folds: list[list[str]] = []
 
     def split(self, name: str, modality: str | Sequence[str] | None = None) -> list[dict]:
         """One split (``"source"``, ``"target_train"``, ``"target_val"``, ``"target_test"``), preparing the
@@ -243,6 +273,8 @@ class Scenario:
                 f"({', '.join(f'{k} {v}' for k, v in self.counts.items())}), found {len(target_ids)}"
             )
         ids = self._split_ids(target_ids, set(source_cases))
+        if self.folds >= 2:
+            ids.update(self._fold_split(ids, target_ids))
         splits = {
             name: [self._entry(source_cases[i] if name == "source" else target_cases[i]) for i in ids[name]]
             for name in SPLIT_NAMES
@@ -288,6 +320,19 @@ class Scenario:
             )
         return ids
 
+    def _fold_split(self, ids: dict[str, list[str]], target_ids: list[str]) -> dict[str, list[str]]:
+        """Target-train and target-val of :attr:`fold` (module docstring), in rank order, from the ordinary split's
+        ``ids`` (none when :attr:`fold` is ``None``); remembers every fold's cases for ``splits.json``."""
+        pooled = set(ids["target_train"]) | set(ids["target_val"])
+        ranked = [case_id for case_id in target_ids if case_id in pooled]
+        self._folds = fold_ids(ranked, self.folds)
+        if self.fold is None:
+            return {}
+        if self.fold == ALL_FOLDS:
+            return {"target_train": ranked, "target_val": ranked}
+        held_out = self._folds[int(self.fold)]
+        return {"target_train": [i for i in ranked if i not in held_out], "target_val": held_out}
+
     @staticmethod
     def _entry(case: dict) -> dict:
         """A datalist entry holding only what the transforms read."""
@@ -308,6 +353,7 @@ class Scenario:
             "partition_csv": self.partition_csv,
             "partitions": {k: None if v is None else sorted(v) for k, v in self.partitions.items()},
             "unlabelled": sorted(self._unlabelled),
+            **({"folds": self._folds, "fold": self.fold} if self._folds else {}),
             "splits": splits,
         }
         atomic_write_text(path, json.dumps(record, indent=2))

@@ -265,7 +265,8 @@ def plot_transfer_report(report: Mapping[str, Any], out_png: str | os.PathLike) 
     Args:
         report: ``{"chosen", "reason", "validation_cases", "candidates": {name: {"score", "score_ci", "regions",
             "stalled_regions"}}, "negative_transfer": [{"region", "scratch", "best_transfer", "difference"}],
-            "leep_dead_classes": {"classes"}}`` (Dice in [0, 1]).
+            "leep_dead_classes": {"classes"}, "k_fold": None or {"folds", "pooled_cases", "runs",
+            "runs_with_one_split", "final_run"}}`` (Dice in [0, 1]).
         out_png: the PNG path (written atomically).
     """
     candidates = dict(report["candidates"])
@@ -289,8 +290,13 @@ def plot_transfer_report(report: Mapping[str, Any], out_png: str | os.PathLike) 
     ax.set_ylim(0.0, 1.05)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(title="score over regions [95% CI over cases]", fontsize=8, title_fontsize=8, loc="upper left")
-    ax.set_title(f"safe transfer: validation Dice per region on {report['validation_cases']} case(s)")
+    k_fold = report.get("k_fold")
+    scored = f" ({k_fold['folds']}-fold choice)" if k_fold else ""
+    ax.set_title(f"safe transfer: validation Dice per region on {report['validation_cases']} case(s){scored}")
     notes = [f"chosen: {report['reason']}"]
+    if k_fold:
+        notes.append(f"{k_fold['final_run']} retrained on all {k_fold['pooled_cases']} cases; cost {k_fold['runs']} "
+                     f"fine-tuning runs (one split: {k_fold['runs_with_one_split']})")
     notes += [f"negative transfer in {item['region']}: {item['scratch']} beat {item['best_transfer']} by "
               f"{100 * float(item['difference']):.1f} points" for item in report.get("negative_transfer", [])]
     dead = report.get("leep_dead_classes", {}).get("classes", [])

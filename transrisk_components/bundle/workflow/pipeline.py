@@ -15,6 +15,12 @@ stage reads and writes passed explicitly:
 5. **choice** by the selection rule (:mod:`.selection`, validation only), the chosen model installed as
    ``models/model.pt``, and the transfer report (:mod:`.report`).
 
+With k-fold choice (``safe#folds`` k >= 2) steps 3-4 run each candidate once per fold -- trained on the other folds of
+the pooled target-train and target-val cases, validated on its own fold (:class:`~transrisk_components.data.scenario.
+Scenario`), into ``models/candidates/<name>/fold<i>/`` -- the rule scores each candidate on every pooled case, and the
+chosen candidate alone is trained once more on all pooled cases (``models/candidates/<name>/all/``): that model is
+installed. Cost: k x candidates + 1 fine-tuning runs, against the candidates' number with one split.
+
 Everything is decided before the first stage starts (:meth:`TransferPipeline.plan`): every setting of every stage
 and candidate is checked (:mod:`.settings`), every stage's fingerprint is computed from its resolved config
 (:mod:`.fingerprint`) and compared with the record beside its outputs (:mod:`.plan`). A bad value, an unknown
@@ -55,7 +61,7 @@ from transrisk_components.bundle.workflow.parallel import ParallelJob, resolve_w
 from transrisk_components.bundle.workflow.plan import StagePlan, decide, release_outputs
 from transrisk_components.bundle.workflow.report import transfer_report, transfer_report_lines, write_transfer_report
 from transrisk_components.bundle.workflow.request import BundleRequest
-from transrisk_components.bundle.workflow.selection import RaceOutcome, choose_candidate, race, rung_epochs
+from transrisk_components.bundle.workflow.selection import RaceOutcome, CaseDice, choose_candidate, race, rung_epochs
 from transrisk_components.bundle.workflow.settings import (
     CHECKS,
     SettingsError,
@@ -64,6 +70,7 @@ from transrisk_components.bundle.workflow.settings import (
     normalized_overrides,
 )
 from transrisk_components.bundle.workflow.stage import StageConfig
+from transrisk_components.data.scenario import ALL_FOLDS
 from transrisk_components.reporting.figures import validation_curve
 from transrisk_components.utils.distributed import barrier, is_distributed, is_rank0
 from transrisk_components.utils.io import atomic_write, file_sha256, remove_partial_writes
@@ -94,7 +101,9 @@ class CandidatePlan:
     """One fine-tuning run of the plan: a safe-transfer candidate, or the single run of ``--safe#enabled false``.
 
     Attributes:
-        name: the candidate's name (``"finetune"`` for the single run).
+        name: the run's name (``"finetune"`` for the single run; with k-fold choice ``"<candidate>/fold<i>"`` and
+            ``"<candidate>/all"``): its folder under ``candidates/``.
+        candidate: the candidate (start) it trains.
         overrides: its override set.
         finetune: its fine-tuning stage.
         risk_key: the risk maps it reads (``None``: none).
@@ -104,6 +113,7 @@ class CandidatePlan:
     """
 
     name: str
+    candidate: str
     overrides: dict[str, Any]
     finetune: StagePlan
     risk_key: str | None
@@ -122,13 +132,22 @@ class CandidatePlan:
 
 @dataclass
 class RunPlan:
-    """Everything a run does, decided before it starts."""
+    """Everything a run does, decided before it starts.
+
+    Attributes:
+        candidates: the fine-tuning runs that are trained (and, in safe transfer, validated): one per candidate, or
+            with k-fold choice one per candidate and fold.
+        folds: the folds of k-fold choice (1: one validation split).
+        finals: with k-fold choice, each candidate's run on all pooled cases; the chosen one's alone is trained.
+    """
 
     source: StagePlan | None
     source_digest: str | None
     risks: dict[str, StagePlan] = field(default_factory=dict)
     candidates: list[CandidatePlan] = field(default_factory=list)
     safe: bool = False
+    folds: int = 1
+    finals: dict[str, CandidatePlan] = field(default_factory=dict)
 
     def summary(self) -> str:
         """One line per stage: what the run does with it."""
@@ -142,6 +161,9 @@ class RunPlan:
         for candidate in self.candidates:
             what = f"the same run as {candidate.same_as}" if candidate.same_as else candidate.finetune.decision
             lines.append(f"fine-tuning {candidate.name}: {what}")
+        if self.finals:
+            lines.append(f"k-fold choice over {self.folds} folds, then the chosen candidate on all pooled cases "
+                         f"({', '.join(f'{c.name}: {c.finetune.decision}' for c in self.finals.values())})")
         return "; ".join(lines)
 
 
@@ -224,6 +246,30 @@ class TransferPipeline:
         loaded = load_candidates(self._parser.get("safe#candidates"), self._parser.get_parsed_content("safe#candidates_file"))
         return {name: normalized_overrides(overrides) for name, overrides in loaded.items()}
 
+    def _folds(self) -> int:
+        """The folds of k-fold choice (1: none), refusing a ``fold`` set by hand or folds without safe transfer.
+
+        Raises:
+            SettingsError: naming the setting.
+        """
+        if "fold" in self.request.overrides:
+            raise SettingsError("fold: set by safe transfer for each run of k-fold choice, not by hand; pass "
+                                "--safe#folds <k> to choose by k folds")
+        folds = self._parser.get_parsed_content("safe#folds") if "safe#folds" in self._parser else 1
+        if folds != 1 and not self.safe and self.run_id in ("training", "finetune"):
+            raise SettingsError(f"safe#folds {folds}: k-fold choice chooses among safe transfer's candidates, and this "
+                                "run trains one start (--safe#enabled false, or run id 'finetune'); pass --safe#folds 1, "
+                                "or run safe transfer")
+        return int(folds) if self.safe else 1
+
+    @staticmethod
+    def _fold_runs(candidates: Mapping[str, Mapping[str, Any]], folds: int) -> dict[str, tuple[str, dict[str, Any]]]:
+        """The fine-tuning runs that are trained and validated: run name -> (candidate, overrides)."""
+        if folds == 1:
+            return {name: (name, dict(overrides)) for name, overrides in candidates.items()}
+        return {f"{name}/fold{index + 1}": (name, {**overrides, "fold": index})
+                for name, overrides in candidates.items() for index in range(folds)}
+
     def _decide(self, plan: StagePlan, upstream_reused: bool, builds_on: Sequence[Path] = ()) -> None:
         if self._check_outputs:
             decide(plan, self.overwrite, upstream_reused, builds_on)
@@ -292,7 +338,8 @@ class TransferPipeline:
         return config, values
 
     def _plan_candidate(
-        self, name: str, overrides: Mapping[str, Any], config: StageConfig, values: Mapping[str, Any], plan: RunPlan
+        self, name: str, candidate: str, overrides: Mapping[str, Any], config: StageConfig, values: Mapping[str, Any],
+        plan: RunPlan,
     ) -> CandidatePlan:
         risk_key = None
         if needs_risk_maps(values):
@@ -317,7 +364,7 @@ class TransferPipeline:
             validation = self._stage(f"validation {name}", STAGE_FILES["evaluate"], {
                 **config.overrides, "eval_split": "target_val", "model_file": str(model), "print_metrics": False,
                 "output_dir": str(Path(config.overrides["output_dir"]) / "validation")}, "validate#evaluator")
-        return CandidatePlan(name, dict(overrides), stage, risk_key, from_source, validation)
+        return CandidatePlan(name, candidate, dict(overrides), stage, risk_key, from_source, validation)
 
     def _check_model_path(self) -> None:
         """Before anything trains: may safe transfer write the chosen model to ``<ckpt_dir>/model.pt``?
@@ -358,15 +405,21 @@ class TransferPipeline:
         candidates = self._candidates() if self.run_id in ("training", "safe_training", "finetune") else {}
         self._check_ids(candidates)
         check_settings(_values(self._parser), "the run")
-        configs = {name: self._candidate_config(name, overrides) for name, overrides in candidates.items()}
+        folds = self._folds()
+        runs = self._fold_runs(candidates, folds)
+        finals = {} if folds == 1 else {name: (name, {**overrides, "fold": ALL_FOLDS}) for name, overrides in candidates.items()}
+        configs = {run: self._candidate_config(run, overrides) for run, (_, overrides) in runs.items()}
         needs_source = self.run_id in ("pretrain", "risk_map", "export_risk") or any(
             values.get("target_init") == "source" or needs_risk_maps(values) for _, values in configs.values())
         source, source_digest = self._plan_source() if needs_source else (None, None)
-        plan = RunPlan(source, source_digest, safe=self.safe)
+        plan = RunPlan(source, source_digest, safe=self.safe, folds=folds)
         if self.run_id in ("risk_map", "export_risk"):
             self._plan_risk("run", self._shared(), source_digest, plan)
-        for name, overrides in candidates.items():
-            plan.candidates.append(self._plan_candidate(name, overrides, *configs[name], plan))
+        for run, (candidate, overrides) in runs.items():
+            plan.candidates.append(self._plan_candidate(run, candidate, overrides, *configs[run], plan))
+        for candidate, (_, overrides) in finals.items():
+            run = f"{candidate}/{ALL_FOLDS}"
+            plan.finals[candidate] = self._plan_candidate(run, candidate, overrides, *self._candidate_config(run, overrides), plan)
         by_digest: dict[str, str] = {}
         for candidate in plan.candidates:
             first = by_digest.setdefault(candidate.finetune.digest, candidate.name)
@@ -424,7 +477,8 @@ class TransferPipeline:
             "scratch), keeps the one validation prefers and reports where transfer hurt", single.model)
 
     def _report_risk(self, plan: RunPlan) -> None:
-        using = next((c.risk_key for c in plan.candidates if c.risk_key), None) or next(iter(plan.risks))
+        runs = [*plan.finals.values(), *plan.candidates]  # with k-fold choice: the maps of all pooled cases first
+        using = next((c.risk_key for c in runs if c.risk_key), None) or next(iter(plan.risks))
         manifest = RiskCache(self.paths["risk_dir"], using).complete_manifest()
         risk = self._parser.get_parsed_content("risk")
         report_risk_classes(manifest, float(risk["dead_class_margin"]), risk["dead_classes"], risk["mask"],
@@ -530,32 +584,58 @@ class TransferPipeline:
         outcome = self._train_candidates(plan)
         by_name = {c.name: c for c in plan.candidates}
         validation = {name: self._validate(by_name[name]) for name in outcome.finished}
+        if plan.finals:
+            validation, outcome = self._pool_folds(plan, validation)
         seed = int(self._parser.get_parsed_content("seed"))
-        selection = choose_candidate(validation, seed=seed)
+        selection = choose_candidate(validation, seed=seed, k_fold=bool(plan.finals))
+        chosen = by_name.get(selection.chosen)
+        if plan.finals:
+            chosen = plan.finals[selection.chosen]
+            _say("k-fold choice: %s; training it on all pooled cases", selection.reason)
+            self._train_to([chosen.name], {chosen.name: chosen}, outcome.epochs[selection.chosen])
         model = self.paths["ckpt_dir"] / MODEL
         if is_rank0():
-            self._install(selection.chosen, by_name, outcome, model, selection.reason)
+            self._install(chosen, [*plan.candidates, chosen] if plan.finals else plan.candidates, outcome, model, selection.reason)
             summary = json.loads((self.paths["output_dir"] / "risk_stage_summary.json").read_text()) if plan.risks else {}
-            scratch = [c.name for c in plan.candidates if not c.from_source]
-            report = transfer_report(selection, outcome, selection.cases, scratch, summary.get("dead_classes", []), model)
+            scratch = list(dict.fromkeys(c.candidate for c in plan.candidates if not c.from_source))
+            k_fold = self._k_fold_summary(plan, chosen, selection.cases) if plan.finals else None
+            report = transfer_report(selection, outcome, selection.cases, scratch, summary.get("dead_classes", []), model, k_fold)
             path = write_transfer_report(report, self.paths["output_dir"])
             _say("%s", transfer_report_lines(report, path))
         barrier()
 
-    def _install(self, chosen: str, by_name: Mapping[str, CandidatePlan], outcome: RaceOutcome, model: Path, reason: str) -> None:
-        """Copy the chosen candidate's model to ``model`` with its provenance record beside it."""
+    def _pool_folds(self, plan: RunPlan, validation: Mapping[str, CaseDice]) -> tuple[dict[str, CaseDice], RaceOutcome]:
+        """Each candidate's validation Dice on every pooled case (each case from the run that held out its fold),
+        and the outcome of k-fold choice: every candidate finished, its cost k x candidates + 1 runs."""
+        pooled: dict[str, dict[str, dict[str, float]]] = {}
+        for run in plan.candidates:
+            pooled.setdefault(run.candidate, {}).update(validation[run.name])
+        epochs = int(self._parser.get_parsed_content("max_epochs"))
+        return pooled, RaceOutcome(finished=tuple(pooled), epochs={name: epochs for name in pooled},
+                                   cost=float(len(plan.candidates) + 1))
+
+    @staticmethod
+    def _k_fold_summary(plan: RunPlan, chosen: CandidatePlan, cases: int) -> dict[str, Any]:
+        """What the transfer report says about k-fold choice."""
+        return {"folds": plan.folds, "pooled_cases": cases, "runs": len(plan.candidates) + 1,
+                "runs_with_one_split": len(plan.finals), "final_run": chosen.name}
+
+    def _install(self, chosen: CandidatePlan, runs: Sequence[CandidatePlan], outcome: RaceOutcome, model: Path,
+                 reason: str) -> None:
+        """Copy the chosen run's model to ``model`` with its provenance record beside it (the record lists ``runs``)."""
         installed = read_record(model.with_name(PROVENANCE)) or {}
         if model.is_file() and MODEL not in installed.get("outputs", []):
             release_outputs([model])  # a single run's model, replaced with --overwrite true (see _check_model_path)
-        atomic_write(model, lambda tmp: shutil.copyfile(by_name[chosen].model, tmp))
+        atomic_write(model, lambda tmp: shutil.copyfile(chosen.model, tmp))
         write_record(model.with_name(PROVENANCE), {
             "stage": "safe",
-            "version": by_name[chosen].finetune.fingerprint["version"],
+            "version": chosen.finetune.fingerprint["version"],
             "outputs": [MODEL],
-            "chosen": chosen,
+            "chosen": chosen.candidate,
+            "run": chosen.name,
             "reason": reason,
             "model_sha256": file_sha256(model),
             "request": {"overrides": dict(self.request.overrides)},
-            "candidates": {name: {"overrides": c.overrides, "epochs": outcome.epochs.get(name),
-                                  "fingerprint": read_record(c.finetune.record)} for name, c in by_name.items()},
+            "candidates": {run.name: {"overrides": run.overrides, "epochs": outcome.epochs.get(run.candidate),
+                                      "fingerprint": read_record(run.finetune.record)} for run in runs},
         })

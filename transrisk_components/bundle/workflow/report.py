@@ -47,6 +47,7 @@ def transfer_report(
     scratch: Sequence[str],
     dead_classes: Sequence[str],
     model_path: Path,
+    k_fold: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The report as data (the JSON's content).
 
@@ -57,6 +58,8 @@ def transfer_report(
         scratch: the candidates that do not start from the source.
         dead_classes: the classes the risk stage found the source gives no information about.
         model_path: where the chosen model was installed.
+        k_fold: with k-fold choice, ``{"folds", "pooled_cases", "runs", "runs_with_one_split", "final_run"}``;
+            ``None``: one validation split.
     """
     names = [c.name for c in selection.candidates]
     scratch = [n for n in scratch if n in names]
@@ -75,6 +78,7 @@ def transfer_report(
                      "stalled_regions": list(c.stalled), "epochs": outcome.epochs.get(c.name)}
             for c in selection.candidates
         },
+        "k_fold": dict(k_fold) if k_fold else None,
         "dropped_by_racing": outcome.dropped,
         "cost_in_runs": outcome.cost,
         "negative_transfer": negative_transfer(selection, scratch, transfer),
@@ -102,8 +106,10 @@ def _interval(ci: Sequence[float]) -> str:
 
 def transfer_report_lines(report: Mapping[str, Any], report_path: Path) -> str:
     """The last lines of the run: the candidates, the choice, negative transfer, where the model is."""
-    lines = ["safe transfer, validation Dice (%) on "
-             f"{report['validation_cases']} cases, mean over regions [95% CI over cases]:"]
+    k_fold = report.get("k_fold")
+    scored = (f"{report['validation_cases']} cases (k-fold choice: each case scored by the run that held out its "
+              f"fold of {k_fold['folds']})" if k_fold else f"{report['validation_cases']} cases")
+    lines = [f"safe transfer, validation Dice (%) on {scored}, mean over regions [95% CI over cases]:"]
     for name, entry in report["candidates"].items():
         regions = ", ".join(f"{r} {100 * v:.1f}" for r, v in entry["regions"].items())
         stalled = f"; never learnt {', '.join(entry['stalled_regions'])}" if entry["stalled_regions"] else ""
@@ -119,5 +125,9 @@ def transfer_report_lines(report: Mapping[str, Any], report_path: Path) -> str:
     if report["leep_dead_classes"]["classes"]:
         lines.append(f"  LEEP warned that the source sees nothing of {', '.join(report['leep_dead_classes']['classes'])}")
     lines.append(f"  chosen: {report['reason']}")
+    if k_fold:
+        lines.append(f"  k-fold choice: {report['chosen']} retrained on all {k_fold['pooled_cases']} pooled cases "
+                     f"({k_fold['final_run']}; with no case held out, its checkpoint is the one best on its training "
+                     f"cases); cost {k_fold['runs']} fine-tuning runs (one validation split: {k_fold['runs_with_one_split']})")
     lines.append(f"  model: {report['model']}; report: {report_path} (and .png)")
     return "\n".join(lines)

@@ -44,9 +44,11 @@ __all__ = [
     "TIE_MARGIN",
     "CASE_DIFFERENCE_SD",
     "MIN_VALIDATION_CASES",
+    "CaseDice",
     "CandidateScore",
     "RaceOutcome",
     "Selection",
+    "ValidationDice",
     "choose_candidate",
     "race",
     "rung_epochs",
@@ -67,8 +69,10 @@ CASE_DIFFERENCE_SD = 0.0547
 #: 5 points of Dice (``python scripts/validation_size.py``).
 MIN_VALIDATION_CASES = 5
 
+#: case id -> region -> Dice in [0, 1]
+CaseDice = Mapping[str, Mapping[str, float]]
 #: candidate -> case id -> region -> Dice in [0, 1]
-ValidationDice = Mapping[str, Mapping[str, Mapping[str, float]]]
+ValidationDice = Mapping[str, CaseDice]
 
 
 def _region_means(per_case: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
@@ -138,6 +142,7 @@ class Selection:
         candidates: every candidate's scores, in candidate order.
         reason: the choice in one sentence, with the uncertainty warning when there is one.
         cases: the number of validation cases the choice rests on (the chosen candidate's).
+        k_fold: whether the cases were scored by k-fold choice (every labelled case already validates).
     """
 
     chosen: str
@@ -145,6 +150,7 @@ class Selection:
     candidates: tuple[CandidateScore, ...]
     reason: str
     cases: int = 0
+    k_fold: bool = False
 
     @property
     def uncertain(self) -> bool:
@@ -162,22 +168,25 @@ class Selection:
         """One sentence on how uncertain the choice is; empty when the cases suffice."""
         if not self.uncertain:
             return ""
+        remedy = ("label more target cases" if self.k_fold else "add validation cases (num_target_val), or score the "
+                  "candidates on every labelled case by k-fold choice (safe#folds),")
         return (f"uncertain: {self.cases} validation case{'s' if self.cases != 1 else ''} (fewer than "
                 f"{MIN_VALIDATION_CASES}) cannot tell apart candidates within about {100 * self.resolvable:.0f} points "
-                "of Dice; add validation cases (num_target_val) to make the choice firm")
+                f"of Dice; {remedy} to make the choice firm")
 
     def candidate(self, name: str) -> CandidateScore:
         """The :class:`CandidateScore` of ``name``."""
         return next(c for c in self.candidates if c.name == name)
 
 
-def choose_candidate(validation: ValidationDice, seed: int = 0) -> Selection:
+def choose_candidate(validation: ValidationDice, seed: int = 0, k_fold: bool = False) -> Selection:
     """Apply the rule (module docstring) to the candidates' per-case, per-region validation Dice.
 
     Args:
         validation: candidate -> case id -> region -> Dice, in candidate order (the tie order). Every candidate
             must have at least one validation case.
         seed: seed of the bootstrap CIs (same seed, same intervals).
+        k_fold: the cases were scored by k-fold choice (each by the run that held out its fold).
 
     Raises:
         ValueError: no candidate, a candidate without validation cases, or candidates validated on different
@@ -217,7 +226,8 @@ def choose_candidate(validation: ValidationDice, seed: int = 0) -> Selection:
                   f"with {', '.join(t for t in tied if t != chosen)}; the tie goes to the one listed first")
     else:
         reason = f"{chosen}: highest validation score {100 * scores[chosen]:.1f}"
-    selection = Selection(chosen=chosen, tied=tied, candidates=tuple(results), reason=reason, cases=len(chosen_cases))
+    selection = Selection(chosen=chosen, tied=tied, candidates=tuple(results), reason=reason, cases=len(chosen_cases),
+                          k_fold=k_fold)
     if selection.warning:
         return replace(selection, reason=f"{reason}; {selection.warning}")
     return selection

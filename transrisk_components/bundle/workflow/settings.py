@@ -130,6 +130,7 @@ CHECKS: dict[str, Check] = {
     "safe#rungs": Check("a list of fractions, each > 0 and < 1", lambda v: isinstance(v, (list, tuple))
                         and all(_is_number(x) and 0 < x < 1 for x in v)),
     "safe#workers": Check('"auto" or an integer >= 1', lambda v: v == "auto" or (_is_int(v) and v >= 1)),
+    "safe#folds": integer(minimum=1),
 }
 
 #: Ids of earlier versions -> what to use instead.
@@ -161,7 +162,21 @@ def _cross_checks(values: Mapping[str, Any]) -> list[str]:
     if values.get("head_init") == "leep" and values.get("source_output") == "sigmoid":
         problems.append("head_init 'leep': needs a softmax source (source_output softmax), a sigmoid source has no unit "
                         "per LEEP state")
+    folds, pooled = values.get("safe#folds"), _pooled_cases(values)
+    if _is_int(folds) and folds > 1:
+        if values.get("safe#racing") is True:
+            problems.append(f"safe#folds {folds}: k-fold choice trains every candidate on every fold, so it does not "
+                            "race them; pass --safe#racing false or --safe#folds 1")
+        if pooled is not None and folds > pooled:
+            problems.append(f"safe#folds {folds}: must be at most the {pooled} pooled target cases (num_target_train + "
+                            "num_target_val), so that every fold holds a case")
     return problems
+
+
+def _pooled_cases(values: Mapping[str, Any]) -> int | None:
+    """num_target_train + num_target_val when both are valid, the cases k-fold choice deals into folds."""
+    train, val = values.get("num_target_train"), values.get("num_target_val")
+    return train + val if _is_int(train) and _is_int(val) and train >= 1 and val >= 1 else None
 
 
 def check_settings(values: Mapping[str, Any], where: str) -> None:
