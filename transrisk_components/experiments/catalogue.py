@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
-    "BETTER_OF_PLAIN_AND_SCRATCH", "DEAD_CLASSES_REINIT", "DEFAULT_RISK", "DEFAULT_SWEEP_POINT", "DERIVED_METHODS",
-    "FOREGROUND_MAP", "GridScenario", "LINEAR_STRENGTHS_ABOVE_SWEEP", "LOCATION_LEEP", "METHODS", "Method",
-    "NEGLOG_POWER10", "PLAIN", "RANDOM_MAP", "RISK_DICE", "RISK_SAMPLING", "SAFE", "SAFE_RACED", "SCENARIOS",
-    "SCRATCH", "STUDY_VARIANTS", "SWEEP_STRENGTHS", "UNIFORM_MAP", "VOXEL_MEAN_NORM", "method_id", "method_label",
-    "sweep_id",
+    "BETTER_OF_PLAIN_AND_SCRATCH", "CONTROLS", "DEAD_CLASSES_REINIT", "DEFAULT_RISK", "DEFAULT_SWEEP_POINT",
+    "DERIVED_METHODS", "FOREGROUND_MAP", "GridScenario", "LINEAR_STRENGTHS_ABOVE_SWEEP", "LOCATION_LEEP", "Method",
+    "method_id", "method_label", "METHODS", "NEGLOG_POWER10", "PLAIN", "PLAIN_RESTARTS", "RANDOM_MAP", "restart_id",
+    "RESTARTS", "RISK_DICE", "RISK_RESTARTS", "RISK_SAMPLING", "SAFE", "SAFE_RACED", "SCENARIOS", "SCRATCH",
+    "STUDY_VARIANTS", "sweep_id", "SWEEP_STRENGTHS", "UNIFORM_MAP", "VOXEL_MEAN_NORM",
 ]
 
 SCRATCH = "scratch"
@@ -42,6 +42,13 @@ SAFE_RACED = "safe_raced"
 #: Per seed, the better of plain fine-tuning and training from scratch by mean *test* Dice: an oracle no user has,
 #: the bar that safe transfer promises not to fall below.
 BETTER_OF_PLAIN_AND_SCRATCH = "better_of_plain_scratch"
+#: Equal-compute controls of safe transfer (three runs): three restarts of one start -- the bundle's ``restart``, a
+#: fine-tuning seed of its own on the same split and the same source model and maps -- chosen among on validation by
+#: the same rule. They tell the candidates' diversity apart from three tries.
+PLAIN_RESTARTS = "plain_x3"
+RISK_RESTARTS = "risk_x3"
+#: Runs per control, as many as safe transfer's candidates.
+RESTARTS = 3
 
 #: Strengths of the sweep, for the linear and the exponential scheme.
 SWEEP_STRENGTHS = (0.0, 1.0, 2.0, 4.0, 8.0)
@@ -52,6 +59,18 @@ LINEAR_STRENGTHS_ABOVE_SWEEP = (16.0, 32.0)
 def sweep_id(scheme: str, strength: float) -> str:
     """Id of a sweep point, e.g. ``sweep_id("linear", 8.0) == "linear_s8"``."""
     return f"{scheme}_s{strength:g}"
+
+
+def restart_id(method: str, restart: int) -> str:
+    """Id of a restart of ``method``: the method itself for restart 0, e.g. ``restart_id("plain", 2) == "plain_r2"``."""
+    return method if restart == 0 else f"{method}_r{restart}"
+
+
+#: Control -> the cells it chooses among, in the rule's tie order (restart 0 first).
+CONTROLS: dict[str, tuple[str, ...]] = {
+    control: tuple(restart_id(method, k) for k in range(RESTARTS))
+    for control, method in ((PLAIN_RESTARTS, PLAIN), (RISK_RESTARTS, DEFAULT_RISK))
+}
 
 
 #: The sweep point that is the bundles' default (``risk#scheme``, ``risk#strength``).
@@ -87,7 +106,8 @@ class Method:
         label: what reports show.
         overrides: config ids of the bundle's ``train.json`` and their values.
         group: ``main``, ``safe`` (dead-class action), ``variant`` (other risk-map settings), ``sweep``,
-            ``ablation``, ``alternative`` (other losses), or ``derived`` (chosen from other cells, never trained).
+            ``ablation``, ``alternative`` (other losses), ``control`` (a restart of another method, for the
+            equal-compute controls), or ``derived`` (chosen from other cells, never trained).
         bundles: the bundles the method applies to (``None``: all); the grid leaves out the other cells (the
             location-wise map needs co-registered cases, which iSeg's are not).
     """
@@ -244,6 +264,11 @@ METHODS: dict[str, Method] = {
         ),
         Method(TOPK_CE, "top-k CE", _loss_override({"_target_": "transrisk_components.method.baselines.TopKDiceCELoss"}),
                "alternative"),
+        *[
+            Method(restart_id(PLAIN, k), f"plain fine-tuning, restart {k}", {"risk#enabled": False, "restart": k}, "control")
+            for k in range(1, RESTARTS)
+        ],
+        *[Method(restart_id(DEFAULT_RISK, k), f"risk-weighted, restart {k}", {"restart": k}, "control") for k in range(1, RESTARTS)],
     ]
 }
 
@@ -254,6 +279,8 @@ DERIVED_METHODS: dict[str, Method] = {
         Method(SAFE, "safe transfer", {}, "derived"),
         Method(SAFE_RACED, "safe transfer, raced", {}, "derived"),
         Method(BETTER_OF_PLAIN_AND_SCRATCH, "better of plain and scratch (test oracle)", {}, "derived"),
+        Method(PLAIN_RESTARTS, "plain x3 restarts, chosen on validation", {}, "derived"),
+        Method(RISK_RESTARTS, "risk map x3 restarts, chosen on validation", {}, "derived"),
     ]
 }
 

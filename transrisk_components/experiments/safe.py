@@ -12,6 +12,7 @@ from typing import Any
 from transrisk_components.bundle.workflow.selection import choose_candidate, race, rung_epochs
 from transrisk_components.experiments.catalogue import (
     BETTER_OF_PLAIN_AND_SCRATCH,
+    CONTROLS,
     DEFAULT_RISK,
     PLAIN,
     SAFE,
@@ -30,6 +31,7 @@ SAFE_RUNGS = (0.25, 0.5)
 def safe_transfer_rows(
     rows: Sequence[Mapping[str, Any]], max_epochs: int, val_interval: int,
     candidates: Sequence[str] = SAFE_CANDIDATES, rungs: Sequence[float] = SAFE_RUNGS,
+    controls: Mapping[str, Sequence[str]] = CONTROLS,
 ) -> list[dict[str, Any]]:
     """Rows of the methods that safe transfer derives from the candidates' cells, per (scenario, seed).
 
@@ -39,7 +41,10 @@ def safe_transfer_rows(
       lets finish, replayed on the candidates' validation curves (a resumed run continues as the uninterrupted one
       did, so the replay is the race's outcome); its ``cost`` is the epochs trained over one full run's;
     - ``BETTER_OF_PLAIN_AND_SCRATCH``: per seed, whichever of plain fine-tuning and scratch has the higher mean
-      test Dice.
+      test Dice;
+    - the equal-compute controls (:data:`~transrisk_components.experiments.catalogue.CONTROLS`: three restarts of
+      plain fine-tuning, of the risk map), each chosen among its restarts by the same rule, cost 3 runs -- where the
+      (scenario, seed) has every restart's cell.
 
     Args:
         rows: cell rows (:func:`~transrisk_components.experiments.runner.run_cell`) with ``val_cases`` and
@@ -47,15 +52,23 @@ def safe_transfer_rows(
         max_epochs, val_interval: the cells' fine-tuning length and validation interval (epochs).
         candidates: method ids, in the rule's tie order.
         rungs: racing rungs as fractions of ``max_epochs``.
+        controls: control id -> the method ids it chooses among, in tie order.
 
     Returns:
         Per (scenario, seed) with every candidate's cell, a copy of the chosen cell's row (its test Dice and test
         cases) for each derived method, with ``method`` and ``group`` (``derived``) replaced and ``chosen`` (the
-        candidate's id) and ``cost`` (in full runs) added. A (scenario, seed) without every candidate is left out.
+        candidate's id) and ``cost`` (in full runs) added. A (scenario, seed) without every candidate (of safe
+        transfer, of a control) has no row of that method.
     """
     cells = {(r["scenario"], int(r["seed"]), r["method"]): r for r in rows}
     derived = []
     for scenario, seed in dict.fromkeys((r["scenario"], int(r["seed"])) for r in rows):
+        for control, restarts in controls.items():
+            found = {m: cells.get((scenario, seed, m)) for m in restarts}
+            if all(row is not None for row in found.values()):
+                chosen = choose_candidate({m: row["val_cases"] for m, row in found.items()}).chosen
+                derived.append({**found[chosen], "method": control, "group": "derived", "chosen": chosen,
+                                "cost": float(len(restarts))})
         found = {m: cells.get((scenario, seed, m)) for m in candidates}
         if any(row is None for row in found.values()):
             continue

@@ -19,7 +19,8 @@ With k-fold choice (``safe#folds`` k >= 2) steps 3-4 run each candidate once per
 the pooled target-train and target-val cases, validated on its own fold (:class:`~transrisk_components.data.scenario.
 Scenario`), into ``models/candidates/<name>/fold<i>/`` -- the rule scores each candidate on every pooled case, and the
 chosen candidate alone is trained once more on all pooled cases (``models/candidates/<name>/all/``): that model is
-installed. Cost: k x candidates + 1 fine-tuning runs, against the candidates' number with one split.
+installed. Cost: k x candidates + 1 fine-tuning runs, against the candidates' number with one split, and for the
+candidates that read risk maps k + 1 risk stages (one per training set: each fold's, and all pooled cases).
 
 Everything is decided before the first stage starts (:meth:`TransferPipeline.plan`): every setting of every stage
 and candidate is checked (:mod:`.settings`), every stage's fingerprint is computed from its resolved config

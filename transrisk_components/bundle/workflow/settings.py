@@ -94,6 +94,7 @@ BOOLEAN_IDS = ("train_source", "progress", "overwrite", "debug", "risk#enabled",
 CHECKS: dict[str, Check] = {
     **{name: BOOLEAN for name in BOOLEAN_IDS},
     "seed": integer(),
+    "restart": integer(minimum=0),
     "max_epochs": integer(minimum=1),
     "source_epochs": integer(minimum=1),
     "val_interval": integer(minimum=1),
