@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import re
 import shutil
 import subprocess
 import sys
@@ -81,12 +83,14 @@ def test_summary_and_paired_case_statistics():
     assert (mean, n) == (pytest.approx(0.675), 3) and std == pytest.approx(0.05)
     paired = paired_case_statistics(case_rows(rows()), PLAIN)
     gain = paired[("a", DEFAULT_RISK)]
-    assert gain.n_pairs == 12 and gain.mean == pytest.approx(0.02)
-    assert 0.015 <= gain.low < 0.02 < gain.high <= 0.025 and gain.p_value < 0.01
-    assert gain.verdict() == "gain (CI above 0)"
-    null = paired[("b", DEFAULT_RISK)]
-    assert null.mean == pytest.approx(0.0, abs=1e-12) and null.low < 0 < null.high and null.p_value > 0.5
-    assert null.verdict().startswith("no detectable difference (CI half-width")
+    assert (gain.n_pairs, gain.n_seeds) == (12, 3) and gain.mean == pytest.approx(0.02)
+    # every seed gains 2 points on average (+/- 0.5 by case): the seed CI has no width, whatever the cases do
+    assert gain.seed_low == gain.seed_high == gain.mean
+    assert [s for s, _ in gain.without_seed] == [0, 1, 2] and all(v == pytest.approx(0.02) for _, v in gain.without_seed)
+    assert gain.verdict() == "gain (seed CI above 0)"
+    null = paired[("b", DEFAULT_RISK)]  # seed means +0.0, +0.0, +0.0 too, but by cancelling cases
+    assert null.mean == pytest.approx(0.0, abs=1e-12)
+    assert null.verdict().startswith("no detectable difference (seed CI half-width 0.0")
     assert ("a", PLAIN) not in paired
     # one region alone, and the same CI for the same bootstrap seed
     assert paired_case_statistics(case_rows(rows()), PLAIN, region="ET")[("a", DEFAULT_RISK)] == gain
@@ -95,8 +99,9 @@ def test_summary_and_paired_case_statistics():
 def test_table_states_where_risk_map_does_not_win():
     table = markdown_table(rows(), case_rows(rows()), list(METHODS), baseline=PLAIN, highlight=DEFAULT_RISK)
     assert f"| {PLAIN} | 67.5 ± 5.0 | 67.5 ± 5.0 |" in table
-    assert "- a: +2.0 [+1." in table and "over 12 pairs: gain (CI above 0)." in table
-    assert "- b: +0.0 [-" in table and "over 12 pairs: no detectable difference (CI half-width" in table
+    assert "- a: +2.0 seeds [+2.0, +2.0] points over 3 seeds (12 pairs): gain (seed CI above 0); leave-one-seed-out: " \
+           "+2.0 .. +2.0 (seed 0 carries +0.0)." in table
+    assert "- b: +0.0 seeds [" in table and "over 3 seeds (12 pairs): no detectable difference (seed CI half-width" in table
 
 
 def test_a_run_that_never_predicts_one_region_counts_as_stalled():
@@ -115,7 +120,8 @@ def test_a_run_that_never_predicts_one_region_counts_as_stalled():
     assert (learned.n_pairs, learned.n_seeds) == (1, 1)  # only seed 1, where neither run stalled
     table = markdown_table(rows(), case_rows(rows()), list(METHODS), baseline=PLAIN, highlight=DEFAULT_RISK)
     assert "Runs that did not learn a region" in table and f"| {PLAIN} | 0/3 | 0/3 |" in table
-    assert "on the seeds where neither run stalled" in table and "p=0.00049 n=3 |" in table
+    assert "on the seeds where neither run stalled" in table and "| +2.0 seeds [+2.0, +2.0] n=3 |" in table
+    assert learned.verdict() == "one seed: no CI across training runs" and math.isnan(learned.seed_low)
 
 
 def test_default_chosen_on_validation_not_test():
@@ -129,8 +135,9 @@ def test_default_chosen_on_validation_not_test():
 def test_region_table_and_mean_dice_ci():
     cases = case_rows(rows())
     table = region_table(cases, [(DEFAULT_RISK, PLAIN)])
-    assert f"| {DEFAULT_RISK} - {PLAIN} | a | ET | +2.0 [+1." in table and "| gain (CI above 0) |" in table
-    assert f"| {DEFAULT_RISK} - {PLAIN} | b | WT | +0.0 [-" in table
+    assert (f"| {DEFAULT_RISK} - {PLAIN} | a | ET | +2.0 seeds [+2.0, +2.0] | +2.0 .. +2.0 (seed 0 carries +0.0) | "
+            "gain (seed CI above 0) |") in table
+    assert f"| {DEFAULT_RISK} - {PLAIN} | b | WT | +0.0 seeds [" in table
     mean, low, high = mean_dice_with_ci(cases)[("a", PLAIN)]
     assert mean == pytest.approx(0.675) and low < mean < high  # seeds resampled: seed means 0.6375, 0.7375, 0.6875
     assert 0.6 < low and high < 0.75
@@ -163,20 +170,68 @@ def test_unknown_grid_entries_raise():
         grid(Profile(scenarios=("nope",), methods=(PLAIN,), seeds=(0,)))
 
 
-def test_a_gain_across_cases_but_not_across_seeds_is_not_called_a_gain():
-    """Five seeds whose mean differences disagree (+30 ... -10 points), 16 cases each: the pair CI excludes 0, the
-    seed-clustered CI does not, and the verdict says so."""
+def _cases_with_seed_shifts(shifts: dict[int, float], n_cases: int = 16) -> list[dict]:
+    """Scenario "s", ET only: plain fine-tuning at 0.5 (+ a little by case), the risk map ``shifts[seed]`` above it on
+    every case of that seed (+ a little by case, the same in every seed)."""
     cases = []
-    for seed, shift in enumerate([0.30, 0.10, 0.05, -0.05, -0.10]):
-        for k in range(16):
+    for seed, shift in shifts.items():
+        for k in range(n_cases):
             base = 0.5 + 0.01 * (k % 4)
             for method, dice in ((PLAIN, base), (DEFAULT_RISK, base + shift + 0.002 * (k % 3))):
                 cases.append({"scenario": "s", "method": method, "seed": seed, "case_id": f"c{k}", "region": "ET",
                               "dice": dice})
+    return cases
+
+
+def test_a_gain_across_cases_but_not_across_seeds_is_not_called_a_gain():
+    """Five seeds whose mean differences disagree (+30 ... -10 points), 16 cases each: every pair but a few gains
+    the same within a seed, yet the seed CI contains 0 and the verdict says so."""
+    cases = _cases_with_seed_shifts({0: 0.30, 1: 0.10, 2: 0.05, 3: -0.05, 4: -0.10})
     stat = paired_case_statistics(cases, PLAIN)[("s", DEFAULT_RISK)]
-    assert stat.low > 0 and stat.seed_low < 0 < stat.seed_high and stat.n_seeds == 5
-    assert stat.verdict().startswith("gain across cases, not across training runs (seed-clustered CI [")
+    assert stat.seed_low < 0 < stat.seed_high and (stat.n_seeds, stat.n_pairs) == (5, 80)
+    assert stat.verdict().startswith("no detectable difference (seed CI half-width")
     assert stat.half_width == pytest.approx((stat.seed_high - stat.seed_low) / 2)
+
+
+def test_the_seed_ci_has_no_width_only_when_every_seed_gains_the_same():
+    """Differences that vary by case but not by seed: a zero-width seed CI; one seed 0.1 points off: a CI with
+    width, around the mean."""
+    same = paired_case_statistics(_cases_with_seed_shifts({0: 0.03, 1: 0.03, 2: 0.03, 3: 0.03}), PLAIN)
+    same = same[("s", DEFAULT_RISK)]
+    assert same.seed_high - same.seed_low == 0 and same.seed_low == same.mean
+    off = paired_case_statistics(_cases_with_seed_shifts({0: 0.03, 1: 0.03, 2: 0.031, 3: 0.03}), PLAIN)
+    off = off[("s", DEFAULT_RISK)]
+    assert off.seed_high - off.seed_low > 0 and off.seed_low <= off.mean <= off.seed_high
+    assert same.mean - 1e-12 <= off.seed_low < off.seed_high <= same.mean + 0.001  # within the seed means' range
+
+
+def test_leave_one_seed_out_names_the_seed_that_carries_a_difference():
+    """Three seeds level with plain fine-tuning, seed 107 +40 points: the mean +10 rests on seed 107 alone, and the
+    leave-one-seed-out line of every table says so; with every seed level, no seed carries anything."""
+    cases = _cases_with_seed_shifts({103: 0.0, 104: 0.0, 107: 0.40, 110: 0.0})
+    stat = paired_case_statistics(cases, PLAIN)[("s", DEFAULT_RISK)]
+    seed, carried = stat.carried_most
+    # each seed's mean: its shift + 0.001875 (the cases' 0.002 * (k % 3)); mean 0.101875, without 107 0.001875
+    assert seed == 107 and carried == pytest.approx(0.10)
+    without = dict(stat.without_seed)
+    assert without[107] == pytest.approx(0.001875) and without[103] == pytest.approx(0.40 / 3 + 0.001875)
+    rows = [{"scenario": "s", "method": m, "seed": s, "val_dice": 0.5, "test_dice": 0.5}
+            for m in (PLAIN, DEFAULT_RISK) for s in (103, 104, 107, 110)]
+    table = markdown_table(rows, cases, list(METHODS), baseline=PLAIN, highlight=DEFAULT_RISK)
+    assert "leave-one-seed-out: +0.2 .. +13.5 (seed 107 carries +10.0)." in table
+    assert f"| {DEFAULT_RISK} | +0.2 .. +13.5 (seed 107 carries +10.0) |" in table
+    assert "| +0.2 .. +13.5 (seed 107 carries +10.0) |" in region_table(cases, [(DEFAULT_RISK, PLAIN)])
+    level = _cases_with_seed_shifts({103: 0.05, 104: 0.05, 107: 0.05, 110: 0.05})
+    assert paired_case_statistics(level, PLAIN)[("s", DEFAULT_RISK)].carried_most[1] == pytest.approx(0.0, abs=1e-12)
+    table = markdown_table(rows, level, list(METHODS), baseline=PLAIN, highlight=DEFAULT_RISK)
+    assert "leave-one-seed-out: +5.2 .. +5.2 (seed 103 carries +0.0)." in table
+
+
+def test_no_case_level_p_value_is_left_in_the_tables():
+    table = markdown_table(rows(), case_rows(rows()), list(METHODS), baseline=PLAIN, highlight=DEFAULT_RISK)
+    table += region_table(case_rows(rows()), [(DEFAULT_RISK, PLAIN)])
+    assert "seeds [" in table and "Leave one seed out" in table
+    assert not re.search(r"\bp ?[=<]|p-value|Wilcoxon|over the pairs\]", table, re.IGNORECASE)
 
 
 def test_methods_are_read_by_id_or_by_the_label_older_reports_hold():
@@ -211,3 +266,5 @@ def test_the_table_command_re_makes_a_committed_report_from_its_labelled_csvs(tm
     assert f"| {method_label(DEFAULT_RISK)} |" in table and f"| {method_label(SCRATCH)} |" in table
     assert f"| {method_label(SAFE)} - {method_label(PLAIN)} | fets_t1_to_t1ce | ET |" in table
     assert (tmp_path / "figures" / "safe_vs_better_of_plain_and_scratch.png").is_file()
+    assert "Leave one seed out" in table and "- fets_t1_to_t1ce: safe - " in table
+    assert not re.search(r"\bp ?[=<]|Wilcoxon", table)

@@ -153,7 +153,7 @@ def write_table_and_figures(rows: Sequence[Mapping[str, Any]], cases: Sequence[M
             "\nSafe transfer: per scenario and seed, the candidate that the bundles' selection rule "
             "(`transrisk_components/bundle/selection.py`, validation cases only) picks, and the same rule after "
             "racing; compared with plain fine-tuning and with the per-seed better of plain fine-tuning and scratch "
-            "by test Dice (an oracle), paired over (seed, test case) with both CIs (points). Chosen counts are in "
+            "by test Dice (an oracle), paired over (seed, test case) with the seed-bootstrap CI (points). Chosen counts are in "
             "candidate order.\n\n"
             + safe_transfer_table(rows, cases, safe, raced, plain, better, [label(m) for m in SAFE_CANDIDATES])
             + "\nPer region:\n\n"

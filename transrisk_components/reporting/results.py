@@ -114,39 +114,45 @@ def load_case_results_csv(path: Path) -> list[dict[str, Any]]:
 class PairedStatistics:
     """A method's paired test-Dice difference to the baseline over (seed, case) pairs, in Dice units [-1, 1].
 
-    ``low``/``high`` bound the 95% percentile-bootstrap CI of the mean over the pairs, as if every pair were
-    independent; ``seed_low``/``seed_high`` bound the seed-clustered one (whole seeds resampled with replacement,
-    each with all its cases), which also counts the run-to-run variation of training: the pairs of one seed share
-    one trained model, so with few seeds it is the wider, honest interval. ``p_value`` is the two-sided Wilcoxon
-    signed-rank test over the pairs (1.0 when every difference is 0).
+    Inference is at the level of seeds: the test cases of one seed share one trained model, so they are not
+    independent draws of what training gives. ``seed_low``/``seed_high`` bound the 95% seed-bootstrap CI of ``mean``
+    (whole seeds resampled with replacement, each with all its cases; with the same test cases in every seed, as in
+    the grid, that is the bootstrap of the seeds' mean differences); they equal ``mean`` when every seed's mean
+    difference is the same, and are NaN with fewer than two seeds. ``without_seed`` holds, per seed in ascending
+    order, ``mean`` with that seed left out (empty with fewer than two seeds): how much one seed carries the
+    difference.
     """
 
     mean: float
-    low: float
-    high: float
-    p_value: float
     n_pairs: int
+    n_seeds: int
     seed_low: float = math.nan
     seed_high: float = math.nan
-    n_seeds: int = 0
+    without_seed: tuple[tuple[int, float], ...] = ()
 
     @property
     def half_width(self) -> float:
-        """Half the width of the wider of the two CIs."""
-        widths = [w for w in (self.high - self.low, self.seed_high - self.seed_low) if not math.isnan(w)]
-        return max(widths) / 2
+        """Half the width of the seed-bootstrap CI (NaN with fewer than two seeds)."""
+        return (self.seed_high - self.seed_low) / 2
+
+    @property
+    def carried_most(self) -> tuple[int, float]:
+        """``(seed, mean - mean without that seed)`` for the seed whose leaving out moves the mean most (the first
+        such seed on a tie). Raises ``ValueError`` with fewer than two seeds."""
+        if not self.without_seed:
+            raise ValueError(f"leave-one-seed-out needs two seeds or more, got {self.n_seeds}")
+        seed, without = max(self.without_seed, key=lambda item: abs(self.mean - item[1]))
+        return seed, self.mean - without
 
     def verdict(self) -> str:
-        """``"gain"`` / ``"loss"`` only when both CIs exclude 0; a pair CI alone is "across cases only"."""
-        if self.low > 0 and not self.seed_low <= 0:
-            return "gain (CI above 0)"
-        if self.high < 0 and not self.seed_high >= 0:
-            return "loss (CI below 0)"
-        if self.low > 0 or self.high < 0:
-            direction = "gain" if self.low > 0 else "loss"
-            return (f"{direction} across cases, not across training runs (seed-clustered CI "
-                    f"[{100 * self.seed_low:+.1f}, {100 * self.seed_high:+.1f}] contains 0)")
-        return f"no detectable difference (CI half-width {100 * self.half_width:.1f} points)"
+        """``"gain"`` / ``"loss"`` only when the seed-bootstrap CI excludes 0."""
+        if self.n_seeds < 2:
+            return "one seed: no CI across training runs"
+        if self.seed_low > 0:
+            return "gain (seed CI above 0)"
+        if self.seed_high < 0:
+            return "loss (seed CI below 0)"
+        return f"no detectable difference (seed CI half-width {100 * self.half_width:.1f} points)"
 
 
 def _bootstrap_ci(values: np.ndarray, seed: int) -> tuple[float, float]:
@@ -170,16 +176,15 @@ def _seed_clustered_ci(differences: np.ndarray, seeds: np.ndarray, seed: int) ->
 
 
 def _paired_statistics(differences: np.ndarray, seeds: np.ndarray, seed: int) -> PairedStatistics:
-    n_seeds = int(np.unique(seeds).size)
-    if differences.size < 2 or np.all(differences == differences[0]):
-        value = float(differences.mean()) if differences.size else math.nan
-        p_value = 1.0 if differences.size and value == 0 else math.nan
-        return PairedStatistics(value, value, value, p_value, int(differences.size), value, value, n_seeds)
-    low, high = _bootstrap_ci(differences, seed)
-    seed_low, seed_high = _seed_clustered_ci(differences, seeds, seed)
-    p_value = float(stats.wilcoxon(differences).pvalue) if np.any(differences != 0) else 1.0
-    return PairedStatistics(float(differences.mean()), low, high, p_value, int(differences.size), seed_low, seed_high,
-                            n_seeds)
+    """Seed-level statistics of ``differences`` (one per (seed, case) pair; ``seeds`` names each pair's seed)."""
+    labels = np.unique(seeds)
+    mean = float(differences.mean()) if differences.size else math.nan
+    if labels.size < 2:
+        return PairedStatistics(mean, int(differences.size), int(labels.size))
+    seed_means = np.array([differences[seeds == s].mean() for s in labels])
+    low, high = (mean, mean) if np.all(seed_means == seed_means[0]) else _seed_clustered_ci(differences, seeds, seed)
+    without = tuple((int(s), float(differences[seeds != s].mean())) for s in labels)
+    return PairedStatistics(mean, int(differences.size), int(labels.size), low, high, without)
 
 
 def paired_case_statistics(
@@ -256,12 +261,22 @@ def _fmt_paired_seeds(stat: PairedStatistics | None) -> str:
 
 
 def _fmt_paired(stat: PairedStatistics | None) -> str:
+    """``mean seeds [low, high]`` in points: the mean paired difference and its seed-bootstrap CI."""
     if stat is None or math.isnan(stat.mean):
         return "--"
-    text = f"{100 * stat.mean:+.1f} [{100 * stat.low:+.1f}, {100 * stat.high:+.1f}]"
-    if not math.isnan(stat.seed_low):
-        text += f" seeds [{100 * stat.seed_low:+.1f}, {100 * stat.seed_high:+.1f}]"
-    return text + f" p={stat.p_value:.2g}"
+    if stat.n_seeds < 2:
+        return f"{100 * stat.mean:+.1f} (one seed, no CI)"
+    return f"{100 * stat.mean:+.1f} seeds [{100 * stat.seed_low:+.1f}, {100 * stat.seed_high:+.1f}]"
+
+
+def _fmt_without_seed(stat: PairedStatistics | None) -> str:
+    """``low .. high (seed s carries +x)`` in points: the range of the mean paired difference when each seed in turn
+    is left out, and the seed that moves it most with the part of the mean it carries (mean - mean without it)."""
+    if stat is None or not stat.without_seed:
+        return "--"
+    values = [value for _, value in stat.without_seed]
+    seed, carried = stat.carried_most
+    return f"{100 * min(values):+.1f} .. {100 * max(values):+.1f} (seed {seed} carries {100 * carried:+.1f})"
 
 
 def _stalled(row: Mapping[str, Any], threshold: float) -> bool:
@@ -303,8 +318,9 @@ def markdown_table(
     highlight: str,
 ) -> str:
     """Paper-style tables: test Dice (%) per method (mean and per region), the runs that did not learn a region
-    (:func:`stalled_runs`), the paired difference to ``baseline`` with its CI (on all seeds, and on the seeds where
-    neither run stalled), a verdict per scenario for ``highlight``, and validation Dice.
+    (:func:`stalled_runs`), the paired difference to ``baseline`` with its seed-bootstrap CI (on all seeds, and on
+    the seeds where neither run stalled) and its leave-one-seed-out range, a verdict per scenario for ``highlight``,
+    and validation Dice. No case-level p-value or CI: the cases of one seed are not independent.
 
     Args:
         rows: one dict per (scenario, method, seed) with ``val_dice`` and ``test_dice``.
@@ -350,10 +366,15 @@ def markdown_table(
     if paired:
         lines += ["", *method_table(
             f"Paired difference to {baseline} (test Dice, percentage points) over (seed, test case) pairs: mean "
-            "[95% percentile-bootstrap CI over the pairs] seeds [95% CI with whole seeds resampled: also counts the "
-            "run-to-run variation of training], two-sided Wilcoxon signed-rank p over the pairs. A verdict says gain "
-            "or loss only when both CIs exclude 0.",
+            "seeds [95% seed-bootstrap CI: whole seeds resampled, each with all its test cases, so it counts the "
+            "run-to-run variation of training]. A verdict says gain or loss only when this CI excludes 0.",
             compared, lambda s, m: _fmt_paired(paired.get((s, m))),
+        )]
+        lines += ["", *method_table(
+            f"Leave one seed out: the range of the mean paired difference to {baseline} (points) when each seed in "
+            "turn is left out, and the seed that moves it most with the part of the mean it carries (mean - mean "
+            "without it).",
+            compared, lambda s, m: _fmt_without_seed(paired.get((s, m))),
         )]
         learned = paired_case_statistics(cases_of_learned_runs(rows, cases), baseline)
         lines += ["", *method_table(
@@ -365,8 +386,9 @@ def markdown_table(
     else:
         lines += ["", f"(No paired differences: {baseline} is not in these results.)"]
     verdicts = [
-        f"- {s}: {_fmt_paired(paired[(s, highlight)])} points over {paired[(s, highlight)].n_pairs} pairs: "
-        f"{paired[(s, highlight)].verdict()}."
+        f"- {s}: {_fmt_paired(paired[(s, highlight)])} points over {paired[(s, highlight)].n_seeds} seeds "
+        f"({paired[(s, highlight)].n_pairs} pairs): {paired[(s, highlight)].verdict()}; leave-one-seed-out: "
+        f"{_fmt_without_seed(paired[(s, highlight)])}."
         for s in scenarios
         if (s, highlight) in paired and not math.isnan(paired[(s, highlight)].mean)
     ]
@@ -383,14 +405,15 @@ def region_table(
     cases: Sequence[Mapping[str, Any]], comparisons: Sequence[tuple[str, str]], seed: int = 0
 ) -> str:
     """Per-region paired differences: for each ``(method, baseline)`` pair, ``Dice(method) - Dice(baseline)`` per
-    scenario and region over (seed, case) pairs, with its 95% bootstrap CI and verdict.
+    scenario and region over (seed, case) pairs, with its 95% seed-bootstrap CI, leave-one-seed-out range and verdict.
 
     Negative transfer shows here as ``plain fine-tuning`` vs ``from scratch`` with the CI below 0 in some region.
     """
     scenarios = list(dict.fromkeys(c["scenario"] for c in cases))
     lines = [
-        "| comparison | scenario | region | difference (points) [95% CI] p | verdict |",
-        "|---|---|---|---|---|",
+        "| comparison | scenario | region | difference (points) seeds [95% seed-bootstrap CI] | leave one seed out | "
+        "verdict |",
+        "|---|---|---|---|---|---|",
     ]
     for method, baseline in comparisons:
         for scenario in scenarios:
@@ -401,7 +424,7 @@ def region_table(
                 ).get((scenario, method))
                 if stat is not None and not math.isnan(stat.mean):
                     lines.append(f"| {method} - {baseline} | {scenario} | {region} | {_fmt_paired(stat)} | "
-                                 f"{stat.verdict()} |")
+                                 f"{_fmt_without_seed(stat)} | {stat.verdict()} |")
     return "\n".join(lines) + "\n"
 
 
@@ -430,10 +453,10 @@ def safe_transfer_table(
             per-seed better of plain fine-tuning and scratch (by test Dice: an oracle).
         candidates: the candidates safe transfer chose among.
 
-    The promises, each judged on the seed-clustered CI: (1) safe transfer is not significantly below the better of
+    The promises, each judged on the seed-bootstrap CI: (1) safe transfer is not significantly below the better of
     plain fine-tuning and scratch in any scenario (seed CI upper bound >= 0); (2) it gains at least
     :data:`SAFE_GAIN` over plain fine-tuning with the seed CI above 0 in at least :data:`SAFE_GAIN_SCENARIOS`
-    scenarios.
+    scenarios. A leave-one-seed-out line per scenario shows how much one seed carries each difference.
     """
     scenarios = [s for s in dict.fromkeys(r["scenario"] for r in rows) if any(r["method"] == safe and r["scenario"] == s for r in rows)]
     to_plain = paired_case_statistics(cases, plain)
@@ -444,7 +467,7 @@ def safe_transfer_table(
         f"safe - {plain} | safe - {better} | promise 1 | raced - safe | raced cost (full runs) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    gains, holds = [], []
+    gains, holds, without_seed = [], [], []
     for scenario in scenarios:
         picked = [r for r in rows if r["scenario"] == scenario and r["method"] == safe]
         counts = "/".join(str(sum(r["chosen"] == c for r in picked)) for c in candidates)
@@ -459,6 +482,8 @@ def safe_transfer_table(
         holds.append(better_stat is None or not better_stat.seed_high < 0)
         gains.append(plain_stat is not None and plain_stat.mean >= SAFE_GAIN and plain_stat.seed_low > 0)
         cost = f"{np.mean(costs):.2f}" if costs else "--"
+        without_seed.append(f"- {scenario}: safe - {plain} {_fmt_without_seed(plain_stat)}; safe - {better} "
+                            f"{_fmt_without_seed(better_stat)}; raced - safe {_fmt_without_seed(raced_stat)}.")
         lines.append(
             f"| {scenario} | {len(picked)} | {counts} | {best_hits}/{len(picked)} | {_fmt_paired(plain_stat)} | "
             f"{_fmt_paired(better_stat)} | {'holds' if holds[-1] else 'FAILS'} | {_fmt_paired(raced_stat)} | {cost} |"
@@ -473,6 +498,11 @@ def safe_transfer_table(
         f"{SAFE_GAIN_SCENARIOS} scenarios): {sum(gains)} of {n} scenarios "
         f"({', '.join(s for s, g in zip(scenarios, gains) if g) or 'none'}): "
         f"{'met' if sum(gains) >= SAFE_GAIN_SCENARIOS else 'not met'}.",
+        "",
+        "Leave one seed out: the range of each mean difference (points) when each seed in turn is left out, and the "
+        "seed that moves it most with the part of the mean it carries (mean - mean without it).",
+        "",
+        *without_seed,
     ]
     return "\n".join(lines) + "\n"
 
@@ -564,8 +594,8 @@ def plot_few_shot_curve(
 def plot_paired_differences(
     cases: Sequence[Mapping[str, Any]], methods: Sequence[str], baseline: str, out_png: Path
 ) -> Path:
-    """Forest plot: each method's paired test-Dice difference to ``baseline`` with its two 95% CIs (over pairs, and
-    seed-clustered), per scenario; green / red only when both exclude 0."""
+    """Forest plot: each method's paired test-Dice difference to ``baseline`` with its 95% seed-bootstrap CI, per
+    scenario; green / red only when the CI excludes 0."""
     paired = paired_case_statistics(cases, baseline)
     scenarios = list(dict.fromkeys(s for s, _ in paired))
     methods = [m for m in methods if any((s, m) in paired for s in scenarios)]
@@ -578,18 +608,16 @@ def plot_paired_differences(
                 continue
             verdict = stat.verdict()
             colour = "#1a9850" if verdict.startswith("gain (") else "#d73027" if verdict.startswith("loss (") else "#4d4d4d"
-            if not math.isnan(stat.seed_low):
-                ax.errorbar(100 * stat.mean, y, xerr=[[100 * (stat.mean - stat.seed_low)], [100 * (stat.seed_high - stat.mean)]],
-                            fmt="none", color=colour, alpha=0.35, linewidth=6)
-            ax.errorbar(100 * stat.mean, y, xerr=[[100 * (stat.mean - stat.low)], [100 * (stat.high - stat.mean)]],
-                        fmt="o", color=colour, capsize=3)
+            error = ([[100 * (stat.mean - stat.seed_low)], [100 * (stat.seed_high - stat.mean)]]
+                     if stat.n_seeds >= 2 else None)
+            ax.errorbar(100 * stat.mean, y, xerr=error, fmt="o", color=colour, capsize=3)
         ax.axvline(0, color="black", linewidth=0.8)
         ax.set_title(scenario, fontsize=9)
         ax.set_xlabel("Dice difference (points)")
     axes[0][0].set_yticks(range(len(methods)), methods, fontsize=8)
     axes[0][0].invert_yaxis()
-    figure.suptitle(f"Paired test-Dice difference to {baseline}:\n95% bootstrap CI over (seed, case) pairs (thin), "
-                    "with whole seeds resampled (wide, pale)", fontsize=10)
+    figure.suptitle(f"Paired test-Dice difference to {baseline}:\n95% seed-bootstrap CI (whole seeds resampled)",
+                    fontsize=10)
     figure.tight_layout()
     atomic_write(out_png, lambda tmp: figure.savefig(tmp, format="png", dpi=120), suffix=".png")
     plt.close(figure)
