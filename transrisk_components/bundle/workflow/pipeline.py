@@ -15,6 +15,9 @@ stage reads and writes passed explicitly:
 5. **choice** by the selection rule (:mod:`.selection`, validation only), the chosen model installed as
    ``models/model.pt``, and the transfer report (:mod:`.report`).
 
+With ``safe#ensembles true`` step 5 also scores ensembles of the candidates (:mod:`.ensembles`), each written as one
+checkpoint to ``models/candidates/ensemble_<kind>/model.pt`` and validated like a candidate.
+
 With k-fold choice (``safe#folds`` k >= 2) steps 3-4 run each candidate once per fold -- trained on the other folds of
 the pooled target-train and target-val cases, validated on its own fold (:class:`~transrisk_components.data.scenario.
 Scenario`), into ``models/candidates/<name>/fold<i>/`` -- the rule scores each candidate on every pooled case, and the
@@ -56,7 +59,9 @@ from transrisk_components.bundle.io.risk_manifest import MANIFEST
 from transrisk_components.bundle.stages.risk import report_risk_classes
 from transrisk_components.bundle.stages.risk_cache import RiskCache
 from transrisk_components.bundle.stages.risk_export import export_risk_maps
+from transrisk_components.bundle.engine.ensemble import write_ensemble_checkpoint
 from transrisk_components.bundle.workflow.candidates import load_candidates, needs_risk_maps
+from transrisk_components.bundle.workflow.ensembles import ENSEMBLE_PREFIX, ensemble_candidates
 from transrisk_components.bundle.workflow.fingerprint import digest, file_digest, stage_fingerprint
 from transrisk_components.bundle.workflow.parallel import ParallelJob, resolve_workers, run_side_by_side
 from transrisk_components.bundle.workflow.plan import StagePlan, decide, release_outputs
@@ -245,6 +250,10 @@ class TransferPipeline:
         if not self.safe:
             return {"finetune": {}}
         loaded = load_candidates(self._parser.get("safe#candidates"), self._parser.get_parsed_content("safe#candidates_file"))
+        taken = [name for name in loaded if name.startswith(ENSEMBLE_PREFIX)]
+        if taken and self._parser.get_parsed_content("safe#ensembles"):
+            raise SettingsError(f"safe#candidates: {taken} begin with {ENSEMBLE_PREFIX!r}, which names the ensembles of "
+                                "safe#ensembles true; rename them")
         return {name: normalized_overrides(overrides) for name, overrides in loaded.items()}
 
     def _folds(self) -> int:
@@ -566,14 +575,14 @@ class TransferPipeline:
             return RaceOutcome(finished=tuple(by_name), epochs={n: max_epochs for n in by_name}, cost=float(len(by_name)))
         return race({n: self._curve(by_name[n]) for n in by_name}, rungs, max_epochs)
 
-    def _validate(self, candidate: CandidatePlan) -> dict[str, dict[str, float]]:
-        """The candidate's best model on the validation cases: ``{case_id: {region: dice}}`` (its evaluation is
-        reused while the model is the one it scored)."""
-        folder = Path(candidate.validation.overrides["output_dir"])
+    def _validate(self, validation: StageConfig, model: Path) -> dict[str, dict[str, float]]:
+        """``model`` on the validation cases by the evaluation stage ``validation``: ``{case_id: {region: dice}}``
+        (the evaluation is reused while the model is the one it scored)."""
+        folder = Path(validation.overrides["output_dir"])
         summary = folder / "metrics_summary.json"
         scored = json.loads(summary.read_text()).get("model", {}).get("sha256") if summary.is_file() else None
-        if scored != file_sha256(candidate.model):
-            candidate.validation.run()
+        if scored != file_sha256(model):
+            validation.run()
         barrier()
         cases: dict[str, dict[str, float]] = {}
         with (folder / "metrics_per_case.csv").open(newline="", encoding="utf-8") as handle:
@@ -584,26 +593,64 @@ class TransferPipeline:
     def _safe_transfer(self, plan: RunPlan) -> None:
         outcome = self._train_candidates(plan)
         by_name = {c.name: c for c in plan.candidates}
-        validation = {name: self._validate(by_name[name]) for name in outcome.finished}
+        validation = {name: self._validate(by_name[name].validation, by_name[name].model) for name in outcome.finished}
         if plan.finals:
             validation, outcome = self._pool_folds(plan, validation)
         seed = int(self._parser.get_parsed_content("seed"))
+        ensembles: dict[str, tuple[str, ...]] = {}
+        if self._parser.get_parsed_content("safe#ensembles"):
+            ensembles = ensemble_candidates(choose_candidate(validation, seed=seed))
+            for name, members in ensembles.items():
+                validation[name] = self._validate_ensemble(name, [by_name[m] for m in members])
         selection = choose_candidate(validation, seed=seed, k_fold=bool(plan.finals))
-        chosen = by_name.get(selection.chosen)
         if plan.finals:
             chosen = plan.finals[selection.chosen]
             _say("k-fold choice: %s; training it on all pooled cases", selection.reason)
             self._train_to([chosen.name], {chosen.name: chosen}, outcome.epochs[selection.chosen])
         model = self.paths["ckpt_dir"] / MODEL
         if is_rank0():
-            self._install(chosen, [*plan.candidates, chosen] if plan.finals else plan.candidates, outcome, model, selection.reason)
+            runs = [*plan.candidates, chosen] if plan.finals else plan.candidates
+            if selection.chosen in ensembles:
+                self._install(self._ensemble_model(selection.chosen), selection.chosen, selection.chosen, runs, outcome, model,
+                              selection.reason, ensembles[selection.chosen])
+            else:
+                run = chosen if plan.finals else by_name[selection.chosen]
+                self._install(run.model, run.candidate, run.name, runs, outcome, model, selection.reason)
             summary = json.loads((self.paths["output_dir"] / "risk_stage_summary.json").read_text()) if plan.risks else {}
             scratch = list(dict.fromkeys(c.candidate for c in plan.candidates if not c.from_source))
             k_fold = self._k_fold_summary(plan, chosen, selection.cases) if plan.finals else None
-            report = transfer_report(selection, outcome, selection.cases, scratch, summary.get("dead_classes", []), model, k_fold)
+            report = transfer_report(selection, outcome, selection.cases, scratch, summary.get("dead_classes", []), model,
+                                     k_fold, ensembles)
             path = write_transfer_report(report, self.paths["output_dir"])
             _say("%s", transfer_report_lines(report, path))
         barrier()
+
+    def _ensemble_model(self, name: str) -> Path:
+        return self.paths["ckpt_dir"] / "candidates" / name / MODEL
+
+    def _validate_ensemble(self, name: str, members: Sequence[CandidatePlan]) -> dict[str, dict[str, float]]:
+        """Write the ensemble of ``members`` as one checkpoint (with its record) and score it on the validation cases
+        as the candidates are scored.
+
+        Raises:
+            ForeignOutputError: a checkpoint no record of ours names is where the ensemble's goes.
+        """
+        model = self._ensemble_model(name)
+        if model.is_file() and not named_by_a_record(model):
+            raise ForeignOutputError(f"{model} was not written by this bundle (no fingerprint record of ours names it), "
+                                     f"so it is left as it is; rename candidates or move the file to score {name}")
+        if is_rank0():
+            write_ensemble_checkpoint([m.model for m in members], model)
+            write_record(model.parent / ("ensemble" + RECORD_SUFFIX), {
+                "stage": "ensemble", "outputs": [MODEL], "members": {m.name: file_sha256(m.model) for m in members},
+                "model_sha256": file_sha256(model)})
+        barrier()
+        first = members[0].validation
+        validation = dataclasses.replace(first, name=f"validation {name}", overrides={
+            **first.overrides, "model_file": str(model),
+            "output_dir": str(self.paths["output_dir"] / "candidates" / name / "validation")})
+        _say("%s: the softmax mean of %s, scored on the validation cases", name, ", ".join(m.name for m in members))
+        return self._validate(validation, model)
 
     def _pool_folds(self, plan: RunPlan, validation: Mapping[str, CaseDice]) -> tuple[dict[str, CaseDice], RaceOutcome]:
         """Each candidate's validation Dice on every pooled case (each case from the run that held out its fold),
@@ -621,19 +668,21 @@ class TransferPipeline:
         return {"folds": plan.folds, "pooled_cases": cases, "runs": len(plan.candidates) + 1,
                 "runs_with_one_split": len(plan.finals), "final_run": chosen.name}
 
-    def _install(self, chosen: CandidatePlan, runs: Sequence[CandidatePlan], outcome: RaceOutcome, model: Path,
-                 reason: str) -> None:
-        """Copy the chosen run's model to ``model`` with its provenance record beside it (the record lists ``runs``)."""
+    def _install(self, chosen_model: Path, chosen: str, run: str, runs: Sequence[CandidatePlan], outcome: RaceOutcome,
+                 model: Path, reason: str, members: Sequence[str] = ()) -> None:
+        """Copy ``chosen_model`` (of candidate or ensemble ``chosen``, trained by ``run``) to ``model`` with its
+        provenance record beside it (the record lists ``runs``, and an ensemble's ``members``)."""
         installed = read_record(model.with_name(PROVENANCE)) or {}
         if model.is_file() and MODEL not in installed.get("outputs", []):
             release_outputs([model])  # a single run's model, replaced with --overwrite true (see _check_model_path)
-        atomic_write(model, lambda tmp: shutil.copyfile(chosen.model, tmp))
+        atomic_write(model, lambda tmp: shutil.copyfile(chosen_model, tmp))
         write_record(model.with_name(PROVENANCE), {
             "stage": "safe",
-            "version": chosen.finetune.fingerprint["version"],
+            "version": runs[0].finetune.fingerprint["version"],
             "outputs": [MODEL],
-            "chosen": chosen.candidate,
-            "run": chosen.name,
+            "chosen": chosen,
+            "run": run,
+            "ensemble_members": list(members),
             "reason": reason,
             "model_sha256": file_sha256(model),
             "request": {"overrides": dict(self.request.overrides)},

@@ -48,6 +48,7 @@ def transfer_report(
     dead_classes: Sequence[str],
     model_path: Path,
     k_fold: Mapping[str, Any] | None = None,
+    ensembles: Mapping[str, Sequence[str]] | None = None,
 ) -> dict[str, Any]:
     """The report as data (the JSON's content).
 
@@ -60,10 +61,13 @@ def transfer_report(
         model_path: where the chosen model was installed.
         k_fold: with k-fold choice, ``{"folds", "pooled_cases", "runs", "runs_with_one_split", "final_run"}``;
             ``None``: one validation split.
+        ensembles: ensemble candidate -> its members (``safe#ensembles``); they are left out of the negative-transfer
+            comparison, which is between single starts.
     """
+    ensembles = {name: list(members) for name, members in (ensembles or {}).items()}
     names = [c.name for c in selection.candidates]
     scratch = [n for n in scratch if n in names]
-    transfer = [n for n in names if n not in scratch]
+    transfer = [n for n in names if n not in scratch and n not in ensembles]
     return {
         "chosen": selection.chosen,
         "reason": selection.reason,
@@ -75,7 +79,8 @@ def transfer_report(
         "candidates": {
             c.name: {"score": c.score, "score_ci": list(c.score_ci), "regions": c.regions,
                      "difference_to_chosen": c.difference, "difference_ci": list(c.difference_ci),
-                     "stalled_regions": list(c.stalled), "epochs": outcome.epochs.get(c.name)}
+                     "stalled_regions": list(c.stalled), "epochs": outcome.epochs.get(c.name),
+                     **({"members": ensembles[c.name], "inference_cost": len(ensembles[c.name])} if c.name in ensembles else {})}
             for c in selection.candidates
         },
         "k_fold": dict(k_fold) if k_fold else None,
@@ -114,6 +119,8 @@ def transfer_report_lines(report: Mapping[str, Any], report_path: Path) -> str:
         regions = ", ".join(f"{r} {100 * v:.1f}" for r, v in entry["regions"].items())
         stalled = f"; never learnt {', '.join(entry['stalled_regions'])}" if entry["stalled_regions"] else ""
         marker = "  <- chosen" if name == report["chosen"] else ""
+        if "members" in entry:
+            name = f"{name} (softmax mean of {', '.join(entry['members'])}; inference x{entry['inference_cost']})"
         lines.append(f"  {name}: {100 * entry['score']:.1f} {_interval(entry['score_ci'])} ({regions}{stalled}){marker}")
     for name, rung in report["dropped_by_racing"].items():
         lines.append(f"  {name}: dropped by racing at epoch {rung}")
@@ -125,6 +132,10 @@ def transfer_report_lines(report: Mapping[str, Any], report_path: Path) -> str:
     if report["leep_dead_classes"]["classes"]:
         lines.append(f"  LEEP warned that the source sees nothing of {', '.join(report['leep_dead_classes']['classes'])}")
     lines.append(f"  chosen: {report['reason']}")
+    chosen = report["candidates"][report["chosen"]]
+    if "members" in chosen:
+        lines.append(f"  the chosen model is an ensemble of {chosen['inference_cost']} networks: inference costs "
+                     f"x{chosen['inference_cost']}; its TorchScript export is 'ckpt_export network' (not network_def)")
     if k_fold:
         lines.append(f"  k-fold choice: {report['chosen']} retrained on all {k_fold['pooled_cases']} pooled cases "
                      f"({k_fold['final_run']}; with no case held out, its checkpoint is the one best on its training "
