@@ -53,15 +53,13 @@ class SoftmaxEnsemble(nn.Module):
 
 
 def checkpoint_members(path: str | os.PathLike) -> int:
-    """How many ensemble members the bundle checkpoint ``path`` holds: 1 for a single network or a missing file
-    (whose loader then names it), else the number of ``members.<i>.`` prefixes.
-
-    Raises:
-        ValueError: the file is not a readable checkpoint.
-    """
-    if not Path(path).is_file():
+    """How many ensemble members the bundle checkpoint ``path`` holds: the number of ``members.<i>.`` prefixes, or 1
+    for a single network -- and for a missing or unreadable file, which the config's checkpoint loader then names with
+    its own remedy."""
+    try:
+        weights = _network_weights(load_checkpoint(path, _REMEDY, map_location="cpu", weights_only=True))
+    except (FileNotFoundError, ValueError):
         return 1
-    weights = _network_weights(load_checkpoint(path, _REMEDY, map_location="cpu", weights_only=True))
     indices = {int(match.group(1)) for key in weights if (match := _MEMBER.match(str(key)))}
     return len(indices) or 1
 
