@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from pathlib import Path
 
@@ -32,7 +33,7 @@ def test_tiny_grid_writes_one_row_per_cell_and_the_reports(tiny_grid):
     with (reports / "results.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     cells = ("scratch", "plain", "risk")
-    derived = ("safe", "safe_raced", "better_of_plain_scratch")
+    derived = ("safe", "safe_raced", "better_of_plain_scratch", "best_candidate")
     assert sorted((r["method"], r["seed"]) for r in rows) == sorted((m, s) for m in cells + derived for s in ("0", "1"))
     for row in rows:
         assert 0 <= float(row["test_dice"]) <= 1 and 0 <= float(row["val_dice"]) <= 1
@@ -55,6 +56,32 @@ def test_tiny_grid_writes_one_row_per_cell_and_the_reports(tiny_grid):
     assert sorted(p.name for p in work.glob("cells/fets_t1_to_flair/*")) == sorted(cells), "cell folders are ids"
 
 
+def test_a_grid_with_ensembles_evaluates_them_and_chooses_among_candidates_and_ensembles(tiny_grid, tmp_path):
+    from transrisk_components.bundle.workflow.selection import choose_candidate
+    from transrisk_components.experiments.reports import load_results
+
+    phantom, work, _ = tiny_grid
+    profile = dataclasses.replace(TINY, ensembles=True)
+    experiments.reproduce_profile("tiny", profile, work, tmp_path, {"fets": str(phantom)}, 1, command="pytest")
+    rows, _ = load_results(tmp_path / "results.csv")
+    by = {(r["method"], int(r["seed"])): r for r in rows}
+    for seed in (0, 1):
+        assert by[("ensemble_top2", seed)]["group"] == "ensemble" and by[("ensemble_all", seed)]["members"].count("+") == 2
+        assert int(by[("safe", seed)]["epochs"]) == 1 == int(by[("ensemble_all", seed)]["epochs"])
+        result = json.loads((work / "cells" / "fets_t1_to_flair" / "ensemble_all" / f"seed{seed}" / "result.json").read_text())
+        validation = {m: json.loads((work / "cells" / "fets_t1_to_flair" / m / f"seed{seed}" / "result.json").read_text())["val_cases"]
+                      for m in ("risk", "plain", "scratch")}
+        validation["ensemble_top2"] = json.loads((work / "cells" / "fets_t1_to_flair" / "ensemble_top2" / f"seed{seed}"
+                                                  / "result.json").read_text())["val_cases"]
+        validation["ensemble_all"] = result["val_cases"]
+        assert by[("safe_ensemble", seed)]["chosen"] == choose_candidate(validation).chosen
+        best = max(("risk", "plain", "scratch"), key=lambda m: float(by[(m, seed)]["test_dice"]))
+        assert float(by[("best_candidate", seed)]["test_dice"]) == float(by[(best, seed)]["test_dice"])
+    kept = sorted(p.stat().st_mtime_ns for p in work.glob("cells/*/ensemble_*/seed*/result.json"))
+    experiments.reproduce_profile("tiny", profile, work, tmp_path, {"fets": str(phantom)}, 1, command="pytest")
+    assert sorted(p.stat().st_mtime_ns for p in work.glob("cells/*/ensemble_*/seed*/result.json")) == kept, "reused"
+
+
 def test_a_killed_grid_continues_with_the_missing_cells_only(tiny_grid):
     phantom, work, reports = tiny_grid
     results = sorted(work.glob("cells/*/*/seed*/result.json"))
@@ -69,7 +96,6 @@ def test_a_killed_grid_continues_with_the_missing_cells_only(tiny_grid):
 def test_a_finished_cell_is_reused_only_with_its_fine_tuning_fingerprint(tiny_grid):
     """A changed risk-map setting (as when a bundle default changes) stops the grid at the risk-map cell with the
     difference; the plain fine-tuning cell, which reads no risk map, is still reused."""
-    import dataclasses
 
     from transrisk_components.bundle.io.records import StaleOutputError
 

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
-    "BETTER_OF_PLAIN_AND_SCRATCH", "CONTROLS", "DEAD_CLASSES_REINIT", "DEFAULT_RISK", "DEFAULT_SWEEP_POINT",
+    "BEST_CANDIDATE", "BETTER_OF_PLAIN_AND_SCRATCH", "CONTROLS", "DEAD_CLASSES_REINIT", "DEFAULT_RISK", "DEFAULT_SWEEP_POINT",
     "DERIVED_METHODS", "FOREGROUND_MAP", "GridScenario", "LINEAR_STRENGTHS_ABOVE_SWEEP", "LOCATION_LEEP", "Method",
     "method_id", "method_label", "METHODS", "NEGLOG_POWER10", "PLAIN", "PLAIN_RESTARTS", "RANDOM_MAP", "restart_id",
-    "RESTARTS", "RISK_DICE", "RISK_RESTARTS", "RISK_SAMPLING", "SAFE", "SAFE_RACED", "SCENARIOS", "SCRATCH",
+    "RESTARTS", "RISK_DICE", "RISK_RESTARTS", "RISK_SAMPLING", "SAFE", "SAFE_ENSEMBLE", "SAFE_RACED", "SCENARIOS", "SCRATCH",
     "STUDY_VARIANTS", "sweep_id", "SWEEP_STRENGTHS", "UNIFORM_MAP", "VOXEL_MEAN_NORM",
 ]
 
@@ -39,9 +39,14 @@ TOPK_CE = "topk_ce"
 #: Methods that safe transfer derives from other cells' results (:mod:`transrisk_components.experiments.safe`).
 SAFE = "safe"
 SAFE_RACED = "safe_raced"
+#: Safe transfer with ``safe#ensembles true``: the rule among the candidates and their ensembles
+#: (:mod:`transrisk_components.experiments.ensembles`).
+SAFE_ENSEMBLE = "safe_ensemble"
 #: Per seed, the better of plain fine-tuning and training from scratch by mean *test* Dice: an oracle no user has,
 #: the bar that safe transfer promises not to fall below.
 BETTER_OF_PLAIN_AND_SCRATCH = "better_of_plain_scratch"
+#: Per seed, the candidate of safe transfer with the highest mean *test* Dice: the best single start, an oracle.
+BEST_CANDIDATE = "best_candidate"
 #: Equal-compute controls of safe transfer (three runs): three restarts of one start -- the bundle's ``restart``, a
 #: fine-tuning seed of its own on the same split and the same source model and maps -- chosen among on validation by
 #: the same rule. They tell the candidates' diversity apart from three tries.
@@ -107,7 +112,8 @@ class Method:
         overrides: config ids of the bundle's ``train.json`` and their values.
         group: ``main``, ``safe`` (dead-class action), ``variant`` (other risk-map settings), ``sweep``,
             ``ablation``, ``alternative`` (other losses), ``control`` (a restart of another method, for the
-            equal-compute controls), or ``derived`` (chosen from other cells, never trained).
+            equal-compute controls), ``ensemble`` (the candidates' cells averaged, evaluated, never trained) or
+            ``derived`` (chosen from other cells).
         bundles: the bundles the method applies to (``None``: all); the grid leaves out the other cells (the
             location-wise map needs co-registered cases, which iSeg's are not).
     """
@@ -272,13 +278,19 @@ METHODS: dict[str, Method] = {
     ]
 }
 
-#: The methods safe transfer derives from the candidates' cells; they have rows but no cells.
+#: The methods safe transfer derives from the candidates' cells, and the candidates' ensembles; they have rows but no
+#: cells.
 DERIVED_METHODS: dict[str, Method] = {
     m.id: m
     for m in [
         Method(SAFE, "safe transfer", {}, "derived"),
         Method(SAFE_RACED, "safe transfer, raced", {}, "derived"),
         Method(BETTER_OF_PLAIN_AND_SCRATCH, "better of plain and scratch (test oracle)", {}, "derived"),
+        Method(SAFE_ENSEMBLE, "safe transfer with ensembles", {}, "derived"),
+        Method(BEST_CANDIDATE, "best single candidate (test oracle)", {}, "derived"),
+        # the ensembles of bundle/workflow/ensembles.py, evaluated by experiments/ensembles.py
+        Method("ensemble_top2", "ensemble of the best two (softmax mean)", {}, "ensemble"),
+        Method("ensemble_all", "ensemble of all candidates (softmax mean)", {}, "ensemble"),
         Method(PLAIN_RESTARTS, "plain x3 restarts, chosen on validation", {}, "derived"),
         Method(RISK_RESTARTS, "risk map x3 restarts, chosen on validation", {}, "derived"),
     ]

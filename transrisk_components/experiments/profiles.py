@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from transrisk_components.experiments.catalogue import (
+    CONTROLS,
     DEAD_CLASSES_REINIT,
     DEFAULT_RISK,
     FOREGROUND_MAP,
@@ -43,6 +44,8 @@ class Profile:
         phantoms: per bundle, the generator options of the phantom the grid runs on when no real dataset folder is
             given (see :func:`transrisk_components.data.phantom.make_phantom`); ``None`` uses the bundle's own
             default phantom.
+        ensembles: also evaluate the ensembles of the safe-transfer candidates' cells
+            (:mod:`~transrisk_components.experiments.ensembles`) and derive safe transfer with them.
     """
 
     scenarios: Sequence[str]
@@ -50,6 +53,7 @@ class Profile:
     seeds: Sequence[int]
     overrides: Mapping[str, Any] = field(default_factory=dict)
     phantoms: Mapping[str, Mapping[str, Any]] | None = None
+    ensembles: bool = False
 
 
 HEADLINE_METHODS = (SCRATCH, PLAIN, DEFAULT_RISK)
@@ -161,3 +165,12 @@ PROFILES["confirm"] = replace(
 # the source's first convolution reduced to the T1ce filters) and to FLAIR on another institution; safe transfer
 # over the headline methods, at the quick profile's settings and seeds.
 PROFILES["multimodal"] = replace(PROFILES["quick"], scenarios=("fets_all_to_t1ce", "fets_all_cross_site"))
+
+# The second pre-registered study (#35; its rule and hypotheses: docs/results/confirm2/README.md, committed before any
+# of its cells ran): every scenario of the quick profile, fresh seeds 200-214, the candidates of safe transfer, the
+# restarts of the equal-compute controls (plain x3, risk map x3) and the candidates' ensembles, at the quick profile's
+# 40 fine-tuning epochs and at 160 (validation every 20, as the long profile). Each profile is 630 cells.
+CONTROL_RESTARTS = tuple(m for restarts in CONTROLS.values() for m in restarts if m not in HEADLINE_METHODS)
+PROFILES["confirm2_40"] = replace(PROFILES["quick"], methods=(*HEADLINE_METHODS, *CONTROL_RESTARTS), seeds=tuple(range(200, 215)),
+                                  ensembles=True)
+PROFILES["confirm2_160"] = replace(PROFILES["confirm2_40"], overrides={**PROFILES["long"].overrides})

@@ -35,6 +35,7 @@ from transrisk_components.experiments.catalogue import (
     method_label,
 )
 from transrisk_components.experiments.cells import Cell
+from transrisk_components.experiments.hypotheses import HYPOTHESIS_METHODS, hypotheses_markdown, judge_hypotheses
 from transrisk_components.experiments.profiles import FEW_SHOT_CURVE
 from transrisk_components.experiments.safe import SAFE_CANDIDATES
 from transrisk_components.experiments.study import choose_default, selection_scores
@@ -117,7 +118,8 @@ def write_result_files(rows: Sequence[Mapping[str, Any]], cases: Sequence[Mappin
 
 def _write_validation_csv(rows: Sequence[Mapping[str, Any]], report_dir: Path) -> None:
     """``validation_per_case.csv`` and ``validation_curves.csv``: what the selection rule reads, per grid cell, so
-    that every choice in the report can be re-made from committed files."""
+    that every choice in the report can be re-made from committed files (an ensemble's row has validation Dice, no
+    curve)."""
     cells = [r for r in rows if r.get("group") != "derived" and "val_cases" in r]
     if not cells:
         return
@@ -128,7 +130,7 @@ def _write_validation_csv(rows: Sequence[Mapping[str, Any]], report_dir: Path) -
     atomic_write_text(report_dir / "validation_per_case.csv", "\n".join(lines) + "\n")
     lines = [",".join((*key, "epoch", "region", "dice"))]
     lines += [",".join(map(str, (*(r[k] for k in key), epoch, region, dice)))
-              for r in cells for epoch, regions in r["val_curve"].items() for region, dice in regions.items()]
+              for r in cells if "val_curve" in r for epoch, regions in r["val_curve"].items() for region, dice in regions.items()]
     atomic_write_text(report_dir / "validation_curves.csv", "\n".join(lines) + "\n")
 
 
@@ -142,6 +144,7 @@ def write_table_and_figures(rows: Sequence[Mapping[str, Any]], cases: Sequence[M
     ids = {r["method"] for r in rows}
     scores = selection_scores(rows)
     chosen = choose_default(rows)
+    hypotheses = judge_hypotheses(cases) if HYPOTHESIS_METHODS <= ids else None
     rows = [_with_labels(r) for r in rows]
     cases = [_with_labels(c) for c in cases]
     label = method_label
@@ -171,6 +174,8 @@ def write_table_and_figures(rows: Sequence[Mapping[str, Any]], cases: Sequence[M
             + "".join(f"- {label(m)}: {100 * v:.1f}\n" for m, v in sorted(scores.items(), key=lambda item: -item[1]))
             + f"\nChosen: **{label(chosen)}**.\n"
         )
+    if hypotheses is not None:
+        table += "\n" + hypotheses_markdown(hypotheses)
     atomic_write_text(report_dir / "table.md", table)
     figures = report_dir / "figures"
     plot_method_comparison(cases, reported, figures / "dice_by_method.png")

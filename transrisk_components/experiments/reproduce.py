@@ -38,6 +38,7 @@ from transrisk_components.experiments.runner import (
     run_cell,
     run_grid_in_parallel,
 )
+from transrisk_components.experiments.ensembles import ensemble_rows
 from transrisk_components.experiments.safe import SAFE_CANDIDATES, safe_transfer_rows
 from transrisk_components.reporting.results import case_rows
 from transrisk_components.utils.io import atomic_write_text
@@ -110,8 +111,12 @@ def _run_grid(
         if cell.method.id == DEFAULT_RISK and cell.seed == first_seed:
             export_risk_overlays(cell, work, profile, dataset_dirs)
     if set(SAFE_CANDIDATES) <= set(profile.methods):
+        if profile.ensembles:
+            rows += ensemble_rows(rows, work, profile, dataset_dirs, SAFE_CANDIDATES)
         settings = profile.overrides
         rows += safe_transfer_rows(rows, int(settings.get("max_epochs", 100)), int(settings.get("val_interval", 10)))
+    for row in rows:
+        row.setdefault("epochs", int(profile.overrides.get("max_epochs", 100)))
     rows.sort(key=lambda r: (r["scenario"], r["group"], r["method"], r["seed"]))
     cases = case_rows(rows)
     write_result_files(rows, cases, reports)

@@ -43,7 +43,7 @@ from transrisk_components.experiments.profiles import Profile
 from transrisk_components.utils.io import atomic_write_text
 
 __all__ = [
-    "export_risk_overlays", "finetune_fingerprint", "mean_over_regions", "parallel_schedule", "prepare_phantoms",
+    "export_risk_overlays", "finetune_fingerprint", "mean_over_regions", "parallel_schedule", "per_case_dice", "prepare_phantoms",
     "run_cell", "run_grid_in_parallel", "run_workflow",
 ]
 
@@ -120,7 +120,7 @@ def mean_over_regions(summary: Mapping[str, Any], metric: str) -> float:
     return sum(values) / len(values) if values else math.nan
 
 
-def _per_case_dice(path: Path) -> dict[str, dict[str, float]]:
+def per_case_dice(path: Path) -> dict[str, dict[str, float]]:
     """``{case_id: {region: dice}}`` from an evaluation's ``metrics_per_case.csv``."""
     with path.open(newline="") as handle:
         rows = list(csv.DictReader(handle))
@@ -176,8 +176,8 @@ def run_cell(cell: Cell, root: Path, profile: Profile, dataset_dirs: Mapping[str
         "test_hd95": mean_over_regions(test_summary, "hd95"),
         **{f"test_dice_{region}": stats["dice"]["mean"] for region, stats in test_summary["regions"].items()},
         "train_seconds": round(seconds, 1),
-        "test_cases": _per_case_dice(folder / "eval" / "metrics_per_case.csv"),
-        "val_cases": _per_case_dice(val_dir / "metrics_per_case.csv"),
+        "test_cases": per_case_dice(folder / "eval" / "metrics_per_case.csv"),
+        "val_cases": per_case_dice(val_dir / "metrics_per_case.csv"),
         "val_curve": _validation_curve(folder / "eval" / "learning_curves.csv"),
         "finetune_fingerprint": json.loads((folder / "models" / "finetune.fingerprint.json").read_text()),
     }

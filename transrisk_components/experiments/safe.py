@@ -11,11 +11,13 @@ from typing import Any
 
 from transrisk_components.bundle.workflow.selection import choose_candidate, race, rung_epochs
 from transrisk_components.experiments.catalogue import (
+    BEST_CANDIDATE,
     BETTER_OF_PLAIN_AND_SCRATCH,
     CONTROLS,
     DEFAULT_RISK,
     PLAIN,
     SAFE,
+    SAFE_ENSEMBLE,
     SAFE_RACED,
     SCRATCH,
 )
@@ -42,6 +44,10 @@ def safe_transfer_rows(
       did, so the replay is the race's outcome); its ``cost`` is the epochs trained over one full run's;
     - ``BETTER_OF_PLAIN_AND_SCRATCH``: per seed, whichever of plain fine-tuning and scratch has the higher mean
       test Dice;
+    - ``BEST_CANDIDATE``: per seed, the candidate with the highest mean test Dice (the best single start, an oracle);
+    - ``SAFE_ENSEMBLE``: the same rule among the candidates and then their ensembles (rows of group ``ensemble``,
+      :func:`~transrisk_components.experiments.ensembles.ensemble_rows`), where the (scenario, seed) has them;
+      ``cost`` counts training runs (an ensemble's inference costs one pass per member);
     - the equal-compute controls (:data:`~transrisk_components.experiments.catalogue.CONTROLS`: three restarts of
       plain fine-tuning, of the risk map), each chosen among its restarts by the same rule, cost 3 runs -- where the
       (scenario, seed) has every restart's cell.
@@ -78,8 +84,17 @@ def safe_transfer_rows(
         outcome = race(curves, rung_epochs(rungs, max_epochs, val_interval), max_epochs)
         raced = choose_candidate({m: validation[m] for m in outcome.finished}).chosen
         oracle = max((PLAIN, SCRATCH), key=lambda m: (cells[(scenario, seed, m)]["test_dice"], m == PLAIN))
+        best = max(candidates, key=lambda m: (found[m]["test_dice"], -candidates.index(m)))
         for method, chosen, cost in ((SAFE, choice, float(len(candidates))), (SAFE_RACED, raced, outcome.cost),
-                                     (BETTER_OF_PLAIN_AND_SCRATCH, oracle, 2.0)):
+                                     (BETTER_OF_PLAIN_AND_SCRATCH, oracle, 2.0),
+                                     (BEST_CANDIDATE, best, float(len(candidates)))):
             derived.append({**cells[(scenario, seed, chosen)], "method": method, "group": "derived", "chosen": chosen,
                             "cost": cost})
+        ensembles = {r["method"]: r for r in rows if r.get("group") == "ensemble"
+                     and (r["scenario"], int(r["seed"])) == (scenario, seed)}
+        if ensembles:
+            chosen = choose_candidate({**validation, **{m: r["val_cases"] for m, r in ensembles.items()}}).chosen
+            row = cells[(scenario, seed, chosen)] if chosen in found else ensembles[chosen]
+            derived.append({**row, "method": SAFE_ENSEMBLE, "group": "derived", "chosen": chosen,
+                            "cost": float(len(candidates))})
     return derived

@@ -51,7 +51,7 @@ __all__ = [
 STALLED_DICE = 0.05
 
 #: Columns of ``results.csv`` that hold text, not numbers (``chosen``: the candidate a derived row copies).
-TEXT_COLUMNS: tuple[str, ...] = ("scenario", "kind", "bundle", "method", "group", "chosen")
+TEXT_COLUMNS: tuple[str, ...] = ("scenario", "kind", "bundle", "method", "group", "chosen", "members")
 #: Columns of ``results_per_case.csv``: one test Dice per (scenario, method, seed, case, region).
 CASE_COLUMNS: tuple[str, ...] = ("scenario", "method", "seed", "case_id", "region", "dice")
 
