@@ -13,4 +13,4 @@ See ``docs/architecture.md`` for the data flow.
 """
 
 #: The one version of the package and both bundles (their metadata.json agree; see CHANGELOG.md).
-__version__ = "0.8.0"
+__version__ = "0.9.0"
