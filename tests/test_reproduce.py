@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -60,9 +61,13 @@ def test_a_grid_with_ensembles_evaluates_them_and_chooses_among_candidates_and_e
     from transrisk_components.bundle.workflow.selection import choose_candidate
     from transrisk_components.experiments.reports import load_results
 
-    phantom, work, _ = tiny_grid
+    phantom, trained, _ = tiny_grid
+    work = tmp_path / "work"
+    shutil.copytree(trained, work)  # the cells are reused; the ensembles are evaluated in the copy alone
+    kept_cells = sorted(p.stat().st_mtime_ns for p in work.glob("cells/*/[!e]*/seed*/result.json"))
     profile = dataclasses.replace(TINY, ensembles=True)
     experiments.reproduce_profile("tiny", profile, work, tmp_path, {"fets": str(phantom)}, 1, command="pytest")
+    assert sorted(p.stat().st_mtime_ns for p in work.glob("cells/*/[!e]*/seed*/result.json")) == kept_cells
     rows, _ = load_results(tmp_path / "results.csv")
     by = {(r["method"], int(r["seed"])): r for r in rows}
     for seed in (0, 1):
