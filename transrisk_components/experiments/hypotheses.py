@@ -28,17 +28,15 @@ from transrisk_components.experiments.catalogue import (
 )
 from transrisk_components.reporting.results import PairedStatistics, paired_case_statistics
 
-__all__ = ["H1_MARGIN", "H2_SCENARIOS", "HYPOTHESIS_METHODS", "REGISTERED_FILES", "REGISTERED_PROFILES", "REGISTRATION_COMMIT", "Hypothesis", "judge_hypotheses", "hypotheses_markdown"]
+__all__ = ["H1_MARGIN", "H2_SCENARIOS", "HYPOTHESIS_METHODS", "REGISTERED_FILES", "Hypothesis", "judge_hypotheses", "hypotheses_markdown"]
 
 #: H1's tolerance below the best single candidate, in Dice (0.5 points).
 H1_MARGIN = 0.005
 #: H2 holds in at least this many scenarios.
 H2_SCENARIOS = 4
-#: The profiles of the study, and the commit that registered its rule (``docs/results/confirm2/README.md``).
-REGISTERED_PROFILES = ("confirm2_40", "confirm2_160")
-REGISTRATION_COMMIT: str | None = None
 #: The files that define the rule and its analysis: a run is valid for the study only where they are unchanged from
-#: :data:`REGISTRATION_COMMIT` (each ``machine.md`` says).
+#: the registration commit (:data:`~transrisk_components.experiments.profiles.CONFIRM2_REGISTRATION`; each
+#: ``machine.md`` says).
 REGISTERED_FILES = (
     "transrisk_components/bundle/workflow/selection.py",
     "transrisk_components/bundle/workflow/ensembles.py",

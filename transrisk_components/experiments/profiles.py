@@ -170,6 +170,9 @@ PROFILES["multimodal"] = replace(PROFILES["quick"], scenarios=("fets_all_to_t1ce
 # of its cells ran): every scenario of the quick profile, fresh seeds 200-214, the candidates of safe transfer, the
 # restarts of the equal-compute controls (plain x3, risk map x3) and the candidates' ensembles, at the quick profile's
 # 40 fine-tuning epochs and at 160 (validation every 20, as the long profile). Each profile is 630 cells.
+#: The commit that registered the study's rule: its files (``experiments.hypotheses.REGISTERED_FILES``) as they stand
+#: there are the rule; each ``machine.md`` of the ``confirm2_*`` profiles says whether a run used them.
+CONFIRM2_REGISTRATION: str | None = None
 CONTROL_RESTARTS = tuple(m for restarts in CONTROLS.values() for m in restarts if m not in HEADLINE_METHODS)
 PROFILES["confirm2_40"] = replace(PROFILES["quick"], methods=(*HEADLINE_METHODS, *CONTROL_RESTARTS), seeds=tuple(range(200, 215)),
                                   ensembles=True)

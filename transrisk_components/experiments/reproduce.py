@@ -39,7 +39,8 @@ from transrisk_components.experiments.runner import (
     run_grid_in_parallel,
 )
 from transrisk_components.experiments.ensembles import ensemble_rows
-from transrisk_components.experiments.hypotheses import REGISTERED_FILES, REGISTERED_PROFILES, REGISTRATION_COMMIT
+from transrisk_components.experiments.hypotheses import REGISTERED_FILES
+from transrisk_components.experiments.profiles import CONFIRM2_REGISTRATION
 from transrisk_components.experiments.safe import SAFE_CANDIDATES, safe_transfer_rows
 from transrisk_components.reporting.results import case_rows
 from transrisk_components.utils.io import atomic_write_text
@@ -189,22 +190,22 @@ def _machine_notes(
         f"{'CUDA ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'}\n"
         f"- python {platform.python_version()}, torch {torch.__version__}\n"
         f"- code: {_code_version()}\n"
-        + (f"- {_registration_note()}\n" if profile in REGISTERED_PROFILES else "")
+        + (f"- {_registration_note()}\n" if profile.startswith("confirm2_") else "")
     )
 
 
 def _registration_note() -> str:
     """Whether the files of the registered rule (:data:`~.hypotheses.REGISTERED_FILES`) are those of its commit."""
-    if REGISTRATION_COMMIT is None:
+    if CONFIRM2_REGISTRATION is None:
         return "pre-registration: no registration commit recorded; these runs do not count for the study"
-    changed = subprocess.run(["git", "diff", "--name-only", REGISTRATION_COMMIT, "--", *REGISTERED_FILES], cwd=REPO_ROOT,
+    changed = subprocess.run(["git", "diff", "--name-only", CONFIRM2_REGISTRATION, "--", *REGISTERED_FILES], cwd=REPO_ROOT,
                              capture_output=True, text=True)
     if changed.returncode != 0:
-        return f"pre-registration: the files could not be compared with {REGISTRATION_COMMIT} ({changed.stderr.strip()})"
+        return f"pre-registration: the files could not be compared with {CONFIRM2_REGISTRATION} ({changed.stderr.strip()})"
     if changed.stdout.strip():
-        return (f"pre-registration: CHANGED since {REGISTRATION_COMMIT}: {', '.join(changed.stdout.split())}; these "
+        return (f"pre-registration: CHANGED since {CONFIRM2_REGISTRATION}: {', '.join(changed.stdout.split())}; these "
                 "runs do not count for the study")
-    return f"pre-registration: the rule's files are those of {REGISTRATION_COMMIT} (registration commit)"
+    return f"pre-registration: the rule's files are those of {CONFIRM2_REGISTRATION} (registration commit)"
 
 
 def _code_version() -> str:
