@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -55,3 +57,13 @@ def test_a_report_without_the_controls_is_refused_naming_them() -> None:
     cases = [c for c in _cases(_shift(4)) if c["method"] != "risk_x3"]
     with pytest.raises(ValueError, match="safe_ensemble - risk_x3"):
         judge_hypotheses(cases)
+
+
+@pytest.mark.skipif(not (Path(__file__).resolve().parents[1] / ".git").exists(), reason="needs the git history")
+def test_machine_notes_say_whether_the_registered_files_are_the_registered_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    from transrisk_components.experiments import reproduce
+
+    assert "are those of" in reproduce._registration_note(), "the registered files are unchanged on this checkout"
+    monkeypatch.setattr(reproduce, "CONFIRM2_REGISTRATION", "776004f")  # 0.8.0, before the study's files existed
+    monkeypatch.setattr(reproduce, "REGISTERED_FILES", ("transrisk_components/experiments/safe.py",))
+    assert "CHANGED since 776004f: transrisk_components/experiments/safe.py" in reproduce._registration_note()

@@ -172,7 +172,7 @@ PROFILES["multimodal"] = replace(PROFILES["quick"], scenarios=("fets_all_to_t1ce
 # 40 fine-tuning epochs and at 160 (validation every 20, as the long profile). Each profile is 630 cells.
 #: The commit that registered the study's rule: its files (``experiments.hypotheses.REGISTERED_FILES``) as they stand
 #: there are the rule; each ``machine.md`` of the ``confirm2_*`` profiles says whether a run used them.
-CONFIRM2_REGISTRATION: str | None = None
+CONFIRM2_REGISTRATION: str | None = "4c2a167c1939719d2f443982b196d718ac714909"
 CONTROL_RESTARTS = tuple(m for restarts in CONTROLS.values() for m in restarts if m not in HEADLINE_METHODS)
 PROFILES["confirm2_40"] = replace(PROFILES["quick"], methods=(*HEADLINE_METHODS, *CONTROL_RESTARTS), seeds=tuple(range(200, 215)),
                                   ensembles=True)
