@@ -17,6 +17,9 @@ from test_bundle_fets import CONFIGS
 
 from transrisk_components.bundle.io.records import StaleOutputError
 from transrisk_components.bundle.workflow.errors import real_cause
+from transrisk_components.bundle.workflow.fingerprint import differences
+from transrisk_components.bundle.workflow.pipeline import TransferPipeline
+from transrisk_components.bundle.workflow.request import BundleRequest
 from transrisk_components.bundle.workflow.settings import SettingsError
 from transrisk_components.data.registry import get_dataset
 
@@ -159,3 +162,18 @@ def test_a_run_stopped_and_resumed_is_the_run_it_resumes(tmp_path: Path, phantom
         assert (straight / "models" / name).read_bytes() == (stopped / "models" / name).read_bytes(), name
     assert (straight / "eval" / "candidates" / "plain" / "learning_curves.csv").read_text() == (
         stopped / "eval" / "candidates" / "plain" / "learning_curves.csv").read_text()
+
+
+def test_cases_moved_between_training_and_validation_are_a_new_fine_tuning_run(tmp_path: Path) -> None:
+    """Two folds of k-fold choice read the same files in other roles: their fine-tuning stages differ by their splits
+    (with the files alone they were one run, and the second fold a copy of the first)."""
+    phantom = str(get_dataset("fets").make_phantom(tmp_path, subjects=12, seed=0, shape=(32, 32, 32)))
+    train = Path(__file__).resolve().parents[1] / "bundles" / "fets" / "configs" / "train.json"
+    settings = {**SAFE, "bundle_root": str(tmp_path / "root"), "dataset_dir": phantom, "safe#folds": 2}
+    plan = TransferPipeline(BundleRequest((train,), settings), "training").plan(check_outputs=False)
+    first, second = (c.finetune.fingerprint for c in plan.candidates[:2])
+    assert [c.name for c in plan.candidates[:2]] == ["risk_map/fold1", "risk_map/fold2"]
+    assert first["inputs"] == second["inputs"], "the same files are read"
+    assert set(first["splits"]["target_val"]) <= set(second["splits"]["target_train"]), "cases moved from val to train"
+    assert any(line.startswith("splits.target_val") for line in differences(first, second))
+    assert all(c.same_as is None for c in plan.candidates), "no fold is another's copy"

@@ -9,6 +9,8 @@ A stage (source training, risk maps, one fine-tuning run) runs one component of 
 - ``resolved``: the value of every such id that is an expression over plain values only (the device type, whether
   AMP is on, the memory format, the number of classes, the input channels), because those depend on the machine or
   on other ids and their text alone does not say what they were;
+- ``splits``: the case ids of each datalist the stage reads, by its role (``target_train``, ``target_val``, ...), in
+  order, so that a case moved from one role to another (another fold, another split size) is seen;
 - ``inputs``: the size and modification time of every image and label file the stage reads;
 - ``upstream``: the digests of the stages it builds on (the source model's fingerprint, or the SHA-256 of a
   checkpoint given from outside; the risk maps' key);
@@ -122,7 +124,7 @@ def stage_fingerprint(
     parser: ConfigParser,
     stage: str,
     roots: Sequence[str],
-    datalists: Sequence[Sequence[Mapping[str, Any]]] = (),
+    datalists: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
     upstream: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """The fingerprint of a stage whose run reads the ids ``roots`` of ``parser`` (parsed, overrides applied).
@@ -131,11 +133,11 @@ def stage_fingerprint(
         parser: the stage's config parser.
         stage: the stage's name (``"source"``, ``"risk"``, ``"finetune"``).
         roots: the components the stage runs (e.g. ``["train#trainer"]``).
-        datalists: the datalists whose image and label files the stage reads.
+        datalists: role -> the datalist whose cases (and their image and label files) the stage reads in that role.
         upstream: name -> digest of what the stage builds on.
 
     Returns:
-        ``{"stage", "version", "config", "resolved", "inputs", "upstream"}`` (see the module docstring).
+        ``{"stage", "version", "config", "resolved", "splits", "inputs", "upstream"}`` (see the module docstring).
     """
     parser.parse()
     config, resolved = {}, {}
@@ -146,13 +148,15 @@ def stage_fingerprint(
             value = _plain(parser.get_parsed_content(monai_id))
             if value is not _NOT_PLAIN:
                 resolved[_user_id(monai_id)] = value
-    files = sorted({os.path.abspath(f) for d in datalists for f in datalist_files(d)})
+    datalists = dict(datalists or {})
+    files = sorted({os.path.abspath(f) for d in datalists.values() for f in datalist_files(d)})
     root = os.path.commonpath(files) if len(files) > 1 else os.path.dirname(files[0]) if files else ""
     return {
         "stage": stage,
         "version": transrisk_components.__version__,
         "config": config,
         "resolved": resolved,
+        "splits": {role: [str(case.get("case_id")) for case in datalist] for role, datalist in datalists.items()},
         "inputs": {os.path.relpath(f, root): file_identity(f) for f in files},
         "upstream": dict(upstream or {}),
     }
@@ -210,7 +214,7 @@ def differences(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> list[s
     if old is None:
         return ["(no fingerprint recorded: the outputs were made by an older version or another tool)"]
     before, after = _flatten(identity(old)), _flatten(identity(new))
-    order = ("stage", "version", "config", "resolved", "upstream", "inputs")
+    order = ("stage", "version", "config", "resolved", "upstream", "splits", "inputs")
 
     def rank(key: str) -> tuple[int, str]:
         head = key.split(".", 1)[0]

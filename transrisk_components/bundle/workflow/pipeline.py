@@ -294,7 +294,7 @@ class TransferPipeline:
         config = self._stage("source", STAGE_FILES["source"], self._shared(), "source#stage")
         parser = config.parser()
         check_settings(_values(parser), "the source stage")
-        fingerprint = stage_fingerprint(parser, "source", ["initialize", "source#stage"], [_scenario_split(parser, "source")])
+        fingerprint = stage_fingerprint(parser, "source", ["initialize", "source#stage"], {"source": _scenario_split(parser, "source")})
         checkpoints = _checkpoint_folder(parser, "source#handlers")
         plan = StagePlan(config, fingerprint, source_ckpt.with_name(source_ckpt.stem + RECORD_SUFFIX),
                          (source_ckpt, checkpoints), (source_ckpt,), checkpoints, int(parser.get_parsed_content("source_epochs")),
@@ -313,10 +313,10 @@ class TransferPipeline:
     def _plan_risk(self, name: str, overrides: Mapping[str, Any], source_digest: str, plan: RunPlan) -> str:
         config = self._stage(f"risk maps ({name})", STAGE_FILES["risk"], overrides, "risk_stage")
         parser = config.parser()
-        datalists = [_scenario_split(parser, "target_train")]
+        datalists = {"target_train": _scenario_split(parser, "target_train")}
         source_images = parser.get_parsed_content("risk_stage#source_datalist")
         if source_images:
-            datalists.append(source_images)
+            datalists["target_train_source_images"] = source_images
         fingerprint = stage_fingerprint(parser, "risk", ["risk_stage"], datalists, {"source": source_digest})
         key = digest(fingerprint)
         if key not in plan.risks:
@@ -360,7 +360,8 @@ class TransferPipeline:
         from_source = values.get("target_init") == "source"
         upstream = {**({"source": plan.source_digest} if from_source else {}), **({"risk": risk_key} if risk_key else {})}
         fingerprint = stage_fingerprint(parser, "finetune", ["initialize", "train#trainer"],
-                                        [_scenario_split(parser, "target_train"), _scenario_split(parser, "target_val")], upstream)
+                                        {"target_train": _scenario_split(parser, "target_train"),
+                                         "target_val": _scenario_split(parser, "target_val")}, upstream)
         ckpt_dir = Path(config.overrides["ckpt_dir"])
         checkpoints = _checkpoint_folder(parser, "train#handlers")
         model = Path(parser.get_parsed_content("validate#model_saver#save_dir")) / MODEL
