@@ -19,6 +19,8 @@ from transrisk_components.data import (
     num_classes,
     read_fets_partitions,
 )
+from transrisk_components.data.layout import DatasetLayoutError
+from transrisk_components.data.scenario import Scenario
 
 
 def _copy_subject(root: Path, dest: Path, case_id: str = "FeTS21_Training_001") -> Path:
@@ -185,3 +187,28 @@ def test_a_misnamed_case_folder_and_every_missing_file_in_one_error(data_fets_ph
     for case in cases[1:3]:
         assert f"{case.name}: missing {case.name}_t2.nii.gz; the folder holds {case.name}_flair.nii.gz" in message
     assert f"{cases[3].name}: missing {cases[3].name}_flair.nii.gz" in message
+
+
+def test_a_scenario_lists_the_five_defects_of_both_modalities_and_the_damaged_files_in_one_error(data_fets_phantom, tmp_path):
+    """The new user's damaged copy: a renamed folder, a case without its target (FLAIR) image, a folder holding
+    another case's files, a misnamed source (T1) image and a truncated label -- one run, one error, all five."""
+    shutil.copytree(data_fets_phantom, tmp_path / "data")
+    root = tmp_path / "data"
+    cases = sorted(p for p in root.iterdir() if p.is_dir())
+    renamed = cases[0].rename(root / cases[0].name.replace("FeTS21_", "FeTS2021_"))
+    (cases[1] / f"{cases[1].name}_flair.nii.gz").unlink()
+    for file in cases[2].iterdir():
+        file.rename(cases[2] / file.name.replace(cases[2].name, "FeTS21_Training_999"))
+    (cases[3] / f"{cases[3].name}_t1.nii.gz").rename(cases[3] / f"{cases[3].name}_T1.nii.gz.bak")
+    label = cases[4] / f"{cases[4].name}_seg.nii.gz"
+    label.write_bytes(label.read_bytes()[: len(label.read_bytes()) // 2])
+    scenario = Scenario("fets", str(root), str(tmp_path / "out"), "t1", "flair", "multiclass", "multiclass",
+                        num_target_train=2, num_target_val=1, num_target_test=2, num_source=3)
+    with pytest.raises(DatasetLayoutError) as error:
+        scenario.prepare()
+    message = str(error.value)
+    assert renamed.name in message
+    assert f"{cases[1].name}: missing {cases[1].name}_flair.nii.gz" in message, "the target modality's problem"
+    assert f"{cases[2].name}: missing" in message and "FeTS21_Training_999" in message, "another case's files"
+    assert f"{cases[3].name}: missing {cases[3].name}_t1.nii.gz" in message, "the source modality's problem"
+    assert f"{cases[4].name}:" in message and "seg" in message.split(f"{cases[4].name}:")[-1], "the damaged label"

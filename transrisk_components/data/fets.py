@@ -22,6 +22,7 @@ from os import PathLike
 from pathlib import Path
 
 from transrisk_components.data.labels import TaskLabelTables
+from transrisk_components.data.layout import DatasetLayoutError
 
 __all__ = [
     "FETS_LABELS",
@@ -170,9 +171,9 @@ def fets2021_datalist(
         ``_seg`` or None, "partition": "01" or None}, ...]``
 
     Raises:
-        FileNotFoundError: ``root`` or the CSV is missing; or, in one error listing every problem, a subject
-            lacks a requested modality (named, with the files its folder holds) or a misnamed folder holds NIfTI
-            files.
+        FileNotFoundError: ``root`` or the CSV is missing.
+        DatasetLayoutError: in one error listing every problem (and holding the complete cases), a subject lacks a
+            requested modality (named, with the files its folder holds) or a misnamed folder holds NIfTI files.
         ValueError: unknown modality, or ``root`` holds no ``FeTS21_Training_###`` folders.
     """
     names = _normalise_modalities(modalities)
@@ -207,5 +208,6 @@ def fets2021_datalist(
             }
         )
     if problems:
-        raise FileNotFoundError(f"{len(problems)} problem(s) with the FeTS2021 folder {root}:\n  " + "\n  ".join(problems))
+        raise DatasetLayoutError(f"{len(problems)} problem(s) with the FeTS2021 folder {root}:\n  " + "\n  ".join(problems),
+                                 problems, cases)
     return cases

@@ -28,6 +28,7 @@ from os import PathLike
 from pathlib import Path
 
 from transrisk_components.data.labels import TaskLabelTables
+from transrisk_components.data.layout import DatasetLayoutError
 
 __all__ = [
     "ISEG_LABELS",
@@ -121,7 +122,8 @@ def iseg2019_datalist(root: str | PathLike, modalities: tuple[str, ...] | list[s
         stands for the pair; ``NibabelReader`` finds the ``.img`` next to it.
 
     Raises:
-        FileNotFoundError: ``root`` is missing; or, in one error listing every problem, a subject lacks a
+        FileNotFoundError: ``root`` is missing.
+        DatasetLayoutError: in one error listing every problem (and holding the complete cases), a subject lacks a
             requested modality or the ``.img`` half of a pair (named, with the subject's files that are there), or
             an Analyze header is misnamed.
         ValueError: unknown modality, no subjects found, or one subject number in two subfolders.
@@ -150,5 +152,6 @@ def iseg2019_datalist(root: str | PathLike, modalities: tuple[str, ...] | list[s
         label = str(files["label"]) if "label" in files else None
         cases.append({"case_id": case_id, "image": [str(files[name]) for name in names], "label": label})
     if problems:
-        raise FileNotFoundError(f"{len(problems)} problem(s) with the iSeg-2019 folder {root}:\n  " + "\n  ".join(problems))
+        raise DatasetLayoutError(f"{len(problems)} problem(s) with the iSeg-2019 folder {root}:\n  " + "\n  ".join(problems),
+                                 problems, cases)
     return cases

@@ -32,6 +32,7 @@ from typing import Any
 
 from transrisk_components.data.registry import get_dataset, modality_channels
 from transrisk_components.data.checks import check_cases
+from transrisk_components.data.layout import DatasetLayoutError
 from transrisk_components.utils.distributed import barrier, is_rank0
 from transrisk_components.utils.io import atomic_write_text
 
@@ -226,16 +227,36 @@ class Scenario:
             raise ValueError(f"cases {missing} of split {name!r} have no {', '.join(channels)} image in {self._root}")
         return [{**c, "image": images[c["case_id"]]} for c in cases]
 
-    def _cases(self, role: str) -> dict[str, dict]:
-        """Labelled cases of one role's modality (and partitions), by case id; unlabelled ones are noted."""
+    def _cases(self, role: str) -> tuple[dict[str, dict], list[str]]:
+        """Labelled cases of one role's modality (and partitions), by case id, and the folder's layout problems for
+        that modality (cases missing it, misnamed folders; those cases are left out); unlabelled ones are noted."""
         kwargs: dict[str, Any] = {}
         if self.partition_csv is not None:
             kwargs["partition_csv"] = self.partition_csv
-        cases = self.spec.datalist(self._root, modalities=list(self.channels[role]), **kwargs)
+        try:
+            cases, problems = self.spec.datalist(self._root, modalities=list(self.channels[role]), **kwargs), []
+        except DatasetLayoutError as error:
+            cases, problems = error.cases, error.problems
         wanted = self.partitions[role]
         cases = [c for c in cases if wanted is None or _partition_key(c.get("partition")) in wanted]
         self._unlabelled.update(c["case_id"] for c in cases if c.get("label") is None)
-        return {c["case_id"]: c for c in cases if c.get("label") is not None}
+        return {c["case_id"]: c for c in cases if c.get("label") is not None}, problems
+
+    def _raise_layout(self, problems: list[str], roles: list[dict[str, dict]]) -> None:
+        """Stop with one error listing the folder's layout ``problems`` and what the input checks find in the complete
+        cases of every role (their files, with the voxel-check cache), so that one run shows every defect.
+
+        Raises:
+            DatasetLayoutError: always.
+        """
+        found = [f"{len(problems)} problem(s) with the {self.dataset} folder {self._root}:", *(f"  {p}" for p in problems)]
+        if self.check_inputs:
+            for cases in roles:
+                try:
+                    check_cases(list(cases.values()), self.spec, cache_path=self.check_cache)
+                except ValueError as error:
+                    found.append(f"and in the complete cases, {error}")
+        raise DatasetLayoutError("\n".join(dict.fromkeys(found)), problems, [])
 
     def prepare(self) -> dict[str, list[dict]]:
         """Resolve the dataset (generating the phantom on first use), split it and check the cases; later calls return
@@ -246,6 +267,8 @@ class Scenario:
             Split name -> datalist, for every name in :data:`SPLIT_NAMES`.
 
         Raises:
+            DatasetLayoutError: the folder misses or misnames files (one error listing every problem of the source
+                and target modalities, and what the input checks find in the complete cases).
             ValueError: source and target partitions overlap, a split would get too few cases, or input
                 checks fail (one error listing every bad case).
         """
@@ -256,7 +279,10 @@ class Scenario:
             shared = self.partitions["source"] & self.partitions["target"]
             if shared:
                 raise ValueError(f"source_partitions and target_partitions overlap: {sorted(shared)}")
-        source_cases, target_cases = self._cases("source"), self._cases("target")
+        (source_cases, source_problems), (target_cases, target_problems) = self._cases("source"), self._cases("target")
+        layout = list(dict.fromkeys(source_problems + target_problems))
+        if layout:
+            self._raise_layout(layout, [source_cases, target_cases])
         if self._unlabelled:
             logger.warning(
                 "%d cases in %s have no label file and are left out of every split: %s (expected for validation or "
