@@ -116,13 +116,13 @@ def test_risk_sampling_centres_every_patch_where_the_map_is(cases: list[dict], t
     assert [type(t) for t in by_risk.transforms if "Crop" in type(t).__name__ and "Foreground" not in type(t).__name__] == [RandWeightedCropd]
     by_risk.set_random_state(0)
     samples = by_risk({**case, "risk": str(risk_path), "foreground_voxels": 7})
-    assert len(samples) == 8 and all(s["image"].shape == s["risk"].shape == (1, 8, 8, 8) for s in samples)
-    assert all(s["risk"].sum() > 0 and s["foreground_voxels"] == 7 for s in samples), "every centre in the cube"
+    assert len(samples) == 8 and all(s["image"].shape == (2, 8, 8, 8) and "risk" not in s for s in samples)
+    assert all(s["image"][1].sum() > 0 and s["foreground_voxels"] == 7 for s in samples), "every centre in the cube"
     by_label = config_item("train#preprocessing", **settings)
     assert RandCropByPosNegLabeld in [type(t) for t in by_label.transforms]
     assert RandWeightedCropd not in [type(t) for t in by_label.transforms]
     by_label.set_random_state(0)
-    assert any(s["risk"].sum() == 0 for s in by_label({**case, "risk": str(risk_path)})), "label sampling ignores it"
+    assert any(s["image"][1].sum() == 0 for s in by_label({**case, "risk": str(risk_path)})), "label sampling ignores it"
     with pytest.raises(SettingsError, match=r"risk#sampling 'risky': must be one of \['posneg', 'risk'\]"):
         check_settings({"risk#sampling": "risky"}, "the run")
     with pytest.raises(SettingsError, match="risk#sampling 'risk': samples patch centres by the risk map, so risk#enabled"):

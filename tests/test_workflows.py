@@ -167,9 +167,49 @@ def test_spatial_transforms_keep_risk_aligned_with_the_label(phantom: str, tmp_p
     nib.save(nib.Nifti1Image((np.asarray(label.dataobj) > 0).astype(np.float32), label.affine), risk_path)
     chain = config_item("train#preprocessing", target_task="WT", patch_size=[16, 16, 16], num_samples=4)
     for sample in chain({**case, "risk": str(risk_path)}):
-        assert sample["image"].shape == sample["label"].shape == sample["risk"].shape == (1, 16, 16, 16)
-        assert sample["label"].dtype == torch.uint8 and not [k for k in sample if k.endswith("_indices")]
-        assert torch.equal(sample["label"].as_tensor().float(), sample["risk"].as_tensor())
+        assert sample["image"].shape == (2, 16, 16, 16) and sample["label"].shape == (1, 16, 16, 16)
+        assert sample["label"].dtype == torch.uint8 and not [k for k in sample if k.endswith("_indices") or k == "risk"]
+        assert torch.equal(sample["label"].as_tensor().float(), sample["image"][1:].as_tensor())
+
+
+@pytest.mark.parametrize("sampling", ["posneg", "risk"])
+def test_the_map_stays_the_same_function_of_the_image_through_the_random_transforms(
+    phantom: str, tmp_path: Path, sampling: str
+) -> None:
+    """A map that is a function of the image (here its raw intensity / its maximum) is, in every training patch,
+    that function of the patch's image: cut from the same place, flipped the same way, and bit for bit the values
+    written (a map stored or carried at lower precision, e.g. float16, fails the last check)."""
+    case = _scenario(phantom, tmp_path).split("target_train")[0]
+    image = nib.load(case["image"][0])
+    raw = np.asarray(image.dataobj, dtype=np.float32)
+    risk = raw / raw.max()
+    risk_path = tmp_path / "risk.nii.gz"
+    nib.save(nib.Nifti1Image(risk, image.affine), risk_path)
+    chain = config_item("train#preprocessing", patch_size=[16, 16, 16], num_samples=8, **{"risk#sampling": sampling})
+    chain.set_random_state(0)
+    samples = chain({**case, "risk": str(risk_path), "foreground_voxels": 1})
+    flipped = 0
+    for sample in samples:
+        patch, patch_risk = sample["image"][0].as_tensor(), sample["image"][1].as_tensor()  # [16, 16, 16] each
+        inside = patch_risk != 0
+        assert torch.equal(inside, patch != 0), "the map's brain is the image's brain"
+        # NormalizeIntensityd maps the image's brain voxels by one increasing affine map: the map's values are that
+        # map's preimage, to float rounding, in the same voxels
+        slope, offset = np.polyfit(patch_risk[inside].double().numpy(), patch[inside].double().numpy(), 1)
+        assert slope > 0 and np.allclose(slope * patch_risk[inside].double().numpy() + offset, patch[inside].numpy(), atol=1e-4)
+        assert torch.isin(patch_risk, torch.from_numpy(risk)).all(), "values as written (float32), not rounded"
+        flipped += not torch.equal(patch_risk, patch_risk.flip(0))
+    assert flipped, "the patches are not all symmetric: a flip of one channel only would have been seen"
+
+
+def test_the_risk_batch_is_split_from_the_image_on_the_device() -> None:
+    """The map travels as the image's last channel; ``prepare_risk_batch`` hands out views of the moved batch."""
+    packed = torch.rand(2, 3, 4, 4, 4)
+    image, targets = prepare_risk_batch({"image": packed, "label": torch.zeros(2, 1, 4, 4, 4)}, "cpu", image_channels=2)
+    assert torch.equal(image, packed[:, :2]) and torch.equal(targets.risk, packed[:, 2:]) and targets.foreground_voxels is None
+    assert image.data_ptr() == targets.risk.data_ptr() - 2 * 64 * 4 == packed.data_ptr(), "views, not copies"
+    with pytest.raises(ValueError, match="has 3 channels, expected 3 image channels and the risk map"):
+        prepare_risk_batch({"image": packed, "label": torch.zeros(2, 1, 4, 4, 4)}, "cpu", image_channels=3)
 
 
 def test_task_labels_map_raw_values() -> None:
@@ -180,30 +220,30 @@ def test_task_labels_map_raw_values() -> None:
 
 
 def test_risk_reaches_the_loss_through_the_batch() -> None:
+    risk = torch.rand(2, 1, 8, 8, 8)
     batch = {
-        "image": torch.rand(2, 1, 8, 8, 8),
+        "image": torch.cat([torch.rand(2, 1, 8, 8, 8), risk], dim=1),
         "label": torch.randint(0, 2, (2, 1, 8, 8, 8)),
-        "risk": torch.rand(2, 1, 8, 8, 8),
         "foreground_voxels": torch.tensor([900, 0]),
     }
-    image, targets = prepare_risk_batch(batch, "cpu")
-    assert isinstance(targets, RiskTargets) and torch.equal(targets.risk, batch["risk"])
+    image, targets = batch_preparer(True, 1)(batch, "cpu")
+    assert isinstance(targets, RiskTargets) and torch.equal(targets.risk, risk) and image.shape == risk.shape
     assert torch.equal(targets.foreground_voxels, batch["foreground_voxels"])
     logits = torch.randn(2, 2, 8, 8, 8)
-    expected = RiskWeightedLoss()(logits, batch["label"], batch["risk"], batch["foreground_voxels"])
+    expected = RiskWeightedLoss()(logits, batch["label"], risk, batch["foreground_voxels"])
     assert torch.allclose(training_loss(True)(logits, targets), expected)
     assert torch.isfinite(training_loss(False)(logits, batch["label"]))
     with pytest.raises(TypeError, match="cannot use it"):
         TransferLoss(torch.nn.MSELoss())(logits, targets)
-    with pytest.raises(KeyError, match="risk"):
-        prepare_risk_batch({"image": batch["image"], "label": batch["label"]}, "cpu")
+    with pytest.raises(ValueError, match="risk map as the last one"):
+        batch_preparer(True, 1)({"image": batch["image"][:, :1], "label": batch["label"]}, "cpu")
 
 
 def test_trainer_batches_reach_the_network_as_plain_tensors_without_a_copy() -> None:
     """MetaTensors would carry their metadata through every layer of every training step."""
-    image, label, risk = (MetaTensor(torch.rand(1, 1, 4, 4, 4)) for _ in range(3))
-    for preparer, batch in ((batch_preparer(False), {"image": image, "label": label}),
-                            (batch_preparer(True), {"image": image, "label": label, "risk": risk})):
+    image, label = MetaTensor(torch.rand(1, 2, 4, 4, 4)), MetaTensor(torch.rand(1, 1, 4, 4, 4))
+    for preparer, batch in ((batch_preparer(False, 2), {"image": image, "label": label}),
+                            (batch_preparer(True, 1), {"image": image, "label": label})):
         inputs, targets = preparer(batch, "cpu")
         tensors = [inputs, *(targets if isinstance(targets, RiskTargets) else [targets])]
         tensors = [t for t in tensors if t is not None]
@@ -338,7 +378,7 @@ def test_foreground_count_travels_from_the_risk_stage_into_every_patch(phantom: 
     chain = config_item("train#preprocessing", target_task="WT", patch_size=[16, 16, 16], num_samples=2)
     samples = [sample for case in datalist for sample in chain(case)]
     batch = torch.utils.data.default_collate(samples)
-    _, targets = prepare_risk_batch(batch, "cpu")
+    _, targets = prepare_risk_batch(batch, "cpu", image_channels=1)
     expected = [c["foreground_voxels"] for c in datalist for _ in range(2)]
     assert targets.foreground_voxels.tolist() == expected
 

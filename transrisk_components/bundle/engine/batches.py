@@ -1,11 +1,16 @@
 """Engine adapters: the risk map's path from the batch into the loss.
 
-How the risk map reaches the loss: the batch dict holds ``risk [B, 1, *S]`` next to ``label`` (and
-``foreground_voxels [B]``, the whole case's foreground count that the risk stage puts into each datalist entry
-and the crop transforms copy into every patch); :func:`prepare_risk_batch` hands the trainer
-``(image, RiskTargets(label, risk, foreground_voxels))`` as its targets, and :class:`TransferLoss` unpacks them
-into ``RiskWeightedLoss(logits, label, risk, foreground_voxels)``. MONAI's
-``SupervisedTrainer`` passes targets to the loss untouched, so no trainer code is replaced.
+How the risk map reaches the loss: the training pipeline packs the map as the image's last channel
+(``ConcatItemsd`` in ``train#random_transforms``, before the patches are cut), so the batch dict holds ``image
+[B, C + 1, *S]`` next to ``label`` (and ``foreground_voxels [B]``, the whole case's foreground count that the risk
+stage puts into each datalist entry and the crop transforms copy into every patch). The map is cropped, flipped,
+collated and moved to the device as part of the image, by the same calls: it cannot fall out of step with the
+image, and it costs the loader no transform of its own (a separate ``risk`` key cost each patch a crop, three flips,
+a copy and a collation -- a third of the plain loader's time, 2026-12-07). :func:`prepare_risk_batch` splits the
+channels again where the batch already is (on the device) and hands the trainer ``(image, RiskTargets(label, risk,
+foreground_voxels))`` as its targets, and :class:`TransferLoss` unpacks them into ``RiskWeightedLoss(logits, label,
+risk, foreground_voxels)``, which turns the map into weights. MONAI's ``SupervisedTrainer`` passes targets to the
+loss untouched, so no trainer code is replaced.
 
 The trainers' batches reach the network as plain tensors (:func:`prepare_plain_batch`): a ``MetaTensor`` carries
 its metadata through every layer, which cost 10-20% of a CPU fine-tuning iteration in the FeTS bundle (measured
@@ -15,6 +20,7 @@ The evaluators keep MONAI's default, so predictions keep their image's metadata.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -60,29 +66,41 @@ def prepare_plain_batch(
 
 
 def prepare_risk_batch(
-    batchdata: dict[str, torch.Tensor], device: str | torch.device | None = None, non_blocking: bool = False, **kwargs: Any
+    batchdata: dict[str, torch.Tensor],
+    device: str | torch.device | None = None,
+    non_blocking: bool = False,
+    *,
+    image_channels: int,
+    **kwargs: Any,
 ) -> tuple[torch.Tensor, RiskTargets]:
-    """``prepare_batch`` for ``SupervisedTrainer``: ``(image [B, C, *S], RiskTargets(label, risk,
-    foreground_voxels))`` on ``device``, plain tensors; ``foreground_voxels`` is ``None`` when the batch has no such
-    entry.
+    """``prepare_batch`` for ``SupervisedTrainer`` with the risk map packed as the image's last channel (see the
+    module notes): ``batchdata["image"] [B, image_channels + 1, *S]`` goes to ``device`` in one piece and is split
+    there into ``(image [B, image_channels, *S], RiskTargets(label, risk [B, 1, *S], foreground_voxels))``, plain
+    tensors; ``image`` and ``risk`` are views of the moved batch (no copy). ``foreground_voxels`` is ``None`` when
+    the batch has no such entry.
 
     Raises:
-        KeyError: the batch has no ``risk`` entry (the risk stage did not run for these cases).
+        ValueError: the image does not have ``image_channels + 1`` channels (no map was packed into it: the datalist
+            lacks the risk stage's maps, or the pipeline lacks the packing transform).
     """
-    if "risk" not in batchdata:
-        raise KeyError("batch has no 'risk' map: fine-tuning with risk.enabled needs the risk stage's datalist")
-    image, label = prepare_plain_batch(batchdata, device, non_blocking, **kwargs)
-    risk = _plain(batchdata["risk"].to(device=device, non_blocking=non_blocking, **kwargs))
+    packed, label = prepare_plain_batch(batchdata, device, non_blocking, **kwargs)
+    if packed.shape[1] != image_channels + 1:
+        raise ValueError(
+            f"the batch's image has {packed.shape[1]} channels, expected {image_channels} image channels and the risk "
+            "map as the last one: fine-tuning with risk.enabled needs the risk stage's datalist and the training "
+            "pipeline's ConcatItemsd(keys=['image', 'risk'], name='image')"
+        )
     foreground = batchdata.get("foreground_voxels")
     if foreground is not None:
         foreground = torch.as_tensor(foreground).to(device=device, non_blocking=non_blocking)
-    return image, RiskTargets(label, risk, foreground)
+    return packed[:, :image_channels], RiskTargets(label, packed[:, image_channels:], foreground)
 
 
-def batch_preparer(risk_enabled: bool) -> Callable:
-    """The trainer's ``prepare_batch``: :func:`prepare_risk_batch` with a risk map, :func:`prepare_plain_batch`
-    otherwise (the source trainer, plain fine-tuning)."""
-    return prepare_risk_batch if risk_enabled else prepare_plain_batch
+def batch_preparer(risk_enabled: bool, image_channels: int) -> Callable:
+    """The trainer's ``prepare_batch``: :func:`prepare_risk_batch` for images of ``image_channels`` channels with
+    the map packed behind them, :func:`prepare_plain_batch` without the map (the source trainer, plain
+    fine-tuning)."""
+    return functools.partial(prepare_risk_batch, image_channels=image_channels) if risk_enabled else prepare_plain_batch
 
 
 class TransferLoss(nn.Module):
