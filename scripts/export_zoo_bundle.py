@@ -208,7 +208,8 @@ def read_training(model: Path, eval_dir: Path) -> TrainingRun:
     if safe.is_file():
         record = json.loads(safe.read_text(encoding="utf-8"))
         chosen, reason = record["chosen"], record.get("reason")
-        finetune = record["candidates"][chosen].get("epochs")
+        runs = record["candidates"]  # run name -> its record; a kept ensemble's members all trained as long
+        finetune = (runs.get(record.get("run", chosen)) or next(iter(runs.values()))).get("epochs")
         report = eval_dir / "transfer_report.json"
         if report.is_file():
             cases = json.loads(report.read_text(encoding="utf-8")).get("validation_cases")

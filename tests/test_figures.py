@@ -114,3 +114,17 @@ def test_the_transfer_report_figure_states_the_cases_choice_and_warnings(tmp_pat
     shown = " ".join(texts).replace("\n", " ").replace("     ", " ")
     assert "on 1 case(s)" in shown and "chosen: scratch" in shown and "uncertain" in shown
     assert "negative transfer in ET" in shown and "LEEP warned that the source sees nothing of ET" in shown
+
+
+def test_the_transfer_report_figure_says_so_when_no_region_transferred_negatively(tmp_path: Path, monkeypatch) -> None:
+    report = {
+        "chosen": "risk_map", "validation_cases": 5, "reason": "risk_map: highest validation score 40.0",
+        "candidates": {"risk_map": {"score": 0.4, "score_ci": [0.3, 0.5], "regions": {"ET": 0.4}},
+                       "scratch": {"score": 0.2, "score_ci": [0.1, 0.3], "regions": {"ET": 0.2}}},
+        "negative_transfer": [], "scratch_candidates": ["scratch"], "leep_dead_classes": {"classes": []},
+    }
+    texts: list[str] = []
+    original_text = matplotlib.figure.Figure.text
+    monkeypatch.setattr(matplotlib.figure.Figure, "text", lambda self, x, y, s, *a, **k: texts.append(s) or original_text(self, x, y, s, *a, **k))
+    _assert_real_png(plot_transfer_report(report, tmp_path / "report.png"))
+    assert "no region where training from scratch beat transfer" in " ".join(texts).replace("\n", " ")

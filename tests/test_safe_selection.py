@@ -137,3 +137,22 @@ def test_grid_safe_rows_choose_on_validation_only_and_name_the_oracle() -> None:
     assert "| s | 2 | 1/0/1 | 1/2 |" in table
     assert "Promise 2" in table and "not met" in table
     assert not math.isnan(derived[(SAFE, 1)]["cost"])
+
+
+def test_the_report_of_a_one_case_choice_is_strict_json(tmp_path) -> None:
+    import json
+
+    from transrisk_components.bundle.workflow.report import transfer_report, write_transfer_report
+    from transrisk_components.bundle.workflow.selection import RaceOutcome
+
+    selection = choose_candidate({"risk_map": {"case": {"ET": 0.4}}, "scratch": {"case": {"ET": 0.2}}})
+    assert all(math.isnan(v) for v in selection.candidate("risk_map").score_ci), "one case gives no CI"
+    outcome = RaceOutcome(finished=("risk_map", "scratch"), epochs={"risk_map": 1, "scratch": 1}, cost=2.0)
+    report = transfer_report(selection, outcome, selection.cases, ["scratch"], [], tmp_path / "model.pt")
+    path = write_transfer_report(report, tmp_path)
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"{constant} is not JSON")
+
+    written = json.loads(path.read_text(), parse_constant=refuse)
+    assert written["candidates"]["risk_map"]["score_ci"] == [None, None]

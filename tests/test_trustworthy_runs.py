@@ -185,6 +185,22 @@ def test_the_real_cause_is_the_last_thing_a_user_sees(tmp_path: Path) -> None:
     assert "Traceback" in log.read_text() and "Traceback" not in result.stderr, "one paragraph, the traceback in the file"
 
 
+def test_evaluating_a_model_of_another_network_stops_in_one_paragraph_naming_the_remedy(tmp_path: Path, phantom: str) -> None:
+    run("finetune", tmp_path, phantom)
+    settings = {**TINY, "network_def#init_filters": 8}  # the model was trained with 4
+    command = [sys.executable, "-m", "monai.bundle", "run", "evaluating", "--config_file",
+               json.dumps([str(CONFIGS / "train.json"), str(CONFIGS / "evaluate.json")]),
+               "--bundle_root", str(tmp_path), "--dataset_dir", phantom]
+    for key, value in settings.items():
+        command += [f"--{key}", json.dumps(value) if isinstance(value, list) else str(value)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == 1, result.stderr[-3000:]
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines[-2].startswith("transrisk: the run stopped: ValueError:") and "another architecture" in lines[-2]
+    assert "--network_def#init_filters 4" in lines[-2], "the override the model was trained with"
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+
+
 def test_foreign_source_weights_are_used_only_when_declared(tmp_path: Path, phantom: str) -> None:
     run("pretrain", tmp_path / "first", phantom)
     external = tmp_path / "other_bundle_model.pt"
@@ -211,3 +227,32 @@ def test_shutdown_process_group_waits_for_every_rank_and_ends_the_group(tmp_path
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def test_handlers_log_one_line_not_a_traceback_while_the_run_stops(tmp_path: Path) -> None:
+    """MONAI's ``StatsHandler`` logs every exception with its traceback on its way out; from the command line the
+    traceback goes to the log file alone."""
+    import io
+    import logging
+
+    from transrisk_components.bundle.workflow.errors import command_line_errors
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    logging.getLogger().addHandler(handler)
+    try:
+        with pytest.raises(SystemExit), command_line_errors(tmp_path / "last_error.log", False, ["monai.bundle", "run"]):
+            try:
+                raise KeyboardInterrupt
+            except KeyboardInterrupt as interrupt:
+                logging.getLogger("StatsHandler").exception(f"Exception: {interrupt!r}")
+                raise
+        try:
+            raise ValueError("after the run")
+        except ValueError:
+            logging.getLogger("after").exception("outside the run, a traceback is kept")
+    finally:
+        logging.getLogger().removeHandler(handler)
+    lines = stream.getvalue()
+    assert "Exception: KeyboardInterrupt()" in lines
+    assert lines.count("Traceback") == 1 and lines.index("Traceback") > lines.index("outside the run")

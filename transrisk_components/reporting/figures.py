@@ -299,6 +299,8 @@ def plot_transfer_report(report: Mapping[str, Any], out_png: str | os.PathLike) 
                      f"fine-tuning runs (one split: {k_fold['runs_with_one_split']})")
     notes += [f"negative transfer in {item['region']}: {item['scratch']} beat {item['best_transfer']} by "
               f"{100 * float(item['difference']):.1f} points" for item in report.get("negative_transfer", [])]
+    if not report.get("negative_transfer") and report.get("scratch_candidates"):
+        notes.append("no region where training from scratch beat transfer on validation")
     dead = report.get("leep_dead_classes", {}).get("classes", [])
     if dead:
         notes.append(f"LEEP warned that the source sees nothing of {', '.join(dead)}")

@@ -285,7 +285,9 @@ def network_mismatch_remedy(model_file: str | Path) -> str:
         if network:
             flags = " ".join(f"--{k} {_flag_value(v)}" for k, v in sorted(network.items()))
             return f"it was trained with {flags}: pass the same overrides to this command"
-        return f"its training run ({record_path.name}) changed no network_def id: the config files differ"
+        return (f"it was trained with the config files' own network_def (its record {record_path.name} lists no "
+                "--network_def override): run this command without --network_def overrides, with the config files it "
+                "was trained with")
     return "no fingerprint record of this bundle names it: describe its network with --network_def overrides"
 
 

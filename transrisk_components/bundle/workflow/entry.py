@@ -25,7 +25,7 @@ from transrisk_components.bundle.workflow.errors import command_line_errors
 from transrisk_components.bundle.workflow.pipeline import TransferPipeline
 from transrisk_components.bundle.workflow.request import BundleRequest
 
-__all__ = ["TransferWorkflow", "run_stages"]
+__all__ = ["TransferWorkflow", "run_engine", "run_stages"]
 
 _RUNNING: contextvars.ContextVar[BundleRequest | None] = contextvars.ContextVar("transrisk_request", default=None)
 
@@ -59,6 +59,18 @@ def run_stages(run_id: str, bundle_root: str) -> None:
     debug = request.overrides.get("debug", False)
     with command_line_errors(request.bundle_root / "runs" / "last_error.log", debug in (True, "true", "True", 1), sys.argv):
         TransferPipeline(request, run_id).run()
+
+
+def run_engine(engine: Any, bundle_root: str, debug: bool = False) -> None:
+    """``engine.run()`` for the run ids that run one engine (``evaluating``, ``inferring``): from the command line
+    (``python -m monai.bundle run ...``) an error ends it in one paragraph with the traceback in
+    ``<bundle_root>/runs/last_error.log`` (``debug``: printed too), as the stage graph's run ids do; from Python the
+    exception is raised."""
+    if BundleRequest.from_command_line(sys.argv) is None:
+        engine.run()
+        return
+    with command_line_errors(Path(bundle_root) / "runs" / "last_error.log", debug, sys.argv):
+        engine.run()
 
 
 class TransferWorkflow(ConfigWorkflow):

@@ -7,7 +7,9 @@ chained tracebacks. :func:`command_line_errors` wraps a run started from the com
 - an error ends the run with one paragraph on stderr -- ``transrisk: the run stopped: <the real cause>`` (what went
   wrong, where, and the remedy, as the stage's message says them; :func:`real_cause` is the error under MONAI's
   wrappers) -- and the full traceback in ``<bundle_root>/runs/last_error.log`` (``--debug true`` prints it too);
-- ``Ctrl-C`` (SIGINT) and ``kill`` (SIGTERM) end it with one line: what is kept and the command that resumes it.
+- ``Ctrl-C`` (SIGINT) and ``kill`` (SIGTERM) end it with one line: what is kept and the command that resumes it;
+- the tracebacks that engines' handlers log on their way out (MONAI's ``StatsHandler`` logs every exception it sees)
+  are left out of the log lines -- their one-line message stays -- since the traceback is in the file.
 
 A workflow built in Python gets the exceptions themselves.
 """
@@ -61,6 +63,14 @@ def _raise_interrupted(signal_number: int, _: FrameType | None) -> None:
     raise RunInterrupted(signal_number)
 
 
+class _WithoutTracebacks(logging.Filter):
+    """Keep a log record's message, drop the traceback attached to it (``logger.exception``)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.exc_info, record.exc_text = None, None
+        return True
+
+
 def _say(text: str) -> None:
     rank, world = rank_and_world()
     prefix = f"[rank {rank}] " if world > 1 else ""
@@ -78,6 +88,9 @@ def command_line_errors(log: Path, debug: bool, argv: list[str]) -> Iterator[Non
         argv: the command line (named as the command that resumes the run).
     """
     previous = signal.signal(signal.SIGTERM, _raise_interrupted)
+    quiet, handlers = _WithoutTracebacks(), [] if debug else list(logging.getLogger().handlers)
+    for handler in handlers:
+        handler.addFilter(quiet)
     try:
         yield
     except KeyboardInterrupt as interrupt:
@@ -101,3 +114,5 @@ def command_line_errors(log: Path, debug: bool, argv: list[str]) -> Iterator[Non
         raise SystemExit(1) from None
     finally:
         signal.signal(signal.SIGTERM, previous)
+        for handler in handlers:
+            handler.removeFilter(quiet)

@@ -94,12 +94,24 @@ def transfer_report(
 
 
 def write_transfer_report(report: Mapping[str, Any], output_dir: Path) -> Path:
-    """Write ``transfer_report.json`` and its figure (:func:`~transrisk_components.reporting.figures.
-    plot_transfer_report`: the candidates' validation Dice per region, the choice, its reason and warnings) under
-    ``output_dir``; return the JSON's path."""
-    path = atomic_write_text(output_dir / "transfer_report.json", json.dumps(report, indent=2) + "\n")
+    """Write ``transfer_report.json`` (strict JSON: a CI from one case, NaN in memory, is ``null``) and its figure
+    (:func:`~transrisk_components.reporting.figures.plot_transfer_report`: the candidates' validation Dice per region,
+    the choice, its reason and warnings) under ``output_dir``; return the JSON's path."""
+    text = json.dumps(_strict(report), indent=2, allow_nan=False)
+    path = atomic_write_text(output_dir / "transfer_report.json", text + "\n")
     plot_transfer_report(report, output_dir / "transfer_report.png")
     return path
+
+
+def _strict(value: Any) -> Any:
+    """``value`` with every float that JSON cannot hold (NaN, infinity) as ``None``."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {key: _strict(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict(item) for item in value]
+    return value
 
 
 def _interval(ci: Sequence[float]) -> str:
