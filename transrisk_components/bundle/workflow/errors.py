@@ -63,12 +63,22 @@ def _raise_interrupted(signal_number: int, _: FrameType | None) -> None:
     raise RunInterrupted(signal_number)
 
 
-class _WithoutTracebacks(logging.Filter):
-    """Keep a log record's message, drop the traceback attached to it (``logger.exception``)."""
+@contextlib.contextmanager
+def _log_records_without_tracebacks() -> Iterator[None]:
+    """While the block runs, every log record keeps its message and loses the traceback ``logger.exception`` attaches
+    (whatever logger or handler it goes to: MONAI's ``StatsHandler`` logs through a handler of its own)."""
+    make = logging.getLogRecordFactory()
 
-    def filter(self, record: logging.LogRecord) -> bool:
+    def without_traceback(*args: object, **kwargs: object) -> logging.LogRecord:
+        record = make(*args, **kwargs)
         record.exc_info, record.exc_text = None, None
-        return True
+        return record
+
+    logging.setLogRecordFactory(without_traceback)
+    try:
+        yield
+    finally:
+        logging.setLogRecordFactory(make)
 
 
 def _say(text: str) -> None:
@@ -88,11 +98,9 @@ def command_line_errors(log: Path, debug: bool, argv: list[str]) -> Iterator[Non
         argv: the command line (named as the command that resumes the run).
     """
     previous = signal.signal(signal.SIGTERM, _raise_interrupted)
-    quiet, handlers = _WithoutTracebacks(), [] if debug else list(logging.getLogger().handlers)
-    for handler in handlers:
-        handler.addFilter(quiet)
     try:
-        yield
+        with contextlib.nullcontext() if debug else _log_records_without_tracebacks():
+            yield
     except KeyboardInterrupt as interrupt:
         number = interrupt.signal_number if isinstance(interrupt, RunInterrupted) else signal.SIGINT
         _say(f"transrisk: interrupted ({signal.Signals(number).name}). Kept: every finished stage, and the newest "
@@ -114,5 +122,3 @@ def command_line_errors(log: Path, debug: bool, argv: list[str]) -> Iterator[Non
         raise SystemExit(1) from None
     finally:
         signal.signal(signal.SIGTERM, previous)
-        for handler in handlers:
-            handler.removeFilter(quiet)
