@@ -93,10 +93,12 @@ def test_the_run_ids_call_the_stage_graph_and_the_configs_know_nothing_of_each_o
 
 
 def test_train_json_is_zoo_sized() -> None:
-    """The file a user opens first: at most 300 lines and 45 components; no config file of a bundle over 300 lines."""
+    """The file a user opens first: at most 300 lines and 50 components (the Model Zoo's BraTS bundle has 40-odd; 45 at
+    0.8.0, 47 since the map travels as the image's last channel: ``ConcatItemsd`` and a ``DeleteItemsd``); no config
+    file of a bundle over 300 lines."""
     for bundle in ("fets", "iseg"):
         configs = REPO / "bundles" / bundle / "configs"
         train = (configs / "train.json").read_text()
-        assert len(train.splitlines()) <= 300 and train.count('"_target_"') <= 45, bundle
+        assert len(train.splitlines()) <= 300 and train.count('"_target_"') <= 50, bundle
         for path in configs.glob("*.json"):
             assert len(path.read_text().splitlines()) <= 300, path
