@@ -93,8 +93,8 @@ def test_the_run_ids_call_the_stage_graph_and_the_configs_know_nothing_of_each_o
 
 
 def test_train_json_is_zoo_sized() -> None:
-    """The file a user opens first: at most 300 lines and 50 components (the Model Zoo's BraTS bundle has 40-odd; 45 at
-    0.8.0, 47 since the map travels as the image's last channel: ``ConcatItemsd`` and a ``DeleteItemsd``); no config
+    """The file a user opens first: at most 300 lines and 50 components (45 at 0.8.0, 47
+    since the map travels as the image's last channel: ``ConcatItemsd`` and a ``DeleteItemsd``); no config
     file of a bundle over 300 lines."""
     for bundle in ("fets", "iseg"):
         configs = REPO / "bundles" / bundle / "configs"
