@@ -1,7 +1,7 @@
 """Engine adapters: the risk map's path from the batch into the loss.
 
 How the risk map reaches the loss: the training pipeline packs the map as the image's last channel
-(``ConcatItemsd`` in ``train#random_transforms``, before the patches are cut), so the batch dict holds ``image
+(``ConcatItemsd`` at the end of ``train#intensity_transforms``, cached, before the patches are cut), so the batch dict holds ``image
 [B, C + 1, *S]`` next to ``label`` (and ``foreground_voxels [B]``, the whole case's foreground count that the risk
 stage puts into each datalist entry and the crop transforms copy into every patch). The map is cropped, flipped,
 collated and moved to the device as part of the image, by the same calls: it cannot fall out of step with the
