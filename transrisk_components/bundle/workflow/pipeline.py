@@ -39,7 +39,7 @@ import dataclasses
 import json
 import logging
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,8 +59,10 @@ from transrisk_components.bundle.io.risk_manifest import MANIFEST
 from transrisk_components.bundle.stages.risk import report_risk_classes
 from transrisk_components.bundle.stages.risk_cache import RiskCache
 from transrisk_components.bundle.stages.risk_export import export_risk_maps
+from transrisk_components.bundle.engine.composite import write_composite_checkpoint
 from transrisk_components.bundle.engine.ensemble import write_ensemble_checkpoint
 from transrisk_components.bundle.workflow.candidates import load_candidates, needs_risk_maps
+from transrisk_components.bundle.workflow.composites import COMPOSITE, region_assignment, region_signatures
 from transrisk_components.bundle.workflow.ensembles import ENSEMBLE_PREFIX, ensemble_candidates
 from transrisk_components.bundle.workflow.fingerprint import digest, file_digest, stage_fingerprint
 from transrisk_components.bundle.workflow.parallel import ParallelJob, resolve_workers, run_side_by_side
@@ -254,6 +256,9 @@ class TransferPipeline:
         if taken and self._parser.get_parsed_content("safe#ensembles"):
             raise SettingsError(f"safe#candidates: {taken} begin with {ENSEMBLE_PREFIX!r}, which names the ensembles of "
                                 "safe#ensembles true; rename them")
+        if COMPOSITE in loaded and self._parser.get_parsed_content("safe#composites"):
+            raise SettingsError(f"safe#candidates: {COMPOSITE!r} names the per-region composite of safe#composites true; "
+                                "rename that candidate")
         return {name: normalized_overrides(overrides) for name, overrides in loaded.items()}
 
     def _folds(self) -> int:
@@ -598,11 +603,15 @@ class TransferPipeline:
         if plan.finals:
             validation, outcome = self._pool_folds(plan, validation)
         seed = int(self._parser.get_parsed_content("seed"))
-        ensembles: dict[str, tuple[str, ...]] = {}
+        singles = dict(validation)
+        ensembles: dict[str, tuple[str, ...]] = {}  # ensembles and the composite: name -> members
         if self._parser.get_parsed_content("safe#ensembles"):
-            ensembles = ensemble_candidates(choose_candidate(validation, seed=seed))
+            ensembles = ensemble_candidates(choose_candidate(singles, seed=seed))
             for name, members in ensembles.items():
                 validation[name] = self._validate_ensemble(name, [by_name[m] for m in members])
+        composite = self._composite(singles, by_name) if self._parser.get_parsed_content("safe#composites") else None
+        if composite is not None:
+            ensembles[COMPOSITE], validation[COMPOSITE] = composite[1:]
         selection = choose_candidate(validation, seed=seed, k_fold=bool(plan.finals))
         if plan.finals:
             chosen = plan.finals[selection.chosen]
@@ -612,7 +621,7 @@ class TransferPipeline:
         if is_rank0():
             runs = [*plan.candidates, chosen] if plan.finals else plan.candidates
             if selection.chosen in ensembles:
-                self._install(self._ensemble_model(selection.chosen), selection.chosen, selection.chosen, runs, outcome, model,
+                self._install(self._combined_model(selection.chosen), selection.chosen, selection.chosen, runs, outcome, model,
                               selection.reason, ensembles[selection.chosen])
             else:
                 run = chosen if plan.finals else by_name[selection.chosen]
@@ -621,36 +630,62 @@ class TransferPipeline:
             scratch = list(dict.fromkeys(c.candidate for c in plan.candidates if not c.from_source))
             k_fold = self._k_fold_summary(plan, chosen, selection.cases) if plan.finals else None
             report = transfer_report(selection, outcome, selection.cases, scratch, summary.get("dead_classes", []), model,
-                                     k_fold, ensembles)
+                                     k_fold, ensembles, composite[0] if composite else None)
             path = write_transfer_report(report, self.paths["output_dir"])
             _say("%s", transfer_report_lines(report, path))
         barrier()
 
-    def _ensemble_model(self, name: str) -> Path:
+    def _combined_model(self, name: str) -> Path:
         return self.paths["ckpt_dir"] / "candidates" / name / MODEL
 
     def _validate_ensemble(self, name: str, members: Sequence[CandidatePlan]) -> dict[str, dict[str, float]]:
-        """Write the ensemble of ``members`` as one checkpoint (with its record) and score it on the validation cases
-        as the candidates are scored.
+        """Write the ensemble of ``members`` as one checkpoint and score it on the validation cases."""
+        _say("%s: the softmax mean of %s, scored on the validation cases", name, ", ".join(m.name for m in members))
+        return self._validate_combined(name, "ensemble", members,
+                                       lambda path: write_ensemble_checkpoint([m.model for m in members], path))
+
+    def _composite(self, singles: Mapping[str, CaseDice], by_name: Mapping[str, CandidatePlan],
+                   ) -> tuple[dict[str, str], tuple[str, ...], CaseDice] | None:
+        """The per-region composite of the single candidates (``singles``: their validation Dice), written as one
+        checkpoint and scored on the validation cases: (region -> candidate, its members in candidate order, its
+        validation Dice); ``None``, said in the log, when one candidate is the best on every region."""
+        value = self._parser.get_parsed_content
+        regions, signatures = region_signatures(value("dataset_name"), value("target_task"))
+        assignment = region_assignment(singles, regions)
+        if assignment is None:
+            _say("%s not scored: %s", COMPOSITE, "the task has one region" if len(regions) == 1 else
+                 "one candidate is the best on every region")
+            return None
+        members = tuple(name for name in singles if name in assignment.values())
+        _say("%s: %s, scored on the validation cases", COMPOSITE,
+             ", ".join(f"{region} from {assignment[region]}" for region in regions))
+        validation = self._validate_combined(COMPOSITE, "composite", [by_name[m] for m in members], lambda path: (
+            write_composite_checkpoint([by_name[m].model for m in members], signatures,
+                                       [members.index(assignment[region]) for region in regions], path)))
+        return assignment, members, validation
+
+    def _validate_combined(self, name: str, kind: str, members: Sequence[CandidatePlan],
+                           write: Callable[[Path], object]) -> dict[str, dict[str, float]]:
+        """Write the network that combines ``members`` (``write(path)``), with its record, and score it on the
+        validation cases as the candidates are scored.
 
         Raises:
-            ForeignOutputError: a checkpoint no record of ours names is where the ensemble's goes.
+            ForeignOutputError: a checkpoint no record of ours names is where the combined network's goes.
         """
-        model = self._ensemble_model(name)
+        model = self._combined_model(name)
         if model.is_file() and not named_by_a_record(model):
             raise ForeignOutputError(f"{model} was not written by this bundle (no fingerprint record of ours names it), "
                                      f"so it is left as it is; rename candidates or move the file to score {name}")
         if is_rank0():
-            write_ensemble_checkpoint([m.model for m in members], model)
-            write_record(model.parent / ("ensemble" + RECORD_SUFFIX), {
-                "stage": "ensemble", "outputs": [MODEL], "members": {m.name: file_sha256(m.model) for m in members},
+            write(model)
+            write_record(model.parent / (kind + RECORD_SUFFIX), {
+                "stage": kind, "outputs": [MODEL], "members": {m.name: file_sha256(m.model) for m in members},
                 "model_sha256": file_sha256(model)})
         barrier()
         first = members[0].validation
         validation = dataclasses.replace(first, name=f"validation {name}", overrides={
             **first.overrides, "model_file": str(model),
             "output_dir": str(self.paths["output_dir"] / "candidates" / name / "validation")})
-        _say("%s: the softmax mean of %s, scored on the validation cases", name, ", ".join(m.name for m in members))
         return self._validate(validation, model)
 
     def _pool_folds(self, plan: RunPlan, validation: Mapping[str, CaseDice]) -> tuple[dict[str, CaseDice], RaceOutcome]:

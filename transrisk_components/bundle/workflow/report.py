@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from transrisk_components.bundle.workflow.composites import COMPOSITE
 from transrisk_components.bundle.workflow.selection import RaceOutcome, Selection
 from transrisk_components.reporting.figures import plot_transfer_report
 from transrisk_components.utils.io import atomic_write_text
@@ -49,6 +50,7 @@ def transfer_report(
     model_path: Path,
     k_fold: Mapping[str, Any] | None = None,
     ensembles: Mapping[str, Sequence[str]] | None = None,
+    composite: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """The report as data (the JSON's content).
 
@@ -61,8 +63,9 @@ def transfer_report(
         model_path: where the chosen model was installed.
         k_fold: with k-fold choice, ``{"folds", "pooled_cases", "runs", "runs_with_one_split", "final_run"}``;
             ``None``: one validation split.
-        ensembles: ensemble candidate -> its members (``safe#ensembles``); they are left out of the negative-transfer
-            comparison, which is between single starts.
+        ensembles: ensemble or composite candidate -> its members (``safe#ensembles``, ``safe#composites``); they
+            are left out of the negative-transfer comparison, which is between single starts.
+        composite: the per-region composite's region -> candidate, when one was scored.
     """
     ensembles = {name: list(members) for name, members in (ensembles or {}).items()}
     names = [c.name for c in selection.candidates]
@@ -80,7 +83,8 @@ def transfer_report(
             c.name: {"score": c.score, "score_ci": list(c.score_ci), "regions": c.regions,
                      "difference_to_chosen": c.difference, "difference_ci": list(c.difference_ci),
                      "stalled_regions": list(c.stalled), "epochs": outcome.epochs.get(c.name),
-                     **({"members": ensembles[c.name], "inference_cost": len(ensembles[c.name])} if c.name in ensembles else {})}
+                     **({"members": ensembles[c.name], "inference_cost": len(ensembles[c.name])} if c.name in ensembles else {}),
+                     **({"region_from": dict(composite)} if composite and c.name == COMPOSITE else {})}
             for c in selection.candidates
         },
         "k_fold": dict(k_fold) if k_fold else None,
@@ -131,7 +135,10 @@ def transfer_report_lines(report: Mapping[str, Any], report_path: Path) -> str:
         regions = ", ".join(f"{r} {100 * v:.1f}" for r, v in entry["regions"].items())
         stalled = f"; never learnt {', '.join(entry['stalled_regions'])}" if entry["stalled_regions"] else ""
         marker = "  <- chosen" if name == report["chosen"] else ""
-        if "members" in entry:
+        if "region_from" in entry:
+            parts = ", ".join(f"{region} from {member}" for region, member in entry["region_from"].items())
+            name = f"{name} ({parts}; inference x{entry['inference_cost']})"
+        elif "members" in entry:
             name = f"{name} (softmax mean of {', '.join(entry['members'])}; inference x{entry['inference_cost']})"
         lines.append(f"  {name}: {100 * entry['score']:.1f} {_interval(entry['score_ci'])} ({regions}{stalled}){marker}")
     for name, rung in report["dropped_by_racing"].items():
@@ -146,7 +153,7 @@ def transfer_report_lines(report: Mapping[str, Any], report_path: Path) -> str:
     lines.append(f"  chosen: {report['reason']}")
     chosen = report["candidates"][report["chosen"]]
     if "members" in chosen:
-        lines.append(f"  the chosen model is an ensemble of {chosen['inference_cost']} networks: inference costs "
+        lines.append(f"  the chosen model combines {chosen['inference_cost']} networks: inference costs "
                      f"x{chosen['inference_cost']}; its TorchScript export is 'ckpt_export network' (not network_def)")
     if k_fold:
         lines.append(f"  k-fold choice: {report['chosen']} retrained on all {k_fold['pooled_cases']} pooled cases "

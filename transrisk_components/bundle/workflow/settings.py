@@ -89,7 +89,7 @@ BOOLEAN = Check("true or false", _boolean)
 
 #: The ids every boolean setting has (command-line strings such as "false" are read as booleans).
 BOOLEAN_IDS = ("train_source", "progress", "overwrite", "debug", "risk#enabled", "risk#shuffle", "safe#enabled", "safe#racing",
-               "safe#ensembles")
+               "safe#ensembles", "safe#composites")
 
 #: Config id -> what it may be. Every stage's config is checked against it before the first stage starts.
 CHECKS: dict[str, Check] = {
@@ -172,6 +172,9 @@ def _cross_checks(values: Mapping[str, Any]) -> list[str]:
         if values.get("safe#ensembles") is True:
             problems.append(f"safe#folds {folds}: k-fold choice does not score ensembles yet (each fold has its own "
                             "models); pass --safe#ensembles false or --safe#folds 1")
+        if values.get("safe#composites") is True:
+            problems.append(f"safe#folds {folds}: k-fold choice does not score the per-region composite yet (each fold "
+                            "has its own models); pass --safe#composites false or --safe#folds 1")
         if pooled is not None and folds > pooled:
             problems.append(f"safe#folds {folds}: must be at most the {pooled} pooled target cases (num_target_train + "
                             "num_target_val), so that every fold holds a case")
