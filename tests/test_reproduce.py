@@ -87,6 +87,39 @@ def test_a_grid_with_ensembles_evaluates_them_and_chooses_among_candidates_and_e
     assert sorted(p.stat().st_mtime_ns for p in work.glob("cells/*/ensemble_*/seed*/result.json")) == kept, "reused"
 
 
+def test_a_grid_with_composites_evaluates_them_and_chooses_among_candidates_ensembles_and_composite(
+    tiny_grid, tmp_path, monkeypatch,
+):
+    """The tiny cells' Dice are near 0 and tie, so the assignment is fixed here (the bundles' rule for it is tested in
+    test_composites.py); what is tested is that the grid builds, evaluates, reuses and chooses as the bundle does."""
+    from transrisk_components.bundle.workflow.selection import choose_candidate
+    from transrisk_components.experiments import composites
+    from transrisk_components.experiments.reports import load_results
+
+    phantom, trained, _ = tiny_grid
+    work = tmp_path / "work"
+    shutil.copytree(trained, work)
+    fixed = {"ET": "plain", "TC": "risk", "WT": "risk"}
+    monkeypatch.setattr(composites, "region_assignment", lambda validation, regions: dict(fixed))
+    profile = dataclasses.replace(TINY, ensembles=True, composites=True)
+    experiments.reproduce_profile("tiny", profile, work, tmp_path, {"fets": str(phantom)}, 1, command="pytest")
+    rows, _ = load_results(tmp_path / "results.csv")
+    by = {(r["method"], int(r["seed"])): r for r in rows}
+    cell = work / "cells" / "fets_t1_to_flair"
+    for seed in (0, 1):
+        assert by[("composite_regions", seed)]["group"] == "composite" and by[("composite_regions", seed)]["members"] == "risk+plain"
+        result = json.loads((cell / "composite_regions" / f"seed{seed}" / "result.json").read_text())
+        assert result["region_from"] == fixed
+        validation = {m: json.loads((cell / m / f"seed{seed}" / "result.json").read_text())["val_cases"]
+                      for m in ("risk", "plain", "scratch", "ensemble_top2", "ensemble_all", "composite_regions")}
+        assert by[("safe_composite", seed)]["chosen"] == choose_candidate(validation).chosen
+        assert by[("safe_ensemble", seed)]["chosen"] != "composite_regions", "the registered method never sees the composite"
+    assert "Exploratory, not a registered hypothesis" in (tmp_path / "table.md").read_text()
+    kept = sorted(p.stat().st_mtime_ns for p in work.glob("cells/*/composite_regions/seed*/result.json"))
+    experiments.reproduce_profile("tiny", profile, work, tmp_path, {"fets": str(phantom)}, 1, command="pytest")
+    assert sorted(p.stat().st_mtime_ns for p in work.glob("cells/*/composite_regions/seed*/result.json")) == kept, "reused"
+
+
 def test_a_killed_grid_continues_with_the_missing_cells_only(tiny_grid):
     phantom, work, reports = tiny_grid
     results = sorted(work.glob("cells/*/*/seed*/result.json"))

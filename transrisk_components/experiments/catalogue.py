@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
-    "BEST_CANDIDATE", "BETTER_OF_PLAIN_AND_SCRATCH", "CONTROLS", "DEAD_CLASSES_REINIT", "DEFAULT_RISK", "DEFAULT_SWEEP_POINT",
+    "BEST_CANDIDATE", "BETTER_OF_PLAIN_AND_SCRATCH", "COMPOSITE_REGIONS", "CONTROLS", "DEAD_CLASSES_REINIT", "DEFAULT_RISK", "DEFAULT_SWEEP_POINT",
     "DERIVED_METHODS", "FOREGROUND_MAP", "GridScenario", "LINEAR_STRENGTHS_ABOVE_SWEEP", "LOCATION_LEEP", "Method",
     "method_id", "method_label", "METHODS", "NEGLOG_POWER10", "PLAIN", "PLAIN_RESTARTS", "RANDOM_MAP", "restart_id",
-    "RESTARTS", "RISK_DICE", "RISK_RESTARTS", "RISK_SAMPLING", "SAFE", "SAFE_ENSEMBLE", "SAFE_RACED", "SCENARIOS", "SCRATCH",
+    "RESTARTS", "RISK_DICE", "RISK_RESTARTS", "RISK_SAMPLING", "SAFE", "SAFE_COMPOSITE", "SAFE_ENSEMBLE", "SAFE_RACED", "SCENARIOS", "SCRATCH",
     "STUDY_VARIANTS", "sweep_id", "SWEEP_STRENGTHS", "UNIFORM_MAP", "VOXEL_MEAN_NORM",
 ]
 
@@ -42,6 +42,10 @@ SAFE_RACED = "safe_raced"
 #: Safe transfer with ``safe#ensembles true``: the rule among the candidates and their ensembles
 #: (:mod:`transrisk_components.experiments.ensembles`).
 SAFE_ENSEMBLE = "safe_ensemble"
+#: The per-region composite of the candidates (``safe#composites``), and safe transfer choosing among the candidates,
+#: their ensembles and it (:mod:`transrisk_components.experiments.composites`; exploratory, not registered in #35).
+COMPOSITE_REGIONS = "composite_regions"
+SAFE_COMPOSITE = "safe_composite"
 #: Per seed, the better of plain fine-tuning and training from scratch by mean *test* Dice: an oracle no user has,
 #: the bar that safe transfer promises not to fall below.
 BETTER_OF_PLAIN_AND_SCRATCH = "better_of_plain_scratch"
@@ -112,7 +116,8 @@ class Method:
         overrides: config ids of the bundle's ``train.json`` and their values.
         group: ``main``, ``safe`` (dead-class action), ``variant`` (other risk-map settings), ``sweep``,
             ``ablation``, ``alternative`` (other losses), ``control`` (a restart of another method, for the
-            equal-compute controls), ``ensemble`` (the candidates' cells averaged, evaluated, never trained) or
+            equal-compute controls), ``ensemble`` (the candidates' cells averaged, evaluated, never trained),
+            ``composite`` (each region from one candidate's cell, evaluated, never trained) or
             ``derived`` (chosen from other cells).
         bundles: the bundles the method applies to (``None``: all); the grid leaves out the other cells (the
             location-wise map needs co-registered cases, which iSeg's are not).
@@ -291,6 +296,9 @@ DERIVED_METHODS: dict[str, Method] = {
         # the ensembles of bundle/workflow/ensembles.py, evaluated by experiments/ensembles.py
         Method("ensemble_top2", "ensemble of the best two (softmax mean)", {}, "ensemble"),
         Method("ensemble_all", "ensemble of all candidates (softmax mean)", {}, "ensemble"),
+        # the per-region composite of bundle/workflow/composites.py, evaluated by experiments/composites.py
+        Method(COMPOSITE_REGIONS, "per-region composite of the candidates", {}, "composite"),
+        Method(SAFE_COMPOSITE, "safe transfer with ensembles and composite", {}, "derived"),
         Method(PLAIN_RESTARTS, "plain x3 restarts, chosen on validation", {}, "derived"),
         Method(RISK_RESTARTS, "risk map x3 restarts, chosen on validation", {}, "derived"),
     ]

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from transrisk_components.experiments.catalogue import (
+    BEST_CANDIDATE,
     BETTER_OF_PLAIN_AND_SCRATCH,
     DEAD_CLASSES_REINIT,
     DEFAULT_RISK,
@@ -28,6 +29,8 @@ from transrisk_components.experiments.catalogue import (
     PLAIN,
     RANDOM_MAP,
     SAFE,
+    SAFE_COMPOSITE,
+    SAFE_ENSEMBLE,
     SAFE_RACED,
     SCRATCH,
     VOXEL_MEAN_NORM,
@@ -176,6 +179,14 @@ def write_table_and_figures(rows: Sequence[Mapping[str, Any]], cases: Sequence[M
         )
     if hypotheses is not None:
         table += "\n" + hypotheses_markdown(hypotheses)
+    if SAFE_COMPOSITE in ids:
+        composite, ensemble, best = label(SAFE_COMPOSITE), label(SAFE_ENSEMBLE), label(BEST_CANDIDATE)
+        table += (
+            "\nExploratory, not a registered hypothesis: safe transfer that may also keep the per-region composite "
+            "(each region from the candidate best on it on validation), per region against safe transfer with "
+            "ensembles and against the best single candidate (test oracle):\n\n"
+            + region_table(cases, [(composite, ensemble), (composite, best)])
+        )
     atomic_write_text(report_dir / "table.md", table)
     figures = report_dir / "figures"
     plot_method_comparison(cases, reported, figures / "dice_by_method.png")

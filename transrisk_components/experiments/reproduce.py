@@ -38,6 +38,7 @@ from transrisk_components.experiments.runner import (
     run_cell,
     run_grid_in_parallel,
 )
+from transrisk_components.experiments.composites import composite_rows, safe_composite_rows
 from transrisk_components.experiments.ensembles import ensemble_rows
 from transrisk_components.experiments.hypotheses import REGISTERED_FILES
 from transrisk_components.experiments.profiles import CONFIRM2_REGISTRATION
@@ -115,8 +116,12 @@ def _run_grid(
     if set(SAFE_CANDIDATES) <= set(profile.methods):
         if profile.ensembles:
             rows += ensemble_rows(rows, work, profile, dataset_dirs, SAFE_CANDIDATES)
+        if profile.composites:
+            rows += composite_rows(rows, work, profile, dataset_dirs, SAFE_CANDIDATES)
         settings = profile.overrides
         rows += safe_transfer_rows(rows, int(settings.get("max_epochs", 100)), int(settings.get("val_interval", 10)))
+        if profile.composites:
+            rows += safe_composite_rows(rows, SAFE_CANDIDATES)
     for row in rows:
         row.setdefault("epochs", int(profile.overrides.get("max_epochs", 100)))
     rows.sort(key=lambda r: (r["scenario"], r["group"], r["method"], r["seed"]))

@@ -137,6 +137,40 @@ def _validation_curve(path: Path) -> dict[str, dict[str, float]]:
     return {str(epoch): regions for epoch, regions in validation_curve(path).items()}
 
 
+def evaluate_model_row(
+    name: str, group: str, first: Cell, folder: Path, model: Path, root: Path, profile: Profile,
+    dataset_dirs: Mapping[str, str | None],
+) -> dict[str, Any]:
+    """Evaluate ``model`` (a network no cell trained, e.g. one that combines cells' models, written in ``folder``)
+    with the bundle's ``evaluating`` on the target-validation and target-test cases of ``first``'s split, as a cell's
+    model is; return its row: a cell row's fields (no validation curve, no fingerprint) with ``method`` ``name``,
+    ``group`` ``group`` and ``train_seconds`` 0."""
+    overrides = {**cell_overrides(first, root, profile, dataset_dirs), "bundle_root": str(folder), "ckpt_dir": str(model.parent),
+                 "output_dir": str(folder / "eval"), "log_dir": str(folder / "runs"), "model_file": str(model), "print_metrics": False}
+    evaluate = [bundle_config(first.scenario.bundle, "train"), bundle_config(first.scenario.bundle, "evaluate")]
+    val_dir = folder / "eval_val"
+    run_workflow(evaluate, "evaluating", {**overrides, "output_dir": str(val_dir), "eval_split": "target_val"})
+    run_workflow(evaluate, "evaluating", overrides)
+    test_summary = json.loads((folder / "eval" / "metrics_summary.json").read_text())
+    val_summary = json.loads((val_dir / "metrics_summary.json").read_text())
+    return {
+        "scenario": first.scenario.name,
+        "kind": first.scenario.kind,
+        "bundle": first.scenario.bundle,
+        "method": name,
+        "group": group,
+        "seed": first.seed,
+        "val_dice": mean_over_regions(val_summary, "dice"),
+        **{f"val_dice_{region}": stats["dice"]["mean"] for region, stats in val_summary["regions"].items()},
+        "test_dice": mean_over_regions(test_summary, "dice"),
+        "test_hd95": mean_over_regions(test_summary, "hd95"),
+        **{f"test_dice_{region}": stats["dice"]["mean"] for region, stats in test_summary["regions"].items()},
+        "train_seconds": 0.0,
+        "test_cases": per_case_dice(folder / "eval" / "metrics_per_case.csv"),
+        "val_cases": per_case_dice(val_dir / "metrics_per_case.csv"),
+    }
+
+
 def run_cell(cell: Cell, root: Path, profile: Profile, dataset_dirs: Mapping[str, str | None]) -> dict[str, Any]:
     """Train, then evaluate on target-val and target-test; write and return the cell's ``result.json`` row.
 
