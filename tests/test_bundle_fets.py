@@ -160,8 +160,9 @@ def test_evaluate_writes_region_metrics(trained: Path, phantom: str) -> None:
     assert summary
 
 
-def test_inference_writes_raw_labels_on_the_input_grid(trained: Path, phantom: str) -> None:
+def test_inference_writes_raw_labels_on_the_input_grid(trained: Path, phantom: str, capsys: pytest.CaptureFixture) -> None:
     run_workflow("inferring", trained, phantom, configs=("inference.json",))
+    assert f"transrisk: 2 case(s) done; outputs in {trained / 'eval' / 'predictions'}" in capsys.readouterr().out
     splits = json.loads((trained / "eval" / "splits.json").read_text())["splits"]["target_test"]
     for case in splits:
         image = nib.load(case["image"][0])

@@ -61,16 +61,19 @@ def run_stages(run_id: str, bundle_root: str) -> None:
         TransferPipeline(request, run_id).run()
 
 
-def run_engine(engine: Any, bundle_root: str, debug: bool = False) -> None:
+def run_engine(engine: Any, bundle_root: str, debug: bool = False, outputs: str | None = None) -> None:
     """``engine.run()`` for the run ids that run one engine (``evaluating``, ``inferring``): from the command line
     (``python -m monai.bundle run ...``) an error ends it in one paragraph with the traceback in
     ``<bundle_root>/runs/last_error.log`` (``debug``: printed too), as the stage graph's run ids do; from Python the
-    exception is raised."""
+    exception is raised. With ``outputs`` (a folder), a finished run ends with the line ``transrisk: <n> case(s)
+    done; outputs in <outputs>``, ``n`` the engine's iterations (one case each at batch size 1)."""
     if BundleRequest.from_command_line(sys.argv) is None:
         engine.run()
-        return
-    with command_line_errors(Path(bundle_root) / "runs" / "last_error.log", debug, sys.argv):
-        engine.run()
+    else:
+        with command_line_errors(Path(bundle_root) / "runs" / "last_error.log", debug, sys.argv):
+            engine.run()
+    if outputs is not None:
+        print(f"transrisk: {engine.state.iteration} case(s) done; outputs in {outputs}", flush=True)
 
 
 class TransferWorkflow(ConfigWorkflow):

@@ -722,6 +722,6 @@ class TransferPipeline:
             "reason": reason,
             "model_sha256": file_sha256(model),
             "request": {"overrides": dict(self.request.overrides)},
-            "candidates": {run.name: {"overrides": run.overrides, "epochs": outcome.epochs.get(run.candidate),
-                                      "fingerprint": read_record(run.finetune.record)} for run in runs},
+            "candidates": {trained.name: {"overrides": trained.overrides, "epochs": outcome.epochs.get(trained.candidate),
+                                          "fingerprint": read_record(trained.finetune.record)} for trained in runs},
         })
