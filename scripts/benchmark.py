@@ -12,8 +12,8 @@ Usage (from the repository root)::
     python scripts/benchmark.py gpu              # on a GPU: full-size fine-tuning throughput against plain MONAI
                                                  # SegResNet + DiceCE, the risk stage's time per case, peak memory
 
-Speed ratios are medians over ``repeats`` interleaved measurements, so drifts of the machine's speed hit
-both sides of a ratio alike. Memory is the peak resident set size (``ru_maxrss``) of a fresh child process
+Speed ratios are medians over ``repeats`` interleaved measurements, the order reversed every other round, so
+drifts of the machine's speed and going first or second hit both sides of a ratio alike. Memory is the peak resident set size (``ru_maxrss``) of a fresh child process
 per measurement, read with ``os.wait4``. Targets are printed beside each figure; nothing is asserted. Each
 subcommand's last line sums it up (``core: ...``, ``bundle: ...``, ``headline: ...``, ``scale: ...``,
 ``fullsize: ...``, ``gpu: ...``).
@@ -66,15 +66,37 @@ def _seconds(fn: Callable[[], object], device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def _interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int, device: torch.device) -> dict[str, float]:
-    """Run each function once as warm-up, then ``repeats`` rounds in turn; return the median seconds of each."""
+def _interleaved_times(fns: dict[str, Callable[[], object]], repeats: int, device: torch.device) -> dict[str, list[float]]:
+    """Run each function once as warm-up, then ``repeats`` rounds in turn, the order reversed every other round (so
+    that going first or second weighs on every function alike); return each one's seconds per round."""
     for fn in fns.values():
         fn()
     times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
+    for round_index in range(repeats):
+        order = list(fns.items()) if round_index % 2 == 0 else list(reversed(fns.items()))
+        for name, fn in order:
             times[name].append(_seconds(fn, device))
-    return {name: statistics.median(values) for name, values in times.items()}
+    return times
+
+
+def _interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int, device: torch.device) -> dict[str, float]:
+    """The median seconds of each function over :func:`_interleaved_times`' rounds."""
+    return {name: statistics.median(values) for name, values in _interleaved_times(fns, repeats, device).items()}
+
+
+def _ratio_of_medians_ci(numerator: list[float], denominator: list[float], resamples: int = 2000,
+                         level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap CI of ``median(numerator) / median(denominator)``, resampling the rounds (paired: a
+    round's two times stay together, so a slow round slows both sides); ``(nan, nan)`` for fewer than 2 rounds."""
+    rounds = len(numerator)
+    if rounds < 2:
+        return math.nan, math.nan
+    generator = torch.Generator().manual_seed(seed)
+    indices = torch.randint(rounds, (resamples, rounds), generator=generator).tolist()
+    ratios = sorted(statistics.median(numerator[i] for i in pick) / statistics.median(denominator[i] for i in pick)
+                    for pick in indices)
+    tail = (1.0 - level) / 2.0
+    return ratios[int(tail * (resamples - 1))], ratios[int((1.0 - tail) * (resamples - 1))]
 
 
 def _json_arg(value: str | list | dict) -> list | dict:
@@ -193,7 +215,7 @@ def bundle(
 
     (a) one fine-tuning step with the risk map / the same step without it (``risk#enabled false``), each step a
         batch from the trainer's data loader (random crops of image, label and map) and one iteration on it,
-        ``steps`` steps per round (target <= 1.01);
+        ``steps`` steps per round (target <= 1.01), with a 95% bootstrap CI over the rounds;
     (b) the risk stage over the target training cases (source pass, LEEP, kept probabilities, maps written) / one
         source inference pass over them (target <= 1.2);
     (c) ``python -m monai.bundle run safe_training`` / ``... run finetune`` with the same settings (``run_epochs``
@@ -224,7 +246,9 @@ def bundle(
         for _ in range(steps):
             trainer._iteration(trainer, next(batches[name]))
 
-    step = _interleaved_medians({name: functools.partial(train_steps, name) for name in trainers}, repeats, device)
+    step_times = _interleaved_times({name: functools.partial(train_steps, name) for name in trainers}, repeats, device)
+    step = {name: statistics.median(values) for name, values in step_times.items()}
+    step_low, step_high = _ratio_of_medians_ci(step_times["risk"], step_times["plain"])
     stage = risk_workflow.parser.get_parsed_content("risk_stage")
     inferer = with_risk.parser.get_parsed_content("validate#inferer")
     load = with_risk.parser.get_parsed_content("validate#preprocessing")
@@ -243,7 +267,8 @@ def bundle(
     print(f"device: {device}, threads: {torch.get_num_threads()}, bundle config: {' + '.join(files)}, repeats: {repeats}")
     print(f"fine-tuning step with risk map (batch + iteration): {step['risk'] / steps:.3f} s")
     print(f"fine-tuning step without:                           {step['plain'] / steps:.3f} s")
-    print(f"(a) weighted / plain step                  {step_ratio:.3f}   (target <= 1.01)")
+    print(f"(a) weighted / plain step                  {step_ratio:.3f}   (target <= 1.01)   95% CI over the {repeats} "
+          f"rounds: {step_low:.3f} to {step_high:.3f}")
     print(f"source inference pass over {len(stage.cases)} target cases: {risk['inference']:.3f} s")
     print(f"risk stage (source pass, LEEP, maps):      {risk['risk']:.3f} s")
     print(f"(b) risk stage / inference pass            {risk_ratio:.3f}   (target <= 1.2)")

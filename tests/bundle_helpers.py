@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -61,6 +62,15 @@ def run_bundle(
     workflow.run()
     workflow.finalize()
     return workflow
+
+
+def validation_dice(per_case_csv: Path) -> dict[str, dict[str, float]]:
+    """``{case_id: {region: dice}}`` of a validation ``metrics_per_case.csv`` (what the choice is made on)."""
+    cases: dict[str, dict[str, float]] = {}
+    with per_case_csv.open(newline="") as handle:
+        for row in csv.DictReader(handle):
+            cases.setdefault(row["case_id"], {})[row["region"]] = float(row["dice"])
+    return cases
 
 
 def exception_messages(error: BaseException | None) -> str:

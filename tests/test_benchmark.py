@@ -49,6 +49,7 @@ def test_bundle_prints_its_three_ratios_with_targets(phantom: str) -> None:
     """weighted/plain step, risk stage/inference pass and the bundles' own safe_training over one fine-tuning run."""
     lines = benchmark("bundle", "--repeats", "1", "--steps", "1", "--run_epochs", "1", "--overrides", tiny(phantom))
     assert any("(target <= 1.01)" in line for line in lines) and any("(target <= 1.2)" in line for line in lines)
+    assert any(line.startswith("(a)") and "95% CI over the 1 rounds: nan to nan" in line for line in lines), "no CI of one round"
     assert re.fullmatch(
         rf"bundle: weighted/plain step = {NUMBER}, risk stage/inference pass = {NUMBER}, safe/one run = {NUMBER}",
         lines[-1],
@@ -87,14 +88,18 @@ def test_fullsize_ends_with_the_peak_rss_over_every_run_id(phantom: str, tmp_pat
     assert re.fullmatch(rf"fullsize: peak RSS over all steps = {NUMBER} GB \(goal <= 6 GB\)", lines[-1]), lines[-1]
 
 
-def test_gpu_runs_on_the_cpu_at_tiny_size_and_ends_with_its_figures(phantom: str, tmp_path: Path) -> None:
-    small = {key: TINY[key] for key in ("network_def#init_filters", "network_def#blocks_down", "network_def#blocks_up", "patch_size")}
-    lines = benchmark("gpu", "--phantom", phantom, "--cases", "2", "--repeats", "1", "--steps", "1", "--run_epochs", "1",
-                      "--overrides", json.dumps({**small, "num_samples": 1, "num_workers": 1}), "--work_dir", str(tmp_path))
-    assert "num_workers 1:" in lines and "num_workers 0:" in lines, "the profile's loader setting and 0, both printed"
-    assert sum("(goal >= 0.95)" in line for line in lines) == 4
-    assert re.fullmatch(
+def test_the_prepared_gpu_check_runs_on_the_cpu_at_tiny_size_and_ends_with_its_figures(tmp_path: Path) -> None:
+    """``scripts/gpu_check.sh`` (the device call of #34) with ``GPU_CHECK_TINY``: ``benchmark.py gpu`` on a 32^3
+    phantom with the tests' tiny network; its summary under ``$OUT`` holds both loader settings and the last line."""
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHON": sys.executable, "GPU_CHECK_TINY": "1", "OUT": str(out), "PYTHONPATH": str(REPO)}
+    done = subprocess.run(["bash", "scripts/gpu_check.sh"], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    summary = (out / "summary.txt").read_text().splitlines() if (out / "summary.txt").is_file() else []
+    assert done.returncode == 0, "\n".join(summary) + done.stdout[-2000:] + done.stderr[-3000:]
+    assert "num_workers 1:" in summary and "num_workers 0:" in summary, "the profile's loader setting and 0, both printed"
+    assert sum("(goal >= 0.95)" in line for line in summary) == 4
+    last_line = (
         rf"gpu: throughput with map/plain MONAI = {NUMBER} \(>= 0\.95\), safe/one run wall = {NUMBER} \(<= 1\.3\), "
-        rf"peak GPU memory = nan GB",
-        lines[-1],
-    ), lines[-1]
+        rf"peak GPU memory = nan GB"
+    )
+    assert re.fullmatch(last_line, summary[-1]) and re.fullmatch(last_line, done.stdout.strip().splitlines()[-1]), summary

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from bundle_helpers import TINY, exception_messages, run_bundle
+from bundle_helpers import TINY, exception_messages, run_bundle, validation_dice
 from monai.networks.nets import SegResNet
 from torch import nn
 
@@ -136,12 +136,8 @@ def test_safe_transfer_scores_the_composite_after_the_candidates_and_evaluating_
     assert report["candidates"][COMPOSITE]["members"] == ["risk_map", "plain"]
     assert report["candidates"][COMPOSITE]["inference_cost"] == 2
     assert report["candidates"][COMPOSITE]["region_from"] == assigned
-    validation = {}
-    for name in report["candidates"]:
-        rows = (tmp_path / "eval" / "candidates" / name / "validation" / "metrics_per_case.csv").read_text().splitlines()[1:]
-        for row in rows:
-            case_id, region, dice = row.split(",")[:3]
-            validation.setdefault(name, {}).setdefault(case_id, {})[region] = float(dice)
+    validation = {name: validation_dice(tmp_path / "eval" / "candidates" / name / "validation" / "metrics_per_case.csv")
+                  for name in report["candidates"]}
     assert report["chosen"] == choose_candidate(validation).chosen
     composite = tmp_path / "models" / "candidates" / COMPOSITE / "model.pt"
     run_bundle(CONFIGS, "evaluating", tmp_path, fets_phantom, TINY, configs=("train.json", "evaluate.json"),

@@ -212,3 +212,20 @@ def test_a_scenario_lists_the_five_defects_of_both_modalities_and_the_damaged_fi
     assert f"{cases[2].name}: missing" in message and "FeTS21_Training_999" in message, "another case's files"
     assert f"{cases[3].name}: missing {cases[3].name}_t1.nii.gz" in message, "the source modality's problem"
     assert f"{cases[4].name}:" in message and "seg" in message.split(f"{cases[4].name}:")[-1], "the damaged label"
+
+
+def test_a_modality_missing_from_every_case_is_listed_without_an_empty_datalist_line(data_fets_phantom, tmp_path):
+    """No case has the target modality: the error lists each missing file, and not the input checks' bare "empty
+    datalist" for the target role that has no complete case left."""
+    shutil.copytree(data_fets_phantom, tmp_path / "data")
+    root = tmp_path / "data"
+    cases = sorted(p for p in root.iterdir() if p.is_dir())
+    for case in cases:
+        (case / f"{case.name}_flair.nii.gz").unlink()
+    scenario = Scenario("fets", str(root), str(tmp_path / "out"), "t1", "flair", "multiclass", "multiclass",
+                        num_target_train=2, num_target_val=1, num_target_test=2, num_source=3)
+    with pytest.raises(DatasetLayoutError) as error:
+        scenario.prepare()
+    message = str(error.value)
+    assert all(f"{case.name}: missing {case.name}_flair.nii.gz" in message for case in cases)
+    assert "empty datalist" not in message, message

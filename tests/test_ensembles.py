@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from bundle_helpers import TINY, exception_messages, run_bundle
+from bundle_helpers import TINY, exception_messages, run_bundle, validation_dice
 from monai.bundle import ConfigParser, ckpt_export
 from monai.networks.nets import SegResNet
 
@@ -95,12 +95,8 @@ def test_safe_transfer_scores_the_ensembles_and_evaluating_and_export_load_one(t
     assert list(report["candidates"]) == [*singles, "ensemble_top2", "ensemble_all"], "ensembles after the candidates"
     assert sorted(report["candidates"]["ensemble_all"]["members"]) == sorted(singles)
     assert report["candidates"]["ensemble_top2"]["inference_cost"] == 2
-    validation = {}
-    for name in report["candidates"]:
-        rows = (tmp_path / "eval" / "candidates" / name / "validation" / "metrics_per_case.csv").read_text().splitlines()[1:]
-        for row in rows:
-            case_id, region, dice = row.split(",")[:3]
-            validation.setdefault(name, {}).setdefault(case_id, {})[region] = float(dice)
+    validation = {name: validation_dice(tmp_path / "eval" / "candidates" / name / "validation" / "metrics_per_case.csv")
+                  for name in report["candidates"]}
     assert report["chosen"] == choose_candidate(validation).chosen
     installed = tmp_path / "models" / "model.pt"
     assert checkpoint_members(installed) == len(report["candidates"][report["chosen"]].get("members", [None]))

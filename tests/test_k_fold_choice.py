@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
-from bundle_helpers import TINY, exception_messages, run_bundle
+from bundle_helpers import TINY, exception_messages, run_bundle, validation_dice
 
 from transrisk_components.bundle.workflow.selection import choose_candidate
 from transrisk_components.data.registry import get_dataset
@@ -89,12 +89,9 @@ def test_k_fold_choice_scores_every_pooled_case_and_installs_the_retrained_choic
     for name in CANDIDATES:
         for fold, held_out in enumerate(splits["folds"]):
             per_case = (tmp_path / "eval" / "candidates" / name / f"fold{fold + 1}" / "validation" / "metrics_per_case.csv")
-            rows = per_case.read_text().splitlines()[1:]
-            cases = {row.split(",")[0] for row in rows}
-            assert cases == set(held_out), f"{name} fold {fold + 1} is validated on its own fold"
-            for row in rows:
-                case_id, region, dice = row.split(",")[:3]
-                validation.setdefault(name, {}).setdefault(case_id, {})[region] = float(dice)
+            cases = validation_dice(per_case)
+            assert set(cases) == set(held_out), f"{name} fold {fold + 1} is validated on its own fold"
+            validation.setdefault(name, {}).update(cases)
     assert report["chosen"] == choose_candidate(validation).chosen, "the choice is the rule's over the pooled cases"
     chosen = report["chosen"]
     final = tmp_path / "models" / "candidates" / chosen / ALL_FOLDS / "model.pt"

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from bundle_helpers import TINY, exception_messages, run_bundle
+from bundle_helpers import TINY, exception_messages, run_bundle, validation_dice
 
 from transrisk_components.bundle.workflow.selection import choose_candidate
 
@@ -16,17 +16,6 @@ from transrisk_components.utils.io import file_sha256
 
 REPO = Path(__file__).resolve().parents[1]
 CANDIDATES = ("risk_map", "plain", "scratch")
-
-
-def _read_validation(path: Path) -> dict[str, dict[str, float]]:
-    """``{case_id: {region: dice}}`` of a candidate's validation metrics CSV."""
-    import csv
-
-    cases: dict[str, dict[str, float]] = {}
-    with path.open(newline="") as handle:
-        for row in csv.DictReader(handle):
-            cases.setdefault(row["case_id"], {})[row["region"]] = float(row["dice"])
-    return cases
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +39,7 @@ def test_safe_training_chooses_on_validation_and_installs_the_chosen_model(safe_
     report = json.loads((safe_run / "eval" / "transfer_report.json").read_text())
     assert list(report["candidates"]) == list(CANDIDATES)
     # the choice is the rule's on the candidates' own per-case validation files
-    validation = {n: _read_validation(safe_run / "eval" / "candidates" / n / "validation" / "metrics_per_case.csv")
+    validation = {n: validation_dice(safe_run / "eval" / "candidates" / n / "validation" / "metrics_per_case.csv")
                   for n in CANDIDATES}
     assert all(len(cases) == 2 and set(next(iter(cases.values()))) == {"ET", "TC", "WT"} for cases in validation.values())
     assert report["chosen"] == choose_candidate(validation).chosen

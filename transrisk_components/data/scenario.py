@@ -251,7 +251,7 @@ class Scenario:
         """
         found = [f"{len(problems)} problem(s) with the {self.dataset} folder {self._root}:", *(f"  {p}" for p in problems)]
         if self.check_inputs:
-            for cases in roles:
+            for cases in filter(None, roles):  # a role with no complete case: its cases' problems are listed above
                 try:
                     check_cases(list(cases.values()), self.spec, cache_path=self.check_cache)
                 except ValueError as error:

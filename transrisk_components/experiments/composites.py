@@ -12,7 +12,7 @@ group ``ensemble``) and the composite, in that order, as ``training`` with both 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,18 @@ def _target_task(scenario: str) -> str:
     return str(json.loads(Path(bundle_config(spec.bundle, "train")).read_text())["target_task"])
 
 
+def _seeds_with_every_candidate(
+    rows: Sequence[Mapping[str, Any]], candidates: Sequence[str]
+) -> Iterator[tuple[str, int, dict[str, Mapping[str, Any]]]]:
+    """``(scenario, seed, {candidate: its cell row})`` for each (scenario, seed) of ``rows``, in their order, where
+    every one of ``candidates`` has a row."""
+    cells = {(r["scenario"], int(r["seed"]), r["method"]): r for r in rows}
+    for scenario, seed in dict.fromkeys((r["scenario"], int(r["seed"])) for r in rows):
+        found = {m: cells.get((scenario, seed, m)) for m in candidates}
+        if all(row is not None for row in found.values()):
+            yield scenario, seed, found
+
+
 def composite_rows(
     rows: Sequence[Mapping[str, Any]], root: Path, profile: Profile, dataset_dirs: Mapping[str, str | None],
     candidates: Sequence[str],
@@ -47,12 +59,8 @@ def composite_rows(
     best per region, evaluated (or reused while their members' models and assignment are the ones recorded) in
     ``root``; a row is :func:`~transrisk_components.experiments.runner.evaluate_model_row`'s plus ``members``
     (``"risk+plain"``), ``region_from`` (region -> candidate; kept out of ``results.csv``) and ``member_sha256``."""
-    cells = {(r["scenario"], int(r["seed"]), r["method"]): r for r in rows}
     found = []
-    for scenario, seed in dict.fromkeys((r["scenario"], int(r["seed"])) for r in rows):
-        member_rows = {m: cells.get((scenario, seed, m)) for m in candidates}
-        if any(row is None for row in member_rows.values()):
-            continue
+    for scenario, seed, member_rows in _seeds_with_every_candidate(rows, candidates):
         regions, signatures = region_signatures(SCENARIOS[scenario].bundle, _target_task(scenario))
         assignment = region_assignment({m: row["val_cases"] for m, row in member_rows.items()}, regions)
         if assignment is None:
@@ -82,12 +90,8 @@ def safe_composite_rows(rows: Sequence[Mapping[str, Any]], candidates: Sequence[
     """Per (scenario, seed) with every candidate's cell: a copy of the row the bundles' rule picks among the
     candidates, then the ensembles, then the composite (where each exists), with ``method`` ``safe_composite``,
     ``group`` ``derived``, ``chosen`` and ``cost`` (training runs: the candidates')."""
-    cells = {(r["scenario"], int(r["seed"]), r["method"]): r for r in rows}
     derived = []
-    for scenario, seed in dict.fromkeys((r["scenario"], int(r["seed"])) for r in rows):
-        found = {m: cells.get((scenario, seed, m)) for m in candidates}
-        if any(row is None for row in found.values()):
-            continue
+    for scenario, seed, found in _seeds_with_every_candidate(rows, candidates):
         combined = {r["method"]: r for r in rows if r.get("group") in ("ensemble", COMPOSITE_GROUP)
                     and (r["scenario"], int(r["seed"])) == (scenario, seed)}
         ordered = {**found, **{m: r for m, r in combined.items() if r["group"] == "ensemble"},
