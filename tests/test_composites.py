@@ -9,10 +9,17 @@ from pathlib import Path
 import pytest
 import torch
 from bundle_helpers import TINY, exception_messages, run_bundle, validation_dice
+from monai.bundle import ConfigParser
+from monai.inferers import SlidingWindowInferer
 from monai.networks.nets import SegResNet
 from torch import nn
 
-from transrisk_components.bundle.engine.composite import RegionComposite, network_for_checkpoint, write_composite_checkpoint
+from transrisk_components.bundle.engine.composite import (
+    MemberwiseInferer,
+    RegionComposite,
+    network_for_checkpoint,
+    write_composite_checkpoint,
+)
 from transrisk_components.bundle.engine.ensemble import SoftmaxEnsemble, write_ensemble_checkpoint
 from transrisk_components.bundle.workflow import pipeline
 from transrisk_components.bundle.workflow.composites import COMPOSITE, region_assignment, region_signatures
@@ -79,6 +86,38 @@ def test_iseg_composite_gives_a_voxel_two_members_claim_to_the_more_probable() -
     composite = RegionComposite([csf, gm], signatures, torch.tensor([0, 1, 1]))  # CSF from csf; GM, WM from gm
     # voxel 0: both claim it, csf more sure -> CSF; 1: CSF; 2: nobody -> background; 3: GM (csf's CSF mask is empty)
     assert _label(composite, 4) == [1, 1, 0, 2]
+
+
+def test_under_a_sliding_window_the_composite_composes_its_members_whole_volume_outputs() -> None:
+    """With ``MemberwiseInferer`` the composite's whole tumour is exactly its WT member's under the same sliding window
+    (the label its validation Dice measured) and the inner regions stay inside it; a single network passes through.
+    Composing inside each window instead (the sliding window around the composite) is checked to differ here, so the
+    test would see a return to it."""
+    torch.manual_seed(0)
+    whole_tumour, inner = _net().eval(), _net().eval()
+    composite = RegionComposite([whole_tumour, inner], region_signatures("fets", "multiclass")[1], torch.tensor([1, 1, 0])).eval()
+    window = SlidingWindowInferer(roi_size=(8, 8, 8), sw_batch_size=8, overlap=0.5)
+    image = torch.randn(1, 1, 16, 16, 16)
+    with torch.no_grad():
+        label = MemberwiseInferer(window)(image, composite).argmax(1)
+        member_label = window(image, whole_tumour).argmax(1)
+        inner_label = window(image, inner).argmax(1)
+        per_window = window(image, composite).argmax(1)
+        assert torch.equal(MemberwiseInferer(window)(image, inner), window(image, inner)), "a single network passes through"
+    assert torch.equal(label > 0, member_label > 0), "WT is the WT member's"
+    assert torch.equal(label == 3, (inner_label == 3) & (member_label > 0)), "ET is the inner member's, inside WT"
+    assert not torch.equal(per_window > 0, member_label > 0), "composing per window moves the whole tumour"
+
+
+@pytest.mark.parametrize("bundle", ["fets", "iseg"])
+def test_evaluating_and_inferring_run_their_inferer_member_by_member(bundle: str) -> None:
+    configs = REPO / "bundles" / bundle / "configs"
+    evaluate, inference = ConfigParser(), ConfigParser()
+    evaluate.read_config([str(configs / "train.json"), str(configs / "evaluate.json")])
+    inference.read_config(str(configs / "inference.json"))
+    for parser, evaluator, inner in ((evaluate, "validate#evaluator", "@validate#inferer"), (inference, "evaluator", "@inferer")):
+        wrapped = parser[f"{evaluator}#inferer"]
+        assert wrapped["_target_"].endswith("composite.MemberwiseInferer") and wrapped["inferer"] == inner
 
 
 def test_a_composite_scripts_and_its_checkpoint_builds_and_loads_it(tmp_path: Path) -> None:

@@ -118,6 +118,10 @@ def test_a_grid_with_composites_evaluates_them_and_chooses_among_candidates_ense
     kept = sorted(p.stat().st_mtime_ns for p in work.glob("cells/*/composite_regions/seed*/result.json"))
     experiments.reproduce_profile("tiny", profile, work, tmp_path, {"fets": str(phantom)}, 1, command="pytest")
     assert sorted(p.stat().st_mtime_ns for p in work.glob("cells/*/composite_regions/seed*/result.json")) == kept, "reused"
+    older = cell / "composite_regions" / "seed0" / "result.json"  # as rows composed per sliding window were written
+    older.write_text(json.dumps({k: v for k, v in json.loads(older.read_text()).items() if k != "evaluated_with"}))
+    experiments.reproduce_profile("tiny", profile, work, tmp_path, {"fets": str(phantom)}, 1, command="pytest")
+    assert json.loads(older.read_text())["evaluated_with"] == composites.EVALUATED_WITH, "evaluated again"
 
 
 def test_a_killed_grid_continues_with_the_missing_cells_only(tiny_grid):

@@ -29,6 +29,9 @@ __all__ = ["COMPOSITE_GROUP", "composite_rows", "safe_composite_rows"]
 
 #: The ``group`` of a composite's row: evaluated like a cell, trained by none.
 COMPOSITE_GROUP = "composite"
+#: How a row's composite was evaluated, recorded in it: the evaluation config's inferer run member by member, then
+#: composed (rows without it composed each sliding window and averaged the composed scores, and are evaluated again).
+EVALUATED_WITH = {"inferer": "MemberwiseInferer"}
 
 
 def _target_task(scenario: str) -> str:
@@ -58,7 +61,8 @@ def composite_rows(
     """The composite rows of every (scenario, seed) whose ``candidates`` all have a cell row and differ in which is
     best per region, evaluated (or reused while their members' models and assignment are the ones recorded) in
     ``root``; a row is :func:`~transrisk_components.experiments.runner.evaluate_model_row`'s plus ``members``
-    (``"risk+plain"``), ``region_from`` (region -> candidate; kept out of ``results.csv``) and ``member_sha256``."""
+    (``"risk+plain"``), ``region_from`` (region -> candidate; kept out of ``results.csv``), ``member_sha256`` and
+    ``evaluated_with`` (:data:`EVALUATED_WITH`)."""
     found = []
     for scenario, seed, member_rows in _seeds_with_every_candidate(rows, candidates):
         regions, signatures = region_signatures(SCENARIOS[scenario].bundle, _target_task(scenario))
@@ -69,7 +73,7 @@ def composite_rows(
         folder = root / "cells" / scenario / COMPOSITE_REGIONS / f"seed{seed}"
         models = [cell.folder(root) / "models" / "model.pt" for cell in members]
         record = {"member_sha256": {cell.method.id: file_sha256(model) for cell, model in zip(members, models)},
-                  "region_from": assignment}
+                  "region_from": assignment, "evaluated_with": EVALUATED_WITH}
         result_path = folder / "result.json"
         if result_path.is_file():
             row = json.loads(result_path.read_text())
