@@ -11,10 +11,10 @@ Inference costs one pass of the inferer per member.
 
 The members' labels must be the ones their validation Dice measured: under sliding-window inference, the argmax of
 each member's window-averaged logits over the whole volume. Composing inside each window and averaging the composed
-scores is not that (on a 64^3 phantom case with 32^3 windows it changed the whole tumour of 7,416 of 28,687 voxels),
-so the bundles' evaluation and inference configs run their inferer through :class:`MemberwiseInferer`, which runs it
-once per member and composes the whole-volume outputs (:meth:`RegionComposite.compose`). ``forward`` composes what
-it is given: whole volumes (an exported composite run on windows composes per window).
+scores is not that (the regions no longer are their members'), so the bundles' evaluation and inference configs run
+their inferer through :class:`MemberwiseInferer`, which runs it once per member and composes the whole-volume
+outputs (:meth:`RegionComposite.compose`). ``forward`` composes what it is given: whole volumes (an exported
+composite run on windows composes per window).
 """
 
 from __future__ import annotations
