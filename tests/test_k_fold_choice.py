@@ -103,11 +103,13 @@ def test_k_fold_choice_scores_every_pooled_case_and_installs_the_retrained_choic
     final_record = json.loads((final.parent / "finetune.fingerprint.json").read_text())
     assert {key.split("/")[0] for key in final_record["inputs"]} == set(pooled), "retrained on every pooled case"
     assert sorted(final_record["splits"]["target_train"]) == pooled
+    assert final_record["config"]["val_interval"] == "$@max_epochs", "validated once, at its last epoch: nothing held out"
     for name in CANDIDATES:
         models = set()
         for fold, held_out in enumerate(splits["folds"]):
             record = json.loads((tmp_path / "models" / "candidates" / name / f"fold{fold + 1}" / "finetune.fingerprint.json").read_text())
             assert record["splits"]["target_val"] == held_out, f"{name} fold {fold + 1} holds out its own fold"
             assert not set(record["splits"]["target_train"]) & set(held_out), "and never trains on it"
+            assert record["config"]["val_interval"] == SETTINGS["val_interval"], "a fold run validates as configured"
             models.add(file_sha256(tmp_path / "models" / "candidates" / name / f"fold{fold + 1}" / "model.pt"))
         assert len(models) == 3, f"{name}: each fold is a training run of its own, not a copy of another fold's"

@@ -84,7 +84,7 @@ from transrisk_components.utils.distributed import barrier, is_distributed, is_r
 from transrisk_components.utils.io import atomic_write, file_sha256, remove_partial_writes
 from transrisk_components.utils.lock import FolderLock
 
-__all__ = ["ORCHESTRATED_RUN_IDS", "STAGE_FILES", "CandidatePlan", "RunPlan", "TransferPipeline"]
+__all__ = ["FINAL_RUN", "ORCHESTRATED_RUN_IDS", "STAGE_FILES", "CandidatePlan", "RunPlan", "TransferPipeline"]
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +98,9 @@ def _say(message: str, *args: Any) -> None:
 #: The run ids whose stages this module runs, and the last stage each reaches.
 ORCHESTRATED_RUN_IDS = ("training", "safe_training", "finetune", "pretrain", "risk_map", "export_risk")
 #: The bundle's stage files (in the folder of ``train.json``), merged after the run's own files.
+#: The overrides of k-fold choice's final run: every pooled case trains, none is held out, so the run validates once,
+#: at its last epoch, and its checkpoint is the last epoch's (a "best" one would be chosen on its training cases).
+FINAL_RUN = {"fold": ALL_FOLDS, "val_interval": "$@max_epochs"}
 STAGE_FILES = {"source": "source.json", "risk": "risk.json", "evaluate": "evaluate.json", "export": "export_risk.json"}
 #: The file the chosen candidate's provenance is recorded in, beside ``model.pt``.
 PROVENANCE = "safe" + RECORD_SUFFIX
@@ -423,7 +426,7 @@ class TransferPipeline:
         check_settings(_values(self._parser), "the run")
         folds = self._folds()
         runs = self._fold_runs(candidates, folds)
-        finals = {} if folds == 1 else {name: (name, {**overrides, "fold": ALL_FOLDS}) for name, overrides in candidates.items()}
+        finals = {} if folds == 1 else {name: (name, {**overrides, **FINAL_RUN}) for name, overrides in candidates.items()}
         configs = {run: self._candidate_config(run, overrides) for run, (_, overrides) in runs.items()}
         needs_source = self.run_id in ("pretrain", "risk_map", "export_risk") or any(
             values.get("target_init") == "source" or needs_risk_maps(values) for _, values in configs.values())
