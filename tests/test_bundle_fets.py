@@ -112,11 +112,15 @@ def test_no_transfer_baseline_needs_no_source_checkpoint(tmp_path: Path, phantom
     assert not (tmp_path / "models" / "source.pt").exists()
 
 
-def test_killed_finetuning_resumes_from_its_checkpoint(trained: Path, tmp_path: Path, phantom: str) -> None:
-    shutil.copytree(trained / "models", tmp_path / "models")  # the same run, as a killed run left it after epoch 1
+def test_a_finished_run_asked_for_more_epochs_resumes_from_its_checkpoint_and_says_so(
+    trained: Path, tmp_path: Path, phantom: str, caplog: pytest.LogCaptureFixture,
+) -> None:
+    shutil.copytree(trained / "models", tmp_path / "models")  # the finished 1-epoch run
     shutil.copytree(trained / "eval", tmp_path / "eval")
     shutil.copytree(trained / "outputs", tmp_path / "outputs")
-    run_workflow("finetune", tmp_path, phantom, max_epochs=2)
+    with caplog.at_level("INFO", logger="transrisk_components.bundle.workflow.pipeline"):
+        run_workflow("finetune", tmp_path, phantom, max_epochs=2)
+    assert "resuming (a finished run of 1 epochs continues to the 2 asked)" in caplog.text
     import torch
 
     state = torch.load(tmp_path / "models" / "finetune_run" / "finetune_checkpoint_epoch=2.pt", weights_only=True)

@@ -468,8 +468,12 @@ class TransferPipeline:
         if stage.decision == "reuse":
             _say("%s: reused (its fingerprint matches %s)", stage.config.name, stage.record)
             return
-        _say("%s: %s%s", stage.config.name, what,
-                    f" (redone: {stage.reasons[0]}{' ...' if len(stage.reasons) > 1 else ''})" if stage.decision == "redo" else "")
+        why = ""
+        if stage.decision == "redo":
+            why = f" (redone: {stage.reasons[0]}{' ...' if len(stage.reasons) > 1 else ''})"
+        elif stage.decision == "resume" and stage.reasons:
+            why = f" ({stage.reasons[0]})"
+        _say("%s: %s%s", stage.config.name, what, why)
         stage.start()
         stage.config.run()
         stage.finish()

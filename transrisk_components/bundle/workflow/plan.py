@@ -199,6 +199,8 @@ def decide(plan: StagePlan, overwrite: bool, upstream_reused: bool, builds_on: S
             return plan
         if done is None or plan.epochs is None or done <= plan.epochs:
             plan.decision = "resume"
+            if complete and done is not None and plan.epochs is not None and done < plan.epochs:
+                plan.reasons = [f"a finished run of {done} epochs continues to the {plan.epochs} asked"]
             return plan
         reasons = [f"epochs: {done} done -> {plan.epochs} asked (its best model may come from an epoch this run does not reach)"]
     elif same:
