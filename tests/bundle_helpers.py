@@ -64,6 +64,20 @@ def run_bundle(
     return workflow
 
 
+#: The ``rank_sources`` tests' settings: the tiny network and patches, 2 / 1 / 1 target training / validation / test cases.
+RANK_TINY = {**{key: TINY[key] for key in ("network_def#init_filters", "network_def#blocks_down", "network_def#blocks_up",
+                                           "patch_size", "num_target_train", "num_target_val", "progress")},
+             "num_target_test": 1}
+
+
+def rank_sources_parser(configs_dir: Path, bundle_root: Path, dataset_dir: str) -> ConfigParser:
+    """``train.json`` + ``rank_sources.json`` of ``configs_dir`` with :data:`RANK_TINY`, not yet parsed."""
+    parser = ConfigParser()
+    parser.read_config([str(configs_dir / "train.json"), str(configs_dir / "rank_sources.json")])
+    parser.update({**RANK_TINY, "bundle_root": str(bundle_root), "dataset_dir": dataset_dir})
+    return parser
+
+
 def validation_dice(per_case_csv: Path) -> dict[str, dict[str, float]]:
     """``{case_id: {region: dice}}`` of a validation ``metrics_per_case.csv`` (what the choice is made on)."""
     cases: dict[str, dict[str, float]] = {}

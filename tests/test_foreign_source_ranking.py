@@ -7,15 +7,13 @@ whose input channels do not match its images is named before any inference. Tiny
 from __future__ import annotations
 
 import csv
-import functools
 import json
 import math
 from pathlib import Path
 
 import pytest
 import torch
-from bundle_helpers import run_bundle
-from monai.bundle import ConfigParser
+from bundle_helpers import RANK_TINY, rank_sources_parser, run_bundle
 from monai.inferers import SlidingWindowInferer
 from monai.networks.nets import SegResNet, UNet
 from monai.transforms import Compose, EnsureTyped, LoadImaged, NormalizeIntensityd
@@ -170,12 +168,8 @@ def test_foreign_source_entry_keys_in_the_bundles_rank_sources(
     """The run id with a candidates file using every new key, on both bundles."""
     configs = REPO / "bundles" / bundle / "configs"
     phantom = str(data_fets_phantom if bundle == "fets" else data_iseg_phantom)
-    tiny = {"network_def#init_filters": 4, "network_def#blocks_down": [1, 2], "network_def#blocks_up": [1],
-            "patch_size": [16, 16, 16], "num_target_train": 2, "num_target_val": 1, "num_target_test": 1,
-            "progress": False}
-    parser = ConfigParser()
-    parser.read_config([str(configs / "train.json"), str(configs / "rank_sources.json")])
-    parser.update({**tiny, "bundle_root": str(tmp_path), "dataset_dir": phantom})
+    tiny = RANK_TINY
+    parser = rank_sources_parser(configs, tmp_path, phantom)
     factory = parser.get_parsed_content("rank#network_def")
     spec = get_dataset(bundle)
     classes = len(spec.tasks["multiclass"])

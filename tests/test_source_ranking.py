@@ -18,10 +18,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from bundle_helpers import exception_messages, run_bundle
+from bundle_helpers import RANK_TINY, exception_messages, rank_sources_parser, run_bundle
 from ignite.engine import Engine
 from monai.bundle import ConfigParser
-from monai.data import MetaTensor
 from monai.inferers import SimpleInferer, SlidingWindowInferer
 from monai.networks.nets import SegResNet
 from monai.transforms import Compose, EnsureTyped, LoadImaged
@@ -319,13 +318,9 @@ def test_rank_sources_run_id_writes_the_csv_and_png(
 ) -> None:
     configs = REPO / "bundles" / bundle / "configs"
     phantom = str(data_fets_phantom if bundle == "fets" else data_iseg_phantom)
-    tiny = {"network_def#init_filters": 4, "network_def#blocks_down": [1, 2], "network_def#blocks_up": [1],
-            "patch_size": [16, 16, 16], "num_target_train": 2, "num_target_val": 1, "num_target_test": 1,
-            "progress": False}
+    tiny = RANK_TINY
     # the bundle's own source (never trained here: random weights of the tiny network) ...
-    parser = ConfigParser()
-    parser.read_config([str(configs / "train.json"), str(configs / "rank_sources.json")])
-    parser.update({**tiny, "bundle_root": str(tmp_path), "dataset_dir": phantom})
+    parser = rank_sources_parser(configs, tmp_path, phantom)
     torch.manual_seed(0)
     (tmp_path / "models").mkdir()
     save(parser.get_parsed_content("rank#network_def")(out_channels=4), tmp_path / "models" / "source.pt")
