@@ -97,10 +97,10 @@ def _say(message: str, *args: Any) -> None:
 
 #: The run ids whose stages this module runs, and the last stage each reaches.
 ORCHESTRATED_RUN_IDS = ("training", "safe_training", "finetune", "pretrain", "risk_map", "export_risk")
-#: The bundle's stage files (in the folder of ``train.json``), merged after the run's own files.
 #: The overrides of k-fold choice's final run: every pooled case trains, none is held out, so the run validates once,
 #: at its last epoch, and its checkpoint is the last epoch's (a "best" one would be chosen on its training cases).
 FINAL_RUN = {"fold": ALL_FOLDS, "val_interval": "$@max_epochs"}
+#: The bundle's stage files (in the folder of ``train.json``), merged after the run's own files.
 STAGE_FILES = {"source": "source.json", "risk": "risk.json", "evaluate": "evaluate.json", "export": "export_risk.json"}
 #: The file the chosen candidate's provenance is recorded in, beside ``model.pt``.
 PROVENANCE = "safe" + RECORD_SUFFIX

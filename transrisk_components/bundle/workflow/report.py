@@ -157,6 +157,7 @@ def transfer_report_lines(report: Mapping[str, Any], report_path: Path) -> str:
                      f"x{chosen['inference_cost']}; its TorchScript export is 'ckpt_export network' (not network_def)")
     if k_fold:
         lines.append(f"  k-fold choice: {report['chosen']} retrained on all {k_fold['pooled_cases']} pooled cases "
-                     f"({k_fold['final_run']}; with no case held out, its checkpoint is its last epoch's); cost {k_fold['runs']} fine-tuning runs (one validation split: {k_fold['runs_with_one_split']})")
+                     f"({k_fold['final_run']}; with no case held out, its checkpoint is its last epoch's); cost "
+                     f"{k_fold['runs']} fine-tuning runs (one validation split: {k_fold['runs_with_one_split']})")
     lines.append(f"  model: {report['model']}; report: {report_path} (and .png)")
     return "\n".join(lines)
