@@ -10,6 +10,8 @@ Usage (from the repository root)::
     python scripts/reproduce.py table docs/results/quick/results.csv   # re-make table.md, the figures, README.md
     python scripts/reproduce.py combine OUT PART_A PART_B   # one report over a profile run scenario group by group
     python scripts/reproduce.py ranking --workers 2   # source-ranking study; last line: ranking: kendall tau = <t> over <k> candidates
+    python scripts/reproduce.py ensembles_default docs/results/confirm2/epochs40/results.csv \
+        docs/results/confirm2/epochs160/results.csv    # the registered decision on safe#ensembles' default
 
 Training outputs go to ``--work_dir`` (default ``outputs/reproduce/<profile>``, git-ignored); the reports
 (``results.csv``, ``results_per_case.csv``, ``table.md``, ``figures/``, ``machine.md``) go to ``--report_dir`` (default
@@ -29,6 +31,7 @@ import fire
 
 from transrisk_components.experiments import PROFILES, RANKING_STUDIES, load_results, reproduce_profile, reproduce_ranking
 from transrisk_components.experiments.cells import REPO_ROOT
+from transrisk_components.experiments.ensembles_default import ensembles_default as decide_ensembles_default
 from transrisk_components.experiments.reports import combine_reports, write_readme, write_table_and_figures
 
 
@@ -106,6 +109,20 @@ def combine(report_dir: str, *parts: str) -> None:
     combine_reports([Path(p) for p in parts], Path(report_dir))
 
 
+def ensembles_default(*results_csvs: str) -> None:
+    """Whether ``safe#ensembles`` becomes the bundles' default, by the rule registered with the second study (both
+    training lengths' reports; :mod:`transrisk_components.experiments.ensembles_default`). Prints the evidence per
+    length; the last line is ``ensembles default: on`` or ``ensembles default: off``.
+
+    Example: ``python scripts/reproduce.py ensembles_default docs/results/confirm2/epochs40/results.csv
+    docs/results/confirm2/epochs160/results.csv``
+    """
+    decision = decide_ensembles_default({Path(csv).parent.name: load_results(Path(csv))[1] for csv in results_csvs})
+    for line in decision.evidence:
+        print(line)
+    print(f"ensembles default: {'on' if decision.adopt else 'off'}")
+
+
 def ranking(
     work_dir: str | None = None,
     report_dir: str | None = None,
@@ -146,4 +163,4 @@ def ranking(
 
 
 if __name__ == "__main__":
-    fire.Fire({"run": run, "table": table, "combine": combine, "ranking": ranking})
+    fire.Fire({"run": run, "table": table, "combine": combine, "ranking": ranking, "ensembles_default": ensembles_default})

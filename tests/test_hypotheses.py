@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from transrisk_components.experiments.ensembles_default import ensembles_default
 from transrisk_components.experiments.hypotheses import hypotheses_markdown, judge_hypotheses
+from transrisk_components.reporting.results import write_case_results_csv, write_results_csv
+
+REPO = Path(__file__).resolve().parents[1]
 
 SCENARIOS = [f"s{i}" for i in range(6)]
 
@@ -51,6 +58,44 @@ def test_each_fails_on_its_own_evidence() -> None:
     assert not verdicts["H2"].held and "held in 3" in verdicts["H2"].statement
     assert not verdicts["H3"].held, "significantly below the better of plain and scratch in s2"
     assert "**H3 failed**" in hypotheses_markdown(list(verdicts.values()))
+
+
+def _with_safe(shift: dict[str, dict[str, float]], gap: float, scenario: str = "s0") -> list[dict]:
+    """:func:`_cases` of ``shift`` plus ``safe``, exactly ``gap`` below safe_ensemble in ``scenario`` and equal to it
+    elsewhere (where validation never kept an ensemble, the two are the same model)."""
+    rows = _cases(shift)
+    return rows + [{**row, "method": "safe", "dice": row["dice"] - (gap if row["scenario"] == scenario else 0.0)}
+                   for row in rows if row["method"] == "safe_ensemble"]
+
+
+def test_ensembles_become_the_default_only_by_the_registered_rule() -> None:
+    """On only where H1 holds at both lengths and safe_ensemble - safe has its seed-CI lower bound >= 0 everywhere."""
+    level = _with_safe(_shift(h2_scenarios=0), gap=0.0)
+    gain = _with_safe(_shift(h2_scenarios=0), gap=0.02)
+    loss = _with_safe(_shift(h2_scenarios=0), gap=-0.02, scenario="s3")
+    below_best = _with_safe(_shift(h2_scenarios=0, below_best=0.02), gap=0.0)
+    decided = ensembles_default({"40 epochs": level, "160 epochs": gain})
+    assert decided.adopt and len(decided.evidence) == 2 and "160 epochs: H1 held" in decided.evidence[1]
+    assert not ensembles_default({"40 epochs": level, "160 epochs": loss}).adopt, "below safe in one scenario"
+    refused = ensembles_default({"40 epochs": below_best, "160 epochs": level})
+    assert not refused.adopt and "40 epochs: H1 failed" in refused.evidence[0], "H1 failed at one length"
+    with pytest.raises(ValueError, match="both training lengths"):
+        ensembles_default({"40 epochs": level})
+
+
+def test_the_decision_from_the_command_line_ends_with_on_or_off(tmp_path: Path) -> None:
+    """``scripts/reproduce.py ensembles_default`` on two reports' CSVs."""
+    for length, cases in (("epochs40", _with_safe(_shift(h2_scenarios=0), gap=0.0)),
+                          ("epochs160", _with_safe(_shift(h2_scenarios=0), gap=-0.02, scenario="s3"))):
+        (tmp_path / length).mkdir()
+        write_results_csv([{"scenario": "s0", "method": "safe", "seed": 0, "test_dice": 0.5}], tmp_path / length / "results.csv")
+        write_case_results_csv(cases, tmp_path / length / "results_per_case.csv")
+    done = subprocess.run([sys.executable, "scripts/reproduce.py", "ensembles_default", str(tmp_path / "epochs40" / "results.csv"),
+                           str(tmp_path / "epochs160" / "results.csv")], cwd=REPO, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
+    lines = done.stdout.strip().splitlines()
+    assert done.returncode == 0 and lines[-1] == "ensembles default: off", done.stdout + done.stderr
+    assert lines[0].startswith("epochs40: H1 held") and "s3 -2.0 [-2.0, -2.0]" in lines[1]
 
 
 def test_a_report_without_the_controls_is_refused_naming_them() -> None:
