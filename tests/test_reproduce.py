@@ -269,3 +269,24 @@ def test_reports_of_a_profile_run_in_parts_combine_into_one(tiny_grid, tmp_path)
     assert "part of seed 0" in readme and "part of seed 1" in readme and "Promise 1" in readme
     with pytest.raises(ValueError, match="seed0"):
         combine_reports([parts[0], parts[0]], tmp_path / "twice")
+
+
+def test_run_in_parts_runs_each_scenario_of_the_profile_in_its_order_with_a_report_of_its_own(tmp_path):
+    """``scripts/run_in_parts.sh`` with a stand-in interpreter that answers the profile question and prints the rest."""
+    import os
+    import subprocess
+    import sys
+
+    from transrisk_components.experiments import PROFILES
+
+    stand_in = tmp_path / "python"
+    stand_in.write_text(f'#!/bin/bash\nif [ "$1" = "-c" ]; then exec {sys.executable} "$@"; fi\necho "RUN $*"\n')
+    stand_in.chmod(0o755)
+    repo = Path(__file__).resolve().parents[1]
+    done = subprocess.run(["bash", "scripts/run_in_parts.sh", "confirm2_40", "/w", "/r", "3"], cwd=repo, capture_output=True,
+                          text=True, env={**os.environ, "PYTHON": str(stand_in)}, timeout=120)
+    runs = [line for line in done.stdout.splitlines() if line.startswith("RUN ")]
+    assert done.returncode == 0 and len(runs) == len(PROFILES["confirm2_40"].scenarios), done.stdout + done.stderr
+    for line, scenario in zip(runs, PROFILES["confirm2_40"].scenarios):
+        assert line == (f"RUN scripts/reproduce.py run --profile confirm2_40 --work_dir /w --workers 3 --scenarios {scenario} "
+                        f"--report_dir /r/report_{scenario}")
