@@ -31,6 +31,27 @@ def data_fets_phantom(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def data_fets_phantom_9(tmp_path_factory) -> str:
+    """FeTS look-alike root with 9 subjects (one atlas grid for every subject), 32^3 voxels, seed 0; read-only."""
+    from transrisk_components.data.phantom.fets import make_fets_phantom
+
+    return str(make_fets_phantom(tmp_path_factory.mktemp("fets9"), subjects=9, seed=0, shape=DATA_PHANTOM_SHAPE))
+
+
+@pytest.fixture()
+def flair_cases(data_fets_phantom_9: str, tmp_path: Path) -> list[dict]:
+    """Three FeTS target training cases (FLAIR) of ``data_fets_phantom_9``, split as the bundles split them."""
+    from transrisk_components.data.scenario import Scenario
+
+    scenario = Scenario(
+        dataset="fets", dataset_dir=data_fets_phantom_9, output_dir=str(tmp_path), source_modality="t1",
+        target_modality="flair", source_task="multiclass", target_task="multiclass", num_target_train=3,
+        num_target_val=1, num_target_test=1, seed=0,
+    )
+    return scenario.split("target_train")
+
+
+@pytest.fixture(scope="session")
 def data_iseg_phantom(tmp_path_factory) -> Path:
     """iSeg look-alike root: subjects 1-12, 1-10 labelled, 32^3 voxels, seed 0."""
     from transrisk_components.data.phantom.iseg import make_iseg_phantom

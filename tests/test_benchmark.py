@@ -13,16 +13,9 @@ from pathlib import Path
 import pytest
 from bundle_helpers import TINY
 
-from transrisk_components.data.registry import get_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 NUMBER = r"\d+\.\d+"
-
-
-@pytest.fixture(scope="module")
-def phantom(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A 32^3 FeTS phantom with 9 subjects."""
-    return str(get_dataset("fets").make_phantom(tmp_path_factory.mktemp("fets"), subjects=9, seed=0, shape=(32, 32, 32)))
 
 
 def benchmark(*args: str) -> list[str]:
@@ -45,9 +38,10 @@ def test_core_runs_and_ends_with_its_ratios() -> None:
     assert re.fullmatch(rf"core: LEEP\+T/forward = {NUMBER}, weighted/DiceCE step = {NUMBER}", lines[-1]), lines[-1]
 
 
-def test_bundle_prints_its_three_ratios_with_targets(phantom: str) -> None:
+def test_bundle_prints_its_three_ratios_with_targets(data_fets_phantom_9: str) -> None:
     """weighted/plain step, risk stage/inference pass and the bundles' own safe_training over one fine-tuning run."""
-    lines = benchmark("bundle", "--repeats", "1", "--steps", "1", "--run_epochs", "1", "--overrides", tiny(phantom))
+    lines = benchmark("bundle", "--repeats", "1", "--steps", "1", "--run_epochs", "1",
+                      "--overrides", tiny(data_fets_phantom_9))
     assert any("(target <= 1.01)" in line for line in lines) and any("(target <= 1.2)" in line for line in lines)
     assert any(line.startswith("(a)") and "95% CI over the 1 rounds: nan to nan" in line for line in lines), "no CI of one round"
     assert re.fullmatch(
@@ -56,12 +50,13 @@ def test_bundle_prints_its_three_ratios_with_targets(phantom: str) -> None:
     ), lines[-1]
 
 
-def test_headline_prints_a_stage_table_that_adds_up_to_its_total(phantom: str, tmp_path: Path) -> None:
+def test_headline_prints_a_stage_table_that_adds_up_to_its_total(data_fets_phantom_9: str, tmp_path: Path) -> None:
     from script_helpers import load_script
 
     HEADLINE_STAGES = load_script("benchmark").HEADLINE_STAGES
 
-    lines = benchmark("headline", "--overrides", tiny(phantom, **{"safe#enabled": True}), "--work_dir", str(tmp_path))
+    lines = benchmark("headline", "--overrides", tiny(data_fets_phantom_9, **{"safe#enabled": True}),
+                      "--work_dir", str(tmp_path))
     match = re.fullmatch(rf"headline: total = ({NUMBER}) s \(target <= 300 s on 2 CPU cores\), safe/one run = "
                          rf"({NUMBER}) \(target <= 1\.5\)", lines[-1])
     assert match, lines[-1]
@@ -76,15 +71,15 @@ def test_headline_prints_a_stage_table_that_adds_up_to_its_total(phantom: str, t
 
 
 @pytest.mark.slow
-def test_scale_ends_with_the_peak_rss_ratio(phantom: str, tmp_path: Path) -> None:
-    lines = benchmark("scale", "--phantom", phantom, "--counts", "[1, 2]", "--cache_gb", "[0]", "--patch", "16",
+def test_scale_ends_with_the_peak_rss_ratio(data_fets_phantom_9: str, tmp_path: Path) -> None:
+    lines = benchmark("scale", "--phantom", data_fets_phantom_9, "--counts", "[1, 2]", "--cache_gb", "[0]", "--patch", "16",
                       "--work_dir", str(tmp_path))
     assert re.fullmatch(rf"scale: risk-stage peak RSS ratio N=2/N=1 = {NUMBER}", lines[-1]), lines[-1]
 
 
 @pytest.mark.slow
-def test_fullsize_ends_with_the_peak_rss_over_every_run_id(phantom: str, tmp_path: Path) -> None:
-    lines = benchmark("fullsize", "--phantom", phantom, "--profile", "False", "--work_dir", str(tmp_path))
+def test_fullsize_ends_with_the_peak_rss_over_every_run_id(data_fets_phantom_9: str, tmp_path: Path) -> None:
+    lines = benchmark("fullsize", "--phantom", data_fets_phantom_9, "--profile", "False", "--work_dir", str(tmp_path))
     assert re.fullmatch(rf"fullsize: peak RSS over all steps = {NUMBER} GB \(goal <= 6 GB\)", lines[-1]), lines[-1]
 
 

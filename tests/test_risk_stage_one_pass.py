@@ -22,7 +22,6 @@ from transrisk_components.bundle.stages.risk import RiskStage
 from transrisk_components.bundle.stages.risk_cache import KEPT, MANIFEST, RiskCache
 from transrisk_components.bundle.stages.risk_options import RiskMapOptions
 from transrisk_components.data.registry import get_dataset
-from transrisk_components.data.scenario import Scenario
 from transrisk_components.method.transferability import (
     LEEPStatistics,
     LocationLEEPStatistics,
@@ -42,23 +41,6 @@ class CountingInferer:
     def __call__(self, image: torch.Tensor, network: torch.nn.Module) -> torch.Tensor:
         self.calls += 1
         return self.inferer(image, network)
-
-
-@pytest.fixture(scope="module")
-def phantom(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A 32^3 FeTS phantom (one atlas grid for every subject), 9 subjects."""
-    return str(get_dataset("fets").make_phantom(tmp_path_factory.mktemp("fets"), subjects=9, seed=0, shape=(32, 32, 32)))
-
-
-@pytest.fixture()
-def cases(phantom: str, tmp_path: Path) -> list[dict]:
-    """Three FeTS target training cases (FLAIR)."""
-    scenario = Scenario(
-        dataset="fets", dataset_dir=phantom, output_dir=str(tmp_path), source_modality="t1", target_modality="flair",
-        source_task="multiclass", target_task="multiclass", num_target_train=3, num_target_val=1, num_target_test=1,
-        seed=0,
-    )
-    return scenario.split("target_train")
 
 
 def preprocessing() -> object:
@@ -122,30 +104,30 @@ def two_pass_maps(stage: RiskStage, cases: list[dict]) -> tuple[list[np.ndarray]
 @pytest.mark.parametrize("options", [{}, {"map_type": "location"}, {"normalization": "neglog_minmax", "shuffle": True}],
                          ids=["pooled", "location", "neglog_shuffled"])
 def test_one_source_pass_per_case_gives_the_two_pass_maps_bit_for_bit(
-    cases: list[dict], tmp_path: Path, options: dict
+    flair_cases: list[dict], tmp_path: Path, options: dict
 ) -> None:
-    stage = make_stage(cases, tmp_path, **options)
+    stage = make_stage(flair_cases, tmp_path, **options)
     manifest = stage.run()
-    assert stage.passes.inferer.calls == len(cases), "the source model runs once per case"
-    expected, leep = two_pass_maps(stage, cases)
-    for case, got, want in zip(cases, maps_of(stage, cases), expected):
+    assert stage.passes.inferer.calls == len(flair_cases), "the source model runs once per case"
+    expected, leep = two_pass_maps(stage, flair_cases)
+    for case, got, want in zip(flair_cases, maps_of(stage, flair_cases), expected):
         assert got.dtype == want.dtype == np.float32
         np.testing.assert_array_equal(got, want, err_msg=case["case_id"])
     assert manifest["leep"] == pytest.approx(leep, rel=1e-12)
     assert not (tmp_path / "cache" / manifest["key"] / KEPT).exists(), "the kept passes are deleted"
 
 
-def test_float16_storage_moves_the_maps_by_little_and_has_its_own_cache_key(cases: list[dict], tmp_path: Path) -> None:
-    exact = make_stage(cases, tmp_path / "exact", probabilities="float32")
-    half = make_stage(cases, tmp_path / "half", probabilities="float16")
+def test_float16_storage_moves_the_maps_by_little_and_has_its_own_cache_key(flair_cases: list[dict], tmp_path: Path) -> None:
+    exact = make_stage(flair_cases, tmp_path / "exact", probabilities="float32")
+    half = make_stage(flair_cases, tmp_path / "half", probabilities="float16")
     exact_manifest, half_manifest = exact.run(), half.run()
-    worst = max(float(np.abs(a - b).max()) for a, b in zip(maps_of(exact, cases), maps_of(half, cases)))
+    worst = max(float(np.abs(a - b).max()) for a, b in zip(maps_of(exact, flair_cases), maps_of(half, flair_cases)))
     print(f"float16 storage: max |risk(float16) - risk(float32)| = {worst:.2e}")
     assert 0 < worst <= 2e-3
     assert half_manifest["leep"] == pytest.approx(exact_manifest["leep"], abs=1e-3)
-    assert half.passes.inferer.calls == len(cases)
+    assert half.passes.inferer.calls == len(flair_cases)
     with pytest.raises(ValueError, match="unknown risk#probabilities 'int8'"):
-        make_stage(cases, tmp_path / "bad", probabilities="int8")
+        make_stage(flair_cases, tmp_path / "bad", probabilities="int8")
 
 
 @pytest.mark.parametrize("bundle", ["fets", "iseg"])
@@ -167,9 +149,9 @@ def test_the_cache_key_follows_what_changes_the_maps(bundle: str, tmp_path: Path
 
 
 def test_kept_files_of_a_killed_run_are_not_reused_and_a_failing_stage_removes_its_own(
-    cases: list[dict], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    flair_cases: list[dict], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    stage = make_stage(cases, tmp_path)
+    stage = make_stage(flair_cases, tmp_path)
     folder = tmp_path / "cache" / stage.key
     stale = folder / KEPT / "FeTS21_Training_999.pt"  # what a killed run left
     stale.parent.mkdir(parents=True)
@@ -177,7 +159,7 @@ def test_kept_files_of_a_killed_run_are_not_reused_and_a_failing_stage_removes_i
 
     def fail(*args: object, **kwargs: object) -> str:
         assert not stale.exists(), "left-overs are deleted before the stage computes"
-        assert len(list((folder / KEPT).iterdir())) == len(cases), "pass 1 kept one file per case"
+        assert len(list((folder / KEPT).iterdir())) == len(flair_cases), "pass 1 kept one file per case"
         raise RuntimeError("disk full")
 
     monkeypatch.setattr(RiskCache, "write_map", fail)
@@ -185,24 +167,24 @@ def test_kept_files_of_a_killed_run_are_not_reused_and_a_failing_stage_removes_i
         stage.run()
     assert list((folder / KEPT).iterdir()) == [] and not (folder / MANIFEST).exists()
     monkeypatch.undo()
-    assert set(stage.run()["cases"]) == {c["case_id"] for c in cases}
+    assert set(stage.run()["cases"]) == {c["case_id"] for c in flair_cases}
     assert not (folder / KEPT).exists()
 
 
-def test_a_cache_without_the_joint_is_computed_again(cases: list[dict], tmp_path: Path) -> None:
+def test_a_cache_without_the_joint_is_computed_again(flair_cases: list[dict], tmp_path: Path) -> None:
     """A manifest written before it held ``P(y, z)`` (which ``head_init leep`` reads) is not a complete cache: the
     stage computes the same maps once more, with the joint."""
-    first = make_stage(cases, tmp_path)
+    first = make_stage(flair_cases, tmp_path)
     manifest = first.run()
     joint = np.asarray(manifest["joint"])
     assert joint.shape == (2, 4) and joint.sum() == pytest.approx(1.0)
     np.testing.assert_allclose(joint / joint.sum(axis=0, keepdims=True), manifest["conditional"], atol=1e-12)
-    maps = maps_of(first, cases)
+    maps = maps_of(first, flair_cases)
     path = tmp_path / "cache" / manifest["key"] / MANIFEST
     path.write_text(json.dumps({k: v for k, v in manifest.items() if k != "joint"}, indent=2))
 
-    again = make_stage(cases, tmp_path)
+    again = make_stage(flair_cases, tmp_path)
     np.testing.assert_array_equal(np.asarray(again.run()["joint"]), joint)
-    assert again.passes.inferer.calls == len(cases) and "joint" in json.loads(path.read_text())
-    for got, want in zip(maps_of(again, cases), maps):
+    assert again.passes.inferer.calls == len(flair_cases) and "joint" in json.loads(path.read_text())
+    for got, want in zip(maps_of(again, flair_cases), maps):
         np.testing.assert_array_equal(got, want)

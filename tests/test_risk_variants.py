@@ -20,27 +20,8 @@ from monai.transforms import RandCropByPosNegLabeld, RandWeightedCropd
 from transrisk_components.bundle.workflow.settings import SettingsError, check_settings
 from transrisk_components.bundle.stages.risk import RiskStage
 from transrisk_components.bundle.stages.risk_options import RiskMapOptions
-from transrisk_components.data.registry import get_dataset
-from transrisk_components.data.scenario import Scenario
 
 CONFIGS = Path(__file__).resolve().parents[1] / "bundles" / "fets" / "configs"
-
-
-@pytest.fixture(scope="module")
-def phantom(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A 32^3 FeTS phantom (one atlas grid for every subject), 9 subjects."""
-    return str(get_dataset("fets").make_phantom(tmp_path_factory.mktemp("fets"), subjects=9, seed=0, shape=(32, 32, 32)))
-
-
-@pytest.fixture()
-def cases(phantom: str, tmp_path: Path) -> list[dict]:
-    """Three FeTS target training cases (FLAIR, whole phantom)."""
-    scenario = Scenario(
-        dataset="fets", dataset_dir=phantom, output_dir=str(tmp_path), source_modality="t1", target_modality="flair",
-        source_task="multiclass", target_task="multiclass", num_target_train=3, num_target_val=1, num_target_test=1,
-        seed=0,
-    )
-    return scenario.split("target_train")
 
 
 def config_item(id: str, **overrides) -> object:
@@ -66,16 +47,16 @@ def location_stage(cases: list[dict], tmp_path: Path, dataset: str = "fets", **k
     )
 
 
-def test_location_map_is_one_map_per_location_shared_by_every_case(cases: list[dict], tmp_path: Path) -> None:
+def test_location_map_is_one_map_per_location_shared_by_every_case(flair_cases: list[dict], tmp_path: Path) -> None:
     """Pooled maps differ from case to case and voxel to voxel; the location-wise map is one value per 8^3
     location, ``1 - exp(LEEP_l)``, the same in every case wherever the case's mask covers it."""
-    stage = location_stage(cases, tmp_path)
+    stage = location_stage(flair_cases, tmp_path)
     manifest = stage.run()
     assert manifest["map"] == "location" and manifest["num_locations"] == 4**3 and manifest["leep"] <= 0
     assert np.asarray(manifest["conditional"]).shape == (2, 4) and set(manifest["classes"]) == {"background", "WT"}
     maps = [np.asarray(nib.load(tmp_path / "cache" / "location" / manifest["cases"][c["case_id"]]["risk"]).dataobj)
-            for c in cases]
-    brains = [np.asarray(nib.load(c["image"][0]).dataobj) != 0 for c in cases]
+            for c in flair_cases]
+    brains = [np.asarray(nib.load(c["image"][0]).dataobj) != 0 for c in flair_cases]
     for risk, brain in zip(maps, brains):
         assert np.all(risk[~brain] == 0) and np.all((risk >= 0) & (risk <= 1)) and risk[brain].max() > 0
         cubes = risk.reshape(4, 8, 4, 8, 4, 8).transpose(0, 2, 4, 1, 3, 5).reshape(64, -1)
@@ -87,25 +68,25 @@ def test_location_map_is_one_map_per_location_shared_by_every_case(cases: list[d
     np.testing.assert_array_equal(maps[0][shared], maps[1][shared])
 
 
-def test_location_map_is_refused_for_data_that_is_not_co_registered(cases: list[dict], tmp_path: Path) -> None:
+def test_location_map_is_refused_for_data_that_is_not_co_registered(flair_cases: list[dict], tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="iseg cases are not"):
-        location_stage(cases, tmp_path, dataset="iseg")
+        location_stage(flair_cases, tmp_path, dataset="iseg")
     moved = tmp_path / "moved"  # one case whose image lies elsewhere in space (another affine, same shape)
     moved.mkdir()
-    image = nib.load(cases[1]["image"][0])
+    image = nib.load(flair_cases[1]["image"][0])
     affine = image.affine.copy()
     affine[:3, 3] += 5.0
     nib.save(nib.Nifti1Image(np.asarray(image.dataobj), affine), moved / "flair.nii.gz")
-    shutil.copy(cases[1]["label"], moved / "seg.nii.gz")
-    bad = [cases[0], {**cases[1], "image": [str(moved / "flair.nii.gz")]}, cases[2]]
-    with pytest.raises(ValueError, match=f"{cases[1]['case_id']} .*not co-registered"):
+    shutil.copy(flair_cases[1]["label"], moved / "seg.nii.gz")
+    bad = [flair_cases[0], {**flair_cases[1], "image": [str(moved / "flair.nii.gz")]}, flair_cases[2]]
+    with pytest.raises(ValueError, match=f"{flair_cases[1]['case_id']} .*not co-registered"):
         location_stage(bad, tmp_path).run()
     with pytest.raises(ValueError, match="unknown risk map"):
-        location_stage(cases, tmp_path, map_type="atlas")
+        location_stage(flair_cases, tmp_path, map_type="atlas")
 
 
-def test_risk_sampling_centres_every_patch_where_the_map_is(cases: list[dict], tmp_path: Path) -> None:
-    case = cases[0]
+def test_risk_sampling_centres_every_patch_where_the_map_is(flair_cases: list[dict], tmp_path: Path) -> None:
+    case = flair_cases[0]
     label = nib.load(case["label"])
     risk = np.zeros(label.shape, np.float32)
     risk[20:22, 8:10, 12:14] = 1.0  # risk in one 2^3 cube of the brain
@@ -129,10 +110,10 @@ def test_risk_sampling_centres_every_patch_where_the_map_is(cases: list[dict], t
         check_settings({"risk#sampling": "risk", "risk#enabled": False}, "the run")
 
 
-def test_training_with_the_location_map_and_risk_sampling(phantom: str, tmp_path: Path) -> None:
+def test_training_with_the_location_map_and_risk_sampling(data_fets_phantom_9: str, tmp_path: Path) -> None:
     options = {"risk#map": "location", "risk#sampling": "risk", "risk#scheme": "inverse", "risk#dice": "weighted",
                "risk#ce_voxels": "foreground", "risk#ce_denominator": "foreground"}
-    run_bundle(CONFIGS, "training", tmp_path, phantom, TINY, **options)
+    run_bundle(CONFIGS, "training", tmp_path, data_fets_phantom_9, TINY, **options)
     assert (tmp_path / "models" / "model.pt").is_file() and len(risk_maps(tmp_path)) == TINY["num_target_train"]
     config = json.loads((tmp_path / "models" / "finetune.fingerprint.json").read_text())["config"]
     assert config["risk#sampling"] == "risk" and config["risk#ce_voxels"] == "foreground"
