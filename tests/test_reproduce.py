@@ -290,3 +290,23 @@ def test_run_in_parts_runs_each_scenario_of_the_profile_in_its_order_with_a_repo
     for line, scenario in zip(runs, PROFILES["confirm2_40"].scenarios):
         assert line == (f"RUN scripts/reproduce.py run --profile confirm2_40 --work_dir /w --workers 3 --scenarios {scenario} "
                         f"--report_dir /r/report_{scenario}")
+
+
+@pytest.mark.skipif(not Path("/proc/self/autogroup").is_file(), reason="the kernel has no autogroups")
+def test_run_in_parts_as_a_session_of_its_own_lowers_its_sessions_cpu_weight(tmp_path):
+    """Started with ``setsid``, the script sets its autogroup's nice to 19 (``nice`` alone orders processes only within
+    a session); the stand-in interpreter reports the autogroup it runs in."""
+    import os
+    import subprocess
+    import sys
+
+    stand_in = tmp_path / "python"
+    stand_in.write_text(f'#!/bin/bash\nif [ "$1" = "-c" ]; then exec {sys.executable} "$@"; fi\necho "GROUP $(cat /proc/self/autogroup)"\n')
+    stand_in.chmod(0o755)
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHON": str(stand_in), "SCENARIOS": "fets_ed_to_et"}
+    done = subprocess.run(["setsid", "--wait", "bash", "scripts/run_in_parts.sh", "confirm2_40", "/w", "/r"], cwd=repo,
+                          capture_output=True, text=True, env=env, timeout=120)
+    groups = [line for line in done.stdout.splitlines() if line.startswith("GROUP ")]
+    assert done.returncode == 0 and len(groups) == 1, done.stdout + done.stderr
+    assert groups[0].endswith(" nice 19"), groups
