@@ -15,8 +15,8 @@ Usage (from the repository root)::
 Speed ratios are medians over ``repeats`` interleaved measurements, the order reversed every other round, so
 drifts of the machine's speed and going first or second hit both sides of a ratio alike. Memory is the peak
 resident set size (``ru_maxrss``) of a fresh child process per measurement, read with ``os.wait4``. Targets are
-printed beside each figure; nothing is asserted. Each subcommand's last line sums it up (``core: ...``, ``bundle: ...``, ``headline: ...``, ``scale: ...``,
-``fullsize: ...``, ``gpu: ...``).
+printed beside each figure; nothing is asserted. Each subcommand's last line sums it up (``core: ...``,
+``bundle: ...``, ``headline: ...``, ``scale: ...``, ``fullsize: ...``, ``gpu: ...``).
 """
 
 from __future__ import annotations
