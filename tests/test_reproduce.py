@@ -5,7 +5,10 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +16,8 @@ from grid_helpers import TINY
 
 from transrisk_components import experiments
 from transrisk_components.data.registry import get_dataset
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def reproduce_tiny(work: Path, reports: Path, phantom: Path | None, workers: int = 1) -> None:
@@ -236,10 +241,7 @@ def test_a_second_grid_on_a_busy_work_folder_stops_before_any_cell(tmp_path):
 @pytest.mark.parametrize("arguments, message", [(["--profile", "tiny"], "unknown profile 'tiny'"),
                                                 (["--scenarios", "fets_t1_to_flair"], "not in profile 'quick'")])
 def test_the_command_line_refuses_unknown_profiles_and_scenarios(tmp_path, arguments, message):
-    import subprocess
-    import sys
-
-    repo = Path(__file__).resolve().parents[1]
+    repo = REPO_ROOT
     done = subprocess.run([sys.executable, str(repo / "scripts" / "reproduce.py"), "run", *arguments,
                            "--work_dir", str(tmp_path)], capture_output=True, text=True, cwd=repo)
     assert done.returncode != 0 and message in done.stderr
@@ -271,20 +273,22 @@ def test_reports_of_a_profile_run_in_parts_combine_into_one(tiny_grid, tmp_path)
         combine_reports([parts[0], parts[0]], tmp_path / "twice")
 
 
+def run_in_parts_with_stand_in(tmp_path: Path, body: str, launcher: list[str], *workers: str,
+                               **env: str) -> subprocess.CompletedProcess:
+    """``scripts/run_in_parts.sh confirm2_40 /w /r [workers]`` started by ``launcher``, with a stand-in interpreter
+    that answers the script's profile question with the real one and runs the shell line ``body`` for the rest."""
+    stand_in = tmp_path / "python"
+    stand_in.write_text(f'#!/bin/bash\nif [ "$1" = "-c" ]; then exec {sys.executable} "$@"; fi\n{body}\n')
+    stand_in.chmod(0o755)
+    return subprocess.run([*launcher, "scripts/run_in_parts.sh", "confirm2_40", "/w", "/r", *workers], cwd=REPO_ROOT,
+                          capture_output=True, text=True, env={**os.environ, "PYTHON": str(stand_in), **env}, timeout=120)
+
+
 def test_run_in_parts_runs_each_scenario_of_the_profile_in_its_order_with_a_report_of_its_own(tmp_path):
     """``scripts/run_in_parts.sh`` with a stand-in interpreter that answers the profile question and prints the rest."""
-    import os
-    import subprocess
-    import sys
-
     from transrisk_components.experiments import PROFILES
 
-    stand_in = tmp_path / "python"
-    stand_in.write_text(f'#!/bin/bash\nif [ "$1" = "-c" ]; then exec {sys.executable} "$@"; fi\necho "RUN $*"\n')
-    stand_in.chmod(0o755)
-    repo = Path(__file__).resolve().parents[1]
-    done = subprocess.run(["bash", "scripts/run_in_parts.sh", "confirm2_40", "/w", "/r", "3"], cwd=repo, capture_output=True,
-                          text=True, env={**os.environ, "PYTHON": str(stand_in)}, timeout=120)
+    done = run_in_parts_with_stand_in(tmp_path, 'echo "RUN $*"', ["bash"], "3")
     runs = [line for line in done.stdout.splitlines() if line.startswith("RUN ")]
     assert done.returncode == 0 and len(runs) == len(PROFILES["confirm2_40"].scenarios), done.stdout + done.stderr
     for line, scenario in zip(runs, PROFILES["confirm2_40"].scenarios):
@@ -292,21 +296,13 @@ def test_run_in_parts_runs_each_scenario_of_the_profile_in_its_order_with_a_repo
                         f"--report_dir /r/report_{scenario}")
 
 
-@pytest.mark.skipif(not Path("/proc/self/autogroup").is_file(), reason="the kernel has no autogroups")
+@pytest.mark.skipif(not Path("/proc/self/autogroup").is_file() or shutil.which("setsid") is None,
+                    reason="the kernel has no autogroups, or there is no setsid")
 def test_run_in_parts_as_a_session_of_its_own_lowers_its_sessions_cpu_weight(tmp_path):
     """Started with ``setsid``, the script sets its autogroup's nice to 19 (``nice`` alone orders processes only within
     a session); the stand-in interpreter reports the autogroup it runs in."""
-    import os
-    import subprocess
-    import sys
-
-    stand_in = tmp_path / "python"
-    stand_in.write_text(f'#!/bin/bash\nif [ "$1" = "-c" ]; then exec {sys.executable} "$@"; fi\necho "GROUP $(cat /proc/self/autogroup)"\n')
-    stand_in.chmod(0o755)
-    repo = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHON": str(stand_in), "SCENARIOS": "fets_ed_to_et"}
-    done = subprocess.run(["setsid", "--wait", "bash", "scripts/run_in_parts.sh", "confirm2_40", "/w", "/r"], cwd=repo,
-                          capture_output=True, text=True, env=env, timeout=120)
+    done = run_in_parts_with_stand_in(tmp_path, 'echo "GROUP $(cat /proc/self/autogroup)"', ["setsid", "--wait", "bash"],
+                                      SCENARIOS="fets_ed_to_et")
     groups = [line for line in done.stdout.splitlines() if line.startswith("GROUP ")]
     assert done.returncode == 0 and len(groups) == 1, done.stdout + done.stderr
     assert groups[0].endswith(" nice 19"), groups
