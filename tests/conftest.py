@@ -1,7 +1,8 @@
 """Shared pytest fixtures.
 
 Data-layer fixtures (prefix ``data_``): small session-scoped phantoms and the shared real-format
-specimens under ``../shared/fixtures`` next to the repository root.
+specimens under ``../shared/fixtures`` next to the repository root. ``fets_phantom``: the 12-subject FeTS phantom that
+the bundle tests of every module share (generated once per session; no test changes its files).
 """
 
 from __future__ import annotations
@@ -36,6 +37,15 @@ def data_fets_phantom_9(tmp_path_factory) -> str:
     from transrisk_components.data.phantom.fets import make_fets_phantom
 
     return str(make_fets_phantom(tmp_path_factory.mktemp("fets9"), subjects=9, seed=0, shape=DATA_PHANTOM_SHAPE))
+
+
+@pytest.fixture(scope="session")
+def fets_phantom(tmp_path_factory) -> str:
+    """FeTS look-alike root with 12 subjects in three institutions, 32^3 voxels, seed 0, shared by the bundle tests
+    of every module: read-only (a module whose tests change its files makes a phantom of its own)."""
+    from transrisk_components.data.phantom.fets import make_fets_phantom
+
+    return str(make_fets_phantom(tmp_path_factory.mktemp("fets12"), subjects=12, seed=0, shape=DATA_PHANTOM_SHAPE))
 
 
 @pytest.fixture()

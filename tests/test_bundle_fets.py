@@ -27,31 +27,21 @@ from bundle_helpers import (
 )
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from transrisk_components.data.registry import get_dataset
-
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "bundles" / "fets" / "configs"
 TRAIN = str(CONFIGS / "train.json")
 
 
-
-@pytest.fixture(scope="session")
-def phantom(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A 32^3 FeTS phantom with 12 subjects in three institutions."""
-    root = get_dataset("fets").make_phantom(tmp_path_factory.mktemp("fets"), subjects=12, seed=0, shape=(32, 32, 32))
-    return str(root)
-
-
-def run_workflow(run_id: str, bundle_root: Path, phantom: str, configs: tuple[str, ...] = ("train.json",), **overrides):
+def run_workflow(run_id: str, bundle_root: Path, fets_phantom: str, configs: tuple[str, ...] = ("train.json",), **overrides):
     """Initialise and run one run id of the bundle on the phantom with the tiny settings."""
-    return run_bundle(CONFIGS, run_id, bundle_root, phantom, TINY, configs, **overrides)
+    return run_bundle(CONFIGS, run_id, bundle_root, fets_phantom, TINY, configs, **overrides)
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory, phantom: str) -> Path:
+def trained(tmp_path_factory: pytest.TempPathFactory, fets_phantom: str) -> Path:
     """A bundle folder after ``run training`` (shared by the evaluate / inference / export tests)."""
     root = tmp_path_factory.mktemp("trained")
-    run_workflow("training", root, phantom)
+    run_workflow("training", root, fets_phantom)
     return root
 
 
@@ -81,18 +71,18 @@ def test_training_writes_every_stage_output(trained: Path) -> None:
     assert "train_loss" in events.Tags()["scalars"], "the training loss in TensorBoard"
 
 
-def test_each_stage_runs_alone_and_the_risk_cache_is_reused(tmp_path: Path, phantom: str) -> None:
-    run_workflow("pretrain", tmp_path, phantom)
+def test_each_stage_runs_alone_and_the_risk_cache_is_reused(tmp_path: Path, fets_phantom: str) -> None:
+    run_workflow("pretrain", tmp_path, fets_phantom)
     assert (tmp_path / "models" / "source.pt").is_file()
-    run_workflow("risk_map", tmp_path, phantom)
+    run_workflow("risk_map", tmp_path, fets_phantom)
     maps = risk_maps(tmp_path)
     stamps = [m.stat().st_mtime_ns for m in maps]
-    run_workflow("finetune", tmp_path, phantom)
+    run_workflow("finetune", tmp_path, fets_phantom)
     assert [m.stat().st_mtime_ns for m in risk_maps(tmp_path)] == stamps, "risk maps were recomputed"
     assert (tmp_path / "models" / "model.pt").is_file()
-    run_workflow("risk_map", tmp_path, phantom, **{"risk#map_normalization": "minmax"})
+    run_workflow("risk_map", tmp_path, fets_phantom, **{"risk#map_normalization": "minmax"})
     assert len(risk_maps(tmp_path)) == 2 * len(maps), "a changed option must give a new cache entry"
-    run_workflow("risk_map", tmp_path, phantom, **{"risk#shuffle": "true"})
+    run_workflow("risk_map", tmp_path, fets_phantom, **{"risk#shuffle": "true"})
     shuffled = [m for m in risk_maps(tmp_path) if m.parent != maps[0].parent and m.name == maps[0].name]
     original = np.asarray(nib.load(maps[0]).dataobj)
     permuted = [np.asarray(nib.load(m).dataobj) for m in shuffled]
@@ -100,26 +90,26 @@ def test_each_stage_runs_alone_and_the_risk_cache_is_reused(tmp_path: Path, phan
                for p in permuted), "the random-map ablation keeps a map's values but not their places"
 
 
-def test_run_equals_training_and_plain_finetuning_skips_the_risk_stage(tmp_path: Path, phantom: str) -> None:
-    run_workflow("run", tmp_path, phantom, **{"risk#enabled": "false"})
+def test_run_equals_training_and_plain_finetuning_skips_the_risk_stage(tmp_path: Path, fets_phantom: str) -> None:
+    run_workflow("run", tmp_path, fets_phantom, **{"risk#enabled": "false"})
     assert (tmp_path / "models" / "model.pt").is_file()
     assert risk_maps(tmp_path) == []
 
 
-def test_no_transfer_baseline_needs_no_source_checkpoint(tmp_path: Path, phantom: str) -> None:
-    run_workflow("finetune", tmp_path, phantom, target_init="random", **{"risk#enabled": False})
+def test_no_transfer_baseline_needs_no_source_checkpoint(tmp_path: Path, fets_phantom: str) -> None:
+    run_workflow("finetune", tmp_path, fets_phantom, target_init="random", **{"risk#enabled": False})
     assert (tmp_path / "models" / "model.pt").is_file()
     assert not (tmp_path / "models" / "source.pt").exists()
 
 
 def test_a_finished_run_asked_for_more_epochs_resumes_from_its_checkpoint_and_says_so(
-    trained: Path, tmp_path: Path, phantom: str, caplog: pytest.LogCaptureFixture,
+    trained: Path, tmp_path: Path, fets_phantom: str, caplog: pytest.LogCaptureFixture,
 ) -> None:
     shutil.copytree(trained / "models", tmp_path / "models")  # the finished 1-epoch run
     shutil.copytree(trained / "eval", tmp_path / "eval")
     shutil.copytree(trained / "outputs", tmp_path / "outputs")
     with caplog.at_level("INFO", logger="transrisk_components.bundle.workflow.pipeline"):
-        run_workflow("finetune", tmp_path, phantom, max_epochs=2)
+        run_workflow("finetune", tmp_path, fets_phantom, max_epochs=2)
     assert "resuming (a finished run of 1 epochs continues to the 2 asked)" in caplog.text
     import torch
 
@@ -129,32 +119,32 @@ def test_a_finished_run_asked_for_more_epochs_resumes_from_its_checkpoint_and_sa
     assert [line.split(",")[0] for line in curve] == ["epoch", "1", "2"], "the resumed run keeps epoch 1's row"
 
 
-def test_different_class_counts_reinitialise_the_head(tmp_path: Path, phantom: str, caplog) -> None:
-    run_workflow("pretrain", tmp_path, phantom)
+def test_different_class_counts_reinitialise_the_head(tmp_path: Path, fets_phantom: str, caplog) -> None:
+    run_workflow("pretrain", tmp_path, fets_phantom)
     with caplog.at_level("INFO"):
-        run_workflow("finetune", tmp_path, phantom, target_task="WT", **{"risk#enabled": False})
+        run_workflow("finetune", tmp_path, fets_phantom, target_task="WT", **{"risk#enabled": False})
     assert "output head re-initialised" in caplog.text
 
 
-def test_a_source_checkpoint_that_does_not_fit_is_an_error(tmp_path: Path, phantom: str) -> None:
+def test_a_source_checkpoint_that_does_not_fit_is_an_error(tmp_path: Path, fets_phantom: str) -> None:
     source = {"source#network_def#init_filters": 4, "source#network_def#norm": ["GROUP", {"num_groups": 4}]}
-    run_workflow("pretrain", tmp_path, phantom, **source)
+    run_workflow("pretrain", tmp_path, fets_phantom, **source)
     with pytest.raises(Exception) as error:
-        run_workflow("finetune", tmp_path, phantom, **source, **{"network_def#init_filters": 8, "risk#enabled": False})
+        run_workflow("finetune", tmp_path, fets_phantom, **source, **{"network_def#init_filters": 8, "risk#enabled": False})
     assert "source.pt does not fit the target network" in exception_messages(error.value)
 
 
-def test_too_few_cases_and_missing_dataset_dir_are_errors(tmp_path: Path, phantom: str) -> None:
+def test_too_few_cases_and_missing_dataset_dir_are_errors(tmp_path: Path, fets_phantom: str) -> None:
     with pytest.raises(Exception) as error:
-        run_workflow("pretrain", tmp_path, phantom, num_target_train=20)
+        run_workflow("pretrain", tmp_path, fets_phantom, num_target_train=20)
     assert "too few labelled target cases" in exception_messages(error.value)
     with pytest.raises(Exception) as error:
         run_workflow("pretrain", tmp_path, str(tmp_path / "missing"))
     assert "missing does not exist" in exception_messages(error.value)
 
 
-def test_evaluate_writes_region_metrics(trained: Path, phantom: str) -> None:
-    run_workflow("evaluating", trained, phantom, configs=("train.json", "evaluate.json"))
+def test_evaluate_writes_region_metrics(trained: Path, fets_phantom: str) -> None:
+    run_workflow("evaluating", trained, fets_phantom, configs=("train.json", "evaluate.json"))
     with open(trained / "eval" / "metrics_per_case.csv") as f:
         rows = list(csv.DictReader(f))
     assert {r["region"] for r in rows} == {"ET", "TC", "WT"}
@@ -164,8 +154,8 @@ def test_evaluate_writes_region_metrics(trained: Path, phantom: str) -> None:
     assert summary
 
 
-def test_inference_writes_raw_labels_on_the_input_grid(trained: Path, phantom: str, capsys: pytest.CaptureFixture) -> None:
-    run_workflow("inferring", trained, phantom, configs=("inference.json",))
+def test_inference_writes_raw_labels_on_the_input_grid(trained: Path, fets_phantom: str, capsys: pytest.CaptureFixture) -> None:
+    run_workflow("inferring", trained, fets_phantom, configs=("inference.json",))
     assert f"transrisk: 2 case(s) done; outputs in {trained / 'eval' / 'predictions'}" in capsys.readouterr().out
     splits = json.loads((trained / "eval" / "splits.json").read_text())["splits"]["target_test"]
     for case in splits:
@@ -181,8 +171,8 @@ def test_verify_net_in_out_and_torchscript_export(trained: Path, tmp_path: Path)
     check_export_matches_eager(CONFIGS, trained, tmp_path / "model.ts")
 
 
-def test_risk_export_writes_maps_overlays_and_csv(trained: Path, phantom: str) -> None:
-    run_workflow("export_risk", trained, phantom, configs=("train.json", "export_risk.json"))
+def test_risk_export_writes_maps_overlays_and_csv(trained: Path, fets_phantom: str) -> None:
+    run_workflow("export_risk", trained, fets_phantom, configs=("train.json", "export_risk.json"))
     out = trained / "eval" / "risk_maps"
     with open(out / "risk_summary.csv") as f:
         rows = list(csv.DictReader(f))
@@ -193,11 +183,11 @@ def test_risk_export_writes_maps_overlays_and_csv(trained: Path, phantom: str) -
         assert 0.0 <= float(row["mean_risk_background"]) <= 1.0 and float(row["leep"]) <= 0.0
 
 
-def test_safe_transfer_under_torchrun_with_two_gloo_processes(tmp_path: Path, phantom: str) -> None:
+def test_safe_transfer_under_torchrun_with_two_gloo_processes(tmp_path: Path, fets_phantom: str) -> None:
     """``torchrun`` with ``multi_gpu_train.json``: every stage and candidate on both processes (DDP), one choice on
     validation, the report written once."""
     settings = {**TINY, "safe#enabled": True, "num_target_val": 2}
-    run_ddp_training(CONFIGS, tmp_path, phantom, settings, port=29517)
+    run_ddp_training(CONFIGS, tmp_path, fets_phantom, settings, port=29517)
     assert (tmp_path / "models" / "source.pt").is_file()
     assert len(risk_maps(tmp_path)) == TINY["num_target_train"]
     report = json.loads((tmp_path / "eval" / "transfer_report.json").read_text())

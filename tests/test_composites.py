@@ -24,7 +24,6 @@ from transrisk_components.bundle.engine.ensemble import SoftmaxEnsemble, write_e
 from transrisk_components.bundle.workflow import pipeline
 from transrisk_components.bundle.workflow.composites import COMPOSITE, region_assignment, region_signatures
 from transrisk_components.bundle.workflow.selection import choose_candidate
-from transrisk_components.data.registry import get_dataset
 from transrisk_components.utils.io import file_sha256
 
 REPO = Path(__file__).resolve().parents[1]
@@ -186,8 +185,3 @@ def test_safe_transfer_scores_the_composite_after_the_candidates_and_evaluating_
     summary = json.loads((tmp_path / "composite_eval" / "metrics_summary.json").read_text())
     assert list(summary["regions"]) == ["ET", "TC", "WT"]
     assert summary["model"]["sha256"] == file_sha256(composite)
-
-
-@pytest.fixture(scope="module")
-def fets_phantom(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return str(get_dataset("fets").make_phantom(tmp_path_factory.mktemp("fets"), subjects=12, seed=0, shape=(32, 32, 32)))

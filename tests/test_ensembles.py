@@ -21,7 +21,6 @@ from transrisk_components.bundle.engine.ensemble import (
 )
 from transrisk_components.bundle.workflow.ensembles import ensemble_candidates
 from transrisk_components.bundle.workflow.selection import choose_candidate
-from transrisk_components.data.registry import get_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "bundles" / "fets" / "configs"
@@ -31,11 +30,6 @@ SETTINGS = {**TINY, "safe#enabled": True, "safe#ensembles": True, "num_target_va
 def _net(filters: int = 4) -> SegResNet:
     return SegResNet(spatial_dims=3, in_channels=1, out_channels=4, init_filters=filters, blocks_down=[1, 2], blocks_up=[1],
                      norm=("GROUP", {"num_groups": filters}))
-
-
-@pytest.fixture(scope="module")
-def fets_phantom(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return str(get_dataset("fets").make_phantom(tmp_path_factory.mktemp("fets"), subjects=12, seed=0, shape=(32, 32, 32)))
 
 
 def test_the_ensemble_gives_the_members_mean_softmax_and_scripts() -> None:

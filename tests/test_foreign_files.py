@@ -26,16 +26,9 @@ from transrisk_components.bundle.workflow.entry import TransferWorkflow
 from transrisk_components.bundle.workflow.errors import real_cause
 from transrisk_components.bundle.workflow.plan import StagePlan, decide
 from transrisk_components.bundle.workflow.stage import StageConfig
-from transrisk_components.data.registry import get_dataset
 from transrisk_components.utils.io import file_sha256
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def phantom(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A 32^3 FeTS phantom with 12 subjects."""
-    return str(get_dataset("fets").make_phantom(tmp_path_factory.mktemp("fets"), subjects=12, seed=0, shape=(32, 32, 32)))
 
 
 def run(run_id: str, bundle_root: Path, dataset_dir: str, configs: tuple[str, ...] = ("train.json",), **overrides):
@@ -145,13 +138,13 @@ def test_overwrite_still_deletes_the_bundle_s_own_outputs_and_names_what_changed
 # --- a new user's run: their own source checkpoint -- ----------------------------------------------------------
 
 
-def test_overwrite_never_deletes_a_foreign_source_checkpoint(tmp_path: Path, phantom: str) -> None:
+def test_overwrite_never_deletes_a_foreign_source_checkpoint(tmp_path: Path, fets_phantom: str) -> None:
     """``--source_ckpt`` outside the bundle root with ``--overwrite true``: the run stops and names the remedy, the
     user's file stays byte-identical; the remedy, typed on the command line, fine-tunes from it untouched."""
     user_model = random_weights("source#network_def", tmp_path / "elsewhere" / "user_model.pt")
     before = snapshot(user_model)
     bundle = tmp_path / "bundle"
-    cause = refusal("training", bundle, phantom, source_ckpt=str(user_model), overwrite="true")
+    cause = refusal("training", bundle, fets_phantom, source_ckpt=str(user_model), overwrite="true")
     assert isinstance(cause, ForeignOutputError), repr(cause)
     assert f"source checkpoint {user_model} was not made by this bundle" in str(cause)
     assert "--train_source false" in str(cause)
@@ -159,7 +152,7 @@ def test_overwrite_never_deletes_a_foreign_source_checkpoint(tmp_path: Path, pha
 
     command = [
         sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", str(CONFIGS / "train.json"),
-        "--bundle_root", str(bundle), "--dataset_dir", phantom, "--source_ckpt", str(user_model),
+        "--bundle_root", str(bundle), "--dataset_dir", fets_phantom, "--source_ckpt", str(user_model),
         "--train_source", "false", "--overwrite", "true",
     ]
     for key, value in TINY.items():
@@ -177,7 +170,7 @@ def test_overwrite_never_deletes_a_foreign_source_checkpoint(tmp_path: Path, pha
 # --- a Model Zoo download: models/model.pt that the bundle did not make ------------------------------------------
 
 
-def test_a_downloaded_model_survives_training_with_overwrite_and_is_used_until_the_bundle_trains(tmp_path: Path, phantom: str) -> None:
+def test_a_downloaded_model_survives_training_with_overwrite_and_is_used_until_the_bundle_trains(tmp_path: Path, fets_phantom: str) -> None:
     shipped = random_weights("network_def", tmp_path / "models" / "model.pt")
     before = snapshot(shipped)
     parser = ConfigParser()
@@ -185,14 +178,14 @@ def test_a_downloaded_model_survives_training_with_overwrite_and_is_used_until_t
     parser.update({"bundle_root": str(tmp_path)})
     assert parser.get_parsed_content("model_file") == str(shipped), "inference uses the downloaded model at first"
 
-    run("training", tmp_path, phantom, overwrite="true")
+    run("training", tmp_path, fets_phantom, overwrite="true")
     trained = tmp_path / "models" / "trained"
     assert snapshot(shipped) == before, "training must not delete or change the downloaded model"
     assert (trained / "model.pt").is_file() and (trained / "source.pt").is_file()
     assert json.loads((trained / "finetune.fingerprint.json").read_text())["outputs"] == ["finetune_run", "model.pt"]
     assert not (tmp_path / "models" / "finetune_run").exists() and not (tmp_path / "models" / "source.pt").exists()
 
-    run("evaluating", tmp_path, phantom, ("train.json", "evaluate.json"))
+    run("evaluating", tmp_path, fets_phantom, ("train.json", "evaluate.json"))
     summary = json.loads((tmp_path / "eval" / "metrics_summary.json").read_text())
     assert summary["model"] == {"file": str((trained / "model.pt").resolve()), "sha256": file_sha256(trained / "model.pt")}
     parser = ConfigParser()
@@ -202,15 +195,15 @@ def test_a_downloaded_model_survives_training_with_overwrite_and_is_used_until_t
 
     # the bundle's own outputs in models/trained are still redone in place, and the download still survives
     own = (trained / "model.pt").read_bytes()
-    run("training", tmp_path, phantom, overwrite="true", **{"risk#enabled": "false"})
+    run("training", tmp_path, fets_phantom, overwrite="true", **{"risk#enabled": "false"})
     assert (trained / "model.pt").read_bytes() != own
     assert snapshot(shipped) == before
 
 
-def test_the_downloaded_model_serves_as_a_foreign_source_model(tmp_path: Path, phantom: str) -> None:
+def test_the_downloaded_model_serves_as_a_foreign_source_model(tmp_path: Path, fets_phantom: str) -> None:
     shipped = random_weights("network_def", tmp_path / "models" / "model.pt")
     before = snapshot(shipped)
-    run("training", tmp_path, phantom, source_ckpt=str(shipped), overwrite="true", train_source=False)
+    run("training", tmp_path, fets_phantom, source_ckpt=str(shipped), overwrite="true", train_source=False)
     trained = tmp_path / "models" / "trained"
     assert not (trained / "source_run").exists() and not (trained / "source.pt").exists(), "the source is not trained"
     assert snapshot(shipped) == before

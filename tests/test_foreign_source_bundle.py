@@ -24,18 +24,11 @@ from monai.networks.nets import SegResNet
 from test_bundle_fets import CONFIGS
 from test_foreign_files import refusal
 
-from transrisk_components.data.registry import get_dataset
 from transrisk_components.utils.io import file_sha256
 
 REPO = Path(__file__).resolve().parents[1]
 #: The Zoo brats network as ``network_def`` of the target network too (its weights carry over).
 ZOO_TARGET = {"network_def#init_filters": 16, "network_def#blocks_down": [1, 2, 2, 4], "network_def#blocks_up": [1, 1, 1]}
-
-
-@pytest.fixture(scope="module")
-def phantom(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A 32^3 FeTS phantom with 12 subjects."""
-    return str(get_dataset("fets").make_phantom(tmp_path_factory.mktemp("fets"), subjects=12, seed=0, shape=(32, 32, 32)))
 
 
 @pytest.fixture(scope="module")
@@ -77,14 +70,14 @@ def _parser(**overrides: object) -> ConfigParser:
     return parser
 
 
-def test_foreign_source_defaults_read_one_channel_and_feed_the_source_the_cases_own_images(tmp_path: Path, phantom: str) -> None:
-    parser = _parser(**TINY, bundle_root=str(tmp_path), dataset_dir=phantom)
+def test_foreign_source_defaults_read_one_channel_and_feed_the_source_the_cases_own_images(tmp_path: Path, fets_phantom: str) -> None:
+    parser = _parser(**TINY, bundle_root=str(tmp_path), dataset_dir=fets_phantom)
     assert parser.get_parsed_content("network_def#in_channels") == 1
     assert parser.get_parsed_content("source#network_def#in_channels") == 1
     assert parser.get_parsed_content("risk_stage#source_datalist") is None
 
 
-def test_foreign_source_zoo_brats_model_end_to_end_through_the_bundle_cli(tmp_path: Path, phantom: str, zoo: Path) -> None:
+def test_foreign_source_zoo_brats_model_end_to_end_through_the_bundle_cli(tmp_path: Path, fets_phantom: str, zoo: Path) -> None:
     """The README's worked example: the Zoo brats model (4 channels, 3 sigmoid regions) as the source of a FLAIR-only,
     4-class FeTS target: risk maps over its 2^3 region states, fine-tuning from its weights (input layer 4 -> 1,
     head 3 -> 4), evaluation, inference; the Zoo's files are only read."""
@@ -92,7 +85,7 @@ def test_foreign_source_zoo_brats_model_end_to_end_through_the_bundle_cli(tmp_pa
     before = snapshot(ckpt)
     bundle = tmp_path / "bundle"
     settings = {
-        **TINY, **ZOO_TARGET, "bundle_root": str(bundle), "dataset_dir": phantom,
+        **TINY, **ZOO_TARGET, "bundle_root": str(bundle), "dataset_dir": fets_phantom,
         "source_ckpt": str(ckpt), "train_source": "false",
         "source#network_def": f"%{zoo}/configs/inference.json::network_def",
         "num_source_classes": 3, "source_output": "sigmoid", "source_modality": "all", "target_modality": "flair",
@@ -112,7 +105,7 @@ def test_foreign_source_zoo_brats_model_end_to_end_through_the_bundle_cli(tmp_pa
     model = torch.load(bundle / "models" / "model.pt", weights_only=True)
     assert model["convInit.conv.weight"].shape == (16, 1, 3, 3, 3) and model["conv_final.2.conv.weight"].shape[0] == 4
 
-    evaluation = {**TINY, **ZOO_TARGET, "bundle_root": str(bundle), "dataset_dir": phantom}  # the README's command
+    evaluation = {**TINY, **ZOO_TARGET, "bundle_root": str(bundle), "dataset_dir": fets_phantom}  # the README's command
     cli("evaluating", [str(CONFIGS / "train.json"), str(CONFIGS / "evaluate.json")], bundle, evaluation)
     summary = json.loads((bundle / "eval" / "metrics_summary.json").read_text())
     assert summary["model"]["sha256"] == file_sha256(bundle / "models" / "model.pt")
@@ -122,16 +115,16 @@ def test_foreign_source_zoo_brats_model_end_to_end_through_the_bundle_cli(tmp_pa
     assert snapshot(ckpt) == before, "the Zoo's checkpoint is never changed"
 
 
-def test_foreign_source_one_to_four_channels(tmp_path: Path, phantom: str, caplog) -> None:
+def test_foreign_source_one_to_four_channels(tmp_path: Path, fets_phantom: str, caplog) -> None:
     """A T1 source trained here, fine-tuned on all four modalities: the source reads the target cases' T1, the
     target's first layer gets four channels by the documented rule."""
     with caplog.at_level("INFO"):
-        run_bundle(CONFIGS, "training", tmp_path, phantom, TINY, target_modality="all")
+        run_bundle(CONFIGS, "training", tmp_path, fets_phantom, TINY, target_modality="all")
     assert "source reads ['t1'], target ['t1ce', 't1', 't2', 'flair']: input layer convInit.conv.weight adapted" in caplog.text
     source = torch.load(tmp_path / "models" / "source.pt", weights_only=True)
     assert source["convInit.conv.weight"].shape[1] == 1
     assert torch.load(tmp_path / "models" / "model.pt", weights_only=True)["convInit.conv.weight"].shape[1] == 4
-    source_cases = _parser(**TINY, bundle_root=str(tmp_path), dataset_dir=phantom, target_modality="all").get_parsed_content(
+    source_cases = _parser(**TINY, bundle_root=str(tmp_path), dataset_dir=fets_phantom, target_modality="all").get_parsed_content(
         "risk_stage#source_datalist")
     assert all(len(c["image"]) == 1 and c["image"][0].endswith("_t1.nii.gz") for c in source_cases)
     splits = json.loads((tmp_path / "eval" / "splits.json").read_text())
@@ -152,7 +145,7 @@ def test_foreign_source_one_to_four_channels(tmp_path: Path, phantom: str, caplo
     assert nib.load(written).shape == nib.load(subject / f"{subject.name}_flair.nii.gz").shape
 
 
-def test_foreign_source_torchscript_file(tmp_path: Path, phantom: str, caplog) -> None:
+def test_foreign_source_torchscript_file(tmp_path: Path, fets_phantom: str, caplog) -> None:
     """A TorchScript source (its network and weights in one file) with 4 softmax classes on T1."""
     network = SegResNet(spatial_dims=3, in_channels=1, out_channels=4, init_filters=4, blocks_down=(1, 2), blocks_up=(1,),
                         norm=("GROUP", {"num_groups": 4}))
@@ -164,18 +157,18 @@ def test_foreign_source_torchscript_file(tmp_path: Path, phantom: str, caplog) -
     overrides = {"source_ckpt": str(scripted), "train_source": False,
                  "source#network_def": "$torch.jit.load(@source_ckpt)"}  # as the README says
     with caplog.at_level("INFO"):
-        run_bundle(CONFIGS, "training", bundle, phantom, TINY, **overrides)
+        run_bundle(CONFIGS, "training", bundle, fets_phantom, TINY, **overrides)
     assert f"target network initialised from source checkpoint {scripted}" in caplog.text
     assert len(risk_maps(bundle)) == TINY["num_target_train"] and (bundle / "models" / "model.pt").is_file()
     assert snapshot(scripted) == before
 
 
-def test_foreign_source_checkpoint_that_does_not_fit_stops_the_bundle(tmp_path: Path, phantom: str, zoo: Path) -> None:
+def test_foreign_source_checkpoint_that_does_not_fit_stops_the_bundle(tmp_path: Path, fets_phantom: str, zoo: Path) -> None:
     """The Zoo checkpoint into the tiny target network: one error naming the layer, both shapes and the remedy."""
     ckpt = zoo / "models" / "model.pt"
     before = snapshot(ckpt)
     cause = refusal(
-        "training", tmp_path, phantom, source_ckpt=str(ckpt), train_source=False,
+        "training", tmp_path, fets_phantom, source_ckpt=str(ckpt), train_source=False,
         **{"source#network_def": f"%{zoo}/configs/inference.json::network_def", "num_source_classes": 3,
            "source_output": "sigmoid", "source_modality": "all", "risk#enabled": "false"},
     )
@@ -187,11 +180,11 @@ def test_foreign_source_checkpoint_that_does_not_fit_stops_the_bundle(tmp_path: 
     assert snapshot(ckpt) == before
 
 
-def test_foreign_source_freeze_epochs_is_a_safe_transfer_candidate(tmp_path: Path, phantom: str, caplog) -> None:
+def test_foreign_source_freeze_epochs_is_a_safe_transfer_candidate(tmp_path: Path, fets_phantom: str, caplog) -> None:
     """``freeze_epochs`` as one of the candidate starts of ``safe_training``: its own fingerprinted stage."""
     candidates = {"risk_map": {}, "frozen_head_first": {"freeze_epochs": 1}}
     with caplog.at_level("INFO"):
-        run_bundle(CONFIGS, "safe_training", tmp_path, phantom, {**TINY, "max_epochs": 2}, **{"safe#candidates": candidates})
+        run_bundle(CONFIGS, "safe_training", tmp_path, fets_phantom, {**TINY, "max_epochs": 2}, **{"safe#candidates": candidates})
     assert "transfer weights frozen for the first 1 epochs" in caplog.text and "every weight trains from now on" in caplog.text
     frozen = tmp_path / "models" / "candidates" / "frozen_head_first"
     assert json.loads((frozen / "finetune.fingerprint.json").read_text())["config"]["freeze_epochs"] == 1

@@ -11,18 +11,12 @@ import pytest
 from bundle_helpers import TINY, exception_messages, run_bundle, validation_dice
 
 from transrisk_components.bundle.workflow.selection import choose_candidate
-from transrisk_components.data.registry import get_dataset
 from transrisk_components.data.scenario import ALL_FOLDS, Scenario, fold_ids
 from transrisk_components.utils.io import file_sha256
 
 REPO = Path(__file__).resolve().parents[1]
 CANDIDATES = {"plain": {"risk#enabled": False}, "scratch": {"target_init": "random", "risk#enabled": False}}
 SETTINGS = {**TINY, "safe#enabled": True, "num_target_train": 2, "num_target_val": 1, "safe#candidates": CANDIDATES}
-
-
-@pytest.fixture(scope="module")
-def fets_phantom(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return str(get_dataset("fets").make_phantom(tmp_path_factory.mktemp("fets"), subjects=12, seed=0, shape=(32, 32, 32)))
 
 
 def _scenario(phantom: str, tmp_path: Path, fold: int | str | None, folds: int = 3) -> Scenario:

@@ -14,16 +14,10 @@ import torch
 from bundle_helpers import TINY, exception_messages, run_bundle
 
 from transrisk_components.bundle.workflow.parallel import ParallelJob, resolve_workers, run_side_by_side
-from transrisk_components.data.registry import get_dataset
 from transrisk_components.utils.io import file_sha256
 
 REPO = Path(__file__).resolve().parents[1]
 SETTINGS = {**TINY, "safe#enabled": True, "num_target_val": 2, "max_epochs": 2}
-
-
-@pytest.fixture(scope="module")
-def fets_phantom(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return str(get_dataset("fets").make_phantom(tmp_path_factory.mktemp("fets"), subjects=12, seed=0, shape=(32, 32, 32)))
 
 
 def _run(root: Path, phantom: str, **overrides) -> None:

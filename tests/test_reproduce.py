@@ -15,7 +15,6 @@ import pytest
 from grid_helpers import TINY
 
 from transrisk_components import experiments
-from transrisk_components.data.registry import get_dataset
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,11 +26,10 @@ def reproduce_tiny(work: Path, reports: Path, phantom: Path | None, workers: int
 
 
 @pytest.fixture(scope="module")
-def tiny_grid(tmp_path_factory):
-    phantom = get_dataset("fets").make_phantom(tmp_path_factory.mktemp("fets"), subjects=12, seed=0, shape=(32, 32, 32))
+def tiny_grid(tmp_path_factory, fets_phantom: str):
     work, reports = tmp_path_factory.mktemp("work"), tmp_path_factory.mktemp("reports")
-    reproduce_tiny(work, reports, phantom)
-    return phantom, work, reports
+    reproduce_tiny(work, reports, Path(fets_phantom))
+    return Path(fets_phantom), work, reports
 
 
 def test_tiny_grid_writes_one_row_per_cell_and_the_reports(tiny_grid):

@@ -6,12 +6,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 from bundle_helpers import TINY, run_bundle
 
 from transrisk_components.bundle.workflow.pipeline import TransferPipeline
 from transrisk_components.bundle.workflow.request import BundleRequest
-from transrisk_components.data.registry import get_dataset
 from transrisk_components.experiments.catalogue import CONTROLS, METHODS, PLAIN_RESTARTS, RISK_RESTARTS, restart_id
 from transrisk_components.experiments.safe import safe_transfer_rows
 from transrisk_components.utils.io import file_sha256
@@ -20,11 +18,6 @@ REPO = Path(__file__).resolve().parents[1]
 TRAIN = REPO / "bundles" / "fets" / "configs" / "train.json"
 RESTARTED = {"plain": {"risk#enabled": False}, "plain_r1": {"risk#enabled": False, "restart": 1},
              "risk_map": {}, "risk_map_r1": {"restart": 1}}
-
-
-@pytest.fixture(scope="module")
-def fets_phantom(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return str(get_dataset("fets").make_phantom(tmp_path_factory.mktemp("fets"), subjects=12, seed=0, shape=(32, 32, 32)))
 
 
 def _plan(root: Path, phantom: str, **overrides):

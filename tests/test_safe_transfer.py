@@ -11,16 +11,10 @@ from bundle_helpers import TINY, exception_messages, run_bundle, validation_dice
 
 from transrisk_components.bundle.workflow.selection import choose_candidate
 
-from transrisk_components.data.registry import get_dataset
 from transrisk_components.utils.io import file_sha256
 
 REPO = Path(__file__).resolve().parents[1]
 CANDIDATES = ("risk_map", "plain", "scratch")
-
-
-@pytest.fixture(scope="module")
-def fets_phantom(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return str(get_dataset("fets").make_phantom(tmp_path_factory.mktemp("fets"), subjects=12, seed=0, shape=(32, 32, 32)))
 
 
 def _run(run_id: str, root: Path, phantom: str, configs: tuple[str, ...] = ("train.json",), **overrides):

@@ -21,14 +21,8 @@ from transrisk_components.bundle.workflow.fingerprint import differences
 from transrisk_components.bundle.workflow.pipeline import TransferPipeline
 from transrisk_components.bundle.workflow.request import BundleRequest
 from transrisk_components.bundle.workflow.settings import SettingsError
-from transrisk_components.data.registry import get_dataset
 
 SAFE = {**TINY, "safe#enabled": True, "num_target_val": 2}
-
-
-@pytest.fixture(scope="module")
-def phantom(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return str(get_dataset("fets").make_phantom(tmp_path_factory.mktemp("fets"), subjects=12, seed=0, shape=(32, 32, 32)))
 
 
 def folder_digest(folder: Path) -> dict[str, str]:
@@ -36,9 +30,9 @@ def folder_digest(folder: Path) -> dict[str, str]:
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def refused(configs_dir: Path, root: Path, phantom: str, settings: dict, **overrides: object) -> BaseException:
+def refused(configs_dir: Path, root: Path, fets_phantom: str, settings: dict, **overrides: object) -> BaseException:
     with pytest.raises(Exception) as error:
-        run_bundle(configs_dir, "training", root, phantom, settings, **overrides)
+        run_bundle(configs_dir, "training", root, fets_phantom, settings, **overrides)
     return real_cause(error.value)
 
 
@@ -55,47 +49,47 @@ def refused(configs_dir: Path, root: Path, phantom: str, settings: dict, **overr
     ({"risk#normalization": "minmax"}, "risk#normalization is not an id any more: use risk#map_normalization"),
 ])
 def test_a_bad_setting_stops_the_run_before_any_stage_naming_the_id(
-    tmp_path: Path, phantom: str, overrides: dict, named: str
+    tmp_path: Path, fets_phantom: str, overrides: dict, named: str
 ) -> None:
-    cause = refused(CONFIGS, tmp_path, phantom, SAFE, **overrides)
+    cause = refused(CONFIGS, tmp_path, fets_phantom, SAFE, **overrides)
     assert isinstance(cause, SettingsError) and named in str(cause), str(cause)
     assert not (tmp_path / "models").exists() and not (tmp_path / "eval").exists(), "nothing ran, nothing was written"
 
 
-def test_editing_one_transform_parameter_refits_the_fine_tuning_and_reuses_the_source(tmp_path: Path, phantom: str) -> None:
+def test_editing_one_transform_parameter_refits_the_fine_tuning_and_reuses_the_source(tmp_path: Path, fets_phantom: str) -> None:
     """A user halves the ``prob`` of the first ``RandFlipd`` in a copy of the bundle's train.json: the fine-tuning
     stage is refused naming the changed id (then redone with ``--overwrite true``), the source model is reused."""
     bundle = tmp_path / "bundle"
     shutil.copytree(CONFIGS.parent, bundle, ignore=shutil.ignore_patterns("models", "eval", "outputs", "runs", "data"))
     configs = bundle / "configs"
-    run_bundle(configs, "training", bundle, phantom, TINY)
+    run_bundle(configs, "training", bundle, fets_phantom, TINY)
     source = (bundle / "models" / "source.pt").stat().st_mtime_ns
     model = (bundle / "models" / "model.pt").stat().st_mtime_ns
     train = json.loads((configs / "train.json").read_text())
     flips = [i for i, t in enumerate(train["train"]["random_transforms"]) if t["_target_"] == "RandFlipd"]
     train["train"]["random_transforms"][flips[0]]["prob"] = 0.25
     (configs / "train.json").write_text(json.dumps(train, indent=4))
-    cause = refused(configs, bundle, phantom, TINY)
+    cause = refused(configs, bundle, fets_phantom, TINY)
     assert isinstance(cause, StaleOutputError) and "the fine-tuning stage's outputs" in str(cause)
     assert f"config.train#random_transforms#{flips[0]}#prob: 0.5 -> 0.25" in str(cause)
-    run_bundle(configs, "training", bundle, phantom, TINY, overwrite=True)
+    run_bundle(configs, "training", bundle, fets_phantom, TINY, overwrite=True)
     assert (bundle / "models" / "source.pt").stat().st_mtime_ns == source, "the source model is reused"
     assert (bundle / "models" / "model.pt").stat().st_mtime_ns != model, "the fine-tuning is redone"
     record = json.loads((bundle / "models" / "finetune.fingerprint.json").read_text())
     assert record["config"]["train#random_transforms"][flips[0]]["prob"] == 0.25 and record["complete"]
 
 
-def test_the_overwrite_sequence_ends_with_a_trained_plain_baseline(tmp_path: Path, phantom: str) -> None:
+def test_the_overwrite_sequence_ends_with_a_trained_plain_baseline(tmp_path: Path, fets_phantom: str) -> None:
     """``training``; then ``training --risk#enabled false`` stops naming ``--overwrite``, leaving ``eval/`` and
     ``models/`` byte-identical; then the same with ``--overwrite true`` trains: the risk_map candidate, now without
     the map, is the plain candidate's run (equal fingerprints: trained once, taken over), and is chosen on a tie."""
-    run_bundle(CONFIGS, "training", tmp_path, phantom, SAFE)
+    run_bundle(CONFIGS, "training", tmp_path, fets_phantom, SAFE)
     before = {name: folder_digest(tmp_path / name) for name in ("eval", "models")}
-    cause = refused(CONFIGS, tmp_path, phantom, SAFE, **{"risk#enabled": "false"})
+    cause = refused(CONFIGS, tmp_path, fets_phantom, SAFE, **{"risk#enabled": "false"})
     assert isinstance(cause, StaleOutputError) and "--overwrite true" in str(cause)
     assert "fine-tuning risk_map stage" in str(cause) and "config.risk#enabled: true -> false" in str(cause)
     assert {name: folder_digest(tmp_path / name) for name in ("eval", "models")} == before, "a refused run changes nothing"
-    run_bundle(CONFIGS, "training", tmp_path, phantom, SAFE, overwrite=True, **{"risk#enabled": "false"})
+    run_bundle(CONFIGS, "training", tmp_path, fets_phantom, SAFE, overwrite=True, **{"risk#enabled": "false"})
     candidates = tmp_path / "models" / "candidates"
     assert (candidates / "risk_map" / "model.pt").read_bytes() == (candidates / "plain" / "model.pt").read_bytes()
     record = json.loads((candidates / "risk_map" / "finetune.fingerprint.json").read_text())
@@ -106,10 +100,10 @@ def test_the_overwrite_sequence_ends_with_a_trained_plain_baseline(tmp_path: Pat
     assert (tmp_path / "models" / "model.pt").is_file()
 
 
-def test_a_run_whose_length_is_shorter_than_what_was_trained_is_refused(tmp_path: Path, phantom: str) -> None:
+def test_a_run_whose_length_is_shorter_than_what_was_trained_is_refused(tmp_path: Path, fets_phantom: str) -> None:
     """A finished 2-epoch run is not a 1-epoch run (its best model may come from epoch 2): refused, never "reused"."""
-    run_bundle(CONFIGS, "training", tmp_path, phantom, {**TINY, "max_epochs": 2})
-    cause = refused(CONFIGS, tmp_path, phantom, TINY)
+    run_bundle(CONFIGS, "training", tmp_path, fets_phantom, {**TINY, "max_epochs": 2})
+    cause = refused(CONFIGS, tmp_path, fets_phantom, TINY)
     assert isinstance(cause, StaleOutputError) and "epochs: 2 done -> 1 asked" in str(cause), exception_messages(cause)
 
 
@@ -117,7 +111,7 @@ class _Stop(KeyboardInterrupt):
     """What Ctrl-C raises, at a chosen moment of a run."""
 
 
-def test_a_run_stopped_and_resumed_is_the_run_it_resumes(tmp_path: Path, phantom: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_run_stopped_and_resumed_is_the_run_it_resumes(tmp_path: Path, fets_phantom: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Issue #33, finding 1: the same command stopped twice -- once between two source epochs, once in the middle of
     a candidate's epoch -- and run again gives the uninterrupted run's choice, scores and models, bit for bit."""
     from transrisk_components.bundle.handlers.checkpoints import ResumableCheckpoints
@@ -125,7 +119,7 @@ def test_a_run_stopped_and_resumed_is_the_run_it_resumes(tmp_path: Path, phantom
 
     settings = {**SAFE, "source_epochs": 2, "max_epochs": 4, "val_interval": 2}
     straight = tmp_path / "straight"
-    run_bundle(CONFIGS, "training", straight, phantom, settings)
+    run_bundle(CONFIGS, "training", straight, fets_phantom, settings)
 
     stopped = tmp_path / "stopped"
     prune = ResumableCheckpoints._prune
@@ -137,7 +131,7 @@ def test_a_run_stopped_and_resumed_is_the_run_it_resumes(tmp_path: Path, phantom
 
     monkeypatch.setattr(ResumableCheckpoints, "_prune", stop_after_source_epoch_1)
     with pytest.raises(KeyboardInterrupt):
-        run_bundle(CONFIGS, "training", stopped, phantom, settings)
+        run_bundle(CONFIGS, "training", stopped, fets_phantom, settings)
     monkeypatch.undo()
     collect = LearningCurveWriter._collect_loss
 
@@ -148,11 +142,11 @@ def test_a_run_stopped_and_resumed_is_the_run_it_resumes(tmp_path: Path, phantom
 
     monkeypatch.setattr(LearningCurveWriter, "_collect_loss", stop_in_plain_epoch_3)
     with pytest.raises(KeyboardInterrupt):
-        run_bundle(CONFIGS, "training", stopped, phantom, settings)
+        run_bundle(CONFIGS, "training", stopped, fets_phantom, settings)
     monkeypatch.undo()
     assert (stopped / "models" / "candidates" / "risk_map" / "model.pt").is_file()
     assert not json.loads((stopped / "models" / "candidates" / "plain" / "finetune.fingerprint.json").read_text())["complete"]
-    run_bundle(CONFIGS, "training", stopped, phantom, settings)
+    run_bundle(CONFIGS, "training", stopped, fets_phantom, settings)
 
     reports = [json.loads((root / "eval" / "transfer_report.json").read_text()) for root in (straight, stopped)]
     for report in reports:
@@ -164,12 +158,11 @@ def test_a_run_stopped_and_resumed_is_the_run_it_resumes(tmp_path: Path, phantom
         stopped / "eval" / "candidates" / "plain" / "learning_curves.csv").read_text()
 
 
-def test_cases_moved_between_training_and_validation_are_a_new_fine_tuning_run(tmp_path: Path) -> None:
+def test_cases_moved_between_training_and_validation_are_a_new_fine_tuning_run(tmp_path: Path, fets_phantom: str) -> None:
     """Two folds of k-fold choice read the same files in other roles: their fine-tuning stages differ by their splits
     (with the files alone they were one run, and the second fold a copy of the first)."""
-    phantom = str(get_dataset("fets").make_phantom(tmp_path, subjects=12, seed=0, shape=(32, 32, 32)))
     train = Path(__file__).resolve().parents[1] / "bundles" / "fets" / "configs" / "train.json"
-    settings = {**SAFE, "bundle_root": str(tmp_path / "root"), "dataset_dir": phantom, "safe#folds": 2}
+    settings = {**SAFE, "bundle_root": str(tmp_path / "root"), "dataset_dir": fets_phantom, "safe#folds": 2}
     plan = TransferPipeline(BundleRequest((train,), settings), "training").plan(check_outputs=False)
     first, second = (c.finetune.fingerprint for c in plan.candidates[:2])
     assert [c.name for c in plan.candidates[:2]] == ["risk_map/fold1", "risk_map/fold2"]
