@@ -9,6 +9,7 @@ Examples::
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import fire
@@ -49,4 +50,7 @@ def main(
 
 
 if __name__ == "__main__":
-    fire.Fire(main)
+    try:
+        fire.Fire(main)
+    except (ValueError, FileExistsError) as error:  # an unknown dataset, a bad size, real data in the way
+        sys.exit(f"make_phantom.py: {error}")

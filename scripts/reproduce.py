@@ -35,6 +35,10 @@ from transrisk_components.experiments.ensembles_default import ensembles_default
 from transrisk_components.experiments.reports import combine_reports, write_readme, write_table_and_figures
 
 
+class UsageError(ValueError):
+    """A command-line argument this script cannot take (an unknown profile, scenario or study): printed as one line."""
+
+
 def _command() -> str:
     """This invocation as ``machine.md`` records it."""
     return "python scripts/reproduce.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
@@ -66,14 +70,14 @@ def run(
             scenario at a time; the reports then cover those scenarios.
     """
     if profile not in PROFILES:
-        raise ValueError(f"unknown profile {profile!r}; choose one of {sorted(PROFILES)}")
+        raise UsageError(f"unknown profile {profile!r}; choose one of {sorted(PROFILES)}")
     logging.basicConfig(level=logging.WARNING)
     chosen = PROFILES[profile]
     if scenarios is not None:
         names = tuple(scenarios.split(",")) if isinstance(scenarios, str) else tuple(scenarios)
         unknown = [n for n in names if n not in chosen.scenarios]
         if unknown:
-            raise ValueError(f"scenarios {unknown} are not in profile {profile!r}: {list(chosen.scenarios)}")
+            raise UsageError(f"scenarios {unknown} are not in profile {profile!r}: {list(chosen.scenarios)}")
         chosen = replace(chosen, scenarios=names)
     reproduce_profile(
         profile,
@@ -149,7 +153,7 @@ def ranking(
     """
     logging.basicConfig(level=logging.WARNING)
     if study not in RANKING_STUDIES:
-        raise ValueError(f"unknown ranking study {study!r}; choose one of {sorted(RANKING_STUDIES)}")
+        raise UsageError(f"unknown ranking study {study!r}; choose one of {sorted(RANKING_STUDIES)}")
     chosen_study = RANKING_STUDIES[study]
     chosen = (seeds,) if isinstance(seeds, int) else tuple(seeds) if seeds is not None else chosen_study.seeds
     default_report = "ranking_mixed" if study == "mixed" else "ranking"
@@ -163,4 +167,7 @@ def ranking(
 
 
 if __name__ == "__main__":
-    fire.Fire({"run": run, "table": table, "combine": combine, "ranking": ranking, "ensembles_default": ensembles_default})
+    try:
+        fire.Fire({"run": run, "table": table, "combine": combine, "ranking": ranking, "ensembles_default": ensembles_default})
+    except UsageError as error:
+        sys.exit(f"reproduce.py: {error}")

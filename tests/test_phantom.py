@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -156,3 +158,16 @@ def test_cli_full_size_flag(monkeypatch, tmp_path):
     for flag in ("--full-size", "--full_size"):
         fire.Fire(cli.main, command=["fets", "--out", str(tmp_path), flag])
     assert [k["full_size"] for k in seen] == [True, True] and all(k["shape"] is None for k in seen)
+
+
+@pytest.mark.parametrize("arguments, message", [(["brats"], "unknown dataset 'brats'"),
+                                                (["fets", "--subjects", "2", "--institutions", "3"], "institutions")])
+def test_cli_names_a_bad_argument_in_one_line(tmp_path, arguments, message):
+    """A typo on the command line ends with one line naming it, not a traceback, and writes nothing."""
+    script = Path(__file__).resolve().parents[1] / "scripts" / "make_phantom.py"
+    done = subprocess.run([sys.executable, str(script), *arguments, "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode != 0 and len(lines) == 1 and lines[0].startswith("make_phantom.py: "), done.stderr
+    assert message in lines[0]
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.nii.gz"))

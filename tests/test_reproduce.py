@@ -243,6 +243,7 @@ def test_the_command_line_refuses_unknown_profiles_and_scenarios(tmp_path, argum
     done = subprocess.run([sys.executable, str(repo / "scripts" / "reproduce.py"), "run", *arguments,
                            "--work_dir", str(tmp_path)], capture_output=True, text=True, cwd=repo)
     assert done.returncode != 0 and message in done.stderr
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert not list(tmp_path.iterdir())
 
 
