@@ -40,3 +40,19 @@ def test_a_derived_row_that_is_not_the_replayed_choice_is_named(tmp_path: Path, 
     out = capsys.readouterr().out
     assert f"MISMATCH {scenario} seed {seed}: safe_ensemble is not its replayed choice" in out
     assert out.splitlines()[-1].endswith(" mismatches") and not out.splitlines()[-1].endswith(" 0 mismatches")
+
+
+def test_a_missing_candidate_of_a_choice_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    part = tmp_path / "part"
+    shutil.copytree(PARTS[0], part, ignore=shutil.ignore_patterns("figures"))
+    with (part / "validation_per_case.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    seed = rows[0]["seed"]
+    kept = [r for r in rows if not (r["method"] == "ensemble_top2" and r["seed"] == seed)]
+    assert len(kept) < len(rows)
+    with (part / "validation_per_case.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(kept)
+    assert recheck.main(str(part)) == 1
+    assert f"seed {seed}: no validation Dice of ['ensemble_top2'], which safe_ensemble chooses among" in capsys.readouterr().out
