@@ -47,7 +47,7 @@ def read_per_case(path: Path) -> PerCase:
     with path.open(newline="") as handle:
         for row in csv.DictReader(handle):
             table[row["scenario"], row["method"], int(row["seed"])][row["case_id"]][row["region"]] = float(row["dice"])
-    return table
+    return {key: dict(cases) for key, cases in table.items()}
 
 
 def score(cases: dict[str, dict[str, float]]) -> float:
@@ -113,13 +113,25 @@ def main(report_dir: str) -> int:
             absent = [m for m in among if m not in present and m not in OPTIONAL]
             if absent:
                 mismatches.append(f"{scenario} seed {seed}: no validation Dice of {absent}, which {derived} chooses among")
+            if not present:
+                continue
             chosen[derived] = replay({m: score(validation[scenario, m, seed]) for m in present})
         for oracle, among in ORACLES.items():
+            absent = [m for m in (oracle, *among) if (scenario, m, seed) not in test]
+            if absent:
+                mismatches.append(f"{scenario} seed {seed}: no test Dice of {absent}, which the {oracle} oracle needs")
+                continue
             chosen[oracle] = max(among, key=lambda m: score(test[scenario, m, seed]))
         for derived, method in chosen.items():
             replayed += 1
-            if test[scenario, derived, seed] != test[scenario, method, seed]:
+            if (scenario, method, seed) not in test:
+                mismatches.append(f"{scenario} seed {seed}: {derived} chose {method}, which has no test Dice")
+            elif test[scenario, derived, seed] != test[scenario, method, seed]:
                 mismatches.append(f"{scenario} seed {seed}: {derived} is not its replayed choice {method}")
+        absent = [m for m in ("safe_ensemble", *COMPARED) if (scenario, m, seed) not in test]
+        if absent:
+            mismatches.append(f"{scenario} seed {seed}: no test Dice of {absent}, which the hypotheses compare")
+            continue
         safe = case_means(test[scenario, "safe_ensemble", seed])
         for other in COMPARED:
             values = case_means(test[scenario, other, seed])

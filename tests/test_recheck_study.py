@@ -56,3 +56,20 @@ def test_a_missing_candidate_of_a_choice_is_named(tmp_path: Path, capsys: pytest
         writer.writerows(kept)
     assert recheck.main(str(part)) == 1
     assert f"seed {seed}: no validation Dice of ['ensemble_top2'], which safe_ensemble chooses among" in capsys.readouterr().out
+
+
+def test_a_seed_without_any_test_rows_of_a_compared_method_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    part = tmp_path / "part"
+    shutil.copytree(PARTS[0], part, ignore=shutil.ignore_patterns("figures"))
+    with (part / "results_per_case.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    seed = rows[0]["seed"]
+    kept = [r for r in rows if not (r["method"] in ("plain", "plain_x3") and r["seed"] == seed)]
+    with (part / "results_per_case.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(kept)
+    assert recheck.main(str(part)) == 1  # a clear line for each gap, no traceback
+    out = capsys.readouterr().out
+    assert f"seed {seed}: no test Dice of ['plain'], which the better_of_plain_scratch oracle needs" in out
+    assert f"seed {seed}: no test Dice of ['plain_x3'], which the hypotheses compare" in out
