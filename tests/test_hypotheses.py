@@ -12,6 +12,7 @@ import pytest
 
 from transrisk_components.experiments.ensembles_default import ensembles_default
 from transrisk_components.experiments.hypotheses import hypotheses_markdown, judge_hypotheses
+from transrisk_components.experiments.reports import hypothesis_comparisons, plot_hypotheses
 from transrisk_components.reporting.results import write_case_results_csv, write_results_csv
 
 REPO = Path(__file__).resolve().parents[1]
@@ -58,6 +59,19 @@ def test_each_fails_on_its_own_evidence() -> None:
     assert not verdicts["H2"].held and "held in 3" in verdicts["H2"].statement
     assert not verdicts["H3"].held, "significantly below the better of plain and scratch in s2"
     assert "**H3 failed**" in hypotheses_markdown(list(verdicts.values()))
+
+
+def test_the_figure_marks_each_comparison_as_its_hypothesis_judges_it(tmp_path: Path) -> None:
+    cases = _cases(_shift(h2_scenarios=3, below_better="s2", below_best=0.02))
+    entries = hypothesis_comparisons(cases)
+    met = {(e.panel, e.label.split("(")[-1].rstrip(")"), e.label): e.met for e in entries}
+    assert len(entries) == 4 * len(SCENARIOS) and [e.panel for e in entries] == sorted(e.panel for e in entries)
+    assert not any(v for (_, name, _), v in met.items() if name == "H1"), "2 points below the best in every scenario"
+    both_controls = [s for s in SCENARIOS if all(v for (p, name, _), v in met.items() if p == s and name == "H2")]
+    assert both_controls == ["s0", "s1", "s2"]
+    assert [p for (p, name, _), v in met.items() if name == "H3" and not v] == ["s2"]
+    png = plot_hypotheses(cases, judge_hypotheses(cases), tmp_path / "hypotheses.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
 
 
 def _with_safe(shift: dict[str, dict[str, float]], gap: float, scenario: str = "s0") -> list[dict]:

@@ -27,7 +27,9 @@ from transrisk_components.experiments.catalogue import (
     FOREGROUND_MAP,
     METHODS,
     PLAIN,
+    PLAIN_RESTARTS,
     RANDOM_MAP,
+    RISK_RESTARTS,
     SAFE,
     SAFE_COMPOSITE,
     SAFE_ENSEMBLE,
@@ -38,12 +40,20 @@ from transrisk_components.experiments.catalogue import (
     method_label,
 )
 from transrisk_components.experiments.cells import Cell
-from transrisk_components.experiments.hypotheses import HYPOTHESIS_METHODS, hypotheses_markdown, judge_hypotheses
+from transrisk_components.experiments.hypotheses import (
+    H1_MARGIN,
+    HYPOTHESIS_METHODS,
+    Hypothesis,
+    hypotheses_markdown,
+    judge_hypotheses,
+)
 from transrisk_components.experiments.profiles import FEW_SHOT_CURVE
 from transrisk_components.experiments.safe import SAFE_CANDIDATES
 from transrisk_components.experiments.study import choose_default, selection_scores
+from transrisk_components.reporting.figures import CriterionEntry, plot_criteria_forest
 from transrisk_components.reporting.results import (
     load_case_results_csv,
+    paired_case_statistics,
     load_results_csv,
     markdown_table,
     plot_few_shot_curve,
@@ -58,7 +68,9 @@ from transrisk_components.reporting.results import (
 from transrisk_components.utils.io import atomic_write_text
 
 __all__ = [
-    "REGION_COMPARISONS", "REPORTED_METHODS", "combine_reports", "copy_cell_figures", "load_results", "write_readme",
+    "REGION_COMPARISONS", "REPORTED_METHODS", "combine_reports", "copy_cell_figures", "hypothesis_comparisons", "load_results",
+    "plot_hypotheses",
+    "write_readme",
     "write_result_files", "write_table_and_figures",
 ]
 
@@ -148,6 +160,8 @@ def write_table_and_figures(rows: Sequence[Mapping[str, Any]], cases: Sequence[M
     scores = selection_scores(rows)
     chosen = choose_default(rows)
     hypotheses = judge_hypotheses(cases) if HYPOTHESIS_METHODS <= ids else None
+    if hypotheses is not None:
+        plot_hypotheses(cases, hypotheses, report_dir / "figures" / "hypotheses.png")
     rows = [_with_labels(r) for r in rows]
     cases = [_with_labels(c) for c in cases]
     label = method_label
@@ -198,6 +212,40 @@ def write_table_and_figures(rows: Sequence[Mapping[str, Any]], cases: Sequence[M
         plot_runs_against_baseline(rows, label(DEFAULT_RISK), plain, figures / "runs_default_vs_plain.png")
     if sum(any(c["scenario"] == s for c in cases) for s in FEW_SHOT_CURVE.values()) >= 2:
         plot_few_shot_curve(cases, FEW_SHOT_CURVE, reported, figures / "few_shot_curve.png")
+
+
+def hypothesis_comparisons(cases: Sequence[Mapping[str, Any]]) -> list[CriterionEntry]:
+    """The comparisons H1-H3 rest on, per scenario (sorted): ``safe_ensemble`` minus the best single candidate (H1),
+    plain x3 and risk map x3 (H2), the better of plain and scratch (H3), each with its seed CI and whether it meets
+    its hypothesis's criterion in that scenario (H2 needs both of its comparisons to). :func:`judge_hypotheses`
+    judges; this only lays the same comparisons out for :func:`plot_hypotheses`.
+
+    Args:
+        cases: per-case test Dice, method ids (a report with :data:`HYPOTHESIS_METHODS`).
+    """
+    criteria = {  # baseline -> (row label, whether a comparison meets its hypothesis's criterion)
+        BEST_CANDIDATE: ("- best single candidate (H1)", lambda s: s.seed_low >= -H1_MARGIN),
+        PLAIN_RESTARTS: ("- plain x3 (H2)", lambda s: s.seed_low > 0),
+        RISK_RESTARTS: ("- risk map x3 (H2)", lambda s: s.seed_low > 0),
+        BETTER_OF_PLAIN_AND_SCRATCH: ("- better of plain and scratch (H3)", lambda s: s.seed_high >= 0),
+    }
+    entries = []
+    for baseline, (label, met) in criteria.items():
+        for (scenario, method), stat in paired_case_statistics(cases, baseline).items():
+            if method == SAFE_ENSEMBLE:
+                entries.append(CriterionEntry(scenario, label, stat, met(stat)))
+    return sorted(entries, key=lambda e: e.panel)
+
+
+def plot_hypotheses(cases: Sequence[Mapping[str, Any]], hypotheses: Sequence[Hypothesis], out_png: Path) -> Path:
+    """:func:`hypothesis_comparisons` as a forest plot, one panel per scenario, green where a comparison meets its
+    criterion; the verdicts of ``hypotheses`` (:func:`judge_hypotheses` on the same ``cases``) in the title."""
+    verdicts = "; ".join(f"{h.name} {'held' if h.held else 'failed'}" for h in hypotheses)
+    return plot_criteria_forest(
+        hypothesis_comparisons(cases),
+        f"{method_label(SAFE_ENSEMBLE)} minus ... (test Dice, 95% seed-bootstrap CI): {verdicts}",
+        out_png, reference_lines={f"H1 bound ({-100 * H1_MARGIN:+.1f})": -100 * H1_MARGIN},
+    )
 
 
 def write_readme(report_dir: Path) -> None:

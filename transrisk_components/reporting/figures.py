@@ -12,6 +12,8 @@ Inputs:
   :func:`transrisk_components.bundle.handlers.metrics.write_summary_json` (or their loaded dicts), one per method.
 - :func:`plot_transfer_report`: safe transfer's report
   (:func:`transrisk_components.bundle.workflow.report.transfer_report`).
+- :func:`plot_criteria_forest`: paired differences with their seed CIs, each marked as meeting its criterion or not
+  (e.g. a pre-registered hypothesis per scenario).
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ import math
 import os
 import textwrap
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 
@@ -36,8 +39,13 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from transrisk_components.utils.io import atomic_write  # noqa: E402
 
+if TYPE_CHECKING:  # the bundle draws its figures without the study's statistics (and scipy) loaded
+    from transrisk_components.reporting.results import PairedStatistics
+
 __all__ = [
     "axial_slice",
+    "CriterionEntry",
+    "plot_criteria_forest",
     "plot_learning_curves",
     "plot_ranking_study",
     "plot_region_dice",
@@ -395,4 +403,55 @@ def plot_ranking_study(
             axis.set_ylabel("fine-tuned test Dice")
     figure.suptitle(caption, fontsize=10)
     figure.tight_layout()
+    return _save(figure, out_png)
+
+
+@dataclass(frozen=True)
+class CriterionEntry:
+    """One row of :func:`plot_criteria_forest`: a paired difference in one panel and whether it meets its criterion.
+
+    Attributes:
+        panel: the panel it is drawn in (e.g. the scenario).
+        label: the row label (e.g. ``"- plain x3 (H2)"``); rows keep their first-seen order in every panel.
+        statistics: the difference (Dice units) with its seed-bootstrap CI.
+        met: whether it meets its criterion (drawn green) or not (red).
+    """
+
+    panel: str
+    label: str
+    statistics: PairedStatistics
+    met: bool
+
+
+def plot_criteria_forest(
+    entries: Sequence[CriterionEntry], title: str, out_png: str | os.PathLike,
+    reference_lines: Mapping[str, float] | None = None,
+) -> Path:
+    """Forest plot, one panel per ``entry.panel``: each difference (points) with its 95% seed-bootstrap CI, green
+    where it meets its criterion and red where not; a solid line at 0 and a dashed line per ``reference_lines``
+    (legend label -> points, e.g. ``{"H1 bound": -0.5}``)."""
+    panels = list(dict.fromkeys(e.panel for e in entries))
+    labels = list(dict.fromkeys(e.label for e in entries))
+    figure, axes = plt.subplots(1, max(1, len(panels)), figsize=(3.4 * max(1, len(panels)), 0.45 * len(labels) + 2.2),
+                                sharey=True, squeeze=False)
+    for ax, panel in zip(axes[0], panels):
+        for entry in (e for e in entries if e.panel == panel):
+            stat = entry.statistics
+            error = ([[100 * (stat.mean - stat.seed_low)], [100 * (stat.seed_high - stat.mean)]]
+                     if stat.n_seeds >= 2 else None)
+            ax.errorbar(100 * stat.mean, labels.index(entry.label), xerr=error, fmt="o", capsize=3,
+                        color="#1a9850" if entry.met else "#d73027")
+        ax.axvline(0, color="black", linewidth=0.8)
+        for name, value in (reference_lines or {}).items():
+            ax.axvline(value, color="#4d4d4d", linewidth=0.8, linestyle="--", label=name)
+        ax.set_title(panel, fontsize=9)
+        ax.set_xlabel("Dice difference (points)")
+    axes[0][0].set_yticks(range(len(labels)), labels, fontsize=8)
+    axes[0][0].invert_yaxis()
+    handles = [Line2D([], [], color="#1a9850", marker="o", linestyle="", label="criterion met"),
+               Line2D([], [], color="#d73027", marker="o", linestyle="", label="criterion not met")]
+    handles += [Line2D([], [], color="#4d4d4d", linestyle="--", label=name) for name in (reference_lines or {})]
+    figure.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
+    figure.suptitle(title, fontsize=10)
+    figure.tight_layout(rect=(0, 0.08, 1, 1))
     return _save(figure, out_png)
