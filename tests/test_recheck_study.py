@@ -10,16 +10,18 @@ import pytest
 
 from script_helpers import load_script
 
-PARTS = sorted((Path(__file__).resolve().parents[1] / "docs" / "results" / "confirm2" / "epochs40").glob("part_*"))
+EPOCHS40 = Path(__file__).resolve().parents[1] / "docs" / "results" / "confirm2" / "epochs40"
+PARTS = sorted(EPOCHS40.glob("part_*"))
 recheck = load_script("recheck_study")
 
 
-@pytest.mark.parametrize("part", PARTS, ids=[p.name for p in PARTS])
-def test_every_committed_part_replays_without_a_mismatch(part: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert recheck.main(str(part)) == 0
+@pytest.mark.parametrize("report", [*PARTS, EPOCHS40], ids=[p.name for p in [*PARTS, EPOCHS40]])
+def test_every_committed_report_replays_without_a_mismatch(report: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    scenarios = 1 if report.name.startswith("part_") else len(PARTS)  # the combined report holds every part
+    assert recheck.main(str(report)) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[-1] == "recheck: 105 choices replayed, 0 mismatches"
-    assert sum("table.md" in line for line in lines) == 4  # the four hypothesis comparisons, each beside the table's
+    assert lines[-1] == f"recheck: {105 * scenarios} choices replayed, 0 mismatches"  # 15 seeds x 7 choices each
+    assert sum("table.md" in line for line in lines) == 4 * scenarios  # the hypothesis comparisons beside the table's
 
 
 def test_a_derived_row_that_is_not_the_replayed_choice_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
