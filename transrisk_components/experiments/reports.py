@@ -53,9 +53,9 @@ from transrisk_components.experiments.study import choose_default, selection_sco
 from transrisk_components.reporting.figures import CriterionEntry, plot_criteria_forest
 from transrisk_components.reporting.results import (
     load_case_results_csv,
-    paired_case_statistics,
     load_results_csv,
     markdown_table,
+    paired_case_statistics,
     plot_few_shot_curve,
     plot_method_comparison,
     plot_paired_differences,
@@ -68,10 +68,8 @@ from transrisk_components.reporting.results import (
 from transrisk_components.utils.io import atomic_write_text
 
 __all__ = [
-    "REGION_COMPARISONS", "REPORTED_METHODS", "combine_reports", "copy_cell_figures", "hypothesis_comparisons", "load_results",
-    "plot_hypotheses",
-    "write_readme",
-    "write_result_files", "write_table_and_figures",
+    "REGION_COMPARISONS", "REPORTED_METHODS", "combine_reports", "copy_cell_figures", "hypothesis_comparisons",
+    "load_results", "plot_hypotheses", "write_readme", "write_result_files", "write_table_and_figures",
 ]
 
 #: Per-region paired comparisons of the reports: (method, baseline), ids.

@@ -442,8 +442,8 @@ def plot_criteria_forest(
             ax.errorbar(100 * stat.mean, labels.index(entry.label), xerr=error, fmt="o", capsize=3,
                         color="#1a9850" if entry.met else "#d73027")
         ax.axvline(0, color="black", linewidth=0.8)
-        for name, value in (reference_lines or {}).items():
-            ax.axvline(value, color="#4d4d4d", linewidth=0.8, linestyle="--", label=name)
+        for value in (reference_lines or {}).values():
+            ax.axvline(value, color="#4d4d4d", linewidth=0.8, linestyle="--")
         ax.set_title(panel, fontsize=9)
         ax.set_xlabel("Dice difference (points)")
     axes[0][0].set_yticks(range(len(labels)), labels, fontsize=8)
