@@ -12,7 +12,7 @@ import pytest
 
 from transrisk_components.experiments.ensembles_default import ensembles_default
 from transrisk_components.experiments.hypotheses import hypotheses_markdown, judge_hypotheses
-from transrisk_components.experiments.reports import hypothesis_comparisons, plot_hypotheses
+from transrisk_components.experiments.reports import beside_hypotheses_markdown, hypothesis_comparisons, plot_hypotheses
 from transrisk_components.reporting.results import write_case_results_csv, write_results_csv
 
 REPO = Path(__file__).resolve().parents[1]
@@ -127,3 +127,15 @@ def test_machine_notes_say_whether_the_registered_files_are_the_registered_ones(
     monkeypatch.setattr(reproduce, "CONFIRM2_REGISTRATION", "776004f")  # 0.8.0, before the study's files existed
     monkeypatch.setattr(reproduce, "REGISTERED_FILES", ("transrisk_components/experiments/safe.py",))
     assert "CHANGED since 776004f: transrisk_components/experiments/safe.py" in reproduce._registration_note()
+
+
+def test_what_is_reported_beside_the_hypotheses_counts_kept_ensembles_and_compares_safe_without_them() -> None:
+    cases = _with_safe(_shift(h2_scenarios=4), gap=0.02, scenario="s0")
+    rows = [{"scenario": s, "method": "safe_ensemble", "seed": seed, "chosen": "ensemble_top2" if seed < 2 else "plain"}
+            for s in SCENARIOS for seed in range(5)]
+    text = beside_hypotheses_markdown(rows, cases)
+    s0, s1 = (next(line for line in text.splitlines() if line.startswith(f"- {s}: ")) for s in ("s0", "s1"))
+    assert "an ensemble kept in 2 of 5 seeds" in s0
+    assert "safe transfer with ensembles - safe transfer +2.0 seeds [+2.0, +2.0]" in s0, "safe is 2 points below in s0"
+    assert "safe transfer with ensembles - safe transfer +0.0 seeds [+0.0, +0.0]" in s1
+    assert "safe transfer - plain x3 restarts, chosen on validation +3.0 seeds" in s0  # 5 points less the 2

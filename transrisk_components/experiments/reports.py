@@ -68,7 +68,7 @@ from transrisk_components.reporting.results import (
 from transrisk_components.utils.io import atomic_write_text
 
 __all__ = [
-    "REGION_COMPARISONS", "REPORTED_METHODS", "combine_reports", "copy_cell_figures", "hypothesis_comparisons",
+    "REGION_COMPARISONS", "REPORTED_METHODS", "beside_hypotheses_markdown", "combine_reports", "copy_cell_figures", "hypothesis_comparisons",
     "load_results", "plot_hypotheses", "write_readme", "write_result_files", "write_table_and_figures",
 ]
 
@@ -160,6 +160,7 @@ def write_table_and_figures(rows: Sequence[Mapping[str, Any]], cases: Sequence[M
     hypotheses = judge_hypotheses(cases) if HYPOTHESIS_METHODS <= ids else None
     if hypotheses is not None:
         plot_hypotheses(cases, hypotheses, report_dir / "figures" / "hypotheses.png")
+    raw_rows, raw_cases = rows, cases
     rows = [_with_labels(r) for r in rows]
     cases = [_with_labels(c) for c in cases]
     label = method_label
@@ -190,7 +191,7 @@ def write_table_and_figures(rows: Sequence[Mapping[str, Any]], cases: Sequence[M
             + f"\nChosen: **{label(chosen)}**.\n"
         )
     if hypotheses is not None:
-        table += "\n" + hypotheses_markdown(hypotheses)
+        table += "\n" + hypotheses_markdown(hypotheses) + "\n" + beside_hypotheses_markdown(raw_rows, raw_cases)
     if SAFE_COMPOSITE in ids:
         composite, ensemble, best = label(SAFE_COMPOSITE), label(SAFE_ENSEMBLE), label(BEST_CANDIDATE)
         table += (
@@ -233,6 +234,35 @@ def hypothesis_comparisons(cases: Sequence[Mapping[str, Any]]) -> list[Criterion
             if method == SAFE_ENSEMBLE:
                 entries.append(CriterionEntry(scenario, label, stat, met(stat)))
     return sorted(entries, key=lambda e: e.panel)
+
+
+def beside_hypotheses_markdown(rows: Sequence[Mapping[str, Any]], cases: Sequence[Mapping[str, Any]]) -> str:
+    """What the registration reports beside H1-H3 without testing it, per scenario: in how many seeds safe transfer
+    with ensembles kept an ensemble, ``safe_ensemble - safe`` (which the ensembles' default also reads), and safe
+    transfer without ensembles minus each baseline of the hypotheses; differences in points with seed CIs.
+
+    Args:
+        rows: cell and derived rows, method ids (``safe_ensemble`` rows with ``chosen``).
+        cases: per-case test Dice, method ids.
+    """
+
+    def text(stat: Any) -> str:
+        return f"{100 * stat.mean:+.1f} seeds [{100 * stat.seed_low:+.1f}, {100 * stat.seed_high:+.1f}]"
+
+    baselines = (BEST_CANDIDATE, PLAIN_RESTARTS, RISK_RESTARTS, BETTER_OF_PLAIN_AND_SCRATCH)
+    against_safe = paired_case_statistics(cases, SAFE)
+    safe_against = {b: paired_case_statistics(cases, b) for b in baselines}
+    lines = ["Reported beside the hypotheses, not tested (registration): how often validation kept an ensemble, "
+             f"{method_label(SAFE_ENSEMBLE)} - {method_label(SAFE)}, and {method_label(SAFE)} (without ensembles) "
+             "minus the hypotheses' baselines; points, seed CIs:", ""]
+    for scenario in sorted({c["scenario"] for c in cases}):
+        kept = [DERIVED_METHODS.get(r["chosen"]) is not None and DERIVED_METHODS[r["chosen"]].group == "ensemble"
+                for r in rows if r["scenario"] == scenario and r["method"] == SAFE_ENSEMBLE]
+        parts = [f"an ensemble kept in {sum(kept)} of {len(kept)} seeds",
+                 f"{method_label(SAFE_ENSEMBLE)} - {method_label(SAFE)} {text(against_safe[(scenario, SAFE_ENSEMBLE)])}"]
+        parts += [f"{method_label(SAFE)} - {method_label(b)} {text(safe_against[b][(scenario, SAFE)])}" for b in baselines]
+        lines.append(f"- {scenario}: " + "; ".join(parts))
+    return "\n".join(lines) + "\n"
 
 
 def plot_hypotheses(cases: Sequence[Mapping[str, Any]], hypotheses: Sequence[Hypothesis], out_png: Path) -> Path:
