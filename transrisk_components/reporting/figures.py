@@ -432,7 +432,7 @@ def plot_criteria_forest(
     (legend label -> points, e.g. ``{"H1 bound": -0.5}``)."""
     panels = list(dict.fromkeys(e.panel for e in entries))
     labels = list(dict.fromkeys(e.label for e in entries))
-    figure, axes = plt.subplots(1, max(1, len(panels)), figsize=(3.4 * max(1, len(panels)), 0.45 * len(labels) + 2.2),
+    figure, axes = plt.subplots(1, max(1, len(panels)), figsize=(max(7.5, 3.4 * len(panels)), 0.45 * len(labels) + 2.2),
                                 sharey=True, squeeze=False)
     for ax, panel in zip(axes[0], panels):
         for entry in (e for e in entries if e.panel == panel):
