@@ -53,6 +53,7 @@ from transrisk_components.experiments.study import choose_default, selection_sco
 from transrisk_components.reporting.figures import CriterionEntry, plot_criteria_forest
 from transrisk_components.reporting.results import (
     load_case_results_csv,
+    PairedStatistics,
     load_results_csv,
     markdown_table,
     paired_case_statistics,
@@ -68,8 +69,9 @@ from transrisk_components.reporting.results import (
 from transrisk_components.utils.io import atomic_write_text
 
 __all__ = [
-    "REGION_COMPARISONS", "REPORTED_METHODS", "beside_hypotheses_markdown", "combine_reports", "copy_cell_figures", "hypothesis_comparisons",
-    "load_results", "plot_hypotheses", "write_readme", "write_result_files", "write_table_and_figures",
+    "REGION_COMPARISONS", "REPORTED_METHODS", "beside_hypotheses_markdown", "combine_reports", "copy_cell_figures",
+    "hypothesis_comparisons", "load_results", "plot_hypotheses", "write_readme", "write_result_files",
+    "write_table_and_figures",
 ]
 
 #: Per-region paired comparisons of the reports: (method, baseline), ids.
@@ -157,10 +159,11 @@ def write_table_and_figures(rows: Sequence[Mapping[str, Any]], cases: Sequence[M
     ids = {r["method"] for r in rows}
     scores = selection_scores(rows)
     chosen = choose_default(rows)
-    hypotheses = judge_hypotheses(cases) if HYPOTHESIS_METHODS <= ids else None
-    if hypotheses is not None:
+    hypotheses_text = ""  # the second study's section, made from method ids (before the labels below)
+    if HYPOTHESIS_METHODS <= ids:
+        hypotheses = judge_hypotheses(cases)
         plot_hypotheses(cases, hypotheses, report_dir / "figures" / "hypotheses.png")
-    raw_rows, raw_cases = rows, cases
+        hypotheses_text = "\n" + hypotheses_markdown(hypotheses) + "\n" + beside_hypotheses_markdown(rows, cases)
     rows = [_with_labels(r) for r in rows]
     cases = [_with_labels(c) for c in cases]
     label = method_label
@@ -190,8 +193,7 @@ def write_table_and_figures(rows: Sequence[Mapping[str, Any]], cases: Sequence[M
             + "".join(f"- {label(m)}: {100 * v:.1f}\n" for m, v in sorted(scores.items(), key=lambda item: -item[1]))
             + f"\nChosen: **{label(chosen)}**.\n"
         )
-    if hypotheses is not None:
-        table += "\n" + hypotheses_markdown(hypotheses) + "\n" + beside_hypotheses_markdown(raw_rows, raw_cases)
+    table += hypotheses_text
     if SAFE_COMPOSITE in ids:
         composite, ensemble, best = label(SAFE_COMPOSITE), label(SAFE_ENSEMBLE), label(BEST_CANDIDATE)
         table += (
@@ -246,18 +248,18 @@ def beside_hypotheses_markdown(rows: Sequence[Mapping[str, Any]], cases: Sequenc
         cases: per-case test Dice, method ids.
     """
 
-    def text(stat: Any) -> str:
+    def text(stat: PairedStatistics) -> str:
         return f"{100 * stat.mean:+.1f} seeds [{100 * stat.seed_low:+.1f}, {100 * stat.seed_high:+.1f}]"
 
     baselines = (BEST_CANDIDATE, PLAIN_RESTARTS, RISK_RESTARTS, BETTER_OF_PLAIN_AND_SCRATCH)
+    ensembles = {m.id for m in DERIVED_METHODS.values() if m.group == "ensemble"}
     against_safe = paired_case_statistics(cases, SAFE)
     safe_against = {b: paired_case_statistics(cases, b) for b in baselines}
     lines = ["Reported beside the hypotheses, not tested (registration): how often validation kept an ensemble, "
              f"{method_label(SAFE_ENSEMBLE)} - {method_label(SAFE)}, and {method_label(SAFE)} (without ensembles) "
              "minus the hypotheses' baselines; points, seed CIs:", ""]
     for scenario in sorted({c["scenario"] for c in cases}):
-        kept = [DERIVED_METHODS.get(r["chosen"]) is not None and DERIVED_METHODS[r["chosen"]].group == "ensemble"
-                for r in rows if r["scenario"] == scenario and r["method"] == SAFE_ENSEMBLE]
+        kept = [r["chosen"] in ensembles for r in rows if r["scenario"] == scenario and r["method"] == SAFE_ENSEMBLE]
         parts = [f"an ensemble kept in {sum(kept)} of {len(kept)} seeds",
                  f"{method_label(SAFE_ENSEMBLE)} - {method_label(SAFE)} {text(against_safe[(scenario, SAFE_ENSEMBLE)])}"]
         parts += [f"{method_label(SAFE)} - {method_label(b)} {text(safe_against[b][(scenario, SAFE)])}" for b in baselines]
